@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what `make test` needs, only where it is missing: Debian packages
+# through apt-get (one `apt-get update` first) and Go tools through `go install`
+# at pinned versions. Safe to run again; it does nothing when all is present.
+set -euo pipefail
+
+STATICCHECK_VERSION="${STATICCHECK_VERSION:-v0.8.2}"
+ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
+GOVULNCHECK_VERSION="${GOVULNCHECK_VERSION:-v1.9.0}"
+
+need_pkgs=()
+command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
+command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
+command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
+command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
+if [[ "${WITH_NGINX:-0}" == 1 ]] && ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+	need_pkgs+=(nginx-light)
+fi
+
+if ((${#need_pkgs[@]})); then
+	sudo=""
+	if [[ "$(id -u)" != 0 ]]; then sudo="sudo"; fi
+	echo "install-tools: apt-get install ${need_pkgs[*]}" >&2
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+gobin="$(go env GOPATH)/bin"
+install_go_tool() { # name module@version
+	if [[ ! -x "$gobin/$1" ]] && ! command -v "$1" >/dev/null 2>&1; then
+		echo "install-tools: go install $2" >&2
+		go install "$2"
+	fi
+}
+install_go_tool staticcheck "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION}"
+install_go_tool actionlint "github.com/rhysd/actionlint/cmd/actionlint@${ACTIONLINT_VERSION}"
+install_go_tool govulncheck "golang.org/x/vuln/cmd/govulncheck@${GOVULNCHECK_VERSION}"
