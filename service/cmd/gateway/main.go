@@ -1,0 +1,157 @@
+// Command gateway runs Relaygate's OpenAI-compatible inference gateway.
+//
+//	gateway -config config/gateway.yaml
+//
+// SIGTERM or SIGINT drains: /ready fails, the listener closes, requests and
+// streams in flight finish within shutdown_timeout. SIGHUP reloads the
+// config file; a broken new file is refused and the running config kept.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/internal/gateway"
+	"github.com/relaygate/relaygate/service/internal/metrics"
+)
+
+func main() {
+	defaultConfig := os.Getenv("GATEWAY_CONFIG")
+	if defaultConfig == "" {
+		defaultConfig = "config/gateway.yaml"
+	}
+	configPath := flag.String("config", defaultConfig, "configuration file (default $GATEWAY_CONFIG or config/gateway.yaml)")
+	healthcheck := flag.Bool("healthcheck", false, "probe a running gateway's /health and exit 0 when it answers 200 (for container health checks)")
+	healthURL := flag.String("healthcheck-url", "http://127.0.0.1:8000/health", "URL probed by -healthcheck")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	flag.Parse()
+
+	if *showVersion {
+		fmt.Println(version())
+		return
+	}
+	if *healthcheck {
+		os.Exit(probe(*healthURL))
+	}
+	if err := run(*configPath); err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}
+
+func run(configPath string) error {
+	cfg, err := config.LoadFile(configPath)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log.Level)
+	slog.SetDefault(log)
+
+	m := metrics.New()
+	gw := gateway.New(cfg, gateway.Options{Logger: log, Metrics: m, Version: version()})
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	srv := &http.Server{
+		Handler:           gw,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("gateway listening", "addr", ln.Addr().String(), "config", configPath,
+		"models", len(cfg.Models), "upstreams", len(cfg.Upstreams), "version", version())
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case err := <-serveErr:
+			return fmt.Errorf("serve: %w", err)
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				reload(log, gw, configPath)
+				continue
+			}
+			return shutdown(log, gw, srv, cfg.ShutdownTimeout.D(), sig)
+		}
+	}
+}
+
+func reload(log *slog.Logger, gw *gateway.Server, path string) {
+	cfg, err := config.LoadFile(path)
+	if err != nil {
+		log.Error("config reload refused; still running the previous config", "error", err.Error())
+		return
+	}
+	gw.Reload(cfg)
+	log.Info("config reloaded", "config", path, "models", len(cfg.Models), "upstreams", len(cfg.Upstreams))
+}
+
+func shutdown(log *slog.Logger, gw *gateway.Server, srv *http.Server, timeout time.Duration, sig os.Signal) error {
+	log.Info("shutting down: finishing requests in flight", "signal", sig.String(), "deadline", timeout.String())
+	gw.Drain()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		_ = srv.Close()
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("shutdown: requests still running after %s were cut", timeout)
+		}
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("shutdown complete")
+	return nil
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+func probe(url string) int {
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "healthcheck:", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintln(os.Stderr, "healthcheck:", resp.Status)
+		return 1
+	}
+	return 0
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return s.Value[:12]
+			}
+		}
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			return bi.Main.Version
+		}
+	}
+	return "dev"
+}

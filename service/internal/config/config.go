@@ -1,0 +1,233 @@
+// Package config loads and validates the gateway's YAML configuration.
+//
+// Loading is strict: an unknown key, a value of the wrong type or a broken
+// reference fails start-up with the line and key at fault, so a typo never
+// silently turns into a default. `${VAR}` in any string value expands from the
+// environment after parsing, so secrets live in the environment and a secret
+// containing YAML syntax cannot change the document's structure.
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// Config is the whole gateway configuration, in the shape of SPEC.md.
+type Config struct {
+	Listen            string         `yaml:"listen"`
+	ClientKeys        []string       `yaml:"client_keys"`
+	MaxBodyBytes      int64          `yaml:"max_body_bytes"`
+	StreamIdleTimeout Duration       `yaml:"stream_idle_timeout"`
+	ShutdownTimeout   Duration       `yaml:"shutdown_timeout"`
+	Upstreams         []Upstream     `yaml:"upstreams"`
+	Models            []Model        `yaml:"models"`
+	Retry             Retry          `yaml:"retry"`
+	CircuitBreaker    CircuitBreaker `yaml:"circuit_breaker"`
+	Cache             Cache          `yaml:"cache"`
+	RateLimit         RateLimit      `yaml:"rate_limit"`
+	GPU               GPU            `yaml:"gpu"`
+	SLO               SLO            `yaml:"slo"`
+	Log               Log            `yaml:"log"`
+
+	// Warnings are problems that do not stop the gateway but that an
+	// operator must see, e.g. an upstream disabled because its key variable
+	// is unset. The loader fills it; it is not read from YAML.
+	Warnings []string `yaml:"-"`
+}
+
+// Upstream is one OpenAI-compatible API the gateway can forward to.
+type Upstream struct {
+	Name    string `yaml:"name"`
+	BaseURL string `yaml:"base_url"`
+	// APIKey is the gateway's own key for this upstream. Empty means the
+	// upstream needs no key (a model server on the GPU host).
+	APIKey         string   `yaml:"api_key"`
+	Timeout        Duration `yaml:"timeout"`
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// MaxIdleConns bounds the keep-alive pool to this upstream.
+	MaxIdleConns int `yaml:"max_idle_conns"`
+
+	// Disabled says why the upstream is out of every route (empty: in
+	// service). Set by the loader, not read from YAML.
+	Disabled string `yaml:"-"`
+}
+
+// Model is a model name clients may ask for and the chain serving it.
+type Model struct {
+	Name           string       `yaml:"name"`
+	Route          []RouteEntry `yaml:"route"`
+	Price          Price        `yaml:"price"`
+	ReferencePrice *Price       `yaml:"reference_price"`
+}
+
+// RouteEntry is one link of a model's chain. In YAML it is either an
+// upstream name, or a mapping that also renames the model for that upstream
+// (official APIs often spell model ids differently from relays) and gives
+// the price paid there.
+type RouteEntry struct {
+	Upstream string `yaml:"upstream"`
+	Model    string `yaml:"model"`
+	Price    *Price `yaml:"price"`
+}
+
+// Price is in US dollars per million tokens.
+type Price struct {
+	InputPerMTok  float64 `yaml:"input_per_mtok"`
+	OutputPerMTok float64 `yaml:"output_per_mtok"`
+}
+
+// Retry bounds the attempts on one upstream before falling back.
+type Retry struct {
+	Attempts   int      `yaml:"attempts"`
+	BackoffMin Duration `yaml:"backoff_min"`
+	BackoffMax Duration `yaml:"backoff_max"`
+}
+
+// CircuitBreaker stops traffic to an upstream after consecutive failures
+// and lets one probe through after the cool-down.
+type CircuitBreaker struct {
+	Failures int      `yaml:"failures"`
+	Cooldown Duration `yaml:"cooldown"`
+}
+
+// Cache configures the Redis response cache; an empty RedisURL turns it off.
+type Cache struct {
+	RedisURL string   `yaml:"redis_url"`
+	TTL      Duration `yaml:"ttl"`
+	Timeout  Duration `yaml:"timeout"`
+}
+
+// RateLimit is per client key; 0 turns a limit off.
+type RateLimit struct {
+	RPM int `yaml:"rpm"`
+	TPM int `yaml:"tpm"`
+}
+
+// GPU configures NVML telemetry.
+type GPU struct {
+	ExpectedCount int      `yaml:"expected_count"`
+	Interval      Duration `yaml:"interval"`
+}
+
+// SLO holds the objectives exported for alerting.
+type SLO struct {
+	LatencyP95 Duration `yaml:"latency_p95"`
+}
+
+// Log configures structured logging.
+type Log struct {
+	Level    string `yaml:"level"`
+	Requests *bool  `yaml:"requests"`
+}
+
+// Duration is a time.Duration written with a unit ("200ms", "1h"). A bare
+// number is refused: YAML would read `timeout: 30` as 30 nanoseconds.
+type Duration time.Duration
+
+// D returns the duration as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// Defaults applied where the file is silent.
+const (
+	DefaultListen            = ":8000"
+	DefaultMaxBodyBytes      = 10 << 20
+	DefaultTimeout           = 180 * time.Second
+	DefaultConnectTimeout    = 10 * time.Second
+	DefaultStreamIdleTimeout = 60 * time.Second
+	DefaultShutdownTimeout   = 30 * time.Second
+	DefaultAttempts          = 3
+	DefaultBackoffMin        = 200 * time.Millisecond
+	DefaultBackoffMax        = 10 * time.Second
+	DefaultBreakerFailures   = 5
+	DefaultBreakerCooldown   = 30 * time.Second
+	DefaultCacheTTL          = time.Hour
+	DefaultCacheTimeout      = 50 * time.Millisecond
+	DefaultGPUInterval       = 10 * time.Second
+	DefaultMaxIdleConns      = 256
+)
+
+func (c *Config) applyDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	setDur(&c.StreamIdleTimeout, DefaultStreamIdleTimeout)
+	setDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		setDur(&u.Timeout, DefaultTimeout)
+		setDur(&u.ConnectTimeout, DefaultConnectTimeout)
+		if u.MaxIdleConns == 0 {
+			u.MaxIdleConns = DefaultMaxIdleConns
+		}
+	}
+	if c.Retry.Attempts == 0 {
+		c.Retry.Attempts = DefaultAttempts
+	}
+	setDur(&c.Retry.BackoffMin, DefaultBackoffMin)
+	setDur(&c.Retry.BackoffMax, DefaultBackoffMax)
+	if c.CircuitBreaker.Failures == 0 {
+		c.CircuitBreaker.Failures = DefaultBreakerFailures
+	}
+	setDur(&c.CircuitBreaker.Cooldown, DefaultBreakerCooldown)
+	setDur(&c.Cache.TTL, DefaultCacheTTL)
+	setDur(&c.Cache.Timeout, DefaultCacheTimeout)
+	setDur(&c.GPU.Interval, DefaultGPUInterval)
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Requests == nil {
+		on := true
+		c.Log.Requests = &on
+	}
+}
+
+func setDur(d *Duration, def time.Duration) {
+	if *d == 0 {
+		*d = Duration(def)
+	}
+}
+
+// Upstream returns the upstream with the given name.
+func (c *Config) Upstream(name string) (*Upstream, bool) {
+	for i := range c.Upstreams {
+		if c.Upstreams[i].Name == name {
+			return &c.Upstreams[i], true
+		}
+	}
+	return nil, false
+}
+
+// PriceFor is what one route entry charges: its own price, else the model's.
+func (m *Model) PriceFor(e RouteEntry) Price {
+	if e.Price != nil {
+		return *e.Price
+	}
+	return m.Price
+}
+
+// Redacted returns a copy safe to print: every secret replaced.
+func (c *Config) Redacted() Config {
+	out := *c
+	out.ClientKeys = make([]string, len(c.ClientKeys))
+	for i := range c.ClientKeys {
+		out.ClientKeys[i] = redact(c.ClientKeys[i])
+	}
+	out.Upstreams = append([]Upstream(nil), c.Upstreams...)
+	for i := range out.Upstreams {
+		out.Upstreams[i].APIKey = redact(out.Upstreams[i].APIKey)
+	}
+	out.Cache.RedisURL = RedactURL(c.Cache.RedisURL)
+	return out
+}
+
+func redact(s string) string {
+	if s == "" {
+		return ""
+	}
+	return fmt.Sprintf("[redacted %d chars]", len(s))
+}

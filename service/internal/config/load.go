@@ -1,0 +1,399 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// LoadFile reads and validates the configuration at path.
+func LoadFile(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg, err := Parse(data, os.LookupEnv)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes and validates a YAML document. lookup resolves `${VAR}`
+// references (os.LookupEnv in production). Every problem found is reported,
+// each prefixed with its line and key, joined in one error.
+func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		return nil, fmt.Errorf("not valid YAML: %w", err)
+	}
+	if len(doc.Content) == 0 {
+		return nil, errors.New("file is empty")
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: the top level must be a mapping of keys", root.Line)
+	}
+
+	l := &loader{root: root}
+	l.checkKnown(root, reflect.TypeOf(Config{}), "")
+	unset := expandEnv(root, lookup, "")
+	if len(l.errs) > 0 {
+		return nil, errors.Join(l.errs...)
+	}
+
+	var cfg Config
+	if err := root.Decode(&cfg); err != nil {
+		return nil, err
+	}
+	cfg.applyDefaults()
+	l.validate(&cfg, unset)
+	if len(l.errs) > 0 {
+		return nil, errors.Join(l.errs...)
+	}
+	return &cfg, nil
+}
+
+// UnmarshalYAML accepts only strings with a unit.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode || n.Tag == "!!int" || n.Tag == "!!float" {
+		return fmt.Errorf("line %d: %q is not a duration: write it with a unit, e.g. 30s or 200ms", n.Line, n.Value)
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration: write it with a unit, e.g. 30s or 200ms", n.Line, n.Value)
+	}
+	if v < 0 {
+		return fmt.Errorf("line %d: duration %q is negative", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// UnmarshalYAML accepts `holysheep` or `{upstream: openai, model: gpt-4.1}`.
+func (e *RouteEntry) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		e.Upstream = n.Value
+		return nil
+	}
+	type plain RouteEntry
+	return n.Decode((*plain)(e))
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// expandEnv replaces ${VAR} in every scalar below n and returns the paths of
+// values that referenced a variable which is not set, with the variables.
+func expandEnv(n *yaml.Node, lookup func(string) (string, bool), path string) map[string][]string {
+	unset := map[string][]string{}
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
+		switch n.Kind {
+		case yaml.ScalarNode:
+			if !strings.Contains(n.Value, "${") {
+				return
+			}
+			n.Value = envRef.ReplaceAllStringFunc(n.Value, func(ref string) string {
+				name := ref[2 : len(ref)-1]
+				v, ok := lookup(name)
+				if !ok || v == "" {
+					unset[path] = append(unset[path], name)
+				}
+				return v
+			})
+			// An expanded value is data, never YAML: keep it a string so
+			// that "${PORT}" expanding to 8000 is still decoded by type.
+			if n.Tag == "" || n.Tag == "!" {
+				n.Tag = "!!str"
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				walk(n.Content[i+1], joinPath(path, n.Content[i].Value))
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				walk(c, fmt.Sprintf("%s[%d]", path, i))
+			}
+		}
+	}
+	walk(n, path)
+	return unset
+}
+
+func joinPath(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+type loader struct {
+	root *yaml.Node
+	errs []error
+}
+
+func (l *loader) fail(path string, format string, args ...any) {
+	line := l.line(path)
+	msg := fmt.Sprintf(format, args...)
+	if line > 0 {
+		l.errs = append(l.errs, fmt.Errorf("line %d: %s: %s", line, path, msg))
+		return
+	}
+	l.errs = append(l.errs, fmt.Errorf("%s: %s", path, msg))
+}
+
+// line finds the line of a dotted path such as "upstreams[1].base_url"; for
+// a key the file omits it falls back to the nearest parent that exists.
+func (l *loader) line(path string) int {
+	n, line := l.root, 0
+	for _, part := range splitPath(path) {
+		var next *yaml.Node
+		switch p := part.(type) {
+		case int:
+			if n.Kind == yaml.SequenceNode && p < len(n.Content) {
+				next = n.Content[p]
+				line = next.Line
+			}
+		case string:
+			for i := 0; n.Kind == yaml.MappingNode && i+1 < len(n.Content); i += 2 {
+				if n.Content[i].Value == p {
+					next = n.Content[i+1]
+					line = n.Content[i].Line
+					break
+				}
+			}
+		}
+		if next == nil {
+			break
+		}
+		n = next
+	}
+	return line
+}
+
+func splitPath(path string) []any {
+	var out []any
+	for _, seg := range strings.Split(path, ".") {
+		name, rest, _ := strings.Cut(seg, "[")
+		if name != "" {
+			out = append(out, name)
+		}
+		for rest != "" {
+			var idx int
+			num, after, _ := strings.Cut(rest, "]")
+			fmt.Sscanf(num, "%d", &idx)
+			out = append(out, idx)
+			_, rest, _ = strings.Cut(after, "[")
+		}
+	}
+	return out
+}
+
+// checkKnown reports keys that match no field, since yaml.Node.Decode would
+// drop them silently and `timout: 5s` would mean the default.
+func (l *loader) checkKnown(n *yaml.Node, t reflect.Type, path string) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case t == reflect.TypeOf(RouteEntry{}) && n.Kind == yaml.ScalarNode:
+		return
+	case t.Kind() == reflect.Struct && n.Kind == yaml.MappingNode:
+		fields := map[string]reflect.Type{}
+		var names []string
+		for i := 0; i < t.NumField(); i++ {
+			tag := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
+			if tag == "" || tag == "-" {
+				continue
+			}
+			fields[tag] = t.Field(i).Type
+			names = append(names, tag)
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key := n.Content[i]
+			ft, ok := fields[key.Value]
+			if !ok {
+				l.errs = append(l.errs, fmt.Errorf("line %d: %s: unknown key %q (known keys: %s)",
+					key.Line, orTop(path), key.Value, strings.Join(names, ", ")))
+				continue
+			}
+			l.checkKnown(n.Content[i+1], ft, joinPath(path, key.Value))
+		}
+	case t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode:
+		for i, c := range n.Content {
+			l.checkKnown(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i))
+		}
+	}
+}
+
+func orTop(path string) string {
+	if path == "" {
+		return "top level"
+	}
+	return path
+}
+
+var upstreamName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+func (l *loader) validate(c *Config, unset map[string][]string) {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		l.fail("listen", "%q is not host:port (e.g. \":8000\" or \"127.0.0.1:8000\")", c.Listen)
+	}
+	if c.MaxBodyBytes < 1024 {
+		l.fail("max_body_bytes", "must be at least 1024, got %d", c.MaxBodyBytes)
+	}
+	for i, k := range c.ClientKeys {
+		p := fmt.Sprintf("client_keys[%d]", i)
+		if vars, ok := unset[p]; ok {
+			l.fail(p, "environment variable %s is not set; set it, or remove client_keys to run without auth", strings.Join(vars, ", "))
+		} else if strings.TrimSpace(k) == "" {
+			l.fail(p, "is empty")
+		} else if len(k) < 16 {
+			l.fail(p, "is %d characters; use at least 16 so it cannot be guessed", len(k))
+		}
+	}
+
+	if len(c.Upstreams) == 0 {
+		l.fail("upstreams", "at least one upstream is required")
+	}
+	seen := map[string]bool{}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		p := fmt.Sprintf("upstreams[%d]", i)
+		switch {
+		case u.Name == "":
+			l.fail(p+".name", "is required")
+		case !upstreamName.MatchString(u.Name):
+			l.fail(p+".name", "%q: use letters, digits, '.', '_' or '-'", u.Name)
+		case seen[u.Name]:
+			l.fail(p+".name", "%q is defined twice", u.Name)
+		}
+		seen[u.Name] = true
+		if err := checkBaseURL(u.BaseURL); err != nil {
+			l.fail(p+".base_url", "%v", err)
+		}
+		if vars, ok := unset[p+".api_key"]; ok {
+			u.Disabled = fmt.Sprintf("api_key: environment variable %s is not set", strings.Join(vars, ", "))
+			c.Warnings = append(c.Warnings, fmt.Sprintf("upstream %s is disabled: %s", u.Name, u.Disabled))
+		}
+		if u.ConnectTimeout > u.Timeout {
+			l.fail(p+".connect_timeout", "%s is longer than timeout %s", u.ConnectTimeout, u.Timeout)
+		}
+		if u.MaxIdleConns < 0 {
+			l.fail(p+".max_idle_conns", "must not be negative")
+		}
+	}
+
+	if len(c.Models) == 0 {
+		l.fail("models", "at least one model is required")
+	}
+	seenModel := map[string]bool{}
+	for i := range c.Models {
+		m := &c.Models[i]
+		p := fmt.Sprintf("models[%d]", i)
+		switch {
+		case m.Name == "":
+			l.fail(p+".name", "is required")
+		case seenModel[m.Name]:
+			l.fail(p+".name", "%q is defined twice", m.Name)
+		}
+		seenModel[m.Name] = true
+		if len(m.Route) == 0 {
+			l.fail(p+".route", "needs at least one upstream")
+		}
+		inRoute := map[string]bool{}
+		for j, e := range m.Route {
+			rp := fmt.Sprintf("%s.route[%d]", p, j)
+			if _, ok := c.Upstream(e.Upstream); !ok {
+				l.fail(rp, "upstream %q is not defined in upstreams", e.Upstream)
+			}
+			if inRoute[e.Upstream] {
+				l.fail(rp, "upstream %q appears twice in the route", e.Upstream)
+			}
+			inRoute[e.Upstream] = true
+			if e.Price != nil {
+				l.checkPrice(rp+".price", *e.Price)
+			}
+		}
+		l.checkPrice(p+".price", m.Price)
+		if m.ReferencePrice != nil {
+			l.checkPrice(p+".reference_price", *m.ReferencePrice)
+		}
+	}
+
+	if c.Retry.Attempts < 1 || c.Retry.Attempts > 10 {
+		l.fail("retry.attempts", "must be between 1 and 10, got %d", c.Retry.Attempts)
+	}
+	if c.Retry.BackoffMax < c.Retry.BackoffMin {
+		l.fail("retry.backoff_max", "%s is shorter than backoff_min %s", c.Retry.BackoffMax, c.Retry.BackoffMin)
+	}
+	if c.CircuitBreaker.Failures < 1 {
+		l.fail("circuit_breaker.failures", "must be at least 1")
+	}
+	if c.Cache.RedisURL != "" {
+		if vars, ok := unset["cache.redis_url"]; ok {
+			l.fail("cache.redis_url", "environment variable %s is not set", strings.Join(vars, ", "))
+		} else if u, err := url.Parse(c.Cache.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
+			l.fail("cache.redis_url", "must be a redis://, rediss:// or unix:// URL")
+		}
+	}
+	if c.RateLimit.RPM < 0 || c.RateLimit.TPM < 0 {
+		l.fail("rate_limit", "limits must not be negative")
+	}
+	if (c.RateLimit.RPM > 0 || c.RateLimit.TPM > 0) && c.Cache.RedisURL == "" {
+		l.fail("rate_limit", "limits are kept in Redis so replicas share them: set cache.redis_url")
+	}
+	if c.GPU.ExpectedCount < 0 {
+		l.fail("gpu.expected_count", "must not be negative")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		l.fail("log.level", "%q: use debug, info, warn or error", c.Log.Level)
+	}
+}
+
+func (l *loader) checkPrice(path string, p Price) {
+	if p.InputPerMTok < 0 || p.OutputPerMTok < 0 {
+		l.fail(path, "prices must not be negative")
+	}
+}
+
+func checkBaseURL(raw string) error {
+	if raw == "" {
+		return errors.New("is required")
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return fmt.Errorf("%q is not an absolute http(s) URL", RedactURL(raw))
+	}
+	if u.User != nil {
+		return errors.New("must not carry credentials; use api_key")
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return errors.New("must not have a query or fragment")
+	}
+	return nil
+}
+
+// RedactURL hides a password in a URL so it can be logged.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		if strings.Contains(raw, "@") {
+			return "[unparseable URL redacted]"
+		}
+		return raw
+	}
+	return u.Redacted()
+}

@@ -1,0 +1,533 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestPassThroughIsByteExact(t *testing.T) {
+	up := newFakeUpstream(t, okCompletion)
+	gw, _, _ := newGateway(t, gwOpts{}, up)
+
+	res := post(t, gw.URL, "/v1/chat/completions", chatBody)
+	if res.status != 200 {
+		t.Fatalf("status %d: %s", res.status, res.body)
+	}
+	if got := string(up.lastBody()); got != chatBody {
+		t.Errorf("upstream got a changed body:\n got %s\nwant %s", got, chatBody)
+	}
+	if string(res.body) != completionJSON {
+		t.Errorf("client got a changed answer:\n got %s\nwant %s", res.body, completionJSON)
+	}
+	if got := res.header.Get("X-Relaygate-Upstream"); got != "a" {
+		t.Errorf("X-Relaygate-Upstream = %q, want a", got)
+	}
+	if res.header.Get("X-Request-Id") == "" || res.header.Get("X-Cache") == "" {
+		t.Errorf("missing X-Request-Id or X-Cache: %v", res.header)
+	}
+	if got := up.auths[0]; got != "Bearer upstream-key-a" {
+		t.Errorf("upstream saw Authorization %q, want the gateway's own key", got)
+	}
+}
+
+func TestRetriesAndFallback(t *testing.T) {
+	tests := []struct {
+		name         string
+		primary      func(n int, w http.ResponseWriter, r *http.Request)
+		opts         gwOpts
+		wantUpstream string
+		wantA, wantB int32
+	}{
+		{
+			name: "503 then 200 retries the same upstream",
+			primary: func(n int, w http.ResponseWriter, r *http.Request) {
+				if n == 1 {
+					http.Error(w, `{"error":{"message":"overloaded"}}`, http.StatusServiceUnavailable)
+					return
+				}
+				okCompletion(n, w, r)
+			},
+			wantUpstream: "a", wantA: 2, wantB: 0,
+		},
+		{
+			name: "always 500 falls back after the attempt budget",
+			primary: func(n int, w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(http.StatusInternalServerError)
+			},
+			opts:         gwOpts{attempts: 3},
+			wantUpstream: "b", wantA: 3, wantB: 1,
+		},
+		{
+			name: "429 with a Retry-After beyond backoff_max falls back at once",
+			primary: func(n int, w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Retry-After", "120")
+				w.WriteHeader(http.StatusTooManyRequests)
+			},
+			opts:         gwOpts{attempts: 3},
+			wantUpstream: "b", wantA: 1, wantB: 1,
+		},
+		{
+			name: "connection reset falls back",
+			primary: func(n int, w http.ResponseWriter, r *http.Request) {
+				cutConnection(w)
+			},
+			wantUpstream: "b", wantA: 2, wantB: 1,
+		},
+		{
+			name: "hang past the timeout falls back",
+			primary: func(n int, w http.ResponseWriter, r *http.Request) {
+				<-r.Context().Done()
+			},
+			opts:         gwOpts{timeout: "200ms", attempts: 1},
+			wantUpstream: "b", wantA: 1, wantB: 1,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newFakeUpstream(t, tt.primary)
+			b := newFakeUpstream(t, okCompletion)
+			gw, _, m := newGateway(t, tt.opts, a, b)
+			res := post(t, gw.URL, "/v1/chat/completions", chatBody)
+			if res.status != 200 {
+				t.Fatalf("status %d: %s", res.status, res.body)
+			}
+			if got := res.header.Get("X-Relaygate-Upstream"); got != tt.wantUpstream {
+				t.Errorf("answered by %q, want %q", got, tt.wantUpstream)
+			}
+			if a.calls.Load() != tt.wantA || b.calls.Load() != tt.wantB {
+				t.Errorf("calls a=%d b=%d, want a=%d b=%d", a.calls.Load(), b.calls.Load(), tt.wantA, tt.wantB)
+			}
+			if tt.wantB > 0 {
+				if got := testutil.ToFloat64(m.FallbacksCounter("a", "b")); got != 1 {
+					t.Errorf("relaygate_fallbacks_total{a,b} = %v, want 1", got)
+				}
+			}
+		})
+	}
+}
+
+func TestRetryAfterIsHonoured(t *testing.T) {
+	var first time.Time
+	var gap time.Duration
+	a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		if n == 1 {
+			first = time.Now()
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		gap = time.Since(first)
+		okCompletion(n, w, r)
+	})
+	gw, _, _ := newGateway(t, gwOpts{backoff: "5s"}, a)
+	res := post(t, gw.URL, "/v1/chat/completions", chatBody)
+	if res.status != 200 {
+		t.Fatalf("status %d: %s", res.status, res.body)
+	}
+	// A lower bound only: the gateway must not retry before the upstream
+	// said it may.
+	if gap < time.Second {
+		t.Errorf("retried after %s, before the upstream's Retry-After of 1s", gap)
+	}
+}
+
+func TestEveryUpstreamFails(t *testing.T) {
+	tests := []struct {
+		name     string
+		handle   func(n int, w http.ResponseWriter, r *http.Request)
+		timeout  string
+		status   int
+		code     string
+		contains []string
+	}{
+		{"502 names each upstream and its error",
+			func(n int, w http.ResponseWriter, r *http.Request) {
+				http.Error(w, `{"error":{"message":"model overloaded"}}`, http.StatusServiceUnavailable)
+			}, "5s", 502, "upstream_failed", []string{"a: HTTP 503: model overloaded", "b: HTTP 503"}},
+		{"504 when every upstream timed out",
+			func(n int, w http.ResponseWriter, r *http.Request) { <-r.Context().Done() },
+			"150ms", 504, "upstream_timeout", []string{"a: no answer within timeout 150ms", "b: no answer"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := newFakeUpstream(t, tt.handle), newFakeUpstream(t, tt.handle)
+			gw, _, _ := newGateway(t, gwOpts{timeout: tt.timeout, attempts: 1}, a, b)
+			res := post(t, gw.URL, "/v1/chat/completions", chatBody)
+			if res.status != tt.status {
+				t.Fatalf("status %d, want %d: %s", res.status, tt.status, res.body)
+			}
+			msg, _, code := openAIError(t, res.body)
+			if code != tt.code {
+				t.Errorf("code %q, want %q", code, tt.code)
+			}
+			for _, s := range tt.contains {
+				if !strings.Contains(msg, s) {
+					t.Errorf("message %q does not say %q", msg, s)
+				}
+			}
+			if strings.Contains(msg, "upstream-key") {
+				t.Errorf("error leaks an upstream key: %s", msg)
+			}
+		})
+	}
+}
+
+func TestClientErrorsPassStraightBack(t *testing.T) {
+	const upstreamErr = `{"error":{"message":"Invalid value for 'temperature'","type":"invalid_request_error","param":"temperature","code":null}}`
+	a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = io.WriteString(w, upstreamErr)
+	})
+	b := newFakeUpstream(t, okCompletion)
+	gw, _, _ := newGateway(t, gwOpts{attempts: 3}, a, b)
+	res := post(t, gw.URL, "/v1/chat/completions", chatBody)
+	if res.status != 400 || string(res.body) != upstreamErr {
+		t.Fatalf("got %d %s, want the upstream's 400 as it was", res.status, res.body)
+	}
+	if a.calls.Load() != 1 || b.calls.Load() != 0 {
+		t.Errorf("calls a=%d b=%d: a 400 must be neither retried nor sent elsewhere", a.calls.Load(), b.calls.Load())
+	}
+}
+
+func TestUpstreamAuthFailureIsTheGatewaysProblem(t *testing.T) {
+	a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = io.WriteString(w, `{"error":{"message":"Incorrect API key provided: upstream-****-a"}}`)
+	})
+	b := newFakeUpstream(t, okCompletion)
+	gw, _, _ := newGateway(t, gwOpts{}, a, b)
+	res := post(t, gw.URL, "/v1/chat/completions", chatBody)
+	if res.status != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502", res.status)
+	}
+	msg, _, code := openAIError(t, res.body)
+	if code != "upstream_auth_failed" || strings.Contains(msg, "****") {
+		t.Errorf("code %q message %q: want upstream_auth_failed without the upstream's text", code, msg)
+	}
+	if a.calls.Load() != 1 || b.calls.Load() != 0 {
+		t.Errorf("calls a=%d b=%d, want 1 and 0", a.calls.Load(), b.calls.Load())
+	}
+}
+
+func TestCircuitBreakerSkipsAFailingUpstream(t *testing.T) {
+	a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusBadGateway) })
+	b := newFakeUpstream(t, okCompletion)
+	gw, srv, m := newGateway(t, gwOpts{attempts: 1, breakerN: 3}, a, b)
+	for i := 0; i < 10; i++ {
+		if res := post(t, gw.URL, "/v1/chat/completions", chatBody); res.status != 200 {
+			t.Fatalf("request %d: status %d", i, res.status)
+		}
+	}
+	if got := a.calls.Load(); got != 3 {
+		t.Errorf("the failing upstream got %d requests, want 3 (then the circuit opens)", got)
+	}
+	if got := testutil.ToFloat64(m.UpstreamUpGauge("a")); got != 0 {
+		t.Errorf("relaygate_upstream_up{a} = %v, want 0", got)
+	}
+	h := srv.healthReport()
+	if h.Status != "degraded" || h.Upstreams[0].State != "open" {
+		t.Errorf("health = %+v, want degraded with a open", h)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	up := newFakeUpstream(t, okCompletion)
+	gw, _, _ := newGateway(t, gwOpts{maxBody: 4096}, up)
+	huge := `{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("x", 5000) + `"}]}`
+	tests := []struct {
+		name, method, path, body string
+		hdr                      []string
+		status                   int
+		code                     string
+	}{
+		{"malformed JSON", "POST", "/v1/chat/completions", `{"model":"m",`, nil, 400, "invalid_json"},
+		{"not an object", "POST", "/v1/chat/completions", `[1,2]`, nil, 400, "invalid_json"},
+		{"model of the wrong type", "POST", "/v1/chat/completions", `{"model":5,"messages":[]}`, nil, 400, "invalid_type"},
+		{"stream of the wrong type", "POST", "/v1/chat/completions", `{"model":"m","stream":"yes","messages":[{"role":"user","content":"x"}]}`, nil, 400, "invalid_type"},
+		{"messages missing", "POST", "/v1/chat/completions", `{"model":"m"}`, nil, 400, "missing_messages"},
+		{"model missing", "POST", "/v1/chat/completions", `{"messages":[{"role":"user","content":"x"}]}`, nil, 400, "missing_model"},
+		{"embeddings without input", "POST", "/v1/embeddings", `{"model":"m"}`, nil, 400, "missing_input"},
+		{"invalid UTF-8", "POST", "/v1/chat/completions", "{\"model\":\"m\xff\",\"messages\":[]}", nil, 400, "invalid_json"},
+		{"unknown model", "POST", "/v1/chat/completions", `{"model":"gpt-9","messages":[{"role":"user","content":"x"}]}`, nil, 404, "model_not_found"},
+		{"body over the limit", "POST", "/v1/chat/completions", huge, nil, 413, "request_too_large"},
+		{"no key", "POST", "/v1/chat/completions", chatBody, []string{"Authorization", ""}, 401, "invalid_api_key"},
+		{"wrong key", "POST", "/v1/chat/completions", chatBody, []string{"Authorization", "Bearer sk-wrong"}, 401, "invalid_api_key"},
+		{"malformed auth header", "POST", "/v1/chat/completions", chatBody, []string{"Authorization", "Basic Zm9vOmJhcg=="}, 401, "invalid_api_key"},
+		{"wrong method", "GET", "/v1/chat/completions", "", nil, 405, "method_not_allowed"},
+		{"unknown route", "POST", "/v1/../../etc/passwd", chatBody, nil, 404, "unknown_url"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tt.method, gw.URL+tt.path, strings.NewReader(tt.body))
+			req.Header.Set("Authorization", "Bearer "+testClientKey)
+			for i := 0; i+1 < len(tt.hdr); i += 2 {
+				if tt.hdr[i+1] == "" {
+					req.Header.Del(tt.hdr[i])
+				} else {
+					req.Header.Set(tt.hdr[i], tt.hdr[i+1])
+				}
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.status, b)
+			}
+			if _, _, code := openAIError(t, b); code != tt.code {
+				t.Errorf("code %q, want %q", code, tt.code)
+			}
+		})
+	}
+	if up.calls.Load() != 0 {
+		t.Errorf("bad requests reached the upstream %d times", up.calls.Load())
+	}
+	// And the gateway still serves.
+	if res := post(t, gw.URL, "/v1/chat/completions", chatBody); res.status != 200 {
+		t.Errorf("after bad input: status %d", res.status)
+	}
+}
+
+func TestOversizedBodyRefusedBeforeReading(t *testing.T) {
+	up := newFakeUpstream(t, okCompletion)
+	gw, _, _ := newGateway(t, gwOpts{maxBody: 4096}, up)
+	// Announce 100 MiB and send almost nothing: the answer must come
+	// without the gateway waiting for the rest.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", pr)
+	req.ContentLength = 100 << 20
+	req.Header.Set("Authorization", "Bearer "+testClientKey)
+	go func() { _, _ = pw.Write([]byte(`{"model":"m"`)) }()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 413 {
+		t.Fatalf("status %d, want 413", resp.StatusCode)
+	}
+}
+
+func TestRequestID(t *testing.T) {
+	up := newFakeUpstream(t, okCompletion)
+	gw, _, _ := newGateway(t, gwOpts{}, up)
+	if got := post(t, gw.URL, "/v1/chat/completions", chatBody, "X-Request-Id", "trace-42").header.Get("X-Request-Id"); got != "trace-42" {
+		t.Errorf("client id not kept: %q", got)
+	}
+	got := post(t, gw.URL, "/v1/chat/completions", chatBody, "X-Request-Id", "bad id\twith tab").header.Get("X-Request-Id")
+	if got == "" || strings.ContainsAny(got, " \t") {
+		t.Errorf("unsafe id not replaced: %q", got)
+	}
+}
+
+func TestModelRenamedPerUpstream(t *testing.T) {
+	a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) })
+	b := newFakeUpstream(t, okCompletion)
+	gw, _, _ := newGateway(t, gwOpts{attempts: 1, routeA: `a, {upstream: b, model: "official-m"}`}, a, b)
+	if res := post(t, gw.URL, "/v1/chat/completions", chatBody); res.status != 200 {
+		t.Fatalf("status %d", res.status)
+	}
+	want := strings.Replace(chatBody, `"model":"m"`, `"model":"official-m"`, 1)
+	if got := string(b.lastBody()); got != want {
+		t.Errorf("fallback got %s, want %s", got, want)
+	}
+	if got := string(a.lastBody()); got != chatBody {
+		t.Errorf("primary got %s, want the body untouched", got)
+	}
+}
+
+func TestModelsHealthReady(t *testing.T) {
+	up := newFakeUpstream(t, okCompletion)
+	gw, srv, _ := newGateway(t, gwOpts{}, up)
+	req, _ := http.NewRequest("GET", gw.URL+"/v1/models", nil)
+	req.Header.Set("Authorization", "Bearer "+testClientKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Object string `json:"object"`
+		Data   []struct {
+			ID, Object string
+		} `json:"data"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&list)
+	resp.Body.Close()
+	if list.Object != "list" || len(list.Data) != 1 || list.Data[0].ID != "m" || list.Data[0].Object != "model" {
+		t.Errorf("models = %+v", list)
+	}
+	for path, want := range map[string]int{"/health": 200, "/ready": 200} {
+		resp, err := http.Get(gw.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want || bytes.Contains(b, []byte("upstream-key")) || bytes.Contains(b, []byte(testClientKey)) {
+			t.Errorf("%s: %d %s", path, resp.StatusCode, b)
+		}
+	}
+	srv.Drain()
+	resp, _ = http.Get(gw.URL + "/ready")
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Errorf("/ready while draining = %d, want 503", resp.StatusCode)
+	}
+}
+
+// readSSE returns the data payloads of a stream, and the error that ended it.
+func readSSE(r io.Reader) ([]string, error) {
+	var out []string
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			out = append(out, d)
+		}
+	}
+	return out, sc.Err()
+}
+
+func TestStreaming(t *testing.T) {
+	t.Run("events pass through and the added usage event is removed", func(t *testing.T) {
+		up := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) { writeSSE(w, r, 3, 0) })
+		gw, _, m := newGateway(t, gwOpts{}, up)
+		res := post(t, gw.URL, "/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+		if res.status != 200 || !strings.HasPrefix(res.header.Get("Content-Type"), "text/event-stream") {
+			t.Fatalf("status %d type %q", res.status, res.header.Get("Content-Type"))
+		}
+		events, _ := readSSE(bytes.NewReader(res.body))
+		if len(events) != 5 || events[4] != "[DONE]" {
+			t.Fatalf("events = %q, want 3 content, finish, [DONE]", events)
+		}
+		if bytes.Contains(res.body, []byte(`"usage"`)) {
+			t.Errorf("the usage event the client did not ask for reached it")
+		}
+		if !bytes.Contains(up.lastBody(), []byte(`"stream_options":{"include_usage":true}`)) {
+			t.Errorf("upstream was not asked for usage: %s", up.lastBody())
+		}
+		if got := testutil.ToFloat64(m.TokensCounter("m", "completion")); got != 4 {
+			t.Errorf("completion tokens = %v, want 4 from the upstream's usage", got)
+		}
+	})
+	t.Run("usage kept when the client asked for it", func(t *testing.T) {
+		up := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) { writeSSE(w, r, 2, 0) })
+		gw, _, _ := newGateway(t, gwOpts{}, up)
+		body := `{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`
+		res := post(t, gw.URL, "/v1/chat/completions", body)
+		if !bytes.Contains(res.body, []byte(`"usage":{"prompt_tokens":7`)) {
+			t.Errorf("usage event missing: %s", res.body)
+		}
+		if string(up.lastBody()) != body {
+			t.Errorf("body changed although the client asked for usage: %s", up.lastBody())
+		}
+	})
+	t.Run("the /stream endpoint always streams", func(t *testing.T) {
+		up := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) { writeSSE(w, r, 1, 0) })
+		gw, _, _ := newGateway(t, gwOpts{}, up)
+		res := post(t, gw.URL, "/v1/chat/completions/stream", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`)
+		if !strings.HasPrefix(res.header.Get("Content-Type"), "text/event-stream") || !bytes.Contains(up.lastBody(), []byte(`"stream":true`)) {
+			t.Errorf("not streamed: %s / upstream body %s", res.header, up.lastBody())
+		}
+	})
+	t.Run("cut before the first event falls back", func(t *testing.T) {
+		a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(200)
+			w.(http.Flusher).Flush()
+			cutConnection(w)
+		})
+		b := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) { writeSSE(w, r, 2, 0) })
+		gw, _, _ := newGateway(t, gwOpts{attempts: 1}, a, b)
+		res := post(t, gw.URL, "/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+		events, err := readSSE(bytes.NewReader(res.body))
+		if err != nil || res.header.Get("X-Relaygate-Upstream") != "b" || events[len(events)-1] != "[DONE]" {
+			t.Errorf("want a whole stream from b, got upstream %q events %q err %v", res.header.Get("X-Relaygate-Upstream"), events, err)
+		}
+	})
+	t.Run("stall before the first event falls back", func(t *testing.T) {
+		a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(200)
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		})
+		b := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) { writeSSE(w, r, 2, 0) })
+		gw, _, _ := newGateway(t, gwOpts{attempts: 1, idle: "200ms"}, a, b)
+		res := post(t, gw.URL, "/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+		if res.header.Get("X-Relaygate-Upstream") != "b" {
+			t.Errorf("want the answer from b, got %q", res.header.Get("X-Relaygate-Upstream"))
+		}
+	})
+	t.Run("cut after the first event is not retried and the client sees an error", func(t *testing.T) {
+		a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"}}]}\n\n")
+			w.(http.Flusher).Flush()
+			cutConnection(w)
+		})
+		b := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) { writeSSE(w, r, 2, 0) })
+		gw, _, _ := newGateway(t, gwOpts{attempts: 3}, a, b)
+		req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Authorization", "Bearer "+testClientKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		events, rerr := readSSE(resp.Body)
+		resp.Body.Close()
+		if rerr == nil {
+			t.Errorf("the stream ended cleanly; the client must see it broke")
+		}
+		if len(events) < 2 || !strings.Contains(events[len(events)-1], "stream_interrupted") {
+			t.Errorf("events = %q, want the partial event then an error event", events)
+		}
+		if a.calls.Load() != 1 || b.calls.Load() != 0 {
+			t.Errorf("calls a=%d b=%d: nothing may be retried after the first byte", a.calls.Load(), b.calls.Load())
+		}
+	})
+}
+
+func TestClientDisconnectCancelsUpstream(t *testing.T) {
+	cancelled := make(chan struct{})
+	up := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // silent upstream: only the gateway can end this
+		close(cancelled)
+	})
+	gw, _, _ := newGateway(t, gwOpts{idle: "1h", timeout: "1h"}, up)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testClientKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(resp.Body).ReadString('\n')
+	if !strings.HasPrefix(line, "data: ") {
+		t.Fatalf("first line %q", line)
+	}
+	cancel()
+	resp.Body.Close()
+	select {
+	case <-cancelled:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the upstream request was not cancelled after the client went away")
+	}
+}

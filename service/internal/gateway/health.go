@@ -1,0 +1,97 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/relaygate/relaygate/service/internal/route"
+)
+
+type upstreamHealth struct {
+	Name      string `json:"name"`
+	Available bool   `json:"available"`
+	Disabled  string `json:"disabled,omitempty"`
+	route.BreakerStatus
+}
+
+// health is GET /health: liveness plus what an operator needs to see at a
+// glance. It carries no secrets: names, states and error summaries only.
+type health struct {
+	Status        string           `json:"status"`
+	Version       string           `json:"version,omitempty"`
+	UptimeSeconds float64          `json:"uptime_seconds"`
+	Upstreams     []upstreamHealth `json:"upstreams"`
+	Models        int              `json:"models"`
+	Auth          bool             `json:"auth"`
+}
+
+func (s *Server) healthReport() health {
+	st := s.state.Load()
+	h := health{Status: "ok", Version: s.version, UptimeSeconds: time.Since(s.started).Seconds(),
+		Models: len(st.models), Auth: len(st.keys) > 0}
+	up := 0
+	for _, u := range st.upstreams {
+		uh := upstreamHealth{Name: u.Name, Available: u.Available(), Disabled: u.Disabled, BreakerStatus: u.Breaker.Status()}
+		if uh.Available {
+			up++
+		}
+		h.Upstreams = append(h.Upstreams, uh)
+	}
+	switch {
+	case s.draining.Load():
+		h.Status = "draining"
+	case up == 0:
+		h.Status = "unavailable"
+	case up < len(st.upstreams):
+		h.Status = "degraded"
+	}
+	return h
+}
+
+// serveHealth answers 200 while the process is alive: a liveness probe
+// must not restart a gateway because an upstream is down.
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.healthReport())
+}
+
+// serveReady answers 200 only when a request could be served now: not
+// draining, and at least one upstream takes traffic.
+func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
+	h := s.healthReport()
+	ready := h.Status == "ok" || h.Status == "degraded"
+	code := http.StatusOK
+	if !ready {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, map[string]any{"ready": ready, "status": h.Status})
+}
+
+func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Request-Id", requestID(r))
+	st := s.state.Load()
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		methodNotAllowed(w, r, "GET")
+		return
+	}
+	if _, e := st.authorize(r); e != nil {
+		writeError(w, e)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(st.modelsJSON)
+}
+
+func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {
+	w.Header().Set("Allow", allow)
+	writeError(w, &apiError{Status: http.StatusMethodNotAllowed, Type: typeInvalidRequest, Code: "method_not_allowed",
+		Message: "Method " + r.Method + " is not allowed here; use " + allow + "."})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, _ := json.MarshalIndent(v, "", "  ")
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_, _ = w.Write(append(b, '\n'))
+}

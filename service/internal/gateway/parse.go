@@ -1,0 +1,205 @@
+package gateway
+
+import (
+	"bytes"
+	"strconv"
+	"unicode/utf8"
+	"unsafe"
+
+	"github.com/tidwall/gjson"
+)
+
+// endpoint is an API the gateway forwards.
+type endpoint int
+
+const (
+	epChat endpoint = iota
+	epEmbeddings
+)
+
+// upstreamPath is appended to an upstream's base URL (which ends in /v1).
+func (e endpoint) upstreamPath() string {
+	if e == epEmbeddings {
+		return "/embeddings"
+	}
+	return "/chat/completions"
+}
+
+// request is what the gateway reads of a client's body: only the fields
+// that decide routing, streaming and caching. Everything else goes to the
+// upstream as the client wrote it.
+type request struct {
+	model string
+	// modelStart/modelEnd locate the model's JSON string in the body, to
+	// rename it for an upstream that spells the model differently.
+	modelStart, modelEnd int
+	stream               bool
+	streamSet            bool // the body has a "stream" key
+	streamStart          int
+	streamEnd            int
+	// streamOptions locates the "stream_options" value (-1: absent).
+	streamOptionsStart, streamOptionsEnd int
+	includeUsage                         bool
+	// objectStart is the offset just past the body's opening brace.
+	objectStart int
+}
+
+// bytesToString views b as a string without copying; b must not change
+// while the string is in use (the request body is never modified in place).
+func bytesToString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
+// parseRequest validates the body and reads the fields the gateway needs in
+// one pass over the top-level keys, without decoding the rest.
+func parseRequest(b []byte, ep endpoint) (request, *apiError) {
+	req := request{streamOptionsStart: -1}
+	if !gjson.ValidBytes(b) || !utf8.Valid(b) {
+		return req, errBadRequest("invalid_json", "We could not parse the JSON body of your request: it is not valid JSON (or not UTF-8).")
+	}
+	s := bytesToString(b)
+	root := gjson.Parse(s)
+	if !root.IsObject() {
+		return req, errBadRequest("invalid_json", "The request body must be a JSON object.")
+	}
+	req.objectStart = root.Index + 1
+	var hasMessages, hasInput bool
+	var typeErr *apiError
+	root.ForEach(func(key, v gjson.Result) bool {
+		switch key.Str {
+		case "model":
+			if v.Type != gjson.String {
+				typeErr = errBadRequest("invalid_type", "Invalid type for 'model': expected a string, but got "+typeName(v)+".")
+				return false
+			}
+			req.model = v.Str
+			req.modelStart, req.modelEnd = v.Index, v.Index+len(v.Raw)
+		case "stream":
+			if v.Type != gjson.True && v.Type != gjson.False && v.Type != gjson.Null {
+				typeErr = errBadRequest("invalid_type", "Invalid type for 'stream': expected a boolean, but got "+typeName(v)+".")
+				return false
+			}
+			req.stream, req.streamSet = v.Type == gjson.True, true
+			req.streamStart, req.streamEnd = v.Index, v.Index+len(v.Raw)
+		case "stream_options":
+			if v.Type != gjson.Null && !v.IsObject() {
+				typeErr = errBadRequest("invalid_type", "Invalid type for 'stream_options': expected an object, but got "+typeName(v)+".")
+				return false
+			}
+			req.streamOptionsStart, req.streamOptionsEnd = v.Index, v.Index+len(v.Raw)
+			req.includeUsage = v.Get("include_usage").Type == gjson.True
+		case "messages":
+			if !v.IsArray() {
+				typeErr = errBadRequest("invalid_type", "Invalid type for 'messages': expected an array, but got "+typeName(v)+".")
+				return false
+			}
+			hasMessages = len(v.Raw) > 2 && v.Get("#").Int() > 0
+		case "input":
+			hasInput = true
+		}
+		return true
+	})
+	if typeErr != nil {
+		return req, typeErr
+	}
+	if req.model == "" {
+		return req, errBadRequest("missing_model", "You must provide a model parameter.")
+	}
+	switch ep {
+	case epChat:
+		if !hasMessages {
+			return req, errBadRequest("missing_messages", "'messages' must be a non-empty array.")
+		}
+	case epEmbeddings:
+		if !hasInput {
+			return req, errBadRequest("missing_input", "You must provide an 'input' parameter.")
+		}
+	}
+	return req, nil
+}
+
+func typeName(v gjson.Result) string {
+	switch v.Type {
+	case gjson.String:
+		return "a string"
+	case gjson.Number:
+		return "a number"
+	case gjson.True, gjson.False:
+		return "a boolean"
+	case gjson.Null:
+		return "null"
+	}
+	if v.IsArray() {
+		return "an array"
+	}
+	return "an object"
+}
+
+// upstreamBody returns the body to send to one upstream: the client's bytes,
+// with the model renamed when the upstream spells it differently, stream
+// forced on for the streaming endpoint, and usage asked for on streams so
+// the gateway can count tokens. usageAdded reports whether the client did
+// not ask for usage itself, so the extra usage event must not reach it.
+func upstreamBody(b []byte, req *request, model string, stream bool) (out []byte, usageAdded bool) {
+	var edits [3]edit
+	n := 0
+	insert := ""
+	if stream && !req.stream {
+		if req.streamSet {
+			edits[n] = edit{req.streamStart, req.streamEnd, "true"}
+			n++
+		} else {
+			insert += `"stream":true,`
+		}
+	}
+	if stream && !req.includeUsage {
+		usageAdded = true
+		if req.streamOptionsStart < 0 {
+			insert += `"stream_options":{"include_usage":true},`
+		} else {
+			edits[n] = edit{req.streamOptionsStart, req.streamOptionsEnd, streamOptionsWithUsage(b[req.streamOptionsStart:req.streamOptionsEnd])}
+			n++
+		}
+	}
+	if model != "" && model != req.model {
+		edits[n] = edit{req.modelStart, req.modelEnd, strconv.Quote(model)}
+		n++
+	}
+	if insert == "" && n == 0 {
+		return b, usageAdded
+	}
+	all := edits[:n]
+	if insert != "" {
+		all = append([]edit{{req.objectStart, req.objectStart, insert}}, all...)
+	}
+	sortEdits(all)
+	return applyEdits(make([]byte, 0, len(b)+len(insert)+64), b, all), usageAdded
+}
+
+// streamOptionsWithUsage returns a stream_options value (an object or null)
+// with include_usage set, keeping any other options the client gave.
+func streamOptionsWithUsage(raw []byte) string {
+	v := gjson.ParseBytes(raw)
+	if !v.IsObject() {
+		return `{"include_usage":true}`
+	}
+	if iu := v.Get("include_usage"); iu.Exists() {
+		return string(raw[:iu.Index]) + "true" + string(raw[iu.Index+len(iu.Raw):])
+	}
+	// raw is the object's own text, so it opens with '{' at 0.
+	if len(bytes.TrimSpace(raw[1:len(raw)-1])) == 0 {
+		return `{"include_usage":true}`
+	}
+	return `{"include_usage":true,` + string(raw[1:])
+}
+
+func sortEdits(e []edit) {
+	for i := 1; i < len(e); i++ {
+		for j := i; j > 0 && e[j].start < e[j-1].start; j-- {
+			e[j], e[j-1] = e[j-1], e[j]
+		}
+	}
+}

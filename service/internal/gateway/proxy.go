@@ -1,0 +1,398 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/relaygate/relaygate/service/internal/metrics"
+	"github.com/relaygate/relaygate/service/internal/route"
+)
+
+// maxResponseBytes bounds a non-streamed answer held in memory.
+const maxResponseBytes = 64 << 20
+
+// exchange is one client request on its way through the gateway: what the
+// log line and the metrics will say about it when it is done.
+type exchange struct {
+	s     *Server
+	st    *state
+	w     http.ResponseWriter
+	r     *http.Request
+	ep    endpoint
+	rid   string
+	start time.Time
+
+	model, upstream string // metric labels: config names only
+	status          int
+	stream          bool
+	cacheResult     string
+	attempts        int
+	upstreamWait    time.Duration
+	ttft            time.Duration
+	committed       bool // the response status line has gone out
+	clientGone      bool
+	abort           bool // cut the connection: a stream broke after its first byte
+	errMsg          string
+
+	price              route.Price
+	reference          *route.Price
+	prompt, completion int
+	usageKnown         bool
+}
+
+func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint, forceStream bool) {
+	x := &exchange{s: s, w: w, r: r, ep: ep, start: time.Now(), rid: requestID(r),
+		model: metrics.UnknownModel, upstream: metrics.NoUpstream, cacheResult: "BYPASS"}
+	w.Header().Set("X-Request-Id", x.rid)
+	s.metrics.Inflight(1)
+	defer x.finish()
+
+	if r.Method != http.MethodPost {
+		x.status = http.StatusMethodNotAllowed
+		methodNotAllowed(w, r, "POST")
+		return
+	}
+	st := s.state.Load()
+	x.st = st
+	if _, e := st.authorize(r); e != nil {
+		x.fail(e)
+		return
+	}
+	b, err := readBody(r, st.cfg.MaxBodyBytes)
+	if err != nil {
+		if errors.Is(err, errTooLarge) {
+			x.fail(&apiError{Status: http.StatusRequestEntityTooLarge, Type: typeInvalidRequest, Code: "request_too_large",
+				Message: fmt.Sprintf("The request body is larger than the gateway's limit of %d bytes.", st.cfg.MaxBodyBytes)})
+			return
+		}
+		x.fail(errBadRequest("unreadable_body", "The request body could not be read: "+err.Error()))
+		return
+	}
+	defer b.release()
+
+	req, e := parseRequest(b.buf, ep)
+	if e != nil {
+		x.fail(e)
+		return
+	}
+	m := st.models[req.model]
+	if m == nil {
+		x.fail(&apiError{Status: http.StatusNotFound, Type: typeInvalidRequest, Code: "model_not_found",
+			Message: fmt.Sprintf("The model %q does not exist on this gateway; GET /v1/models lists the models it serves.", truncate(req.model, 100))})
+		return
+	}
+	x.model, x.reference = m.name, m.reference
+	x.stream = ep == epChat && (forceStream || req.stream)
+	w.Header().Set("X-Cache", x.cacheResult)
+
+	hooks := route.Hooks{Retry: s.metrics.Retry, Fallback: s.metrics.Fallback}
+	out, err := m.chain.Run(r.Context(), st.policy, hooks, func(ctx context.Context, t *route.Target) route.Attempt {
+		return x.attempt(ctx, t, b, &req)
+	})
+	x.attempts = out.Attempts
+	if out.Target != nil {
+		return
+	}
+	var ex *route.ExhaustedError
+	switch {
+	case errors.Is(err, route.ErrClientGone) || x.clientGone:
+		x.status, x.errMsg = 499, "client went away"
+	case x.committed:
+		x.breakStream(err)
+	case errors.As(err, &ex):
+		status, code := http.StatusBadGateway, "upstream_failed"
+		if ex.Timeout() {
+			status, code = http.StatusGatewayTimeout, "upstream_timeout"
+		}
+		x.fail(&apiError{Status: status, Type: typeUpstream, Code: code,
+			Message: fmt.Sprintf("Model %s could not be served: %s.", m.name, ex.Error())})
+	default:
+		x.fail(&apiError{Status: http.StatusBadGateway, Type: typeUpstream, Code: "upstream_failed", Message: err.Error()})
+	}
+}
+
+// fail answers the client with e and remembers it for the log line.
+func (x *exchange) fail(e *apiError) {
+	x.status, x.errMsg = e.Status, e.Message
+	writeError(x.w, e)
+	x.committed = true
+}
+
+// attempt sends the request to one upstream and, when it answers well,
+// relays the answer to the client.
+func (x *exchange) attempt(ctx context.Context, t *route.Target, b *body, req *request) route.Attempt {
+	u := t.Upstream
+	data, usageAdded := upstreamBody(b.buf, req, t.Model, x.stream)
+	actx, cancel := context.WithTimeout(ctx, u.Timeout)
+	defer cancel()
+
+	hreq, err := http.NewRequestWithContext(actx, http.MethodPost, u.BaseURL+x.ep.upstreamPath(), nil)
+	if err != nil {
+		return route.Attempt{Err: fmt.Errorf("building request: %w", err)}
+	}
+	hreq.Body = b.reader(data)
+	hreq.ContentLength = int64(len(data))
+	hreq.GetBody = func() (io.ReadCloser, error) { return b.reader(data), nil }
+	accept := "application/json"
+	if x.stream {
+		accept = "text/event-stream"
+	}
+	hreq.Header = http.Header{
+		"Content-Type": {"application/json"},
+		"Accept":       {accept},
+		"User-Agent":   {"relaygate"},
+		"X-Request-Id": {x.rid},
+	}
+	if u.Auth != "" {
+		hreq.Header["Authorization"] = []string{u.Auth}
+	}
+
+	t0 := time.Now()
+	resp, err := u.Transport.RoundTrip(hreq)
+	if err != nil {
+		x.waited(u, t0, true)
+		return transportFailure(ctx, actx, u, err)
+	}
+	defer resp.Body.Close()
+
+	code := resp.StatusCode
+	switch {
+	case code == http.StatusOK && x.stream && isEventStream(resp.Header.Get("Content-Type")):
+		x.price = t.Price
+		return x.relayStream(ctx, actx, cancel, u, resp, t0, usageAdded)
+	case code >= 200 && code < 300:
+		x.price = t.Price
+		return x.relayWhole(ctx, actx, u, resp, t0)
+	case route.RetryableStatus(code) || code < 200 || (code >= 300 && code < 400):
+		msg := upstreamErrorMessage(resp.Body)
+		x.waited(u, t0, true)
+		return route.Attempt{
+			Err:        fmt.Errorf("HTTP %d%s", code, msg),
+			Retryable:  true,
+			Timeout:    code == http.StatusGatewayTimeout || code == http.StatusRequestTimeout,
+			RetryAfter: route.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
+		}
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		// The client's key was fine; the gateway's own key for this
+		// upstream was refused. Passing the upstream's 401 on would tell
+		// the client its key is wrong (and may echo part of ours), so it
+		// is a 502 that says whose configuration to fix.
+		x.waited(u, t0, true)
+		x.upstream = u.Name
+		x.w.Header().Set("X-Relaygate-Upstream", u.Name)
+		x.fail(&apiError{Status: http.StatusBadGateway, Type: typeUpstream, Code: "upstream_auth_failed",
+			Message: fmt.Sprintf("Upstream %s refused the gateway's credentials (HTTP %d); the operator must fix that upstream's api_key.", u.Name, code)})
+		return route.Attempt{}
+	default:
+		// The request itself is wrong (400, 404, 413, 422 …): every
+		// upstream would say the same, so the answer goes back as it is.
+		return x.relayWhole(ctx, actx, u, resp, t0)
+	}
+}
+
+// waited adds the time since t0 to the exchange's upstream wait and to the
+// upstream's latency histogram.
+func (x *exchange) waited(u *route.Upstream, t0 time.Time, record bool) time.Duration {
+	d := time.Since(t0)
+	x.upstreamWait += d
+	if record {
+		x.s.metrics.UpstreamDuration(u.Name, d.Seconds())
+	}
+	return d
+}
+
+func transportFailure(ctx, actx context.Context, u *route.Upstream, err error) route.Attempt {
+	switch {
+	case ctx.Err() != nil:
+		return route.Attempt{Err: err}
+	case errors.Is(actx.Err(), context.DeadlineExceeded):
+		return route.Attempt{Err: fmt.Errorf("no answer within timeout %s", u.Timeout), Retryable: true, Timeout: true}
+	}
+	var ne net.Error
+	timeout := errors.As(err, &ne) && ne.Timeout()
+	return route.Attempt{Err: err, Retryable: true, Timeout: timeout}
+}
+
+var respBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 32<<10); return &b }}
+
+// relayWhole reads a whole answer before sending any of it: a connection
+// that breaks mid-body can then still be retried or fall back, and the
+// client gets one write with a Content-Length.
+func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp *http.Response, t0 time.Time) route.Attempt {
+	bp := respBufPool.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= maxPooledBody {
+			respBufPool.Put(bp)
+		}
+	}()
+	data, err := readAll(resp.Body, (*bp)[:0], maxResponseBytes)
+	*bp = data
+	x.waited(u, t0, true)
+	if err != nil {
+		if ctx.Err() != nil {
+			return route.Attempt{Err: err}
+		}
+		if errors.Is(actx.Err(), context.DeadlineExceeded) {
+			return route.Attempt{Err: fmt.Errorf("answer not complete within timeout %s", u.Timeout), Retryable: true, Timeout: true}
+		}
+		if errors.Is(err, errTooLarge) {
+			return route.Attempt{Err: fmt.Errorf("answer larger than %d bytes", maxResponseBytes)}
+		}
+		return route.Attempt{Err: fmt.Errorf("reading answer: %w", err), Retryable: true}
+	}
+	if resp.StatusCode < 300 {
+		x.readUsage(data)
+	}
+	h := x.w.Header()
+	ct := resp.Header.Get("Content-Type")
+	if ct == "" {
+		ct = "application/json"
+	}
+	h.Set("Content-Type", ct)
+	h.Set("Content-Length", strconv.Itoa(len(data)))
+	x.setUpstreamHeaders(u, resp)
+	x.w.WriteHeader(resp.StatusCode)
+	x.status, x.upstream, x.committed = resp.StatusCode, u.Name, true
+	if _, err := x.w.Write(data); err != nil {
+		x.clientGone = true
+	}
+	return route.Attempt{}
+}
+
+func (x *exchange) setUpstreamHeaders(u *route.Upstream, resp *http.Response) {
+	h := x.w.Header()
+	h.Set("X-Relaygate-Upstream", u.Name)
+	if id := resp.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && safeToken(id) {
+		h.Set("X-Upstream-Request-Id", id)
+	}
+	// Server-Timing carries the gateway's own time so far and the upstream
+	// wait, for debugging one request from the client's side.
+	over := time.Since(x.start) - x.upstreamWait
+	h.Set("Server-Timing", "relaygate;dur="+strconv.FormatFloat(float64(over)/1e6, 'f', 3, 64)+
+		", upstream;dur="+strconv.FormatFloat(float64(x.upstreamWait)/1e6, 'f', 3, 64))
+}
+
+// readUsage takes token counts from an answer's usage object; an answer
+// without one stays unknown rather than being estimated.
+func (x *exchange) readUsage(data []byte) {
+	u := gjson.GetBytes(data, "usage")
+	if !u.IsObject() {
+		return
+	}
+	p, c := u.Get("prompt_tokens"), u.Get("completion_tokens")
+	if !p.Exists() && !c.Exists() {
+		return
+	}
+	x.prompt, x.completion, x.usageKnown = int(p.Int()), int(c.Int()), true
+}
+
+// readAll appends r to dst, failing with errTooLarge past limit bytes.
+func readAll(r io.Reader, dst []byte, limit int) ([]byte, error) {
+	for {
+		if len(dst) == cap(dst) {
+			dst = append(dst, 0)[:len(dst)]
+		}
+		n, err := r.Read(dst[len(dst):cap(dst)])
+		dst = dst[:len(dst)+n]
+		if len(dst) > limit {
+			return dst, errTooLarge
+		}
+		if err == io.EOF {
+			return dst, nil
+		}
+		if err != nil {
+			return dst, err
+		}
+	}
+}
+
+// upstreamErrorMessage reads the start of an error body for the failure
+// report: OpenAI's error.message when there is one.
+func upstreamErrorMessage(r io.Reader) string {
+	var buf [2048]byte
+	n, _ := io.ReadFull(r, buf[:])
+	if n == 0 {
+		return ""
+	}
+	msg := gjson.GetBytes(buf[:n], "error.message").String()
+	if msg == "" {
+		return ""
+	}
+	return ": " + truncate(sanitizePath(msg), 200)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// finish records the request in metrics and the log once it is over.
+func (x *exchange) finish() {
+	s := x.s
+	d := time.Since(x.start)
+	s.metrics.Inflight(-1)
+	if x.status == 0 {
+		x.status = 499
+	}
+	s.metrics.Request(x.model, x.upstream, x.status, d.Seconds())
+	if x.upstream != metrics.NoUpstream {
+		s.metrics.Overhead((d - x.upstreamWait).Seconds())
+	}
+	if x.ttft > 0 {
+		s.metrics.TTFT(x.model, x.ttft.Seconds())
+	}
+	if x.upstream != metrics.NoUpstream && x.status < 300 {
+		if x.usageKnown {
+			cost := x.price.Cost(x.prompt, x.completion)
+			ref, hasRef := 0.0, x.reference != nil
+			if hasRef {
+				ref = x.reference.Cost(x.prompt, x.completion)
+			}
+			s.metrics.Usage(x.model, x.upstream, x.prompt, x.completion, cost, ref, hasRef)
+		} else {
+			s.metrics.UsageUnknown(x.model)
+		}
+	}
+	if x.st == nil || *x.st.cfg.Log.Requests || x.status >= 500 {
+		level := slog.LevelInfo
+		if x.status >= 500 {
+			level = slog.LevelWarn
+		}
+		attrs := []slog.Attr{
+			slog.String("request_id", x.rid),
+			slog.String("path", x.r.URL.Path),
+			slog.String("model", x.model),
+			slog.String("upstream", x.upstream),
+			slog.Int("status", x.status),
+			slog.Float64("duration_ms", float64(d)/1e6),
+			slog.Float64("upstream_ms", float64(x.upstreamWait)/1e6),
+			slog.Int("attempts", x.attempts),
+			slog.Bool("stream", x.stream),
+			slog.String("cache", x.cacheResult),
+		}
+		if x.usageKnown {
+			attrs = append(attrs, slog.Int("prompt_tokens", x.prompt), slog.Int("completion_tokens", x.completion))
+		}
+		if x.errMsg != "" {
+			attrs = append(attrs, slog.String("error", x.errMsg))
+		}
+		s.log.LogAttrs(x.r.Context(), level, "request", attrs...)
+	}
+	if x.abort {
+		// Cut the connection without the final chunk, so the client sees
+		// a broken stream rather than one that looks complete.
+		panic(http.ErrAbortHandler)
+	}
+}

@@ -1,0 +1,182 @@
+// Package gateway is the HTTP face of Relaygate: an OpenAI-compatible API
+// that authenticates clients, routes each model through its chain of
+// upstreams and relays answers and Server-Sent Events as bytes.
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/internal/metrics"
+	"github.com/relaygate/relaygate/service/internal/route"
+)
+
+// Options are the gateway's collaborators.
+type Options struct {
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
+	// Version is reported by /health.
+	Version string
+}
+
+// Server is the gateway's http.Handler.
+type Server struct {
+	log      *slog.Logger
+	metrics  *metrics.Metrics
+	version  string
+	started  time.Time
+	state    atomic.Pointer[state]
+	draining atomic.Bool
+	metricsH http.Handler
+}
+
+// New builds a server for cfg.
+func New(cfg *config.Config, opts Options) *Server {
+	s := &Server{
+		log:     opts.Logger,
+		metrics: opts.Metrics,
+		version: opts.Version,
+		started: time.Now(),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.metrics == nil {
+		s.metrics = metrics.New()
+	}
+	s.metricsH = promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)})
+	s.apply(cfg)
+	return s
+}
+
+// Reload swaps in a new configuration. Requests in flight finish on the
+// config they started with.
+func (s *Server) Reload(cfg *config.Config) { s.apply(cfg) }
+
+func (s *Server) apply(cfg *config.Config) {
+	st := newState(cfg, s.state.Load(), func(u *route.Upstream, from, to route.BreakerState) {
+		s.metrics.CircuitTransition(u.Name, to.String())
+		s.metrics.UpstreamUp(u.Name, u.Disabled == "" && to != route.Open)
+		level := slog.LevelWarn
+		if to == route.Closed {
+			level = slog.LevelInfo
+		}
+		s.log.Log(context.Background(), level, "circuit breaker", "upstream", u.Name, "from", from.String(), "to", to.String(),
+			"last_error", u.Breaker.Status().LastError)
+	})
+	for _, u := range st.upstreams {
+		s.metrics.UpstreamUp(u.Name, u.Available())
+	}
+	s.metrics.SetLatencyBudget(cfg.SLO.LatencyP95.D().Seconds())
+	s.state.Store(st)
+	if len(cfg.ClientKeys) == 0 {
+		s.log.Warn("client_keys is empty: the gateway is OPEN, anyone who can reach it can spend your upstream credit")
+	}
+	for _, w := range cfg.Warnings {
+		s.log.Warn(w)
+	}
+}
+
+// Drain makes /ready fail so load balancers stop sending new requests,
+// while requests in flight go on.
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// ServeHTTP routes by exact path; the API is small and fixed, and a switch
+// costs nothing per request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/v1/chat/completions":
+		s.serveProxy(w, r, epChat, false)
+	case "/v1/chat/completions/stream":
+		s.serveProxy(w, r, epChat, true)
+	case "/v1/embeddings":
+		s.serveProxy(w, r, epEmbeddings, false)
+	case "/v1/models":
+		s.serveModels(w, r)
+	case "/health", "/healthz":
+		s.serveHealth(w, r)
+	case "/ready", "/readyz":
+		s.serveReady(w, r)
+	case "/metrics":
+		s.metricsH.ServeHTTP(w, r)
+	default:
+		w.Header().Set("X-Request-Id", requestID(r))
+		writeError(w, &apiError{Status: http.StatusNotFound, Type: typeInvalidRequest, Code: "unknown_url",
+			Message: "Unknown request URL: " + r.Method + " " + sanitizePath(r.URL.Path) + "."})
+	}
+}
+
+// authorize checks the Bearer key in constant time against every
+// configured key (no early exit, so timing does not tell which key or how
+// much of it matched). It returns an opaque client id for rate limits.
+func (st *state) authorize(r *http.Request) (client string, e *apiError) {
+	if len(st.keys) == 0 {
+		return "open", nil
+	}
+	h := r.Header.Get("Authorization")
+	const prefix = "Bearer "
+	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
+		return "", &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
+			Message: "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."}
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(h[len(prefix):])))
+	match := 0
+	for i := range st.keys {
+		match |= subtle.ConstantTimeCompare(sum[:], st.keys[i][:])
+	}
+	if match != 1 {
+		return "", &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
+			Message: "Incorrect API key provided."}
+	}
+	return hex.EncodeToString(sum[:8]), nil
+}
+
+// requestID keeps a client's X-Request-Id when it is a sane token (it ends
+// up in logs and headers, so nothing that could inject a line or header),
+// and makes one otherwise.
+func requestID(r *http.Request) string {
+	if id := r.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && safeToken(id) {
+		return id
+	}
+	var b [16]byte
+	u1, u2 := rand.Uint64(), rand.Uint64()
+	for i := 0; i < 8; i++ {
+		b[i], b[8+i] = byte(u1>>(8*i)), byte(u2>>(8*i))
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func safeToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			c == '-' || c == '_' || c == '.' || c == ':' || c == '/' || c == '+' || c == '=') {
+			return false
+		}
+	}
+	return true
+}
+
+// sanitizePath keeps an echoed path printable and short.
+func sanitizePath(p string) string {
+	if len(p) > 200 {
+		p = p[:200] + "…"
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, p)
+}

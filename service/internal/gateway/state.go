@@ -1,0 +1,134 @@
+package gateway
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/internal/route"
+)
+
+// state is everything derived from one configuration. The server swaps it
+// whole on reload, so a request sees one consistent config from start to end.
+type state struct {
+	cfg        *config.Config
+	keys       [][sha256.Size]byte
+	models     map[string]*model
+	upstreams  []*route.Upstream
+	policy     route.Policy
+	modelsJSON []byte
+}
+
+type model struct {
+	name      string
+	chain     route.Chain
+	reference *route.Price
+}
+
+// newState builds routing state from cfg, reusing the upstreams (their
+// connection pools and breakers) of prev whose connection settings did not
+// change, so a reload neither drops warm connections nor forgets failures.
+func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream, from, to route.BreakerState)) *state {
+	st := &state{
+		cfg:    cfg,
+		models: make(map[string]*model, len(cfg.Models)),
+		policy: route.Policy{
+			Attempts:   cfg.Retry.Attempts,
+			BackoffMin: cfg.Retry.BackoffMin.D(),
+			BackoffMax: cfg.Retry.BackoffMax.D(),
+		},
+	}
+	for _, k := range cfg.ClientKeys {
+		st.keys = append(st.keys, sha256.Sum256([]byte(k)))
+	}
+	old := map[string]*route.Upstream{}
+	if prev != nil {
+		for _, u := range prev.upstreams {
+			old[u.Name] = u
+		}
+	}
+	byName := map[string]*route.Upstream{}
+	for i := range cfg.Upstreams {
+		uc := &cfg.Upstreams[i]
+		u := &route.Upstream{
+			Name:     uc.Name,
+			BaseURL:  strings.TrimRight(uc.BaseURL, "/"),
+			Timeout:  uc.Timeout.D(),
+			Disabled: uc.Disabled,
+		}
+		if uc.APIKey != "" {
+			u.Auth = "Bearer " + uc.APIKey
+		}
+		if o, ok := old[uc.Name]; ok && o.BaseURL == u.BaseURL && sameTransport(prev.cfg, cfg, uc.Name) {
+			u.Transport, u.Breaker = o.Transport, o.Breaker
+		} else {
+			u.Transport = newTransport(uc)
+			u.Breaker = route.NewBreaker(cfg.CircuitBreaker.Failures, cfg.CircuitBreaker.Cooldown.D())
+			if onBreaker != nil {
+				u.Breaker.OnChange = func(from, to route.BreakerState) { onBreaker(u, from, to) }
+			}
+		}
+		st.upstreams = append(st.upstreams, u)
+		byName[u.Name] = u
+	}
+
+	type modelEntry struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+	}
+	list := struct {
+		Object string       `json:"object"`
+		Data   []modelEntry `json:"data"`
+	}{Object: "list", Data: []modelEntry{}}
+	created := time.Now().Unix()
+	for i := range cfg.Models {
+		mc := &cfg.Models[i]
+		m := &model{name: mc.Name}
+		for _, e := range mc.Route {
+			p := mc.PriceFor(e)
+			m.chain = append(m.chain, route.Target{
+				Upstream: byName[e.Upstream],
+				Model:    e.Model,
+				Price:    route.Price{InputPerMTok: p.InputPerMTok, OutputPerMTok: p.OutputPerMTok},
+			})
+		}
+		if rp := mc.ReferencePrice; rp != nil {
+			m.reference = &route.Price{InputPerMTok: rp.InputPerMTok, OutputPerMTok: rp.OutputPerMTok}
+		}
+		st.models[m.name] = m
+		list.Data = append(list.Data, modelEntry{ID: mc.Name, Object: "model", Created: created, OwnedBy: "relaygate"})
+	}
+	st.modelsJSON, _ = json.Marshal(list)
+	return st
+}
+
+func sameTransport(a, b *config.Config, name string) bool {
+	ua, _ := a.Upstream(name)
+	ub, _ := b.Upstream(name)
+	return ua != nil && ub != nil && ua.ConnectTimeout == ub.ConnectTimeout &&
+		ua.MaxIdleConns == ub.MaxIdleConns && a.CircuitBreaker == b.CircuitBreaker
+}
+
+// newTransport keeps a warm keep-alive pool per upstream. Timeouts on the
+// whole attempt come from the request's context, so the transport only
+// bounds connecting.
+func newTransport(u *config.Upstream) *http.Transport {
+	d := &net.Dialer{Timeout: u.ConnectTimeout.D(), KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         d.DialContext,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConns:        0,
+		MaxIdleConnsPerHost: u.MaxIdleConns,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: u.ConnectTimeout.D(),
+		ReadBufferSize:      16 << 10,
+		WriteBufferSize:     16 << 10,
+	}
+}

@@ -1,0 +1,251 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/relaygate/relaygate/service/internal/route"
+)
+
+const (
+	streamBufSize = 32 << 10
+	// maxEventBytes bounds one Server-Sent Event held while it arrives.
+	maxEventBytes = 4 << 20
+)
+
+var streamBufPool = sync.Pool{New: func() any { b := make([]byte, streamBufSize); return &b }}
+
+func isEventStream(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && mt == "text/event-stream"
+}
+
+// relayStream passes an upstream's Server-Sent Events to the client as
+// they arrive: whatever complete events one read brings are written and
+// flushed together, partial events wait for their end. Nothing is sent
+// until the first data event is in hand, so an upstream that fails or
+// stalls before it can still be retried or fall back; after it, a failure
+// ends the client's stream.
+func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelFunc, u *route.Upstream,
+	resp *http.Response, t0 time.Time, usageAdded bool) route.Attempt {
+	bp := streamBufPool.Get().(*[]byte)
+	buf := *bp
+	defer func() {
+		if cap(buf) == streamBufSize {
+			*bp = buf
+			streamBufPool.Put(bp)
+		}
+	}()
+
+	idle := x.st.cfg.StreamIdleTimeout.D()
+	var idleFired atomic.Bool
+	timer := time.AfterFunc(idle, func() { idleFired.Store(true); cancel() })
+	defer timer.Stop()
+	rc := http.NewResponseController(x.w)
+	defer func() { x.s.metrics.UpstreamDuration(u.Name, time.Since(t0).Seconds()) }()
+
+	x.upstreamWait += time.Since(t0) // waiting for the headers
+	filled, committed := 0, false
+	for {
+		if filled == len(buf) {
+			if len(buf) >= maxEventBytes {
+				return route.Attempt{Err: fmt.Errorf("stream event larger than %d bytes", maxEventBytes), Committed: committed}
+			}
+			buf = append(buf[:filled], make([]byte, len(buf))...)
+		}
+		timer.Reset(idle)
+		tr := time.Now()
+		n, err := resp.Body.Read(buf[filled:])
+		x.upstreamWait += time.Since(tr)
+		filled += n
+
+		if end := completeEvents(buf[:filled]); end > 0 && (committed || hasData(buf[:end])) {
+			if !committed {
+				x.commitStream(u, resp)
+				committed = true
+			}
+			werr := x.writeEvents(buf[:end], usageAdded)
+			filled = copy(buf, buf[end:filled])
+			if werr == nil {
+				werr = rc.Flush()
+			}
+			if werr != nil {
+				x.clientGone = true
+				return route.Attempt{Err: fmt.Errorf("writing to client: %w", werr), Committed: true}
+			}
+		}
+		if err == nil {
+			continue
+		}
+		if err == io.EOF {
+			if !committed {
+				return route.Attempt{Err: errors.New("stream ended before its first event"), Retryable: true}
+			}
+			if filled > 0 { // a last event without its blank line: pass it as it came
+				_ = x.writeEvents(buf[:filled], usageAdded)
+				_ = rc.Flush()
+			}
+			return route.Attempt{}
+		}
+		switch {
+		case ctx.Err() != nil:
+			x.clientGone = true
+			return route.Attempt{Err: err, Committed: committed}
+		case idleFired.Load():
+			return route.Attempt{Err: fmt.Errorf("stream sent nothing for %s (stream_idle_timeout)", idle),
+				Retryable: true, Timeout: true, Committed: committed}
+		case errors.Is(actx.Err(), context.DeadlineExceeded):
+			return route.Attempt{Err: fmt.Errorf("stream not complete within timeout %s", u.Timeout),
+				Retryable: true, Timeout: true, Committed: committed}
+		}
+		where := "before its first event"
+		if committed {
+			where = "mid-stream"
+		}
+		return route.Attempt{Err: fmt.Errorf("stream cut %s: %w", where, err), Retryable: true, Committed: committed}
+	}
+}
+
+func (x *exchange) commitStream(u *route.Upstream, resp *http.Response) {
+	h := x.w.Header()
+	h.Set("Content-Type", resp.Header.Get("Content-Type"))
+	h.Set("Cache-Control", "no-cache")
+	// Tell buffering proxies in front (nginx) to pass events at once.
+	h.Set("X-Accel-Buffering", "no")
+	x.setUpstreamHeaders(u, resp)
+	x.w.WriteHeader(http.StatusOK)
+	x.status, x.upstream, x.committed = http.StatusOK, u.Name, true
+	x.ttft = time.Since(x.start)
+}
+
+// completeEvents returns the length of the prefix of b made of whole
+// events (each ends with a blank line, "\n\n" or "\r\n\r\n").
+func completeEvents(b []byte) int {
+	end := 0
+	for i := 0; i < len(b); {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			break
+		}
+		k := i + j + 1
+		switch {
+		case k < len(b) && b[k] == '\n':
+			end = k + 1
+		case k+1 < len(b) && b[k] == '\r' && b[k+1] == '\n':
+			end = k + 2
+		}
+		i = k
+	}
+	return end
+}
+
+func hasData(b []byte) bool {
+	return bytes.HasPrefix(b, []byte("data:")) || bytes.Contains(b, []byte("\ndata:"))
+}
+
+var usageKey = []byte(`"usage"`)
+
+// writeEvents writes whole events to the client as bytes, reading usage
+// from the event that carries it. When the gateway asked for usage on the
+// client's behalf, that extra event (usage with empty choices) is dropped
+// so clients that index choices[0] of every chunk keep working.
+func (x *exchange) writeEvents(b []byte, usageAdded bool) error {
+	if !bytes.Contains(b, usageKey) {
+		_, err := x.w.Write(b)
+		return err
+	}
+	from := 0
+	for i := 0; i < len(b); {
+		end := nextEvent(b, i)
+		ev := b[i:end]
+		if bytes.Contains(ev, usageKey) && x.eventUsage(ev) && usageAdded && emptyChoices(ev) {
+			if _, err := x.w.Write(b[from:i]); err != nil {
+				return err
+			}
+			from = end
+		}
+		i = end
+	}
+	_, err := x.w.Write(b[from:])
+	return err
+}
+
+// nextEvent returns the offset just after the event starting at i.
+func nextEvent(b []byte, i int) int {
+	for j := i; j < len(b); j++ {
+		if b[j] != '\n' {
+			continue
+		}
+		if j+1 < len(b) && b[j+1] == '\n' {
+			return j + 2
+		}
+		if j+2 < len(b) && b[j+1] == '\r' && b[j+2] == '\n' {
+			return j + 3
+		}
+	}
+	return len(b)
+}
+
+// eventData returns the payload of an event's data lines.
+func eventData(ev []byte) []byte {
+	i := bytes.Index(ev, []byte("data:"))
+	if i < 0 {
+		return nil
+	}
+	d := ev[i+5:]
+	if len(d) > 0 && d[0] == ' ' {
+		d = d[1:]
+	}
+	if j := bytes.IndexByte(d, '\n'); j >= 0 {
+		d = d[:j]
+	}
+	return bytes.TrimRight(d, "\r")
+}
+
+// eventUsage records the usage an event carries; it reports whether there
+// was one.
+func (x *exchange) eventUsage(ev []byte) bool {
+	u := gjson.GetBytes(eventData(ev), "usage")
+	if !u.IsObject() {
+		return false
+	}
+	x.prompt = int(u.Get("prompt_tokens").Int())
+	x.completion = int(u.Get("completion_tokens").Int())
+	x.usageKnown = true
+	return true
+}
+
+func emptyChoices(ev []byte) bool {
+	c := gjson.GetBytes(eventData(ev), "choices")
+	return !c.Exists() || (c.IsArray() && len(c.Array()) == 0)
+}
+
+// breakStream ends a stream whose upstream failed after its first event:
+// an error event in OpenAI's shape for clients that read it, then the
+// connection is cut (in finish) so no client mistakes it for a whole answer.
+func (x *exchange) breakStream(err error) {
+	msg, _ := json.Marshal(map[string]any{"error": map[string]any{
+		"message": "The upstream stream broke: " + err.Error(),
+		"type":    typeUpstream,
+		"code":    "stream_interrupted",
+	}})
+	_, _ = x.w.Write([]byte("data: "))
+	_, _ = x.w.Write(msg)
+	_, _ = x.w.Write([]byte("\n\n"))
+	_ = http.NewResponseController(x.w).Flush()
+	x.errMsg = err.Error()
+	// Counted as 502: the client did not get a whole answer.
+	x.status = http.StatusBadGateway
+	x.abort = true
+}

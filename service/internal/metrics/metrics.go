@@ -1,0 +1,286 @@
+// Package metrics defines the gateway's Prometheus metrics, with SPEC.md's
+// names. Labels come only from configuration (model and upstream names) or
+// from small fixed sets (status codes, token kinds, cache results), never
+// from what a client sends, so cardinality stays bounded. Hot-path series
+// are resolved once and cached, so recording a request costs no label
+// hashing after the first time.
+package metrics
+
+import (
+	"strconv"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Buckets span a 20 µs gateway overhead to a five-minute completion, so one
+// set resolves both ends (SPEC: a 40 µs overhead and a 60 s completion).
+var Buckets = []float64{
+	0.00001, 0.00002, 0.00004, 0.00008, 0.00016, 0.00032, 0.00064,
+	0.00125, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+	1, 2.5, 5, 10, 20, 30, 60, 120, 300,
+}
+
+// Label values used when there is nothing better to say.
+const (
+	// UnknownModel buckets every model name that is not in the config.
+	UnknownModel = "unknown"
+	// NoUpstream labels requests answered before any upstream was chosen.
+	NoUpstream = "none"
+	// CacheUpstream labels requests answered from the cache.
+	CacheUpstream = "cache"
+)
+
+// Metrics holds every collector the gateway exports.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	requests         *prometheus.CounterVec
+	duration         *prometheus.HistogramVec
+	upstreamDuration *prometheus.HistogramVec
+	overhead         prometheus.Histogram
+	ttft             *prometheus.HistogramVec
+	tokens           *prometheus.CounterVec
+	usageUnknown     *prometheus.CounterVec
+	cost             *prometheus.CounterVec
+	savings          *prometheus.CounterVec
+	cacheRequests    *prometheus.CounterVec
+	retries          *prometheus.CounterVec
+	fallbacks        *prometheus.CounterVec
+	upstreamUp       *prometheus.GaugeVec
+	inflight         prometheus.Gauge
+	rateLimited      *prometheus.CounterVec
+	rateLimitErrors  prometheus.Counter
+	budget           prometheus.Gauge
+	breakerChanges   *prometheus.CounterVec
+
+	requestSeries sync.Map // requestKey → prometheus.Counter
+	modelSeries   sync.Map // model → *modelSeries
+}
+
+type requestKey struct {
+	model, upstream string
+	code            int
+}
+
+type modelSeries struct {
+	duration, ttft                 prometheus.Observer
+	promptTokens, completionTokens prometheus.Counter
+	savings, usageUnknown          prometheus.Counter
+}
+
+// New registers every metric on a fresh registry, with the Go runtime and
+// process collectors beside them.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{Registry: r}
+	f := func(c prometheus.Collector) { r.MustRegister(c) }
+
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_requests_total",
+		Help: "Client requests answered, by model, the upstream that answered (none, cache) and HTTP status.",
+	}, []string{"model", "upstream", "code"})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "relaygate_request_duration_seconds",
+		Help:    "Time from a request's arrival to the last byte of its answer.",
+		Buckets: Buckets,
+	}, []string{"model"})
+	m.upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "relaygate_upstream_duration_seconds",
+		Help:    "Time spent waiting on an upstream for one attempt, body included.",
+		Buckets: Buckets,
+	}, []string{"upstream"})
+	m.overhead = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "relaygate_overhead_seconds",
+		Help:    "Time the gateway itself spent on a request: total minus time waiting on upstreams.",
+		Buckets: Buckets,
+	})
+	m.ttft = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "relaygate_ttft_seconds",
+		Help:    "Time from a streamed request's arrival to its first event reaching the client.",
+		Buckets: Buckets,
+	}, []string{"model"})
+	m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_tokens_total",
+		Help: "Tokens reported by upstreams' usage, by kind (prompt, completion).",
+	}, []string{"model", "kind"})
+	m.usageUnknown = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_usage_unknown_total",
+		Help: "Successful answers whose upstream reported no usage; their tokens and cost are not counted.",
+	}, []string{"model"})
+	m.cost = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_cost_usd_total",
+		Help: "What the answered requests cost at the configured price of the upstream that answered.",
+	}, []string{"model", "upstream"})
+	m.savings = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_savings_usd_total",
+		Help: "Reference (official) price of the answered requests minus what they cost; cache hits save it all.",
+	}, []string{"model"})
+	m.cacheRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_cache_requests_total",
+		Help: "Cache look-ups by result: hit, miss, error (Redis down or slow), bypass (not cacheable).",
+	}, []string{"result"})
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_retries_total",
+		Help: "Retries of an upstream after a retryable failure.",
+	}, []string{"upstream"})
+	m.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_fallbacks_total",
+		Help: "Requests passed from one upstream of a route to the next.",
+	}, []string{"from", "to"})
+	m.upstreamUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "relaygate_upstream_up",
+		Help: "1 while an upstream takes traffic, 0 while its circuit is open or it is disabled.",
+	}, []string{"upstream"})
+	m.inflight = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "relaygate_inflight_requests",
+		Help: "Requests being served now, streams included.",
+	})
+	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_rate_limited_total",
+		Help: "Requests refused by the per-key rate limits, by limit (rpm, tpm).",
+	}, []string{"limit"})
+	m.rateLimitErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "relaygate_rate_limit_errors_total",
+		Help: "Rate-limit checks that could not reach Redis (the request was let through).",
+	})
+	m.budget = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "relaygate_latency_budget_seconds",
+		Help: "The p95 latency objective from the config (slo.latency_p95), for alerting.",
+	})
+	m.breakerChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_circuit_transitions_total",
+		Help: "Circuit breaker state changes per upstream, by the state entered.",
+	}, []string{"upstream", "state"})
+
+	for _, c := range []prometheus.Collector{
+		m.requests, m.duration, m.upstreamDuration, m.overhead, m.ttft, m.tokens,
+		m.usageUnknown, m.cost, m.savings, m.cacheRequests, m.retries, m.fallbacks,
+		m.upstreamUp, m.inflight, m.rateLimited, m.rateLimitErrors, m.breakerChanges,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		f(c)
+	}
+	for _, res := range []string{"hit", "miss", "error", "bypass"} {
+		m.cacheRequests.WithLabelValues(res)
+	}
+	return m
+}
+
+// SetLatencyBudget exports the configured p95 objective; zero removes it so
+// the latency alert does not fire against a budget nobody set.
+func (m *Metrics) SetLatencyBudget(seconds float64) {
+	if seconds <= 0 {
+		m.Registry.Unregister(m.budget)
+		return
+	}
+	m.Registry.Unregister(m.budget)
+	m.Registry.MustRegister(m.budget)
+	m.budget.Set(seconds)
+}
+
+func (m *Metrics) model(name string) *modelSeries {
+	if s, ok := m.modelSeries.Load(name); ok {
+		return s.(*modelSeries)
+	}
+	s := &modelSeries{
+		duration:         m.duration.WithLabelValues(name),
+		ttft:             m.ttft.WithLabelValues(name),
+		promptTokens:     m.tokens.WithLabelValues(name, "prompt"),
+		completionTokens: m.tokens.WithLabelValues(name, "completion"),
+		savings:          m.savings.WithLabelValues(name),
+		usageUnknown:     m.usageUnknown.WithLabelValues(name),
+	}
+	actual, _ := m.modelSeries.LoadOrStore(name, s)
+	return actual.(*modelSeries)
+}
+
+// Request counts one answered request and its total duration.
+func (m *Metrics) Request(model, upstream string, code int, seconds float64) {
+	k := requestKey{model, upstream, code}
+	c, ok := m.requestSeries.Load(k)
+	if !ok {
+		c, _ = m.requestSeries.LoadOrStore(k, m.requests.WithLabelValues(model, upstream, strconv.Itoa(code)))
+	}
+	c.(prometheus.Counter).Inc()
+	m.model(model).duration.Observe(seconds)
+}
+
+// UpstreamDuration records one attempt's wait on an upstream.
+func (m *Metrics) UpstreamDuration(upstream string, seconds float64) {
+	m.upstreamDuration.WithLabelValues(upstream).Observe(seconds)
+}
+
+// Overhead records the gateway's own time on one request.
+func (m *Metrics) Overhead(seconds float64) { m.overhead.Observe(seconds) }
+
+// TTFT records the time to a stream's first event.
+func (m *Metrics) TTFT(model string, seconds float64) { m.model(model).ttft.Observe(seconds) }
+
+// Usage counts tokens, cost and savings of one answer. cost and reference
+// are in dollars; a negative saving (the route costs more than the
+// reference) is not counted, since a counter cannot go down: the cost
+// counter shows it.
+func (m *Metrics) Usage(model, upstream string, prompt, completion int, cost, reference float64, hasReference bool) {
+	s := m.model(model)
+	s.promptTokens.Add(float64(prompt))
+	s.completionTokens.Add(float64(completion))
+	if upstream != CacheUpstream {
+		m.cost.WithLabelValues(model, upstream).Add(cost)
+	}
+	if hasReference && reference > cost {
+		s.savings.Add(reference - cost)
+	}
+}
+
+// UsageUnknown counts an answer that came without usage.
+func (m *Metrics) UsageUnknown(model string) { m.model(model).usageUnknown.Inc() }
+
+// Cache counts one cache look-up by result.
+func (m *Metrics) Cache(result string) { m.cacheRequests.WithLabelValues(result).Inc() }
+
+// Retry counts a retry of an upstream.
+func (m *Metrics) Retry(upstream string) { m.retries.WithLabelValues(upstream).Inc() }
+
+// Fallback counts a move from one upstream to the next.
+func (m *Metrics) Fallback(from, to string) { m.fallbacks.WithLabelValues(from, to).Inc() }
+
+// UpstreamUp sets whether an upstream takes traffic.
+func (m *Metrics) UpstreamUp(upstream string, up bool) {
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.upstreamUp.WithLabelValues(upstream).Set(v)
+}
+
+// CircuitTransition counts a breaker entering state.
+func (m *Metrics) CircuitTransition(upstream, state string) {
+	m.breakerChanges.WithLabelValues(upstream, state).Inc()
+}
+
+// Inflight moves the in-flight gauge by delta.
+func (m *Metrics) Inflight(delta float64) { m.inflight.Add(delta) }
+
+// RateLimited counts a refusal by the named limit.
+func (m *Metrics) RateLimited(limit string) { m.rateLimited.WithLabelValues(limit).Inc() }
+
+// RateLimitError counts a limit check that could not reach Redis.
+func (m *Metrics) RateLimitError() { m.rateLimitErrors.Inc() }
+
+// FallbacksCounter, UpstreamUpGauge and TokensCounter expose single series
+// for tests and reports.
+func (m *Metrics) FallbacksCounter(from, to string) prometheus.Collector {
+	return m.fallbacks.WithLabelValues(from, to)
+}
+
+// UpstreamUpGauge returns the relaygate_upstream_up series of an upstream.
+func (m *Metrics) UpstreamUpGauge(upstream string) prometheus.Collector {
+	return m.upstreamUp.WithLabelValues(upstream)
+}
+
+// TokensCounter returns the relaygate_tokens_total series of a model and kind.
+func (m *Metrics) TokensCounter(model, kind string) prometheus.Collector {
+	return m.tokens.WithLabelValues(model, kind)
+}

@@ -1,0 +1,160 @@
+package route
+
+import (
+	"sync"
+	"time"
+)
+
+// BreakerState is the position of an upstream's circuit breaker.
+type BreakerState int
+
+const (
+	// Closed: traffic flows.
+	Closed BreakerState = iota
+	// Open: the upstream failed too often; requests skip it until the
+	// cool-down ends.
+	Open
+	// HalfOpen: the cool-down ended and one probe request is in flight;
+	// others still skip the upstream until the probe answers.
+	HalfOpen
+)
+
+func (s BreakerState) String() string {
+	switch s {
+	case Open:
+		return "open"
+	case HalfOpen:
+		return "half-open"
+	default:
+		return "closed"
+	}
+}
+
+// Breaker is a consecutive-failure circuit breaker. Its lock is per
+// upstream and held for a few instructions, so it is no global lock on the
+// hot path.
+type Breaker struct {
+	threshold int
+	cooldown  time.Duration
+	now       func() time.Time
+	// OnChange, when set, is told of every state change (metrics, logs).
+	// It runs with the breaker's lock released.
+	OnChange func(from, to BreakerState)
+
+	mu       sync.Mutex
+	state    BreakerState
+	failures int
+	openedAt time.Time
+	probing  bool
+	lastErr  string
+}
+
+// NewBreaker opens after threshold consecutive failures and stays open for
+// cooldown before letting one probe through.
+func NewBreaker(threshold int, cooldown time.Duration) *Breaker {
+	if threshold < 1 {
+		threshold = 1
+	}
+	return &Breaker{threshold: threshold, cooldown: cooldown, now: time.Now}
+}
+
+// Allow says whether a request may go to the upstream now. When the answer
+// is yes after the cool-down, the caller holds the single probe and must
+// report its outcome with Success or Failure. retryIn says how long until
+// an open breaker lets a probe through.
+func (b *Breaker) Allow() (ok bool, retryIn time.Duration) {
+	b.mu.Lock()
+	switch b.state {
+	case Closed:
+		b.mu.Unlock()
+		return true, 0
+	case Open:
+		left := b.cooldown - b.now().Sub(b.openedAt)
+		if left > 0 {
+			b.mu.Unlock()
+			return false, left
+		}
+		b.state, b.probing = HalfOpen, true
+		b.mu.Unlock()
+		b.notify(Open, HalfOpen)
+		return true, 0
+	default: // HalfOpen: one probe at a time
+		if b.probing {
+			b.mu.Unlock()
+			return false, b.cooldown
+		}
+		b.probing = true
+		b.mu.Unlock()
+		return true, 0
+	}
+}
+
+// Success closes the breaker.
+func (b *Breaker) Success() {
+	b.mu.Lock()
+	from := b.state
+	b.state, b.failures, b.probing, b.lastErr = Closed, 0, false, ""
+	b.mu.Unlock()
+	if from != Closed {
+		b.notify(from, Closed)
+	}
+}
+
+// Failure records a failed request; the threshold-th consecutive failure, or
+// a failed probe, opens the breaker.
+func (b *Breaker) Failure(reason string) {
+	b.mu.Lock()
+	from := b.state
+	b.failures++
+	b.lastErr = reason
+	b.probing = false
+	if from == HalfOpen || b.failures >= b.threshold {
+		b.state = Open
+		b.openedAt = b.now()
+	}
+	to := b.state
+	b.mu.Unlock()
+	if from != to {
+		b.notify(from, to)
+	}
+}
+
+// Release gives back a probe slot whose request ended without a verdict on
+// the upstream (the client went away), so the next request can probe.
+func (b *Breaker) Release() {
+	b.mu.Lock()
+	b.probing = false
+	b.mu.Unlock()
+}
+
+// BreakerStatus is a snapshot for /health.
+type BreakerStatus struct {
+	State               string    `json:"state"`
+	ConsecutiveFailures int       `json:"consecutive_failures"`
+	LastError           string    `json:"last_error,omitempty"`
+	OpenedAt            time.Time `json:"opened_at,omitzero"`
+}
+
+// Status returns the breaker's state for reports.
+func (b *Breaker) Status() BreakerStatus {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := BreakerStatus{State: b.state.String(), ConsecutiveFailures: b.failures, LastError: b.lastErr}
+	if b.state != Closed {
+		s.OpenedAt = b.openedAt
+	}
+	return s
+}
+
+// State returns the current state.
+func (b *Breaker) State() BreakerState {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.state
+}
+
+func (b *Breaker) notify(from, to BreakerState) {
+	if b.OnChange != nil {
+		b.OnChange(from, to)
+	}
+}
