@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -35,6 +36,9 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("file is empty")
+		}
 		return nil, fmt.Errorf("not valid YAML: %w", err)
 	}
 	if len(doc.Content) == 0 {
@@ -54,7 +58,7 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 
 	var cfg Config
 	if err := root.Decode(&cfg); err != nil {
-		return nil, err
+		return nil, l.withKeys(err)
 	}
 	cfg.applyDefaults()
 	l.validate(&cfg, unset)
@@ -128,6 +132,44 @@ func expandEnv(n *yaml.Node, lookup func(string) (string, bool), path string) ma
 	}
 	walk(n, path)
 	return unset
+}
+
+var lineRef = regexp.MustCompile(`line (\d+): `)
+
+// withKeys rewrites a decoding error so each "line N:" also names the key
+// at that line: yaml's own messages give only the line.
+func (l *loader) withKeys(err error) error {
+	paths := map[int]string{}
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
+		switch n.Kind {
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				p := joinPath(path, n.Content[i].Value)
+				paths[n.Content[i+1].Line] = p
+				walk(n.Content[i+1], p)
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				p := fmt.Sprintf("%s[%d]", path, i)
+				if _, ok := paths[c.Line]; !ok || c.Kind == yaml.ScalarNode {
+					paths[c.Line] = p
+				}
+				walk(c, p)
+			}
+		}
+	}
+	walk(l.root, "")
+	msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n")
+	msg = lineRef.ReplaceAllStringFunc(msg, func(m string) string {
+		var n int
+		fmt.Sscanf(m, "line %d: ", &n)
+		if p, ok := paths[n]; ok {
+			return m + p + ": "
+		}
+		return m
+	})
+	return errors.New(strings.TrimSpace(msg))
 }
 
 func joinPath(path, key string) string {

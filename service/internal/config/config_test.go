@@ -1,0 +1,197 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+func env(vars map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+}
+
+const minimal = `
+upstreams:
+  - name: relay
+    base_url: https://relay.example/v1
+    api_key: ${RELAY_KEY}
+models:
+  - name: gpt-4.1
+    route: [relay]
+    price: {input_per_mtok: 2, output_per_mtok: 8}
+`
+
+func TestParseAppliesDefaultsAndExpandsEnv(t *testing.T) {
+	cfg, err := Parse([]byte(minimal), env(map[string]string{"RELAY_KEY": "sk-relay: with # yaml chars"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := cfg.Upstreams[0]
+	if u.APIKey != "sk-relay: with # yaml chars" {
+		t.Errorf("api_key = %q: a secret with YAML syntax must arrive as it is", u.APIKey)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"listen", cfg.Listen, DefaultListen},
+		{"max_body_bytes", cfg.MaxBodyBytes, int64(DefaultMaxBodyBytes)},
+		{"timeout", u.Timeout.D(), DefaultTimeout},
+		{"connect_timeout", u.ConnectTimeout.D(), DefaultConnectTimeout},
+		{"retry.attempts", cfg.Retry.Attempts, DefaultAttempts},
+		{"retry.backoff_min", cfg.Retry.BackoffMin.D(), DefaultBackoffMin},
+		{"circuit_breaker.failures", cfg.CircuitBreaker.Failures, DefaultBreakerFailures},
+		{"stream_idle_timeout", cfg.StreamIdleTimeout.D(), DefaultStreamIdleTimeout},
+		{"log.requests", *cfg.Log.Requests, true},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	if u.Disabled != "" || len(cfg.Warnings) != 0 {
+		t.Errorf("unexpected disabled/warnings: %q %q", u.Disabled, cfg.Warnings)
+	}
+}
+
+func TestUnsetUpstreamKeyDisablesTheUpstream(t *testing.T) {
+	cfg, err := Parse([]byte(minimal), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(cfg.Upstreams[0].Disabled, "RELAY_KEY is not set") || len(cfg.Warnings) != 1 {
+		t.Errorf("disabled = %q warnings = %q", cfg.Upstreams[0].Disabled, cfg.Warnings)
+	}
+}
+
+func TestRouteEntryForms(t *testing.T) {
+	doc := `
+upstreams:
+  - {name: relay, base_url: "http://127.0.0.1:1/v1"}
+  - {name: official, base_url: "https://api.example/v1"}
+models:
+  - name: claude
+    route:
+      - relay
+      - {upstream: official, model: claude-x-1, price: {input_per_mtok: 3, output_per_mtok: 15}}
+    price: {input_per_mtok: 1, output_per_mtok: 5}
+`
+	cfg, err := Parse([]byte(doc), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := cfg.Models[0]
+	if m.Route[0].Upstream != "relay" || m.Route[1].Upstream != "official" || m.Route[1].Model != "claude-x-1" {
+		t.Fatalf("route = %+v", m.Route)
+	}
+	if p := m.PriceFor(m.Route[0]); p.OutputPerMTok != 5 {
+		t.Errorf("relay price = %+v, want the model's", p)
+	}
+	if p := m.PriceFor(m.Route[1]); p.OutputPerMTok != 15 {
+		t.Errorf("official price = %+v, want the entry's own", p)
+	}
+}
+
+// TestBrokenConfigs checks that each mistake fails with its line and key.
+func TestBrokenConfigs(t *testing.T) {
+	tests := []struct {
+		name string
+		doc  string
+		env  map[string]string
+		want []string
+	}{
+		{"unknown top-level key", minimal + "retyr: {attempts: 3}\n", nil, []string{"line 10", `unknown key "retyr"`, "known keys"}},
+		{"unknown nested key", strings.Replace(minimal, "    api_key:", "    timout: 5s\n    api_key:", 1), nil, []string{"line 5", "upstreams[0]", `unknown key "timout"`}},
+		{"duration without unit", strings.Replace(minimal, "    api_key:", "    timeout: 30\n    api_key:", 1), nil, []string{"line 5", "not a duration"}},
+		{"wrong type", minimal + "retry: {attempts: many}\n", nil, []string{"line 10", "attempts"}},
+		{"route to an unknown upstream", strings.Replace(minimal, "route: [relay]", "route: [relay, openai]", 1), nil, []string{"line 8", "models[0].route[1]", `"openai" is not defined`}},
+		{"missing base_url", strings.Replace(minimal, "    base_url: https://relay.example/v1\n", "", 1), nil, []string{"upstreams[0].base_url", "is required"}},
+		{"base_url not http", strings.Replace(minimal, "https://relay.example/v1", "ftp://relay.example", 1), nil, []string{"line 4", "not an absolute http(s) URL"}},
+		{"credentials in base_url", strings.Replace(minimal, "https://relay.example/v1", "https://user:pw@relay.example/v1", 1), nil, []string{"must not carry credentials"}},
+		{"client key variable unset", minimal + "client_keys: [\"${GATEWAY_API_KEY}\"]\n", nil, []string{"line 10", "client_keys[0]", "GATEWAY_API_KEY is not set"}},
+		{"client key too short", minimal + "client_keys: [\"abc\"]\n", nil, []string{"client_keys[0]", "at least 16"}},
+		{"no models", "upstreams:\n  - {name: r, base_url: \"http://127.0.0.1/v1\"}\n", nil, []string{"models: at least one model"}},
+		{"duplicate model", minimal + "  - name: gpt-4.1\n    route: [relay]\n", nil, []string{"models[1].name", "defined twice"}},
+		{"negative price", strings.Replace(minimal, "input_per_mtok: 2", "input_per_mtok: -2", 1), nil, []string{"models[0].price", "negative"}},
+		{"backoff_max below min", minimal + "retry: {backoff_min: 2s, backoff_max: 1s}\n", nil, []string{"retry.backoff_max", "shorter"}},
+		{"rate limit without redis", minimal + "rate_limit: {rpm: 10}\n", nil, []string{"rate_limit", "cache.redis_url"}},
+		{"bad redis url", minimal + "cache: {redis_url: \"http://x\"}\n", nil, []string{"cache.redis_url"}},
+		{"bad listen", minimal + "listen: \"8000\"\n", nil, []string{"listen", "host:port"}},
+		{"not yaml", "upstreams: [\n", nil, []string{"not valid YAML"}},
+		{"empty file", "", nil, []string{"empty"}},
+		{"log level", minimal + "log: {level: loud}\n", nil, []string{"log.level"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.doc), env(tt.env))
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestRedactedHidesSecrets(t *testing.T) {
+	doc := minimal + "client_keys: [\"client-secret-0123456789\"]\ncache: {redis_url: \"redis://:hunter2@127.0.0.1:6379/0\"}\n"
+	cfg, err := Parse([]byte(doc), env(map[string]string{"RELAY_KEY": "sk-relay-secret"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Redacted()
+	for _, s := range []string{r.ClientKeys[0], r.Upstreams[0].APIKey, r.Cache.RedisURL} {
+		if strings.Contains(s, "secret") || strings.Contains(s, "hunter2") {
+			t.Errorf("redacted value still holds a secret: %q", s)
+		}
+	}
+	if cfg.Upstreams[0].APIKey != "sk-relay-secret" {
+		t.Error("Redacted changed the original")
+	}
+}
+
+// TestShippedConfigs loads every config the repository ships.
+func TestShippedConfigs(t *testing.T) {
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..", "..")
+	files, _ := filepath.Glob(filepath.Join(root, "config", "*.yaml"))
+	if len(files) == 0 {
+		t.Fatal("no config/*.yaml found")
+	}
+	vars := map[string]string{"GATEWAY_API_KEY": "gw-key-0123456789abcdef", "HOLYSHEEP_API_KEY": "k", "OPENAI_API_KEY": "k",
+		"UPSTREAM_SIM_URL": "http://127.0.0.1:9001/v1", "REDIS_URL": "redis://127.0.0.1:6379/0"}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := Parse(data, env(vars))
+		if err != nil {
+			t.Errorf("%s: %v", filepath.Base(f), err)
+			continue
+		}
+		if filepath.Base(f) == "gateway.yaml" {
+			for _, m := range []string{"gpt-4.1", "claude-sonnet-4.5", "gemini-2.5-flash", "deepseek-v3.2"} {
+				found := false
+				for _, cm := range cfg.Models {
+					if cm.Name == m && cm.Route[0].Upstream == "holysheep" && len(cm.Route) == 2 {
+						found = true
+					}
+				}
+				if !found {
+					t.Errorf("gateway.yaml: model %s must route holysheep first with an official fallback", m)
+				}
+			}
+			for _, u := range cfg.Upstreams {
+				if strings.Contains(u.BaseURL, "127.0.0.1") {
+					t.Errorf("gateway.yaml: production config points %s at a local simulator", u.Name)
+				}
+			}
+		}
+	}
+}

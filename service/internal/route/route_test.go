@@ -1,0 +1,213 @@
+package route
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
+func TestBreakerLifecycle(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1000, 0)}
+	b := NewBreaker(3, 30*time.Second)
+	b.now = clk.now
+	var changes []string
+	b.OnChange = func(from, to BreakerState) { changes = append(changes, from.String()+">"+to.String()) }
+
+	for i := 0; i < 2; i++ {
+		b.Failure("boom")
+	}
+	if ok, _ := b.Allow(); !ok {
+		t.Fatal("open after 2 of 3 failures")
+	}
+	b.Success() // success resets the count
+	for i := 0; i < 3; i++ {
+		b.Failure("boom")
+	}
+	if ok, retryIn := b.Allow(); ok || retryIn != 30*time.Second {
+		t.Fatalf("Allow = %v, %s; want refused for 30s", ok, retryIn)
+	}
+	clk.t = clk.t.Add(31 * time.Second)
+	if ok, _ := b.Allow(); !ok {
+		t.Fatal("no probe after the cool-down")
+	}
+	if ok, _ := b.Allow(); ok {
+		t.Fatal("a second request went through while the probe is out")
+	}
+	b.Failure("still down") // failed probe: open again
+	if ok, _ := b.Allow(); ok {
+		t.Fatal("open breaker let a request through after a failed probe")
+	}
+	clk.t = clk.t.Add(31 * time.Second)
+	if ok, _ := b.Allow(); !ok {
+		t.Fatal("no second probe")
+	}
+	b.Success()
+	if b.State() != Closed {
+		t.Fatalf("state %s after a good probe", b.State())
+	}
+	want := "closed>open,open>half-open,half-open>open,open>half-open,half-open>closed"
+	if got := strings.Join(changes, ","); got != want {
+		t.Errorf("transitions %s, want %s", got, want)
+	}
+}
+
+func TestBreakerReleaseFreesTheProbe(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(0, 0)}
+	b := NewBreaker(1, time.Second)
+	b.now = clk.now
+	b.Failure("x")
+	clk.t = clk.t.Add(2 * time.Second)
+	if ok, _ := b.Allow(); !ok {
+		t.Fatal("no probe")
+	}
+	b.Release()
+	if ok, _ := b.Allow(); !ok {
+		t.Fatal("released probe slot not reusable")
+	}
+}
+
+func TestBackoffFullJitterWithinBounds(t *testing.T) {
+	p := Policy{Attempts: 5, BackoffMin: 100 * time.Millisecond, BackoffMax: time.Second}
+	for n := 1; n <= 6; n++ {
+		ceil := min(p.BackoffMin<<(n-1), p.BackoffMax)
+		for i := 0; i < 200; i++ {
+			w, ok := p.Backoff(n, 0)
+			if !ok || w < 0 || w > ceil {
+				t.Fatalf("retry %d: wait %s outside [0, %s]", n, w, ceil)
+			}
+		}
+	}
+	if w, ok := p.Backoff(1, 700*time.Millisecond); !ok || w < 700*time.Millisecond {
+		t.Errorf("Retry-After 700ms gave %s", w)
+	}
+	if _, ok := p.Backoff(1, 2*time.Second); ok {
+		t.Error("a Retry-After beyond backoff_max must fall back, not wait")
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := map[string]time.Duration{
+		"":                              0,
+		"3":                             3 * time.Second,
+		"0.5":                           500 * time.Millisecond,
+		"-1":                            0,
+		"soon":                          0,
+		"Thu, 01 Jan 2026 00:00:10 GMT": 10 * time.Second,
+		"Wed, 31 Dec 2025 00:00:10 GMT": 0,
+	}
+	for in, want := range tests {
+		if got := ParseRetryAfter(in, now); got != want {
+			t.Errorf("ParseRetryAfter(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestRetryableStatus(t *testing.T) {
+	for code, want := range map[int]bool{400: false, 401: false, 404: false, 408: true, 409: true, 422: false, 429: true, 500: true, 502: true, 503: true, 504: true} {
+		if RetryableStatus(code) != want {
+			t.Errorf("RetryableStatus(%d) = %v", code, !want)
+		}
+	}
+}
+
+func newChain(names ...string) Chain {
+	var c Chain
+	for _, n := range names {
+		c = append(c, Target{Upstream: &Upstream{Name: n, Breaker: NewBreaker(100, time.Hour)}})
+	}
+	return c
+}
+
+func TestRun(t *testing.T) {
+	fail := Attempt{Err: errors.New("503"), Retryable: true}
+	ok := Attempt{}
+	tests := []struct {
+		name      string
+		script    map[string][]Attempt // per upstream, one per try
+		disabled  string
+		want      string // answering upstream, "" for none
+		wantTries string
+		wantErr   string
+		retries   int
+		fallbacks int
+	}{
+		{"first try answers", map[string][]Attempt{"a": {ok}}, "", "a", "a", "", 0, 0},
+		{"retry then answer", map[string][]Attempt{"a": {fail, ok}}, "", "a", "a,a", "", 1, 0},
+		{"fallback after the budget", map[string][]Attempt{"a": {fail, fail, fail}, "b": {ok}}, "", "b", "a,a,a,b", "", 2, 1},
+		{"non-retryable stops the chain", map[string][]Attempt{"a": {{Err: errors.New("bad")}}}, "", "", "a", "a: bad", 0, 0},
+		{"committed failure is never retried", map[string][]Attempt{"a": {{Err: errors.New("cut"), Retryable: true, Committed: true}}}, "", "", "a", "a: cut", 0, 0},
+		{"disabled upstream is skipped", map[string][]Attempt{"b": {ok}}, "a", "b", "b", "", 0, 0},
+		{"all fail", map[string][]Attempt{"a": {fail, fail, fail}, "b": {fail, fail, fail}}, "", "", "a,a,a,b,b,b", "a: 503 (after 3 attempts); b: 503 (after 3 attempts)", 4, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newChain("a", "b")
+			if tt.disabled != "" {
+				c[0].Upstream.Disabled = "no key"
+			}
+			var tries []string
+			retries, fallbacks := 0, 0
+			h := Hooks{Retry: func(string) { retries++ }, Fallback: func(string, string) { fallbacks++ }}
+			p := Policy{Attempts: 3, BackoffMin: time.Microsecond, BackoffMax: time.Microsecond}
+			out, err := c.Run(context.Background(), p, h, func(_ context.Context, tg *Target) Attempt {
+				name := tg.Upstream.Name
+				tries = append(tries, name)
+				a := tt.script[name][0]
+				tt.script[name] = tt.script[name][1:]
+				return a
+			})
+			if got := strings.Join(tries, ","); got != tt.wantTries {
+				t.Errorf("tries %s, want %s", got, tt.wantTries)
+			}
+			answered := ""
+			if out.Target != nil {
+				answered = out.Target.Upstream.Name
+			}
+			if answered != tt.want {
+				t.Errorf("answered by %q, want %q", answered, tt.want)
+			}
+			if (err == nil) != (tt.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("err %v, want %q", err, tt.wantErr)
+			}
+			if retries != tt.retries || fallbacks != tt.fallbacks {
+				t.Errorf("retries %d fallbacks %d, want %d %d", retries, fallbacks, tt.retries, tt.fallbacks)
+			}
+		})
+	}
+}
+
+func TestRunStopsWhenTheClientLeaves(t *testing.T) {
+	c := newChain("a", "b")
+	ctx, cancel := context.WithCancel(context.Background())
+	p := Policy{Attempts: 3, BackoffMin: time.Hour, BackoffMax: time.Hour}
+	calls := 0
+	_, err := c.Run(ctx, p, Hooks{}, func(context.Context, *Target) Attempt {
+		calls++
+		cancel()
+		return Attempt{Err: errors.New("canceled"), Retryable: true}
+	})
+	if !errors.Is(err, ErrClientGone) || calls != 1 {
+		t.Errorf("err %v after %d calls, want ErrClientGone after 1", err, calls)
+	}
+	if c[0].Upstream.Breaker.Status().ConsecutiveFailures != 0 {
+		t.Error("a client leaving counted against the upstream")
+	}
+}
+
+func TestExhaustedTimeout(t *testing.T) {
+	e := &ExhaustedError{Failures: []Failure{{Upstream: "a", Timeout: true}, {Upstream: "b", Timeout: true}}}
+	if !e.Timeout() {
+		t.Error("all timeouts should be a timeout")
+	}
+	e.Failures[1].Timeout = false
+	if e.Timeout() {
+		t.Error("a mix is not a timeout")
+	}
+}
