@@ -44,13 +44,17 @@ func main() {
 	if *healthcheck {
 		os.Exit(probe(*healthURL))
 	}
-	if err := run(*configPath); err != nil {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	if err := run(*configPath, sigs, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "gateway:", err)
 		os.Exit(1)
 	}
 }
 
-func run(configPath string) error {
+// run serves until a terminating signal arrives on sigs; started, when set,
+// is told the listening address.
+func run(configPath string, sigs <-chan os.Signal, started func(net.Addr)) error {
 	cfg, err := config.LoadFile(configPath)
 	if err != nil {
 		return err
@@ -77,10 +81,9 @@ func run(configPath string) error {
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
+	if started != nil {
+		started(ln.Addr())
+	}
 	for {
 		select {
 		case err := <-serveErr:
