@@ -40,5 +40,8 @@ test: tools lint unit
 run: build
 	$(BIN)/gateway -config $(CONFIG)
 
+demo: build
+	@bash scripts/demo.sh
+
 clean:
 	rm -rf $(BIN) .demo

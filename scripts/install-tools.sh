@@ -2,7 +2,12 @@
 # Installs what `make test` needs, only where it is missing: Debian packages
 # through apt-get (one `apt-get update` first) and Go tools through `go install`
 # at pinned versions. Safe to run again; it does nothing when all is present.
+#
+#   scripts/install-tools.sh          everything `make test` needs
+#   scripts/install-tools.sh demo     only the servers `make demo` runs
 set -euo pipefail
+
+mode="${1:-test}"
 
 STATICCHECK_VERSION="${STATICCHECK_VERSION:-v0.8.2}"
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
@@ -12,7 +17,9 @@ need_pkgs=()
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
-command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
+if [[ "$mode" == test ]]; then
+	command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
+fi
 if [[ "${WITH_NGINX:-0}" == 1 ]] && ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
 	need_pkgs+=(nginx-light)
 fi
@@ -23,6 +30,10 @@ if ((${#need_pkgs[@]})); then
 	echo "install-tools: apt-get install ${need_pkgs[*]}" >&2
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if [[ "$mode" != test ]]; then
+	exit 0
 fi
 
 gobin="$(go env GOPATH)/bin"

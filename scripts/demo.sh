@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# make demo: the whole product on one machine. Starts real Redis, real
+# Prometheus (with the project's config and alert rules) and the gateway as
+# local processes, wired to the HolySheep relay when HOLYSHEEP_API_KEY is set
+# and to the offline upstream simulator otherwise; runs a client session and
+# prints what it saw. Interactive: stays up until Ctrl-C. Otherwise (CI, a
+# pipe): exits after the report. Everything it starts stops with it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+GATEWAY_PORT="${GATEWAY_PORT:-8000}"
+SIM_PORT="${SIM_PORT:-9001}"
+REDIS_PORT="${REDIS_PORT:-6390}"
+PROM_PORT="${PROM_PORT:-9090}"
+DEMO_DIR="${DEMO_DIR:-.demo}"
+
+pids=()
+cleanup() {
+	trap - EXIT INT TERM
+	if ((${#pids[@]})); then
+		echo
+		echo "demo: stopping gateway, simulator, Redis and Prometheus"
+		kill "${pids[@]}" 2>/dev/null || true
+		wait "${pids[@]}" 2>/dev/null || true
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$GATEWAY_PORT" "$SIM_PORT" "$REDIS_PORT" "$PROM_PORT"; do
+	if port_busy "$p"; then
+		echo "demo: port $p on 127.0.0.1 is in use; free it or set GATEWAY_PORT/SIM_PORT/REDIS_PORT/PROM_PORT" >&2
+		exit 1
+	fi
+done
+
+# wait_http URL NAME: poll with the gateway binary's own probe (no curl needed).
+wait_http() {
+	for _ in $(seq 1 100); do
+		if bin/gateway -healthcheck -healthcheck-url "$1" 2>/dev/null; then return 0; fi
+		sleep 0.2
+	done
+	echo "demo: $2 did not come up at $1; its log is in $DEMO_DIR/" >&2
+	exit 1
+}
+
+bash scripts/install-tools.sh demo
+rm -rf "$DEMO_DIR" && mkdir -p "$DEMO_DIR/redis" "$DEMO_DIR/prometheus"
+
+GATEWAY_API_KEY="demo-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+export GATEWAY_API_KEY GATEWAY_PORT
+export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+
+if [[ -n "${HOLYSHEEP_API_KEY:-}" ]]; then
+	config=config/demo-relay.yaml
+	echo "demo: HOLYSHEEP_API_KEY is set: the gateway talks to the real relay"
+else
+	config=config/demo.yaml
+	export UPSTREAM_SIM_URL="http://127.0.0.1:$SIM_PORT/v1"
+	echo "demo: no HOLYSHEEP_API_KEY: the gateway talks to the OFFLINE UPSTREAM SIMULATOR (synthetic answers)"
+	bin/upstream-sim -listen "127.0.0.1:$SIM_PORT" -latency 40ms -jitter 10ms -chunk-delay 15ms \
+		-completion-tokens 24 -tokens-per-chunk 2 \
+		-models gpt-4.1,claude-sonnet-4.5,gemini-2.5-flash,deepseek-v3.2 2>"$DEMO_DIR/upstream-sim.log" &
+	pids+=($!)
+fi
+
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+	--dir "$DEMO_DIR/redis" >"$DEMO_DIR/redis.log" 2>&1 &
+pids+=($!)
+
+# Prometheus runs the project's config and rules from a copy whose targets
+# point at this gateway and whose intervals suit a short demo.
+cp -r deploy/prometheus/. "$DEMO_DIR/prometheus/"
+printf '[{"targets": ["127.0.0.1:%s"], "labels": {"env": "demo"}}]\n' "$GATEWAY_PORT" \
+	>"$DEMO_DIR/prometheus/targets/gateway.json"
+sed -i -e 's/scrape_interval: 15s/scrape_interval: 2s/' -e 's/scrape_timeout: 10s/scrape_timeout: 2s/' -e 's/evaluation_interval: 15s/evaluation_interval: 2s/' \
+	-e "s/localhost:9090/127.0.0.1:$PROM_PORT/" "$DEMO_DIR/prometheus/prometheus.yml"
+prometheus --config.file="$DEMO_DIR/prometheus/prometheus.yml" --storage.tsdb.path="$DEMO_DIR/prometheus/data" \
+	--web.listen-address="127.0.0.1:$PROM_PORT" >"$DEMO_DIR/prometheus.log" 2>&1 &
+pids+=($!)
+
+bin/gateway -config "$config" 2>"$DEMO_DIR/gateway.log" &
+pids+=($!)
+
+wait_http "http://127.0.0.1:$GATEWAY_PORT/health" gateway
+wait_http "http://127.0.0.1:$PROM_PORT/-/ready" Prometheus
+echo "demo: gateway http://127.0.0.1:$GATEWAY_PORT  Prometheus http://127.0.0.1:$PROM_PORT  Redis 127.0.0.1:$REDIS_PORT"
+
+bin/democlient -gateway "http://127.0.0.1:$GATEWAY_PORT" -prometheus "http://127.0.0.1:$PROM_PORT"
+
+if [[ -t 0 ]]; then
+	echo
+	echo "demo: running. Try it:"
+	echo "  curl -s http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions -H 'Authorization: Bearer $GATEWAY_API_KEY' \\"
+	echo "       -d '{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"
+	echo "  Logs are in $DEMO_DIR/. Ctrl-C stops everything."
+	wait
+fi

@@ -1,0 +1,172 @@
+package upstreamsim
+
+import (
+	"crypto/subtle"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults applied to zero values of Config. They are small on purpose: the
+// simulator is a fast, cheap stand-in, not a model.
+const (
+	DefaultCompletionTokens = 16
+	DefaultTokensPerChunk   = 1
+	DefaultEmbeddingDims    = 8
+	DefaultFailureStatus    = http.StatusServiceUnavailable
+)
+
+// Config sets what the simulator answers and which faults it injects. The zero
+// value is a fault-free, zero-latency, open (no key) simulator that accepts
+// any model.
+type Config struct {
+	// Models, when set, is the list served by /v1/models and the only models
+	// accepted; others get 404 model_not_found. Empty accepts any model.
+	Models []string
+	// APIKey, when set, must arrive as "Authorization: Bearer <key>";
+	// otherwise the request gets 401 invalid_api_key.
+	APIKey string
+	// Seed seeds the per-request fault and jitter draws, so that a run with the
+	// same seed and the same request order injects the same faults.
+	Seed int64
+
+	// Latency is waited before the first byte of every model answer, plus a
+	// uniform draw in [0, Jitter]. ChunkDelay is waited between stream events.
+	Latency, Jitter, ChunkDelay time.Duration
+
+	// CompletionTokens is the answer length (default 16); a smaller max_tokens
+	// or max_completion_tokens in the request wins. TokensPerChunk tokens go
+	// in each streamed chunk (default 1). EmbeddingDims is the length of each
+	// embedding vector (default 8).
+	CompletionTokens, TokensPerChunk, EmbeddingDims int
+
+	// FailureRate is the share of model requests answered with an error status
+	// drawn uniformly from FailureStatuses (default 503). A 429 carries
+	// Retry-After (whole seconds, rounded up) and retry-after-ms when
+	// RetryAfter is set.
+	FailureRate     float64
+	FailureStatuses []int
+	RetryAfter      time.Duration
+
+	// HangRate is the share of model requests that are never answered until the
+	// client goes away. ResetRate is the share whose TCP connection is reset
+	// without a response. CutRate is the share of streams that are dropped
+	// after CutAfterChunks events (0: right after the headers), without [DONE].
+	HangRate, ResetRate, CutRate float64
+	CutAfterChunks               int
+}
+
+// settings is a Config with defaults applied and everything the hot path
+// needs precomputed. It is immutable once built and swapped atomically.
+type settings struct {
+	Config
+	models      map[string]struct{}
+	key         []byte // compared in constant time
+	modelsJSON  []byte // the whole /v1/models body
+	retryAfter  []string
+	retryAfterM []string
+}
+
+func newSettings(cfg Config, created int64) *settings {
+	s := &settings{Config: cfg}
+	// Copy the slices so that a caller mutating its Config after New or
+	// SetConfig cannot race with requests in flight.
+	s.Models = append([]string(nil), cfg.Models...)
+	s.FailureStatuses = nil
+	for _, code := range cfg.FailureStatuses {
+		if code >= 100 && code <= 999 {
+			s.FailureStatuses = append(s.FailureStatuses, code)
+		}
+	}
+	if len(s.FailureStatuses) == 0 {
+		s.FailureStatuses = []int{DefaultFailureStatus}
+	}
+	if s.CompletionTokens <= 0 {
+		s.CompletionTokens = DefaultCompletionTokens
+	}
+	if s.TokensPerChunk <= 0 {
+		s.TokensPerChunk = DefaultTokensPerChunk
+	}
+	if s.EmbeddingDims <= 0 {
+		s.EmbeddingDims = DefaultEmbeddingDims
+	}
+	s.Latency = max(s.Latency, 0)
+	s.Jitter = max(s.Jitter, 0)
+	s.ChunkDelay = max(s.ChunkDelay, 0)
+	s.RetryAfter = max(s.RetryAfter, 0)
+	s.CutAfterChunks = max(s.CutAfterChunks, 0)
+	s.FailureRate = clampRate(s.FailureRate)
+	s.HangRate = clampRate(s.HangRate)
+	s.ResetRate = clampRate(s.ResetRate)
+	s.CutRate = clampRate(s.CutRate)
+
+	if len(s.Models) > 0 {
+		s.models = make(map[string]struct{}, len(s.Models))
+		for _, m := range s.Models {
+			s.models[m] = struct{}{}
+		}
+	}
+	if s.APIKey != "" {
+		s.key = []byte(s.APIKey)
+	}
+	if s.RetryAfter > 0 {
+		secs := int64(math.Ceil(s.RetryAfter.Seconds()))
+		s.retryAfter = []string{strconv.FormatInt(secs, 10)}
+		s.retryAfterM = []string{strconv.FormatInt(s.RetryAfter.Milliseconds(), 10)}
+	}
+	s.modelsJSON = appendModelList(nil, s.Models, created)
+	return s
+}
+
+// clampRate maps a rate into [0,1]; NaN counts as 0 so that a bad flag cannot
+// turn every request into a fault.
+func clampRate(r float64) float64 {
+	switch {
+	case r > 1:
+		return 1
+	case r > 0:
+		return r
+	default:
+		return 0
+	}
+}
+
+func (s *settings) knownModel(model string) bool {
+	if s.models == nil {
+		return true
+	}
+	_, ok := s.models[model]
+	return ok
+}
+
+func (s *settings) authorized(r *http.Request) bool {
+	if s.key == nil {
+		return true
+	}
+	got := r.Header["Authorization"]
+	if len(got) != 1 {
+		return false
+	}
+	scheme, key, ok := strings.Cut(got[0], " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(key), s.key) == 1
+}
+
+func appendModelList(dst []byte, models []string, created int64) []byte {
+	dst = append(dst, `{"object":"list","data":[`...)
+	for i, m := range models {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `{"id":`...)
+		dst = appendJSONString(dst, m)
+		dst = append(dst, `,"object":"model","created":`...)
+		dst = strconv.AppendInt(dst, created, 10)
+		dst = append(dst, `,"owned_by":"upstream-sim"}`...)
+	}
+	return append(dst, "]}"...)
+}

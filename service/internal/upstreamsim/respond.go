@@ -1,0 +1,124 @@
+package upstreamsim
+
+import (
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+
+	"github.com/tidwall/gjson"
+)
+
+// Header values are shared, preallocated slices assigned straight into the
+// header map: it saves the canonicalisation and allocation of Header.Set on
+// every response. They have len == cap, so a later Header.Add copies rather
+// than writes into them.
+var (
+	contentTypeJSON        = []string{"application/json"}
+	contentTypeEventStream = []string{"text/event-stream"}
+	cacheControlNoCache    = []string{"no-cache"}
+)
+
+// bufPool holds response and request buffers. Responses are built by
+// appending into one of these rather than through encoding/json, which keeps
+// the simulator cheap enough to be the upstream in gateway benchmarks.
+var bufPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, 4<<10)
+	return &b
+}}
+
+// maxPooledBuf keeps one huge request from pinning its buffer in the pool.
+const maxPooledBuf = 1 << 20
+
+func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
+
+func putBuf(b *[]byte) {
+	if cap(*b) > maxPooledBuf {
+		return
+	}
+	*b = (*b)[:0]
+	bufPool.Put(b)
+}
+
+func appendJSONString(dst []byte, s string) []byte {
+	return gjson.AppendJSONString(dst, s)
+}
+
+func appendNullableString(dst []byte, s string) []byte {
+	if s == "" {
+		return append(dst, "null"...)
+	}
+	return appendJSONString(dst, s)
+}
+
+// writeJSON sends body as a complete application/json answer.
+func writeJSON(w http.ResponseWriter, status int, body []byte) error {
+	h := w.Header()
+	h["Content-Type"] = contentTypeJSON
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(status)
+	_, err := w.Write(body)
+	return err
+}
+
+// apiError is an error answer in OpenAI's shape:
+// {"error":{"message":…,"type":…,"param":null,"code":…}}.
+type apiError struct {
+	status  int
+	typ     string
+	code    string // empty encodes as null, as OpenAI does for many errors
+	param   string // the offending request field; empty encodes as null
+	message string
+}
+
+func (e apiError) write(w http.ResponseWriter) error {
+	bp := getBuf()
+	defer putBuf(bp)
+	b := append(*bp, `{"error":{"message":`...)
+	b = appendJSONString(b, e.message)
+	b = append(b, `,"type":`...)
+	b = appendJSONString(b, e.typ)
+	b = append(b, `,"param":`...)
+	b = appendNullableString(b, e.param)
+	b = append(b, `,"code":`...)
+	b = appendNullableString(b, e.code)
+	b = append(b, "}}"...)
+	*bp = b
+	return writeJSON(w, e.status, b)
+}
+
+// failureError is the body of an injected failure. Its message names the
+// simulator, so that nobody reading a log mistakes it for a real outage.
+func failureError(status int) apiError {
+	e := apiError{
+		status:  status,
+		typ:     "server_error",
+		message: "upstream-sim: injected failure (HTTP " + strconv.Itoa(status) + ")",
+	}
+	switch {
+	case status == http.StatusTooManyRequests:
+		e.typ, e.code = "requests", "rate_limit_exceeded"
+	case status < 500:
+		e.typ = "invalid_request_error"
+	}
+	return e
+}
+
+// dropConnection takes the connection away from net/http and closes it
+// without finishing the response. With reset, SO_LINGER 0 makes the close
+// send a TCP RST, as a crashed or overloaded upstream does; without it the
+// peer sees a clean FIN mid-response, so the bytes already flushed still
+// arrive (an RST could discard them in flight). Where the connection cannot
+// be hijacked (HTTP/2), aborting the handler resets the stream instead.
+func dropConnection(w http.ResponseWriter, reset bool) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok && reset {
+		// Best effort: if SetLinger fails the close below still ends the
+		// exchange, only with a FIN instead of an RST.
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
+}

@@ -1,0 +1,352 @@
+// Package upstreamsim is an offline simulator of an OpenAI-compatible model
+// API, with faults that can be dialled in. It is the gateway's upstream in
+// tests, in `make demo` when no real provider key is set, and in benchmarks.
+//
+// Answers are synthetic: the content is a deterministic function of the model
+// and the messages (words drawn from a fixed vocabulary), so the same request
+// always gets the same content, while ids differ per answer as a provider's
+// do. Latency, jitter, error statuses, hangs, connection resets and cut
+// streams are drawn per request from a seeded generator.
+//
+// Latency and faults apply to chat completions and embeddings, the requests a
+// gateway retries and falls back on. /v1/models answers at once, and the
+// /sim/ endpoints (stats and reset) are never delayed, faulted or
+// authenticated.
+package upstreamsim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/tidwall/gjson"
+)
+
+// maxBodyBytes bounds a request body; larger ones get 413, as from a provider.
+const maxBodyBytes = 32 << 20
+
+// Server simulates an OpenAI-compatible API. It is an http.Handler; create it
+// with New. All methods are safe for concurrent use.
+type Server struct {
+	cfg     atomic.Pointer[settings]
+	seq     atomic.Uint64 // request sequence, mixed with Config.Seed per request
+	stats   counters
+	started int64 // Unix seconds, the "created" time of the listed models
+}
+
+// New returns a simulator configured by cfg.
+func New(cfg Config) *Server {
+	s := &Server{started: time.Now().Unix()}
+	s.SetConfig(cfg)
+	return s
+}
+
+// SetConfig replaces the configuration atomically. Each request reads the
+// configuration once, when it arrives, so requests in flight finish under the
+// old one and later requests see the new one. Tests use it to flip an
+// upstream between healthy and failing without restarting it.
+func (s *Server) SetConfig(cfg Config) {
+	s.cfg.Store(newSettings(cfg, s.started))
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	return s.stats.snapshot()
+}
+
+// ServeHTTP routes a request. Model endpoints are served with and without the
+// /v1 prefix, since gateways differ in whether their base URL carries it.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !strings.HasPrefix(r.URL.Path, "/sim/") {
+		s.stats.inFlight.Add(1)
+		defer s.stats.inFlight.Add(-1)
+	}
+	switch r.URL.Path {
+	case "/v1/chat/completions", "/chat/completions":
+		s.stats.chat.Add(1)
+		s.serveChat(w, r)
+	case "/v1/embeddings", "/embeddings":
+		s.stats.embeddings.Add(1)
+		s.serveEmbeddings(w, r)
+	case "/v1/models", "/models":
+		s.stats.models.Add(1)
+		s.serveModels(w, r)
+	case "/sim/stats":
+		s.serveStats(w, r)
+	case "/sim/reset":
+		s.serveReset(w, r)
+	default:
+		s.stats.other.Add(1)
+		_ = apiError{
+			status:  http.StatusNotFound,
+			typ:     "invalid_request_error",
+			message: fmt.Sprintf("Invalid URL (%s %s)", r.Method, r.URL.Path),
+		}.write(w)
+	}
+}
+
+// modelRequest is a model request that passed the checks a provider makes
+// before doing any work.
+type modelRequest struct {
+	cfg   *settings
+	doc   gjson.Result
+	model string
+	rng   splitMix
+}
+
+// admit checks method, key, body and model, answering the error itself when a
+// check fails. Auth comes before the body, as at OpenAI: a client with a
+// wrong key learns nothing about its request.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request) (modelRequest, bool) {
+	cfg := s.cfg.Load()
+	if r.Method != http.MethodPost {
+		s.stats.notAllowed.Add(1)
+		w.Header().Set("Allow", http.MethodPost)
+		_ = apiError{
+			status:  http.StatusMethodNotAllowed,
+			typ:     "invalid_request_error",
+			message: fmt.Sprintf("Method %s not allowed for %s; use POST", r.Method, r.URL.Path),
+		}.write(w)
+		return modelRequest{}, false
+	}
+	if !cfg.authorized(r) {
+		s.rejectUnauthorized(w)
+		return modelRequest{}, false
+	}
+
+	if r.ContentLength > maxBodyBytes {
+		// Refused on the header alone: a client that sent
+		// "Expect: 100-continue" never has to upload the body.
+		s.rejectTooLarge(w)
+		return modelRequest{}, false
+	}
+	bp := getBuf()
+	body, err := readBody(w, r, *bp)
+	*bp = body
+	defer putBuf(bp)
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			s.rejectTooLarge(w)
+			return modelRequest{}, false
+		}
+		if r.Context().Err() != nil {
+			// The client went away: nobody is left to read an answer.
+			s.stats.cancelled.Add(1)
+			return modelRequest{}, false
+		}
+		s.rejectBadRequest(w, "", "We could not read the body of your request.")
+		return modelRequest{}, false
+	}
+	if !gjson.ValidBytes(body) {
+		s.rejectBadRequest(w, "", "We could not parse the JSON body of your request. "+
+			"The OpenAI API expects a JSON payload.")
+		return modelRequest{}, false
+	}
+	// ParseBytes copies the body into a string the results point into, so
+	// the pooled buffer can go back as soon as this function returns.
+	doc := gjson.ParseBytes(body)
+	if !doc.IsObject() {
+		s.rejectBadRequest(w, "", "The request body must be a JSON object.")
+		return modelRequest{}, false
+	}
+	model := doc.Get("model")
+	if model.Type != gjson.String || model.Str == "" {
+		s.rejectBadRequest(w, "model", "You must provide a model parameter.")
+		return modelRequest{}, false
+	}
+	if !cfg.knownModel(model.Str) {
+		s.stats.modelNotFound.Add(1)
+		_ = apiError{
+			status:  http.StatusNotFound,
+			typ:     "invalid_request_error",
+			code:    "model_not_found",
+			param:   "model",
+			message: fmt.Sprintf("The model `%s` does not exist or you do not have access to it.", model.Str),
+		}.write(w)
+		return modelRequest{}, false
+	}
+	return modelRequest{
+		cfg:   cfg,
+		doc:   doc,
+		model: model.Str,
+		rng:   newSplitMix(uint64(cfg.Seed), s.seq.Add(1)),
+	}, true
+}
+
+// readBody reads the whole body into buf, growing it as needed.
+func readBody(w http.ResponseWriter, r *http.Request, buf []byte) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, maxBodyBytes)
+	if n := r.ContentLength; n > 0 && n <= maxBodyBytes {
+		// One extra byte lets the final Read see io.EOF without a regrow.
+		buf = slices.Grow(buf, int(n)+1)
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, 4<<10)
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, fmt.Errorf("read request body: %w", err)
+		}
+	}
+}
+
+func (s *Server) rejectBadRequest(w http.ResponseWriter, param, message string) {
+	s.stats.badRequest.Add(1)
+	_ = apiError{
+		status:  http.StatusBadRequest,
+		typ:     "invalid_request_error",
+		param:   param,
+		message: message,
+	}.write(w)
+}
+
+func (s *Server) rejectTooLarge(w http.ResponseWriter) {
+	s.stats.tooBig.Add(1)
+	_ = apiError{
+		status:  http.StatusRequestEntityTooLarge,
+		typ:     "invalid_request_error",
+		message: fmt.Sprintf("Request body exceeds %d bytes.", maxBodyBytes),
+	}.write(w)
+}
+
+func (s *Server) rejectUnauthorized(w http.ResponseWriter) {
+	s.stats.unauthorized.Add(1)
+	// The message never echoes the key that was sent.
+	_ = apiError{
+		status:  http.StatusUnauthorized,
+		typ:     "invalid_request_error",
+		code:    "invalid_api_key",
+		message: "Incorrect API key provided.",
+	}.write(w)
+}
+
+// simulate waits the configured latency, then injects a reset, hang or
+// failure when drawn. It reports whether the caller should go on to answer;
+// when it returns false the request has been dealt with (and counted).
+func (s *Server) simulate(w http.ResponseWriter, r *http.Request, req *modelRequest) bool {
+	cfg := req.cfg
+	ctx := r.Context()
+	wait := cfg.Latency + req.rng.duration(cfg.Jitter)
+	if wait < cfg.Latency { // overflowed: both were set near forever
+		wait = math.MaxInt64
+	}
+	if !sleep(ctx, wait) {
+		s.abandon(w)
+		return false
+	}
+	switch {
+	case hits(&req.rng, cfg.ResetRate):
+		s.stats.faultReset.Add(1)
+		dropConnection(w, true)
+		return false
+	case hits(&req.rng, cfg.HangRate):
+		s.stats.faultHang.Add(1)
+		<-ctx.Done()
+		s.abandon(w)
+		return false
+	case hits(&req.rng, cfg.FailureRate):
+		s.stats.faultFailure.Add(1)
+		status := cfg.FailureStatuses[req.rng.intn(len(cfg.FailureStatuses))]
+		if status == http.StatusTooManyRequests && cfg.retryAfter != nil {
+			h := w.Header()
+			h["Retry-After"] = cfg.retryAfter
+			// OpenAI's own clients prefer this one: it allows sub-second waits.
+			h["Retry-After-Ms"] = cfg.retryAfterM
+		}
+		if err := failureError(status).write(w); err != nil {
+			s.stats.cancelled.Add(1)
+		}
+		return false
+	}
+	return true
+}
+
+// abandon ends a request whose context is done. Usually the client has gone
+// and this only counts it; but when the server shuts down the client may
+// still be there, and returning normally would answer it an empty 200, so
+// the connection is dropped instead.
+func (s *Server) abandon(w http.ResponseWriter) {
+	s.stats.cancelled.Add(1)
+	dropConnection(w, false)
+}
+
+// hits draws whether a fault with the given rate happens to this request.
+// A zero rate draws nothing, so enabling one fault does not shift the draws
+// of the others more than needed.
+func hits(rng *splitMix, rate float64) bool {
+	return rate > 0 && rng.float() < rate
+}
+
+// sleep waits d, or until ctx is done; it reports whether the full wait
+// elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
+	cfg := s.cfg.Load()
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		s.stats.notAllowed.Add(1)
+		w.Header().Set("Allow", "GET, HEAD")
+		_ = apiError{
+			status:  http.StatusMethodNotAllowed,
+			typ:     "invalid_request_error",
+			message: fmt.Sprintf("Method %s not allowed for %s; use GET", r.Method, r.URL.Path),
+		}.write(w)
+		return
+	}
+	if !cfg.authorized(r) {
+		s.rejectUnauthorized(w)
+		return
+	}
+	_ = writeJSON(w, http.StatusOK, cfg.modelsJSON)
+}
+
+func (s *Server) serveStats(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "use GET", http.StatusMethodNotAllowed)
+		return
+	}
+	body, err := json.Marshal(s.Stats())
+	if err != nil {
+		// Stats is maps of strings to integers and integers: this cannot
+		// fail, but an error here must not pass silently as an empty body.
+		http.Error(w, "encode stats: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	_ = writeJSON(w, http.StatusOK, body)
+}
+
+func (s *Server) serveReset(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "use POST", http.StatusMethodNotAllowed)
+		return
+	}
+	s.stats.zero()
+	w.WriteHeader(http.StatusNoContent)
+}
