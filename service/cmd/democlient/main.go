@@ -108,10 +108,15 @@ func session(ctx context.Context, base, key, model, prom string) error {
 	}
 	fmt.Println()
 
-	step("cache: the same deterministic request twice (temperature 0)")
+	step("cache: the same request twice, asking for caching with " + cacheHeader + ": force")
+	// go-openai cannot send "temperature": 0 (the field is omitempty), so
+	// this client asks for caching with the gateway's header instead.
+	forceCfg := cfg
+	forceCfg.HTTPClient = &http.Client{Transport: headerTransport{cacheHeader, "force"}}
+	cached := openai.NewClientWithConfig(forceCfg)
 	for i := 1; i <= 2; i++ {
 		t0 = time.Now()
-		r, err := client.CreateChatCompletion(ctx, openai.ChatCompletionRequest{Model: model, Messages: msgs, Temperature: 0, MaxCompletionTokens: 32})
+		r, err := cached.CreateChatCompletion(ctx, openai.ChatCompletionRequest{Model: model, Messages: msgs, Temperature: 0, MaxCompletionTokens: 32})
 		if err != nil {
 			return fmt.Errorf("cached completion: %w", err)
 		}
@@ -137,6 +142,17 @@ func session(ctx context.Context, base, key, model, prom string) error {
 		}
 	}
 	return nil
+}
+
+const cacheHeader = "X-Relaygate-Cache"
+
+// headerTransport adds one header to every request.
+type headerTransport struct{ name, value string }
+
+func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set(h.name, h.value)
+	return http.DefaultTransport.RoundTrip(r)
 }
 
 func firstChoice(r openai.ChatCompletionResponse) string {

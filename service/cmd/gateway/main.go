@@ -21,9 +21,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/relaygate/relaygate/service/internal/app"
 	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/gateway"
-	"github.com/relaygate/relaygate/service/internal/metrics"
 )
 
 func main() {
@@ -62,8 +62,13 @@ func run(configPath string, sigs <-chan os.Signal, started func(net.Addr)) error
 	log := newLogger(cfg.Log.Level)
 	slog.SetDefault(log)
 
-	m := metrics.New()
-	gw := gateway.New(cfg, gateway.Options{Logger: log, Metrics: m, Version: version()})
+	app.RouteRedisLogs(log)
+	a, err := app.New(context.Background(), cfg, log, app.WithVersion(version()))
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	gw := a.Gateway
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -90,7 +95,7 @@ func run(configPath string, sigs <-chan os.Signal, started func(net.Addr)) error
 			return fmt.Errorf("serve: %w", err)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				reload(log, gw, configPath)
+				reload(log, a, configPath)
 				continue
 			}
 			return shutdown(log, gw, srv, cfg.ShutdownTimeout.D(), sig)
@@ -98,13 +103,13 @@ func run(configPath string, sigs <-chan os.Signal, started func(net.Addr)) error
 	}
 }
 
-func reload(log *slog.Logger, gw *gateway.Server, path string) {
+func reload(log *slog.Logger, a *app.App, path string) {
 	cfg, err := config.LoadFile(path)
 	if err != nil {
 		log.Error("config reload refused; still running the previous config", "error", err.Error())
 		return
 	}
-	gw.Reload(cfg)
+	a.Reload(cfg)
 	log.Info("config reloaded", "config", path, "models", len(cfg.Models), "upstreams", len(cfg.Upstreams))
 }
 

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/relaygate/relaygate/service/internal/gpu"
+	"github.com/relaygate/relaygate/service/internal/redisguard"
 	"github.com/relaygate/relaygate/service/internal/route"
 )
 
@@ -24,12 +26,35 @@ type health struct {
 	Upstreams     []upstreamHealth `json:"upstreams"`
 	Models        int              `json:"models"`
 	Auth          bool             `json:"auth"`
+	Cache         redisHealth      `json:"cache"`
+	RateLimit     redisHealth      `json:"rate_limit"`
+	GPU           *gpu.Snapshot    `json:"gpu,omitempty"`
+}
+
+// redisHealth says whether a Redis-backed feature is on and reachable. A
+// down Redis degrades the gateway (no cache, limits not enforced) but does
+// not stop it serving.
+type redisHealth struct {
+	Enabled bool `json:"enabled"`
+	*redisguard.Status
 }
 
 func (s *Server) healthReport() health {
 	st := s.state.Load()
 	h := health{Status: "ok", Version: s.version, UptimeSeconds: time.Since(s.started).Seconds(),
 		Models: len(st.models), Auth: len(st.keys) > 0}
+	if s.cache != nil {
+		cs := s.cache.Status()
+		h.Cache = redisHealth{Enabled: true, Status: &cs}
+	}
+	if s.limiter != nil {
+		ls := s.limiter.Status()
+		h.RateLimit = redisHealth{Enabled: true, Status: &ls}
+	}
+	if s.gpu != nil {
+		g := s.gpu.Snapshot()
+		h.GPU = &g
+	}
 	up := 0
 	for _, u := range st.upstreams {
 		uh := upstreamHealth{Name: u.Name, Available: u.Available(), Disabled: u.Disabled, BreakerStatus: u.Breaker.Status()}

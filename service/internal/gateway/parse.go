@@ -40,6 +40,8 @@ type request struct {
 	// streamOptions locates the "stream_options" value (-1: absent).
 	streamOptionsStart, streamOptionsEnd int
 	includeUsage                         bool
+	// temperatureZero: the client asked for a deterministic answer.
+	temperatureZero bool
 	// objectStart is the offset just past the body's opening brace.
 	objectStart int
 }
@@ -91,6 +93,8 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 			}
 			req.streamOptionsStart, req.streamOptionsEnd = v.Index, v.Index+len(v.Raw)
 			req.includeUsage = v.Get("include_usage").Type == gjson.True
+		case "temperature":
+			req.temperatureZero = v.Type == gjson.Number && v.Num == 0
 		case "messages":
 			if !v.IsArray() {
 				typeErr = errBadRequest("invalid_type", "Invalid type for 'messages': expected an array, but got "+typeName(v)+".")

@@ -43,6 +43,8 @@ type exchange struct {
 	clientGone      bool
 	abort           bool // cut the connection: a stream broke after its first byte
 	errMsg          string
+	client          string // opaque id of the client key, for rate limits
+	cacheKey        string // set when the answer may be stored
 
 	price              route.Price
 	reference          *route.Price
@@ -64,8 +66,13 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	}
 	st := s.state.Load()
 	x.st = st
-	if _, e := st.authorize(r); e != nil {
+	client, e := st.authorize(r)
+	if e != nil {
 		x.fail(e)
+		return
+	}
+	x.client = client
+	if !x.allow() {
 		return
 	}
 	b, err := readBody(r, st.cfg.MaxBodyBytes)
@@ -93,6 +100,9 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	}
 	x.model, x.reference = m.name, m.reference
 	x.stream = ep == epChat && (forceStream || req.stream)
+	if x.fromCache(b.buf, &req) {
+		return
+	}
 	w.Header().Set("X-Cache", x.cacheResult)
 
 	hooks := route.Hooks{Retry: s.metrics.Retry, Fallback: s.metrics.Fallback}
@@ -265,6 +275,10 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 	x.status, x.upstream, x.committed = resp.StatusCode, u.Name, true
 	if _, err := x.w.Write(data); err != nil {
 		x.clientGone = true
+		return route.Attempt{}
+	}
+	if x.cacheKey != "" && resp.StatusCode == http.StatusOK {
+		x.store(data, ct, u.Name)
 	}
 	return route.Attempt{}
 }
@@ -353,7 +367,12 @@ func (x *exchange) finish() {
 	if x.ttft > 0 {
 		s.metrics.TTFT(x.model, x.ttft.Seconds())
 	}
-	if x.upstream != metrics.NoUpstream && x.status < 300 {
+	switch {
+	case x.upstream == metrics.CacheUpstream:
+		if x.usageKnown {
+			s.metrics.CacheSaving(x.model, x.savedByCache())
+		}
+	case x.upstream != metrics.NoUpstream && x.status < 300:
 		if x.usageKnown {
 			cost := x.price.Cost(x.prompt, x.completion)
 			ref, hasRef := 0.0, x.reference != nil
@@ -361,6 +380,7 @@ func (x *exchange) finish() {
 				ref = x.reference.Cost(x.prompt, x.completion)
 			}
 			s.metrics.Usage(x.model, x.upstream, x.prompt, x.completion, cost, ref, hasRef)
+			x.chargeTokens()
 		} else {
 			s.metrics.UsageUnknown(x.model)
 		}

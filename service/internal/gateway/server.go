@@ -17,17 +17,24 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/relaygate/relaygate/service/internal/cache"
 	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/internal/gpu"
 	"github.com/relaygate/relaygate/service/internal/metrics"
+	"github.com/relaygate/relaygate/service/internal/ratelimit"
 	"github.com/relaygate/relaygate/service/internal/route"
 )
 
-// Options are the gateway's collaborators.
+// Options are the gateway's collaborators. Cache, Limiter and GPU are
+// optional: nil turns the feature off.
 type Options struct {
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
 	// Version is reported by /health.
 	Version string
+	Cache   *cache.Cache
+	Limiter *ratelimit.Limiter
+	GPU     *gpu.Monitor
 }
 
 // Server is the gateway's http.Handler.
@@ -39,6 +46,9 @@ type Server struct {
 	state    atomic.Pointer[state]
 	draining atomic.Bool
 	metricsH http.Handler
+	cache    *cache.Cache
+	limiter  *ratelimit.Limiter
+	gpu      *gpu.Monitor
 }
 
 // New builds a server for cfg.
@@ -48,6 +58,9 @@ func New(cfg *config.Config, opts Options) *Server {
 		metrics: opts.Metrics,
 		version: opts.Version,
 		started: time.Now(),
+		cache:   opts.Cache,
+		limiter: opts.Limiter,
+		gpu:     opts.GPU,
 	}
 	if s.log == nil {
 		s.log = slog.Default()

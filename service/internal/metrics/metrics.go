@@ -55,8 +55,9 @@ type Metrics struct {
 	budget           prometheus.Gauge
 	breakerChanges   *prometheus.CounterVec
 
-	requestSeries sync.Map // requestKey → prometheus.Counter
-	modelSeries   sync.Map // model → *modelSeries
+	requestSeries  sync.Map // requestKey → prometheus.Counter
+	durationSeries sync.Map // model → prometheus.Observer
+	modelSeries    sync.Map // model → *modelSeries
 }
 
 type requestKey struct {
@@ -185,7 +186,6 @@ func (m *Metrics) model(name string) *modelSeries {
 		return s.(*modelSeries)
 	}
 	s := &modelSeries{
-		duration:         m.duration.WithLabelValues(name),
 		ttft:             m.ttft.WithLabelValues(name),
 		promptTokens:     m.tokens.WithLabelValues(name, "prompt"),
 		completionTokens: m.tokens.WithLabelValues(name, "completion"),
@@ -204,7 +204,11 @@ func (m *Metrics) Request(model, upstream string, code int, seconds float64) {
 		c, _ = m.requestSeries.LoadOrStore(k, m.requests.WithLabelValues(model, upstream, strconv.Itoa(code)))
 	}
 	c.(prometheus.Counter).Inc()
-	m.model(model).duration.Observe(seconds)
+	o, ok := m.durationSeries.Load(model)
+	if !ok {
+		o, _ = m.durationSeries.LoadOrStore(model, m.duration.WithLabelValues(model))
+	}
+	o.(prometheus.Observer).Observe(seconds)
 }
 
 // UpstreamDuration records one attempt's wait on an upstream.
@@ -283,4 +287,16 @@ func (m *Metrics) UpstreamUpGauge(upstream string) prometheus.Collector {
 // TokensCounter returns the relaygate_tokens_total series of a model and kind.
 func (m *Metrics) TokensCounter(model, kind string) prometheus.Collector {
 	return m.tokens.WithLabelValues(model, kind)
+}
+
+// CacheSaving counts what a cache hit saved: the whole price of the answer.
+func (m *Metrics) CacheSaving(model string, dollars float64) {
+	if dollars > 0 {
+		m.model(model).savings.Add(dollars)
+	}
+}
+
+// CacheCounter returns the relaygate_cache_requests_total series of a result.
+func (m *Metrics) CacheCounter(result string) prometheus.Collector {
+	return m.cacheRequests.WithLabelValues(result)
 }

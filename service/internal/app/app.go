@@ -1,0 +1,119 @@
+// Package app assembles a running gateway from its configuration: metrics,
+// the Redis cache and rate limiter, the GPU monitor and the HTTP handler.
+// The gateway command, the smoke test's local runs and integration tests
+// all build it the same way, so what is tested is what runs.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+
+	"github.com/relaygate/relaygate/service/internal/cache"
+	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/internal/gateway"
+	"github.com/relaygate/relaygate/service/internal/gpu"
+	"github.com/relaygate/relaygate/service/internal/metrics"
+	"github.com/relaygate/relaygate/service/internal/ratelimit"
+	"github.com/relaygate/relaygate/service/internal/redisguard"
+)
+
+// App is a gateway and everything it runs beside.
+type App struct {
+	Gateway *gateway.Server
+	Metrics *metrics.Metrics
+	GPU     *gpu.Monitor
+
+	cfg     *config.Config
+	log     *slog.Logger
+	cache   *cache.Cache
+	limiter *ratelimit.Limiter
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// Option adjusts how New builds the app.
+type Option func(*options)
+
+type options struct{ version string }
+
+// WithVersion sets the version /health reports.
+func WithVersion(v string) Option { return func(o *options) { o.version = v } }
+
+// New builds the app. Redis need not be up: the cache and the limiter
+// connect lazily and degrade while it is down. The GPU monitor starts
+// refreshing in the background until Close.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) (*App, error) {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &App{cfg: cfg, log: log, Metrics: metrics.New()}
+	var err error
+	if cfg.Cache.RedisURL != "" {
+		a.cache, err = cache.New(cache.Options{URL: cfg.Cache.RedisURL, TTL: cfg.Cache.TTL.D(), Timeout: cfg.Cache.Timeout.D(), Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("cache: %w", err)
+		}
+	}
+	if cfg.RateLimit.RPM > 0 || cfg.RateLimit.TPM > 0 {
+		a.limiter, err = ratelimit.New(ratelimit.Options{URL: cfg.Cache.RedisURL, Timeout: cfg.Cache.Timeout.D(), Logger: log,
+			Limits: ratelimit.Limits{RPM: cfg.RateLimit.RPM, TPM: cfg.RateLimit.TPM}})
+		if err != nil {
+			a.closeRedis()
+			return nil, fmt.Errorf("rate limit: %w", err)
+		}
+	}
+	a.GPU = gpu.NewMonitor(gpu.Options{Interval: cfg.GPU.Interval.D(), ExpectedCount: cfg.GPU.ExpectedCount, Logger: log})
+	a.Metrics.Registry.MustRegister(a.GPU.Collector())
+
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	a.stop = stop
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); a.GPU.Run(runCtx) }()
+
+	a.Gateway = gateway.New(cfg, gateway.Options{Logger: log, Metrics: a.Metrics, Version: o.version,
+		Cache: a.cache, Limiter: a.limiter, GPU: a.GPU})
+	return a, nil
+}
+
+// Handler is the gateway's whole HTTP API.
+func (a *App) Handler() http.Handler { return a.Gateway }
+
+// Reload swaps routing, keys and models for cfg's. Cache, rate-limit and
+// GPU settings are fixed at start; a change to them is logged as needing a
+// restart rather than half-applied.
+func (a *App) Reload(cfg *config.Config) {
+	if cfg.Cache != a.cfg.Cache || cfg.RateLimit != a.cfg.RateLimit || cfg.GPU != a.cfg.GPU {
+		a.log.Warn("config reload: cache, rate_limit and gpu settings take effect only after a restart")
+	}
+	a.Gateway.Reload(cfg)
+}
+
+// Close stops the GPU monitor and closes the Redis clients.
+func (a *App) Close() error {
+	a.stop()
+	a.wg.Wait()
+	return a.closeRedis()
+}
+
+func (a *App) closeRedis() error {
+	var errs []error
+	if a.cache != nil {
+		errs = append(errs, a.cache.Close())
+	}
+	if a.limiter != nil {
+		errs = append(errs, a.limiter.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// RouteRedisLogs sends the Redis client's own log lines to log; the
+// process's main calls it once.
+func RouteRedisLogs(log *slog.Logger) { redisguard.RouteClientLogs(log) }
