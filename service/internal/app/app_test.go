@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	openai "github.com/sashabaranov/go-openai"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	openai "github.com/sashabaranov/go-openai"
 
 	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/testenv"

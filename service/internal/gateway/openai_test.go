@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	openai "github.com/sashabaranov/go-openai"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	openai "github.com/sashabaranov/go-openai"
 
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )

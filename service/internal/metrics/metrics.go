@@ -66,7 +66,7 @@ type requestKey struct {
 }
 
 type modelSeries struct {
-	duration, ttft                 prometheus.Observer
+	ttft                           prometheus.Observer
 	promptTokens, completionTokens prometheus.Counter
 	savings, usageUnknown          prometheus.Counter
 }
