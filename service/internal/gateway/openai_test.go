@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	openai "github.com/sashabaranov/go-openai"
@@ -70,7 +71,13 @@ func TestOpenAIClient(t *testing.T) {
 	if content.Len() == 0 || finish != openai.FinishReasonStop || usage == nil {
 		t.Fatalf("stream: content %q finish %q usage %v", content.String(), finish, usage)
 	}
-	if got := testutil.ToFloat64(m.TokensCounter("m", "completion")) - before; got != float64(usage.CompletionTokens) {
+	// go-openai stops reading at [DONE], which can be before the gateway's
+	// handler has returned and recorded the request: wait for it.
+	counted := func() float64 { return testutil.ToFloat64(m.TokensCounter("m", "completion")) - before }
+	for deadline := time.Now().Add(10 * time.Second); counted() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if got := counted(); got != float64(usage.CompletionTokens) {
 		t.Errorf("gateway counted %v completion tokens, the client saw %d", got, usage.CompletionTokens)
 	}
 
