@@ -111,6 +111,18 @@ func TestRetriesAndFallback(t *testing.T) {
 					t.Errorf("relaygate_fallbacks_total{a,b} = %v, want 1", got)
 				}
 			}
+			failedA := metricValue(t, m, "relaygate_upstream_requests_total", map[string]string{"upstream": "a", "result": "error"}) +
+				metricValue(t, m, "relaygate_upstream_requests_total", map[string]string{"upstream": "a", "result": "timeout"})
+			wantFailed := float64(tt.wantA)
+			if tt.wantUpstream == "a" {
+				wantFailed-- // the last attempt answered
+			}
+			if failedA != wantFailed {
+				t.Errorf("failed attempts at a = %v, want %v", failedA, wantFailed)
+			}
+			if got := metricValue(t, m, "relaygate_overhead_seconds", nil); got != 1 {
+				t.Errorf("relaygate_overhead_seconds count = %v, want 1", got)
+			}
 		})
 	}
 }

@@ -210,3 +210,38 @@ func openAIError(t *testing.T, b []byte) (message, typ, code string) {
 }
 
 const chatBody = `{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.2,"tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"brand_new_param":[1,2,{"x":null}]}`
+
+// metricValue reads one series from the gateway's registry; 0 when absent.
+func metricValue(t *testing.T, m *metrics.Metrics, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, mt := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range mt.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue next
+				}
+			}
+			switch {
+			case mt.GetCounter() != nil:
+				return mt.GetCounter().GetValue()
+			case mt.GetGauge() != nil:
+				return mt.GetGauge().GetValue()
+			case mt.GetHistogram() != nil:
+				return float64(mt.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return 0
+}

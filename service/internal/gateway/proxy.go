@@ -105,7 +105,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	}
 	w.Header().Set("X-Cache", x.cacheResult)
 
-	hooks := route.Hooks{Retry: s.metrics.Retry, Fallback: s.metrics.Fallback}
+	hooks := route.Hooks{Retry: s.metrics.Retry, Fallback: s.metrics.Fallback, Attempt: s.recordAttempt}
 	out, err := m.chain.Run(r.Context(), st.policy, hooks, func(ctx context.Context, t *route.Target) route.Attempt {
 		return x.attempt(ctx, t, b, &req)
 	})
@@ -128,6 +128,17 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 			Message: fmt.Sprintf("Model %s could not be served: %s.", m.name, ex.Error())})
 	default:
 		x.fail(&apiError{Status: http.StatusBadGateway, Type: typeUpstream, Code: "upstream_failed", Message: err.Error()})
+	}
+}
+
+func (s *Server) recordAttempt(upstream string, a route.Attempt) {
+	switch {
+	case a.Err == nil && !a.UpstreamFault:
+		s.metrics.UpstreamAttempt(upstream, "success")
+	case a.Timeout:
+		s.metrics.UpstreamAttempt(upstream, "timeout")
+	default:
+		s.metrics.UpstreamAttempt(upstream, "error")
 	}
 }
 
@@ -202,7 +213,7 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b *body, req *r
 		x.w.Header().Set("X-Relaygate-Upstream", u.Name)
 		x.fail(&apiError{Status: http.StatusBadGateway, Type: typeUpstream, Code: "upstream_auth_failed",
 			Message: fmt.Sprintf("Upstream %s refused the gateway's credentials (HTTP %d); the operator must fix that upstream's api_key.", u.Name, code)})
-		return route.Attempt{}
+		return route.Attempt{UpstreamFault: true}
 	default:
 		// The request itself is wrong (400, 404, 413, 422 …): every
 		// upstream would say the same, so the answer goes back as it is.

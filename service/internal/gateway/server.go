@@ -80,7 +80,9 @@ func (s *Server) Reload(cfg *config.Config) { s.apply(cfg) }
 func (s *Server) apply(cfg *config.Config) {
 	st := newState(cfg, s.state.Load(), func(u *route.Upstream, from, to route.BreakerState) {
 		s.metrics.CircuitTransition(u.Name, to.String())
-		s.metrics.UpstreamUp(u.Name, u.Disabled == "" && to != route.Open)
+		if u.Disabled == "" {
+			s.metrics.UpstreamUp(u.Name, to != route.Open)
+		}
 		level := slog.LevelWarn
 		if to == route.Closed {
 			level = slog.LevelInfo
@@ -89,6 +91,10 @@ func (s *Server) apply(cfg *config.Config) {
 			"last_error", u.Breaker.Status().LastError)
 	})
 	for _, u := range st.upstreams {
+		if u.Disabled != "" {
+			s.metrics.UpstreamDisabled(u.Name)
+			continue
+		}
 		s.metrics.UpstreamUp(u.Name, u.Available())
 	}
 	s.metrics.SetLatencyBudget(cfg.SLO.LatencyP95.D().Seconds())

@@ -49,6 +49,7 @@ type Metrics struct {
 	retries          *prometheus.CounterVec
 	fallbacks        *prometheus.CounterVec
 	upstreamUp       *prometheus.GaugeVec
+	upstreamAttempts *prometheus.CounterVec
 	inflight         prometheus.Gauge
 	rateLimited      *prometheus.CounterVec
 	rateLimitErrors  prometheus.Counter
@@ -134,6 +135,10 @@ func New() *Metrics {
 		Name: "relaygate_upstream_up",
 		Help: "1 while an upstream takes traffic, 0 while its circuit is open or it is disabled.",
 	}, []string{"upstream"})
+	m.upstreamAttempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_upstream_requests_total",
+		Help: "Attempts sent to each upstream, by result: success (it answered, 4xx included), error, timeout. Retries and fallbacks count here, not in relaygate_requests_total.",
+	}, []string{"upstream", "result"})
 	m.inflight = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "relaygate_inflight_requests",
 		Help: "Requests being served now, streams included.",
@@ -158,7 +163,7 @@ func New() *Metrics {
 	for _, c := range []prometheus.Collector{
 		m.requests, m.duration, m.upstreamDuration, m.overhead, m.ttft, m.tokens,
 		m.usageUnknown, m.cost, m.savings, m.cacheRequests, m.retries, m.fallbacks,
-		m.upstreamUp, m.inflight, m.rateLimited, m.rateLimitErrors, m.breakerChanges,
+		m.upstreamUp, m.upstreamAttempts, m.inflight, m.rateLimited, m.rateLimitErrors, m.breakerChanges,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
 		f(c)
@@ -250,13 +255,27 @@ func (m *Metrics) Retry(upstream string) { m.retries.WithLabelValues(upstream).I
 // Fallback counts a move from one upstream to the next.
 func (m *Metrics) Fallback(from, to string) { m.fallbacks.WithLabelValues(from, to).Inc() }
 
+// UpstreamAttempt counts one attempt at an upstream by its result.
+func (m *Metrics) UpstreamAttempt(upstream, result string) {
+	m.upstreamAttempts.WithLabelValues(upstream, result).Inc()
+}
+
 // UpstreamUp sets whether an upstream takes traffic.
 func (m *Metrics) UpstreamUp(upstream string, up bool) {
+	for _, r := range []string{"success", "error", "timeout"} {
+		m.upstreamAttempts.WithLabelValues(upstream, r)
+	}
 	v := 0.0
 	if up {
 		v = 1
 	}
 	m.upstreamUp.WithLabelValues(upstream).Set(v)
+}
+
+// UpstreamDisabled removes a disabled upstream's up series: it is off by
+// configuration, which is not an outage to alert on (/health says why).
+func (m *Metrics) UpstreamDisabled(upstream string) {
+	m.upstreamUp.DeleteLabelValues(upstream)
 }
 
 // CircuitTransition counts a breaker entering state.

@@ -64,6 +64,10 @@ type Attempt struct {
 	// Committed: bytes already reached the client, so whatever happened
 	// nothing may be retried.
 	Committed bool
+	// UpstreamFault marks an answer (Err nil) that still shows the
+	// upstream at fault, such as its refusing the gateway's key: reports
+	// count it as an error, routing does not retry it.
+	UpstreamFault bool
 }
 
 // Failure is why one upstream of the chain did not answer.
@@ -102,8 +106,12 @@ func (e *ExhaustedError) Timeout() bool {
 	return len(e.Failures) > 0
 }
 
-// Hooks tell the caller about retries and fallbacks as they happen.
+// Hooks tell the caller about attempts, retries and fallbacks as they
+// happen. Any may be nil.
 type Hooks struct {
+	// Attempt is told how each try at an upstream ended (not tries the
+	// client abandoned: they say nothing about the upstream).
+	Attempt  func(upstream string, a Attempt)
 	Retry    func(upstream string)
 	Fallback func(from, to string)
 }
@@ -156,6 +164,9 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 			if ctx.Err() != nil && a.Err != nil {
 				u.Breaker.Release()
 				return out, fmt.Errorf("%w: %w", ErrClientGone, context.Cause(ctx))
+			}
+			if h.Attempt != nil {
+				h.Attempt(u.Name, a)
 			}
 			if a.Err == nil {
 				u.Breaker.Success()
