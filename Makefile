@@ -5,6 +5,8 @@ SHELL := /bin/bash
 GO ?= go
 GOBIN := $(shell $(GO) env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
+# go-nvml's C header marks old NVML calls deprecated; the warnings are noise.
+export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
 BIN := bin
 CONFIG ?= config/gateway.yaml
@@ -12,8 +14,10 @@ STACK ?= dev
 
 # Every shell script the project ships, for shellcheck.
 SCRIPTS := $(shell git ls-files --cached --others --exclude-standard -- '*.sh' .ci/run 2>/dev/null)
+WORKFLOWS := $(wildcard .github/workflows/*.yml)
 
-.PHONY: all build test tools lint vet unit run demo clean
+.PHONY: all build test tools lint vet staticcheck shellcheck promcheck actionlint vulncheck unit \
+	run demo preview up smoke deploy rollback bench clean
 
 all: build
 
@@ -21,21 +25,37 @@ build:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=1 $(GO) build -trimpath -o $(BIN)/ ./service/cmd/...
 
+## test: install what is missing, lint everything, run every test.
+test: tools lint unit
+
 tools:
 	@bash scripts/install-tools.sh
+
+lint: vet staticcheck shellcheck promcheck actionlint vulncheck
 
 vet:
 	$(GO) vet ./...
 
-lint: tools vet
+staticcheck:
 	staticcheck ./...
+
+shellcheck:
 	shellcheck $(SCRIPTS)
 
+promcheck:
+	bash deploy/prometheus/check.sh
+
+actionlint:
+	@if [ -n "$(WORKFLOWS)" ]; then actionlint $(WORKFLOWS); else echo "actionlint: no workflows"; fi
+
+vulncheck:
+	@bash scripts/govulncheck.sh
+
+# The gateway's packages run under the race detector; the Pulumi program,
+# smoke test and bench packages are large to instrument and run without it.
 unit:
 	$(GO) test -race -count=1 ./service/...
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v '/service/')
-
-test: tools lint unit
 
 run: build
 	$(BIN)/gateway -config $(CONFIG)
@@ -44,4 +64,4 @@ demo: build
 	@bash scripts/demo.sh
 
 clean:
-	rm -rf $(BIN) .demo
+	rm -rf $(BIN) .demo .bench
