@@ -1,0 +1,469 @@
+package main
+
+// The harness runs the real program against Pulumi's mock engine, fed with a
+// stack's real Pulumi.<stack>.yaml merged with Pulumi.yaml the way the CLI
+// merges them, plus the values an operator sets with `pulumi config set`.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/pulumi/pulumi/sdk/v3/go/common/diag"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/diag/colors"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/resource/config"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/workspace"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi/internals"
+)
+
+// Values an operator provides per stack, never committed.
+const (
+	fakeGatewayKey   = "test-gateway-key-5d1c0e9a7b"
+	fakeHolysheepKey = "test-holysheep-key-94f2"
+	fakeOpenAIKey    = "test-openai-key-1a7e3c"
+	fakeOperatorCIDR = "203.0.113.7/32"
+	fakePublicKey    = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHarnessKeyNotARealKey0000000000000000 ops@example"
+	fakeAMI          = "ami-0123456789abcdef0"
+	fakeECRPassword  = "test-ecr-password-77aa"
+)
+
+// setting is one `pulumi config set [--secret] key value`; an empty value
+// with unset removes the key.
+type setting struct {
+	value  string
+	secret bool
+	unset  bool
+}
+
+// operatorSettings are what the README tells an operator to set.
+func operatorSettings(target string) map[string]setting {
+	s := map[string]setting{"relaygate:gatewayApiKey": {value: fakeGatewayKey, secret: true}}
+	if target == "aws" {
+		s["relaygate:operatorCidr"] = setting{value: fakeOperatorCIDR}
+		s["relaygate:sshPublicKey"] = setting{value: fakePublicKey}
+		s["relaygate:holysheepApiKey"] = setting{value: fakeHolysheepKey, secret: true}
+		s["relaygate:openaiApiKey"] = setting{value: fakeOpenAIKey, secret: true}
+	}
+	return s
+}
+
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+func loadProject(t *testing.T) *workspace.Project {
+	t.Helper()
+	// LoadProject validates Pulumi.yaml against Pulumi's project schema,
+	// including that every default has its declared type.
+	proj, err := workspace.LoadProject(filepath.Join(repoRoot(t), "Pulumi.yaml"))
+	if err != nil {
+		t.Fatalf("Pulumi.yaml: %v", err)
+	}
+	return proj
+}
+
+// stackConfig returns the configuration the engine would hand the program
+// for stack: the stack file, the operator's settings, then Pulumi.yaml's
+// defaults, checked the way the CLI checks them before it runs a program.
+func stackConfig(t *testing.T, stackName string, settings map[string]setting) (map[string]string, []string, error) {
+	t.Helper()
+	proj := loadProject(t)
+	sink := diag.DefaultSink(io.Discard, io.Discard, diag.FormatOptions{Color: colors.Never})
+	ps, err := workspace.LoadProjectStack(sink, proj, filepath.Join(repoRoot(t), fmt.Sprintf("Pulumi.%s.yaml", stackName)))
+	if err != nil {
+		t.Fatalf("Pulumi.%s.yaml: %v", stackName, err)
+	}
+
+	values := map[string]string{}
+	secret := map[string]bool{}
+	for k, v := range ps.Config {
+		if v.Secure() {
+			t.Errorf("Pulumi.%s.yaml commits an encrypted value for %s; secrets are set per operator", stackName, k)
+		}
+		s, err := v.Value(config.NopDecrypter)
+		if err != nil {
+			t.Fatalf("Pulumi.%s.yaml: %s: %v", stackName, k, err)
+		}
+		values[k.String()] = s
+	}
+	for k, s := range settings {
+		if s.unset {
+			delete(values, k)
+			delete(secret, k)
+			continue
+		}
+		values[k] = s.value
+		secret[k] = s.secret
+	}
+
+	ns := string(proj.Name)
+	var missing []string
+	for _, key := range slices.Sorted(maps.Keys(proj.Config)) {
+		typ := proj.Config[key]
+		full := key
+		if !strings.Contains(key, ":") {
+			full = ns + ":" + key
+		}
+		v, ok := values[full]
+		if !ok {
+			switch {
+			case typ.Default != nil:
+				values[full] = configText(t, typ.Default)
+			case typ.Value != nil:
+				values[full] = configText(t, typ.Value)
+			default:
+				missing = append(missing, key)
+			}
+			continue
+		}
+		if typ.Secret && !secret[full] {
+			return nil, nil, fmt.Errorf("Stack '%s' with configuration key '%s' must be encrypted as it's secret", stackName, key)
+		}
+		if typ.IsExplicitlyTyped() {
+			var content any = v
+			if *typ.Type == "array" || *typ.Type == "object" {
+				if err := json.Unmarshal([]byte(v), &content); err != nil {
+					return nil, nil, fmt.Errorf("Stack '%s' key '%s': %w", stackName, key, err)
+				}
+			}
+			if !workspace.ValidateConfigValue(*typ.Type, typ.Items, content) {
+				return nil, nil, fmt.Errorf("Stack '%s' with configuration key '%s' must be of type '%s'",
+					stackName, key, workspace.InferFullTypeName(*typ.Type, typ.Items))
+			}
+		}
+	}
+	if len(missing) > 0 {
+		return nil, nil, fmt.Errorf("Stack '%s' is missing configuration values %v", stackName, missing)
+	}
+	var secretKeys []string
+	for k, s := range secret {
+		if s {
+			secretKeys = append(secretKeys, k)
+		}
+	}
+	return values, secretKeys, nil
+}
+
+// configText writes a project default the way the CLI passes it on:
+// scalars as text, lists and maps as JSON.
+func configText(t *testing.T, v any) string {
+	t.Helper()
+	switch v.(type) {
+	case string, bool, int, int64, float64:
+		return fmt.Sprintf("%v", v)
+	}
+	simple, err := workspace.SimplifyMarshalledValue(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(simple)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// recorded is one resource the program registered.
+type recorded struct {
+	Type, Name string
+	Inputs     resource.PropertyMap
+	Provider   string
+	Deps       []string
+}
+
+type invoke struct {
+	Token string
+	Args  resource.PropertyMap
+}
+
+// engine is the mock engine: it records every resource and invoke, and
+// answers with the outputs a real provider would compute.
+type engine struct {
+	region string
+	mu     sync.Mutex
+	res    []recorded
+	calls  []invoke
+}
+
+func (e *engine) NewResource(args pulumi.MockResourceArgs) (string, resource.PropertyMap, error) {
+	e.mu.Lock()
+	n := len(e.res)
+	rec := recorded{Type: args.TypeToken, Name: args.Name, Inputs: args.Inputs, Provider: args.Provider}
+	if args.RegisterRPC != nil {
+		rec.Deps = args.RegisterRPC.GetDependencies()
+	}
+	e.res = append(e.res, rec)
+	e.mu.Unlock()
+
+	outs := args.Inputs.Copy()
+	id := fmt.Sprintf("%s-id", args.Name)
+	str := func(k string) string {
+		if v, ok := args.Inputs[resource.PropertyKey(k)]; ok && v.IsString() {
+			return v.StringValue()
+		}
+		return ""
+	}
+	set := func(k, v string) { outs[resource.PropertyKey(k)] = resource.NewProperty(v) }
+	switch args.TypeToken {
+	case "aws:ec2/instance:Instance":
+		id = fmt.Sprintf("i-%017x", n)
+		set("publicIp", fmt.Sprintf("198.51.100.%d", 10+n%200))
+	case "aws:ecr/repository:Repository":
+		set("registryId", "123456789012")
+		set("repositoryUrl", fmt.Sprintf("123456789012.dkr.ecr.%s.amazonaws.com/%s", e.region, str("name")))
+	case "docker:index/image:Image":
+		name := str("imageName")
+		sum := digest(name)
+		if v, ok := args.Inputs["skipPush"]; ok && v.IsBool() && v.BoolValue() {
+			set("repoDigest", "sha256:"+sum) // a local image's ID
+		} else {
+			repo := name
+			if i := strings.LastIndex(name, ":"); i > strings.LastIndex(name, "/") {
+				repo = name[:i]
+			}
+			set("repoDigest", repo+"@sha256:"+sum)
+		}
+	case "docker:index/remoteImage:RemoteImage":
+		set("imageId", "sha256:"+digest(str("name")))
+	case "aws:lb/loadBalancer:LoadBalancer":
+		set("dnsName", args.Name+"-1234567890."+e.region+".elb.amazonaws.com")
+		set("arn", "arn:aws:elasticloadbalancing:"+e.region+":123456789012:loadbalancer/app/"+args.Name)
+	case "aws:lb/targetGroup:TargetGroup":
+		set("arn", "arn:aws:elasticloadbalancing:"+e.region+":123456789012:targetgroup/"+args.Name)
+	case "aws:elasticache/replicationGroup:ReplicationGroup":
+		set("primaryEndpointAddress", "master."+args.Name+".abcdef.use1.cache.amazonaws.com")
+	case "aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile", "aws:elasticache/subnetGroup:SubnetGroup":
+		set("name", args.Name+"-generated")
+	case "aws:ec2/keyPair:KeyPair":
+		set("keyName", args.Name+"-generated")
+	case "command:remote:Command":
+		set("stdout", "relaygate: host ready")
+	}
+	return id, outs, nil
+}
+
+func (e *engine) Call(args pulumi.MockCallArgs) (resource.PropertyMap, error) {
+	e.mu.Lock()
+	e.calls = append(e.calls, invoke{Token: args.Token, Args: args.Args})
+	e.mu.Unlock()
+	switch args.Token {
+	case "aws:ec2/getAmi:getAmi":
+		return resource.NewPropertyMapFromMap(map[string]any{
+			"id": fakeAMI, "name": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20250101", "architecture": "x86_64",
+		}), nil
+	case "aws:index/getPartition:getPartition":
+		return resource.NewPropertyMapFromMap(map[string]any{"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com"}), nil
+	case "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+		// Deliberately unsorted: the program must choose zones stably.
+		zones := []any{e.region + "d", e.region + "a", e.region + "c", e.region + "b"}
+		return resource.NewPropertyMapFromMap(map[string]any{
+			"id": e.region, "locations": zones,
+			"locationTypes": []any{"availability-zone", "availability-zone", "availability-zone", "availability-zone"},
+		}), nil
+	case "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+		return resource.NewPropertyMapFromMap(map[string]any{
+			"id": e.region, "userName": "AWS", "password": fakeECRPassword,
+			"proxyEndpoint":      fmt.Sprintf("https://123456789012.dkr.ecr.%s.amazonaws.com", e.region),
+			"authorizationToken": "QVdTOnRlc3Q=", "expiresAt": "2030-01-01T00:00:00Z",
+		}), nil
+	}
+	return nil, fmt.Errorf("the program called %s, which the mock engine does not know", args.Token)
+}
+
+func digest(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}
+
+// output is one awaited stack output.
+type output struct {
+	Value  any
+	Secret bool
+}
+
+// deployment is the result of one program run.
+type deployment struct {
+	*engine
+	stack   string
+	values  map[string]string
+	outputs map[string]output
+}
+
+// run runs the program for stackName with the operator's settings changed
+// by changes, and returns what it registered. err is the program's error.
+func run(t *testing.T, stackName, target string, changes map[string]setting) (*deployment, error) {
+	t.Helper()
+	settings := operatorSettings(target)
+	maps.Copy(settings, changes)
+	values, secretKeys, err := stackConfig(t, stackName, settings)
+	if err != nil {
+		t.Fatalf("the Pulumi CLI would refuse this configuration: %v", err)
+	}
+	return runWith(t, stackName, values, secretKeys)
+}
+
+// runWith runs the program on an exact configuration, bypassing the CLI's
+// checks, as a damaged project or stack file would reach it.
+func runWith(t *testing.T, stackName string, values map[string]string, secretKeys []string) (*deployment, error) {
+	t.Helper()
+	e := &engine{region: values["aws:region"]}
+	var exports map[string]pulumi.Input
+	err := pulumi.RunErr(func(ctx *pulumi.Context) error {
+		out, err := build(ctx)
+		exports = out
+		return err
+	}, pulumi.WithMocks("relaygate", stackName, e), func(info *pulumi.RunInfo) {
+		info.Config = values
+		info.ConfigSecretKeys = secretKeys
+		info.RootDirectory = repoRoot(t)
+	})
+	d := &deployment{engine: e, stack: stackName, values: values, outputs: map[string]output{}}
+	if err != nil {
+		return d, err
+	}
+	for name, in := range exports {
+		r, err := internals.UnsafeAwaitOutput(context.Background(), pulumi.ToOutput(in))
+		if err != nil {
+			t.Fatalf("output %s: %v", name, err)
+		}
+		if !r.Known {
+			t.Fatalf("output %s is unknown after an update", name)
+		}
+		d.outputs[name] = output{Value: r.Value, Secret: r.Secret}
+	}
+	return d, nil
+}
+
+func (d *deployment) ofType(typ string) []recorded {
+	var out []recorded
+	for _, r := range d.res {
+		if r.Type == typ {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (d *deployment) named(t *testing.T, typ, name string) recorded {
+	t.Helper()
+	for _, r := range d.ofType(typ) {
+		if r.Name == name {
+			return r
+		}
+	}
+	var names []string
+	for _, r := range d.ofType(typ) {
+		names = append(names, r.Name)
+	}
+	t.Fatalf("no %s named %s (have %v)", typ, name, names)
+	return recorded{}
+}
+
+func (d *deployment) invokes(token string) []invoke {
+	var out []invoke
+	for _, c := range d.calls {
+		if c.Token == token {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// plain strips secret markers, for comparing values.
+func plain(v resource.PropertyValue) resource.PropertyValue {
+	switch {
+	case v.IsSecret():
+		return plain(v.SecretValue().Element)
+	case v.IsArray():
+		var out []resource.PropertyValue
+		for _, e := range v.ArrayValue() {
+			out = append(out, plain(e))
+		}
+		return resource.NewProperty(out)
+	case v.IsObject():
+		m := resource.PropertyMap{}
+		for k, e := range v.ObjectValue() {
+			m[k] = plain(e)
+		}
+		return resource.NewProperty(m)
+	}
+	return v
+}
+
+// get walks a path of keys and indexes ("rootBlockDevice", "encrypted").
+func get(t *testing.T, r recorded, path ...any) resource.PropertyValue {
+	t.Helper()
+	v := resource.NewProperty(r.Inputs)
+	for _, p := range path {
+		for v.IsSecret() {
+			v = v.SecretValue().Element
+		}
+		switch p := p.(type) {
+		case string:
+			if !v.IsObject() {
+				t.Fatalf("%s %s: %v is not an object at %q", r.Type, r.Name, v, p)
+			}
+			v = v.ObjectValue()[resource.PropertyKey(p)]
+		case int:
+			if !v.IsArray() || p >= len(v.ArrayValue()) {
+				t.Fatalf("%s %s: no element %d in %v", r.Type, r.Name, p, v)
+			}
+			v = v.ArrayValue()[p]
+		}
+	}
+	return v
+}
+
+// items is the list at path; an absent list is empty.
+func items(t *testing.T, r recorded, path ...any) []resource.PropertyValue {
+	t.Helper()
+	v := plain(get(t, r, path...))
+	switch {
+	case v.IsNull():
+		return nil
+	case !v.IsArray():
+		t.Fatalf("%s %s: %v is not a list: %v", r.Type, r.Name, path, v)
+	}
+	return v.ArrayValue()
+}
+
+func getString(t *testing.T, r recorded, path ...any) string {
+	t.Helper()
+	v := plain(get(t, r, path...))
+	if !v.IsString() {
+		t.Fatalf("%s %s: %v is not a string: %v", r.Type, r.Name, path, v)
+	}
+	return v.StringValue()
+}
+
+func getStrings(t *testing.T, r recorded, path ...any) []string {
+	t.Helper()
+	v := plain(get(t, r, path...))
+	if v.IsNull() {
+		return nil
+	}
+	if !v.IsArray() {
+		t.Fatalf("%s %s: %v is not a list: %v", r.Type, r.Name, path, v)
+	}
+	var out []string
+	for _, e := range v.ArrayValue() {
+		out = append(out, e.StringValue())
+	}
+	return out
+}

@@ -1,0 +1,333 @@
+// Package containers is the runtime stack on one Docker engine: a private
+// network with the gateway, its Redis (unless the stack uses a managed one),
+// Prometheus with the project's configuration and alert rules, and for local
+// demos the offline upstream simulator.
+//
+// The same component runs on an EC2 GPU host (through a Docker provider over
+// SSH) and on the operator's own engine (the local stack), so what is tested
+// once holds for both.
+package containers
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/pulumi/pulumi-docker/sdk/v4/go/docker"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+
+	"github.com/relaygate/relaygate/infra/internal/gatewayconfig"
+	"github.com/relaygate/relaygate/infra/internal/stackconfig"
+)
+
+// Hostnames on the private network; the gateway config and Prometheus's
+// targets refer to them.
+const (
+	GatewayHost    = "gateway"
+	RedisHost      = "redis"
+	SimulatorHost  = "upstream-sim"
+	SimulatorPort  = 9000
+	prometheusHost = "prometheus"
+)
+
+// LocalRedisURL is the gateway's cache when Redis runs beside it.
+var LocalRedisURL = fmt.Sprintf("redis://%s:6379/0", RedisHost)
+
+// SimulatorURL is the simulator's base URL on the private network.
+var SimulatorURL = fmt.Sprintf("http://%s:%d/v1", SimulatorHost, SimulatorPort)
+
+// SimulatorCommand starts the simulator from the gateway image.
+var SimulatorCommand = []string{"/usr/local/bin/upstream-sim", "-listen", fmt.Sprintf(":%d", SimulatorPort)}
+
+// Args configures a Stack.
+type Args struct {
+	// Prefix names the containers, network and volumes, so that several
+	// stacks can share one engine (e.g. "relaygate-local").
+	Prefix string
+	// Provider is the Docker engine to deploy on.
+	Provider *docker.Provider
+	// DependsOn is what must be done before the first container starts,
+	// e.g. the host's readiness check.
+	DependsOn []pulumi.Resource
+
+	// GatewayImage is the image reference by digest (or local image ID).
+	GatewayImage pulumi.StringInput
+	// PullGateway pulls GatewayImage from its registry first (hosts); a
+	// locally built image is already on the engine.
+	PullGateway bool
+	// GatewayConfig is the YAML uploaded to gatewayconfig.Path.
+	GatewayConfig pulumi.StringInput
+	// GatewayEnv is "NAME=value" entries, the secrets among them already
+	// secret outputs.
+	GatewayEnv pulumi.StringArrayInput
+	// GPUs passes every GPU of the engine's host to the gateway.
+	GPUs bool
+	// PublishIP is the host address the gateway and Prometheus ports are
+	// bound to: 0.0.0.0 behind a security group, 127.0.0.1 on a laptop.
+	PublishIP string
+
+	// RunRedis starts Redis beside the gateway; false when the stack uses a
+	// managed Redis.
+	RunRedis   bool
+	RedisImage string
+	// RedisMaxMemory caps the cache, e.g. "1gb".
+	RedisMaxMemory string
+
+	PrometheusImage string
+	// PrometheusFiles are uploaded under /etc/prometheus, keyed by path
+	// relative to it ("prometheus.yml", "rules/…", "targets/…").
+	PrometheusFiles map[string]string
+
+	// Simulator starts the offline upstream simulator from the gateway
+	// image. Only the local stack may set it.
+	Simulator bool
+}
+
+// Stack is the component.
+type Stack struct {
+	pulumi.ResourceState
+
+	Gateway    *docker.Container
+	Redis      *docker.Container
+	Prometheus *docker.Container
+	Simulator  *docker.Container
+}
+
+// New deploys the containers.
+func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOption) (*Stack, error) {
+	if args.Provider == nil {
+		return nil, fmt.Errorf("containers %s: a Docker provider is required", name)
+	}
+	if _, ok := args.PrometheusFiles["prometheus.yml"]; !ok {
+		return nil, fmt.Errorf("containers %s: the Prometheus files have no prometheus.yml", name)
+	}
+	s := &Stack{}
+	if err := ctx.RegisterComponentResource("relaygate:infra:Containers", name, s, opts...); err != nil {
+		return nil, err
+	}
+	on := []pulumi.ResourceOption{pulumi.Parent(s), pulumi.Provider(args.Provider)}
+	if len(args.DependsOn) > 0 {
+		on = append(on, pulumi.DependsOn(args.DependsOn))
+	}
+	// Container names are fixed so that `docker ps` on a host reads well;
+	// the old container must go before its replacement can take the name.
+	replace := append(slices.Clone(on), pulumi.DeleteBeforeReplace(true))
+	logs := pulumi.StringMap{"max-size": pulumi.String("50m"), "max-file": pulumi.String("5")}
+
+	net, err := docker.NewNetwork(ctx, name, &docker.NetworkArgs{
+		Name:   pulumi.String(args.Prefix),
+		Driver: pulumi.String("bridge"),
+	}, replace...)
+	if err != nil {
+		return nil, fmt.Errorf("containers %s: network: %w", name, err)
+	}
+	attach := func(alias string) docker.ContainerNetworksAdvancedArray {
+		return docker.ContainerNetworksAdvancedArray{docker.ContainerNetworksAdvancedArgs{
+			Name:    net.Name,
+			Aliases: pulumi.StringArray{pulumi.String(alias)},
+		}}
+	}
+	pull := func(what string, ref pulumi.StringInput) (pulumi.StringOutput, error) {
+		img, err := docker.NewRemoteImage(ctx, fmt.Sprintf("%s-%s", name, what), &docker.RemoteImageArgs{
+			Name: ref,
+			// Keep pulled images so a rollback starts without a pull.
+			KeepLocally: pulumi.Bool(true),
+		}, on...)
+		if err != nil {
+			return pulumi.StringOutput{}, fmt.Errorf("containers %s: pulling %s image: %w", name, what, err)
+		}
+		return img.ImageId, nil
+	}
+	var gatewayDeps []pulumi.Resource
+
+	if args.RunRedis {
+		image, err := pull("redis", pulumi.String(args.RedisImage))
+		if err != nil {
+			return nil, err
+		}
+		vol, err := docker.NewVolume(ctx, name+"-redis", &docker.VolumeArgs{Name: pulumi.String(args.Prefix + "-redis-data")}, on...)
+		if err != nil {
+			return nil, fmt.Errorf("containers %s: redis volume: %w", name, err)
+		}
+		s.Redis, err = docker.NewContainer(ctx, name+"-redis", &docker.ContainerArgs{
+			Name:  pulumi.String(args.Prefix + "-redis"),
+			Image: image,
+			// Append-only persistence: cache entries and rate-limit windows
+			// survive a restart; LRU eviction keeps memory bounded.
+			Command: pulumi.ToStringArray([]string{
+				"redis-server", "--appendonly", "yes", "--appendfsync", "everysec",
+				"--maxmemory", args.RedisMaxMemory, "--maxmemory-policy", "allkeys-lru",
+			}),
+			Volumes: docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
+				VolumeName: vol.Name, ContainerPath: pulumi.String("/data"),
+			}},
+			NetworksAdvanced: attach(RedisHost),
+			Healthcheck: &docker.ContainerHealthcheckArgs{
+				Tests:       pulumi.ToStringArray([]string{"CMD", "redis-cli", "ping"}),
+				Interval:    pulumi.String("10s"),
+				Timeout:     pulumi.String("3s"),
+				Retries:     pulumi.Int(5),
+				StartPeriod: pulumi.String("10s"),
+			},
+			Restart:     pulumi.String("unless-stopped"),
+			MustRun:     pulumi.Bool(true),
+			Wait:        pulumi.Bool(true),
+			WaitTimeout: pulumi.Int(120),
+			LogOpts:     logs,
+		}, replace...)
+		if err != nil {
+			return nil, fmt.Errorf("containers %s: redis: %w", name, err)
+		}
+		gatewayDeps = append(gatewayDeps, s.Redis)
+	}
+
+	gatewayImage := args.GatewayImage.ToStringOutput()
+	if args.PullGateway {
+		if gatewayImage, err = pull("gateway", args.GatewayImage); err != nil {
+			return nil, err
+		}
+	}
+	// The gateway and simulator only open sockets: they need no capability
+	// and must not gain privileges through a setuid binary.
+	dropAll := &docker.ContainerCapabilitiesArgs{Drops: pulumi.StringArray{pulumi.String("ALL")}}
+	noNewPrivileges := pulumi.StringArray{pulumi.String("no-new-privileges:true")}
+
+	if args.Simulator {
+		s.Simulator, err = docker.NewContainer(ctx, name+"-upstream-sim", &docker.ContainerArgs{
+			Name:             pulumi.String(args.Prefix + "-upstream-sim"),
+			Image:            gatewayImage,
+			Entrypoints:      pulumi.ToStringArray(SimulatorCommand[:1]),
+			Command:          pulumi.ToStringArray(SimulatorCommand[1:]),
+			NetworksAdvanced: attach(SimulatorHost),
+			// The image has no shell or curl; the gateway binary's health
+			// probe can GET any URL.
+			Healthcheck: &docker.ContainerHealthcheckArgs{
+				Tests: pulumi.ToStringArray([]string{"CMD", "/usr/local/bin/gateway", "-healthcheck",
+					"-healthcheck-url", fmt.Sprintf("http://127.0.0.1:%d/v1/models", SimulatorPort)}),
+				Interval: pulumi.String("15s"),
+				Timeout:  pulumi.String("5s"),
+				Retries:  pulumi.Int(3),
+			},
+			Capabilities: dropAll,
+			SecurityOpts: noNewPrivileges,
+			Restart:      pulumi.String("unless-stopped"),
+			MustRun:      pulumi.Bool(true),
+			LogOpts:      logs,
+			Labels:       labels(map[string]string{"relaygate.test-tool": "true"}),
+		}, replace...)
+		if err != nil {
+			return nil, fmt.Errorf("containers %s: upstream simulator: %w", name, err)
+		}
+		gatewayDeps = append(gatewayDeps, s.Simulator)
+	}
+
+	gwOpts := slices.Clone(replace)
+	if len(gatewayDeps) > 0 {
+		gwOpts = append(gwOpts, pulumi.DependsOn(gatewayDeps))
+	}
+	gw := &docker.ContainerArgs{
+		Name:    pulumi.String(args.Prefix + "-gateway"),
+		Image:   gatewayImage,
+		Command: pulumi.ToStringArray([]string{"-config", gatewayconfig.Path}),
+		Envs:    args.GatewayEnv,
+		Uploads: docker.ContainerUploadArray{docker.ContainerUploadArgs{
+			File:    pulumi.String(gatewayconfig.Path),
+			Content: args.GatewayConfig,
+		}},
+		Ports: docker.ContainerPortArray{docker.ContainerPortArgs{
+			Internal: pulumi.Int(stackconfig.GatewayPort),
+			External: pulumi.Int(stackconfig.GatewayPort),
+			Ip:       pulumi.String(args.PublishIP),
+		}},
+		NetworksAdvanced: attach(GatewayHost),
+		Healthcheck: &docker.ContainerHealthcheckArgs{
+			Tests:       pulumi.ToStringArray([]string{"CMD", "/usr/local/bin/gateway", "-healthcheck"}),
+			Interval:    pulumi.String("15s"),
+			Timeout:     pulumi.String("5s"),
+			Retries:     pulumi.Int(3),
+			StartPeriod: pulumi.String("30s"),
+		},
+		Capabilities: dropAll,
+		SecurityOpts: noNewPrivileges,
+		Restart:      pulumi.String("unless-stopped"),
+		MustRun:      pulumi.Bool(true),
+		// `pulumi up` fails if the gateway never turns healthy, instead of
+		// reporting success for a crash-looping container.
+		Wait:        pulumi.Bool(true),
+		WaitTimeout: pulumi.Int(180),
+		LogOpts:     logs,
+	}
+	if args.GPUs {
+		gw.Gpus = pulumi.String("all")
+	}
+	// The environment carries the API keys: keep the whole field secret in
+	// the state even where an entry is not.
+	gwOpts = append(gwOpts, pulumi.AdditionalSecretOutputs([]string{"envs"}))
+	if s.Gateway, err = docker.NewContainer(ctx, name+"-gateway", gw, gwOpts...); err != nil {
+		return nil, fmt.Errorf("containers %s: gateway: %w", name, err)
+	}
+
+	promImage, err := pull("prometheus", pulumi.String(args.PrometheusImage))
+	if err != nil {
+		return nil, err
+	}
+	promVol, err := docker.NewVolume(ctx, name+"-prometheus", &docker.VolumeArgs{Name: pulumi.String(args.Prefix + "-prometheus-data")}, on...)
+	if err != nil {
+		return nil, fmt.Errorf("containers %s: prometheus volume: %w", name, err)
+	}
+	var uploads docker.ContainerUploadArray
+	for _, rel := range slices.Sorted(maps.Keys(args.PrometheusFiles)) {
+		uploads = append(uploads, docker.ContainerUploadArgs{
+			File:    pulumi.String("/etc/prometheus/" + rel),
+			Content: pulumi.String(args.PrometheusFiles[rel]),
+		})
+	}
+	s.Prometheus, err = docker.NewContainer(ctx, name+"-prometheus", &docker.ContainerArgs{
+		Name:  pulumi.String(args.Prefix + "-prometheus"),
+		Image: promImage,
+		Command: pulumi.ToStringArray([]string{
+			"--config.file=/etc/prometheus/prometheus.yml",
+			"--storage.tsdb.path=/prometheus",
+			"--storage.tsdb.retention.time=15d",
+			fmt.Sprintf("--web.listen-address=:%d", stackconfig.PrometheusPort),
+		}),
+		Uploads: uploads,
+		Volumes: docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
+			VolumeName: promVol.Name, ContainerPath: pulumi.String("/prometheus"),
+		}},
+		Ports: docker.ContainerPortArray{docker.ContainerPortArgs{
+			Internal: pulumi.Int(stackconfig.PrometheusPort),
+			External: pulumi.Int(stackconfig.PrometheusPort),
+			Ip:       pulumi.String(args.PublishIP),
+		}},
+		NetworksAdvanced: attach(prometheusHost),
+		Healthcheck: &docker.ContainerHealthcheckArgs{
+			Tests: pulumi.ToStringArray([]string{"CMD", "wget", "-q", "-O", "/dev/null",
+				fmt.Sprintf("http://127.0.0.1:%d/-/ready", stackconfig.PrometheusPort)}),
+			Interval: pulumi.String("15s"),
+			Timeout:  pulumi.String("5s"),
+			Retries:  pulumi.Int(3),
+		},
+		Restart:     pulumi.String("unless-stopped"),
+		MustRun:     pulumi.Bool(true),
+		Wait:        pulumi.Bool(true),
+		WaitTimeout: pulumi.Int(120),
+		LogOpts:     logs,
+	}, replace...)
+	if err != nil {
+		return nil, fmt.Errorf("containers %s: prometheus: %w", name, err)
+	}
+
+	return s, ctx.RegisterResourceOutputs(s, pulumi.Map{
+		"gateway":    s.Gateway.Name,
+		"prometheus": s.Prometheus.Name,
+	})
+}
+
+func labels(m map[string]string) docker.ContainerLabelArray {
+	var out docker.ContainerLabelArray
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, docker.ContainerLabelArgs{Label: pulumi.String(k), Value: pulumi.String(m[k])})
+	}
+	return out
+}

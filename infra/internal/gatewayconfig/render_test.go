@@ -1,0 +1,261 @@
+package gatewayconfig
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/relaygate/relaygate/infra/internal/stackconfig"
+)
+
+type source map[string]string
+
+func (s source) Lookup(k string) (string, bool) { v, ok := s[k]; return v, ok }
+func (s source) IsSecret(k string) bool         { return strings.HasSuffix(k, "ApiKey") }
+
+const (
+	gatewayKey = "gw-secret-0123456789abcdef"
+	openaiKey  = "sk-openai-secret-0123456789"
+)
+
+func config(t *testing.T, target string, overrides map[string]string) *stackconfig.Config {
+	t.Helper()
+	s := source{
+		"aws:region":                   "eu-west-1",
+		"relaygate:target":             target,
+		"relaygate:instanceType":       "g6.xlarge",
+		"relaygate:hostCount":          "1",
+		"relaygate:expectedGpuCount":   "1",
+		"relaygate:rootVolumeGb":       "200",
+		"relaygate:amiNamePattern":     "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
+		"relaygate:amiOwner":           "amazon",
+		"relaygate:sshUser":            "ubuntu",
+		"relaygate:sshPublicKey":       "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyForRenderTests ops",
+		"relaygate:cudaTestImage":      "nvidia/cuda:12.4.1-base-ubuntu22.04",
+		"relaygate:vpcCidr":            "10.40.0.0/16",
+		"relaygate:allowedCidrs":       `[]`,
+		"relaygate:operatorCidr":       "203.0.113.7/32",
+		"relaygate:loadBalancer":       "false",
+		"relaygate:managedRedis":       "false",
+		"relaygate:redisNodeType":      "cache.t4g.small",
+		"relaygate:tlsCertificateArn":  "",
+		"relaygate:deletionProtection": "false",
+		"relaygate:imageTag":           "dev",
+		"relaygate:imageRetainCount":   "10",
+		"relaygate:redisImage":         "redis:7.4-alpine",
+		"relaygate:prometheusImage":    "prom/prometheus:v3.5.0",
+		"relaygate:localGpu":           "false",
+		"relaygate:upstreamSimulator":  "false",
+		"relaygate:latencyBudgetP95Ms": "1500",
+		"relaygate:upstreams": `[{"name":"holysheep","baseUrl":"https://api.holysheep.ai/v1","apiKeyEnv":"HOLYSHEEP_API_KEY","timeout":"180s","connectTimeout":"30s"},` +
+			`{"name":"openai","baseUrl":"https://api.openai.com/v1","apiKeyEnv":"OPENAI_API_KEY"},` +
+			`{"name":"gpu-local","baseUrl":"http://10.0.0.5:8001/v1"}]`,
+		"relaygate:models": `[{"name":"gpt-4.1","route":["holysheep",{"upstream":"openai","model":"gpt-4.1-2025-04-14","price":{"inputPerMtok":2,"outputPerMtok":8}}],` +
+			`"price":{"inputPerMtok":1.5,"outputPerMtok":6},"referencePrice":{"inputPerMtok":2,"outputPerMtok":8}},` +
+			`{"name":"llama","route":["gpu-local"],"price":{"inputPerMtok":0,"outputPerMtok":0}}]`,
+		"relaygate:retry":           `{"attempts":4,"backoffMin":"250ms","backoffMax":"1m"}`,
+		"relaygate:cacheTtl":        "90m",
+		"relaygate:rateLimit":       `{"rpm":600,"tpm":100000}`,
+		"relaygate:gatewayApiKey":   gatewayKey,
+		"relaygate:holysheepApiKey": "hs-secret-0123456789",
+		"relaygate:openaiApiKey":    openaiKey,
+	}
+	for k, v := range overrides {
+		s[k] = v
+	}
+	c, err := stackconfig.Parse(s, "dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// gatewayShape is the SPEC's gateway config, decoded strictly: a key the
+// gateway does not know fails the test the way it would fail the gateway.
+type gatewayShape struct {
+	Listen     string   `yaml:"listen"`
+	ClientKeys []string `yaml:"client_keys"`
+	Upstreams  []struct {
+		Name           string `yaml:"name"`
+		BaseURL        string `yaml:"base_url"`
+		APIKey         string `yaml:"api_key"`
+		Timeout        string `yaml:"timeout"`
+		ConnectTimeout string `yaml:"connect_timeout"`
+	} `yaml:"upstreams"`
+	Models []struct {
+		Name           string      `yaml:"name"`
+		Route          []yaml.Node `yaml:"route"`
+		Price          priceShape  `yaml:"price"`
+		ReferencePrice *priceShape `yaml:"reference_price"`
+	} `yaml:"models"`
+	Retry struct {
+		Attempts   int    `yaml:"attempts"`
+		BackoffMin string `yaml:"backoff_min"`
+		BackoffMax string `yaml:"backoff_max"`
+	} `yaml:"retry"`
+	Cache struct {
+		RedisURL string `yaml:"redis_url"`
+		TTL      string `yaml:"ttl"`
+	} `yaml:"cache"`
+	RateLimit struct {
+		RPM int `yaml:"rpm"`
+		TPM int `yaml:"tpm"`
+	} `yaml:"rate_limit"`
+	GPU struct {
+		ExpectedCount int `yaml:"expected_count"`
+	} `yaml:"gpu"`
+	SLO struct {
+		LatencyP95 string `yaml:"latency_p95"`
+	} `yaml:"slo"`
+}
+
+type priceShape struct {
+	InputPerMTok  float64 `yaml:"input_per_mtok"`
+	OutputPerMTok float64 `yaml:"output_per_mtok"`
+}
+
+func decode(t *testing.T, b []byte) gatewayShape {
+	t.Helper()
+	var g gatewayShape
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&g); err != nil {
+		t.Fatalf("rendered config is not the gateway's shape: %v\n%s", err, b)
+	}
+	return g
+}
+
+func TestRenderAWSHost(t *testing.T) {
+	t.Parallel()
+	c := config(t, "aws", nil)
+	b, err := Render(c, Endpoints{RedisURL: "redis://redis:6379/0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := decode(t, b)
+
+	if g.Listen != ":8000" {
+		t.Errorf("listen = %q", g.Listen)
+	}
+	if len(g.ClientKeys) != 1 || g.ClientKeys[0] != "${GATEWAY_API_KEY}" {
+		t.Errorf("client_keys = %q", g.ClientKeys)
+	}
+	if len(g.Upstreams) != 3 {
+		t.Fatalf("upstreams = %+v", g.Upstreams)
+	}
+	hs, oa, local := g.Upstreams[0], g.Upstreams[1], g.Upstreams[2]
+	if hs.Name != "holysheep" || hs.BaseURL != "https://api.holysheep.ai/v1" || hs.APIKey != "${HOLYSHEEP_API_KEY}" || hs.Timeout != "3m" || hs.ConnectTimeout != "30s" {
+		t.Errorf("holysheep = %+v", hs)
+	}
+	if oa.APIKey != "${OPENAI_API_KEY}" || oa.Timeout != "" {
+		t.Errorf("openai = %+v", oa)
+	}
+	if local.APIKey != "" {
+		t.Errorf("an upstream without apiKeyEnv got api_key %q", local.APIKey)
+	}
+
+	m := g.Models[0]
+	if m.Name != "gpt-4.1" || m.Price.InputPerMTok != 1.5 || m.ReferencePrice == nil || m.ReferencePrice.OutputPerMTok != 8 {
+		t.Errorf("model = %+v", m)
+	}
+	if len(m.Route) != 2 || m.Route[0].Kind != yaml.ScalarNode || m.Route[0].Value != "holysheep" {
+		t.Fatalf("route[0] should be the bare name holysheep: %+v", m.Route)
+	}
+	var renamed struct {
+		Upstream string     `yaml:"upstream"`
+		Model    string     `yaml:"model"`
+		Price    priceShape `yaml:"price"`
+	}
+	if err := m.Route[1].Decode(&renamed); err != nil || renamed.Upstream != "openai" || renamed.Model != "gpt-4.1-2025-04-14" || renamed.Price.OutputPerMTok != 8 {
+		t.Errorf("route[1] = %+v (%v)", renamed, err)
+	}
+	if g.Models[1].ReferencePrice != nil {
+		t.Errorf("a model without referencePrice got one: %+v", g.Models[1].ReferencePrice)
+	}
+
+	if g.Retry.Attempts != 4 || g.Retry.BackoffMin != "250ms" || g.Retry.BackoffMax != "1m" {
+		t.Errorf("retry = %+v", g.Retry)
+	}
+	if g.Cache.RedisURL != "redis://redis:6379/0" || g.Cache.TTL != "90m" {
+		t.Errorf("cache = %+v", g.Cache)
+	}
+	if g.RateLimit.RPM != 600 || g.RateLimit.TPM != 100000 {
+		t.Errorf("rate_limit = %+v", g.RateLimit)
+	}
+	if g.GPU.ExpectedCount != 1 || g.SLO.LatencyP95 != "1500ms" {
+		t.Errorf("gpu = %+v, slo = %+v", g.GPU, g.SLO)
+	}
+	for _, secret := range []string{gatewayKey, openaiKey} {
+		if bytes.Contains(b, []byte(secret)) {
+			t.Errorf("rendered config contains a secret value:\n%s", b)
+		}
+	}
+	if !bytes.HasPrefix(b, []byte("# Generated by the Relaygate Pulumi program")) {
+		t.Errorf("no header:\n%s", b)
+	}
+}
+
+func TestRenderLocalSimulator(t *testing.T) {
+	t.Parallel()
+	c := config(t, "local", map[string]string{
+		"relaygate:expectedGpuCount":  "0",
+		"relaygate:upstreamSimulator": "true",
+		"relaygate:upstreams":         "[]",
+		"relaygate:models":            `[{"name":"gpt-4.1","route":["upstream-sim"],"price":{"inputPerMtok":2,"outputPerMtok":8}}]`,
+	})
+	b, err := Render(c, Endpoints{RedisURL: "redis://redis:6379/0", SimulatorURL: "http://upstream-sim:9000/v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := decode(t, b)
+	if len(g.Upstreams) != 1 || g.Upstreams[0].Name != stackconfig.SimulatorUpstream || g.Upstreams[0].BaseURL != "http://upstream-sim:9000/v1" || g.Upstreams[0].APIKey != "" {
+		t.Errorf("upstreams = %+v", g.Upstreams)
+	}
+	if g.GPU.ExpectedCount != 0 {
+		t.Errorf("gpu.expected_count = %d", g.GPU.ExpectedCount)
+	}
+}
+
+func TestRenderRefusesInconsistentEndpoints(t *testing.T) {
+	t.Parallel()
+	c := config(t, "aws", nil)
+	tests := []struct {
+		name string
+		ep   Endpoints
+		want string
+	}{
+		{"no redis", Endpoints{}, "no Redis URL"},
+		{"simulator the stack did not ask for", Endpoints{RedisURL: "redis://redis:6379/0", SimulatorURL: "http://upstream-sim:9000/v1"}, "upstreamSimulator is false"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if _, err := Render(c, tt.ep); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Render error = %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDuration(t *testing.T) {
+	t.Parallel()
+	for d, want := range map[time.Duration]string{
+		time.Hour:               "1h",
+		90 * time.Minute:        "90m",
+		180 * time.Second:       "3m",
+		45 * time.Second:        "45s",
+		1500 * time.Millisecond: "1500ms",
+		200 * time.Millisecond:  "200ms",
+		1500 * time.Microsecond: "1.5ms",
+	} {
+		if got := duration(d); got != want {
+			t.Errorf("duration(%s) = %q, want %q", d, got, want)
+		}
+		if parsed, err := time.ParseDuration(duration(d)); err != nil || parsed != d {
+			t.Errorf("duration(%s) = %q does not parse back (%v, %v)", d, duration(d), parsed, err)
+		}
+	}
+}

@@ -1,0 +1,359 @@
+// Package stack wires the components into one Relaygate deployment for a
+// validated stack configuration: GPU hosts on AWS (one host for dev; several
+// behind a load balancer with a shared managed Redis for prod), or the same
+// containers on the local Docker engine with no cloud resource at all.
+package stack
+
+import (
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ec2"
+	"github.com/pulumi/pulumi-docker/sdk/v4/go/docker"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+
+	"github.com/relaygate/relaygate/deploy"
+	"github.com/relaygate/relaygate/infra/internal/containers"
+	"github.com/relaygate/relaygate/infra/internal/gatewayconfig"
+	"github.com/relaygate/relaygate/infra/internal/gpuhost"
+	"github.com/relaygate/relaygate/infra/internal/loadbalancer"
+	"github.com/relaygate/relaygate/infra/internal/network"
+	"github.com/relaygate/relaygate/infra/internal/registry"
+	"github.com/relaygate/relaygate/infra/internal/sharedredis"
+	"github.com/relaygate/relaygate/infra/internal/stackconfig"
+)
+
+// Outputs are what the smoke test reads (SPEC.md, "Stack outputs").
+type Outputs struct {
+	GatewayURL    pulumi.StringOutput
+	PrometheusURL pulumi.StringOutput
+	// GatewayAPIKey is a secret output.
+	GatewayAPIKey      pulumi.StringOutput
+	ExpectedGPUCount   int
+	LatencyBudgetP95Ms int
+	ImageRef           pulumi.StringOutput
+	// Hosts are the public addresses the gateways run on.
+	Hosts pulumi.StringArrayOutput
+	// InstanceIDs is empty for the local stack.
+	InstanceIDs pulumi.StringArrayOutput
+}
+
+// Source is the repository checkout the gateway image is built from.
+type Source struct {
+	// Context is the build context (the repository root) and Dockerfile the
+	// file in it, both relative to the program's working directory.
+	Context    string
+	Dockerfile string
+}
+
+// SourceFrom finds the build context from the project root (the directory
+// of Pulumi.yaml) and the program's working directory. The paths are kept
+// relative so that two operators' checkouts produce the same state.
+func SourceFrom(root, workdir string) (Source, error) {
+	if root == "" {
+		// CLIs older than PULUMI_ROOT_DIRECTORY: look up from the program.
+		for dir := workdir; ; dir = filepath.Dir(dir) {
+			if _, err := os.Stat(filepath.Join(dir, "Pulumi.yaml")); err == nil {
+				root = dir
+				break
+			}
+			if filepath.Dir(dir) == dir {
+				return Source{}, fmt.Errorf("build context: no Pulumi.yaml in %s or above", workdir)
+			}
+		}
+	}
+	rel, err := filepath.Rel(workdir, root)
+	if err != nil {
+		return Source{}, fmt.Errorf("build context: %w", err)
+	}
+	dockerfile := filepath.Join(rel, "Dockerfile")
+	if _, err := os.Stat(filepath.Join(root, "Dockerfile")); err != nil {
+		return Source{}, fmt.Errorf("build context: %w", err)
+	}
+	return Source{Context: filepath.ToSlash(rel), Dockerfile: filepath.ToSlash(dockerfile)}, nil
+}
+
+// Deploy registers every resource of the stack.
+func Deploy(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outputs, error) {
+	switch cfg.Target {
+	case stackconfig.TargetAWS:
+		return deployAWS(ctx, cfg, src)
+	case stackconfig.TargetLocal:
+		return deployLocal(ctx, cfg, src)
+	}
+	return nil, fmt.Errorf("stack %s: unknown target %q", cfg.Stack, cfg.Target)
+}
+
+// hostRedisMaxMemory and localRedisMaxMemory bound the Redis that runs next
+// to a gateway: most of a GPU host's memory belongs to model servers, and a
+// laptop's to everything else.
+const (
+	hostRedisMaxMemory  = "2gb"
+	localRedisMaxMemory = "256mb"
+)
+
+func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outputs, error) {
+	name := "relaygate-" + cfg.Stack
+	tags := map[string]string{"relaygate:stack": cfg.Stack, "relaygate:managed-by": "pulumi"}
+
+	zones, err := pickZones(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	var listeners []int
+	if cfg.LoadBalancer {
+		listeners = loadbalancer.ListenerPorts(cfg.TLSCertificateARN)
+	}
+	net, err := network.New(ctx, name, network.Args{
+		Name:           name,
+		Tags:           tags,
+		CIDR:           cfg.VPCCIDR,
+		Zones:          zones,
+		PrivateSubnets: cfg.ManagedRedis,
+		ClientCIDRs:    cfg.AllowedCIDRs,
+		OperatorCIDR:   cfg.OperatorCIDR,
+		GatewayPort:    stackconfig.GatewayPort,
+		PrometheusPort: stackconfig.PrometheusPort,
+		ListenerPorts:  listeners,
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	image, err := registry.New(ctx, name+"-gateway", registry.Args{
+		Context:     src.Context,
+		Dockerfile:  src.Dockerfile,
+		Tag:         cfg.ImageTag,
+		Platform:    registry.HostPlatform,
+		ECR:         fmt.Sprintf("relaygate/%s/gateway", cfg.Stack),
+		RetainCount: cfg.ImageRetainCount,
+		Protect:     cfg.DeletionProtection,
+		Tags:        tags,
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	fleet, err := gpuhost.NewFleet(ctx, name, gpuhost.Args{
+		Name:            name,
+		Tags:            tags,
+		Count:           cfg.HostCount,
+		InstanceType:    cfg.InstanceType,
+		ExpectedGPUs:    cfg.ExpectedGPUCount,
+		RootVolumeGB:    cfg.RootVolumeGB,
+		AMINamePattern:  cfg.AMINamePattern,
+		AMIOwner:        cfg.AMIOwner,
+		SubnetIDs:       net.PublicSubnetIDs,
+		SecurityGroupID: net.HostSecurityGroupID.ToStringOutput(),
+		SSHUser:         cfg.SSHUser,
+		SSHPublicKey:    cfg.SSHPublicKey,
+		CUDATestImage:   cfg.CUDATestImage,
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	redisURL := pulumi.String(containers.LocalRedisURL).ToStringOutput()
+	if cfg.ManagedRedis {
+		cache, err := sharedredis.New(ctx, name, sharedredis.Args{
+			Tags:               tags,
+			SubnetIDs:          net.PrivateSubnetIDs,
+			SecurityGroupID:    net.CacheSecurityGroupID.ToStringOutput(),
+			NodeType:           cfg.RedisNodeType,
+			DeletionProtection: cfg.DeletionProtection,
+			FinalSnapshotName:  name + "-final",
+		})
+		if err != nil {
+			return nil, err
+		}
+		redisURL = cache.URL
+	}
+	gatewayYAML := renderGatewayConfig(cfg, redisURL, "")
+	promFiles, err := deploy.PrometheusFiles()
+	if err != nil {
+		return nil, err
+	}
+
+	for i, host := range fleet.Hosts {
+		hostName := fmt.Sprintf("%s-host-%d", name, i)
+		provider, err := docker.NewProvider(ctx, hostName+"-docker", &docker.ProviderArgs{
+			Host: host.DockerHost,
+			// The operator's ssh client and agent authenticate. A new host
+			// has a new key: trust it on first use, refuse a changed one.
+			SshOpts: pulumi.ToStringArray([]string{
+				"-o", "StrictHostKeyChecking=accept-new",
+				"-o", "ConnectTimeout=30",
+				"-o", "ServerAliveInterval=15",
+			}),
+			RegistryAuth: image.RegistryAuth,
+		}, pulumi.Parent(host), pulumi.DependsOn([]pulumi.Resource{host.Ready}))
+		if err != nil {
+			return nil, fmt.Errorf("%s: docker provider: %w", hostName, err)
+		}
+		if _, err := containers.New(ctx, hostName, containers.Args{
+			Prefix:          "relaygate",
+			Provider:        provider,
+			DependsOn:       []pulumi.Resource{host.Ready},
+			GatewayImage:    image.Ref,
+			PullGateway:     true,
+			GatewayConfig:   gatewayYAML,
+			GatewayEnv:      gatewayEnv(cfg),
+			GPUs:            true,
+			PublishIP:       "0.0.0.0",
+			RunRedis:        !cfg.ManagedRedis,
+			RedisImage:      cfg.RedisImage,
+			RedisMaxMemory:  hostRedisMaxMemory,
+			PrometheusImage: cfg.PrometheusImage,
+			PrometheusFiles: promFiles,
+		}, pulumi.Parent(host)); err != nil {
+			return nil, err
+		}
+	}
+
+	first := fleet.Hosts[0].PublicIP
+	gatewayURL := pulumi.Sprintf("http://%s:%d", first, stackconfig.GatewayPort)
+	if cfg.LoadBalancer {
+		var targets []pulumi.StringInput
+		for _, h := range fleet.Hosts {
+			targets = append(targets, h.Instance.ID().ToStringOutput())
+		}
+		alb, err := loadbalancer.New(ctx, name, loadbalancer.Args{
+			Tags:               tags,
+			VpcID:              net.VpcID.ToStringOutput(),
+			SubnetIDs:          net.PublicSubnetIDs,
+			SecurityGroupID:    net.LoadBalancerSecurityGroupID.ToStringOutput(),
+			Targets:            targets,
+			TargetPort:         stackconfig.GatewayPort,
+			CertificateARN:     cfg.TLSCertificateARN,
+			DeletionProtection: cfg.DeletionProtection,
+		})
+		if err != nil {
+			return nil, err
+		}
+		gatewayURL = alb.URL
+	}
+
+	return &Outputs{
+		GatewayURL: gatewayURL,
+		// Each host runs its own Prometheus; the first one's is the one the
+		// smoke test checks.
+		PrometheusURL:      pulumi.Sprintf("http://%s:%d", first, stackconfig.PrometheusPort),
+		GatewayAPIKey:      cfg.GatewayAPIKey.Output(),
+		ExpectedGPUCount:   cfg.ExpectedGPUCount,
+		LatencyBudgetP95Ms: int(cfg.LatencyBudgetP95.Milliseconds()),
+		ImageRef:           image.Ref,
+		Hosts:              fleet.PublicIPs,
+		InstanceIDs:        fleet.InstanceIDs,
+	}, nil
+}
+
+func deployLocal(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outputs, error) {
+	name := "relaygate-" + cfg.Stack
+	// No host set: the provider uses DOCKER_HOST, else the local socket.
+	provider, err := docker.NewProvider(ctx, name+"-docker", &docker.ProviderArgs{})
+	if err != nil {
+		return nil, fmt.Errorf("local docker provider: %w", err)
+	}
+	image, err := registry.New(ctx, name+"-gateway", registry.Args{
+		Context:    src.Context,
+		Dockerfile: src.Dockerfile,
+		Tag:        cfg.ImageTag,
+		Provider:   provider,
+	})
+	if err != nil {
+		return nil, err
+	}
+	simURL := ""
+	if cfg.UpstreamSimulator {
+		simURL = containers.SimulatorURL
+	}
+	promFiles, err := deploy.PrometheusFiles()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := containers.New(ctx, name, containers.Args{
+		Prefix:          name,
+		Provider:        provider,
+		GatewayImage:    image.Ref,
+		GatewayConfig:   renderGatewayConfig(cfg, pulumi.String(containers.LocalRedisURL).ToStringOutput(), simURL),
+		GatewayEnv:      gatewayEnv(cfg),
+		GPUs:            cfg.LocalGPU,
+		PublishIP:       "127.0.0.1",
+		RunRedis:        true,
+		RedisImage:      cfg.RedisImage,
+		RedisMaxMemory:  localRedisMaxMemory,
+		PrometheusImage: cfg.PrometheusImage,
+		PrometheusFiles: promFiles,
+		Simulator:       cfg.UpstreamSimulator,
+	}); err != nil {
+		return nil, err
+	}
+	return &Outputs{
+		GatewayURL:         pulumi.Sprintf("http://127.0.0.1:%d", stackconfig.GatewayPort),
+		PrometheusURL:      pulumi.Sprintf("http://127.0.0.1:%d", stackconfig.PrometheusPort),
+		GatewayAPIKey:      cfg.GatewayAPIKey.Output(),
+		ExpectedGPUCount:   cfg.ExpectedGPUCount,
+		LatencyBudgetP95Ms: int(cfg.LatencyBudgetP95.Milliseconds()),
+		ImageRef:           image.Ref,
+		Hosts:              pulumi.ToStringArray([]string{"127.0.0.1"}).ToStringArrayOutput(),
+		InstanceIDs:        pulumi.ToStringArray([]string{}).ToStringArrayOutput(),
+	}, nil
+}
+
+// renderGatewayConfig renders the gateway's YAML once the Redis address is
+// known (the managed Redis's endpoint only exists after it is created).
+func renderGatewayConfig(cfg *stackconfig.Config, redisURL pulumi.StringOutput, simulatorURL string) pulumi.StringOutput {
+	return redisURL.ApplyT(func(url string) (string, error) {
+		b, err := gatewayconfig.Render(cfg, gatewayconfig.Endpoints{RedisURL: url, SimulatorURL: simulatorURL})
+		return string(b), err
+	}).(pulumi.StringOutput)
+}
+
+// gatewayEnv is the gateway container's environment: the values the
+// rendered config's ${VAR} references expand to. Every entry is a secret
+// output, in a stable order so that a deploy without changes shows none.
+func gatewayEnv(cfg *stackconfig.Config) pulumi.StringArrayOutput {
+	env := pulumi.StringArray{pulumi.Sprintf("%s=%s", stackconfig.GatewayAPIKeyEnv, cfg.GatewayAPIKey.Output())}
+	for _, name := range slices.Sorted(maps.Keys(cfg.UpstreamKeys)) {
+		env = append(env, pulumi.Sprintf("%s=%s", name, cfg.UpstreamKeys[name].Output()))
+	}
+	return pulumi.ToSecret(env).(pulumi.StringArrayOutput)
+}
+
+// pickZones chooses the availability zones for the subnets: the configured
+// hostCount (at least two where a load balancer or a multi-AZ Redis needs
+// them) among the zones that offer the instance type, in name order so the
+// choice is stable between runs.
+func pickZones(ctx *pulumi.Context, cfg *stackconfig.Config) ([]string, error) {
+	locationType := "availability-zone"
+	offers, err := ec2.GetInstanceTypeOfferings(ctx, &ec2.GetInstanceTypeOfferingsArgs{
+		LocationType: &locationType,
+		Filters: []ec2.GetInstanceTypeOfferingsFilter{
+			{Name: "instance-type", Values: []string{cfg.InstanceType}},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("finding the zones of %s that offer %s: %w", cfg.Region, cfg.InstanceType, err)
+	}
+	return ChooseZones(offers.Locations, cfg)
+}
+
+// ChooseZones is pickZones' decision, apart from the AWS call.
+func ChooseZones(offered []string, cfg *stackconfig.Config) ([]string, error) {
+	zones := slices.Clone(offered)
+	slices.Sort(zones)
+	zones = slices.Compact(zones)
+	want, minimum := cfg.HostCount, 1
+	if cfg.LoadBalancer || cfg.ManagedRedis {
+		minimum = 2
+	}
+	want = max(want, minimum)
+	if len(zones) < minimum {
+		return nil, fmt.Errorf("%s is offered in %d availability zone(s) of %s (%v); this stack needs %d: pick another instanceType or region",
+			cfg.InstanceType, len(zones), cfg.Region, zones, minimum)
+	}
+	return zones[:min(want, len(zones))], nil
+}

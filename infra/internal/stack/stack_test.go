@@ -1,0 +1,76 @@
+package stack
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/relaygate/relaygate/infra/internal/stackconfig"
+)
+
+func TestChooseZones(t *testing.T) {
+	t.Parallel()
+	offered := []string{"us-east-1f", "us-east-1a", "us-east-1c", "us-east-1a"}
+	tests := []struct {
+		name    string
+		cfg     stackconfig.Config
+		offered []string
+		want    []string
+		err     string
+	}{
+		{"one host, one zone", stackconfig.Config{HostCount: 1}, offered, []string{"us-east-1a"}, ""},
+		{"load balancer needs two", stackconfig.Config{HostCount: 1, LoadBalancer: true}, offered, []string{"us-east-1a", "us-east-1c"}, ""},
+		{"one zone per host", stackconfig.Config{HostCount: 3, LoadBalancer: true, ManagedRedis: true}, offered, []string{"us-east-1a", "us-east-1c", "us-east-1f"}, ""},
+		{"more hosts than zones share them", stackconfig.Config{HostCount: 5, LoadBalancer: true, ManagedRedis: true}, offered, []string{"us-east-1a", "us-east-1c", "us-east-1f"}, ""},
+		{"too few zones for a load balancer", stackconfig.Config{HostCount: 2, LoadBalancer: true, InstanceType: "p5.48xlarge", Region: "us-east-1"}, []string{"us-east-1a"}, nil, "p5.48xlarge is offered in 1 availability zone(s) of us-east-1"},
+		{"not offered at all", stackconfig.Config{HostCount: 1, InstanceType: "g6e.xlarge", Region: "eu-north-1"}, nil, nil, "offered in 0 availability zone(s)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := ChooseZones(tt.offered, &tt.cfg)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("error = %v, want one containing %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(got, tt.want) {
+				t.Errorf("ChooseZones = %v, %v; want %v", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestSourceFrom(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "Dockerfile"), []byte("FROM scratch\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	workdir := filepath.Join(root, "infra")
+	if err := os.Mkdir(workdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src, err := SourceFrom(root, workdir)
+	if err != nil || src.Context != ".." || src.Dockerfile != "../Dockerfile" {
+		t.Errorf("SourceFrom(root, root/infra) = %+v, %v", src, err)
+	}
+	if src, err := SourceFrom(root, root); err != nil || src.Context != "." || src.Dockerfile != "Dockerfile" {
+		t.Errorf("SourceFrom(root, root) = %+v, %v", src, err)
+	}
+	if _, err := SourceFrom("", workdir); err == nil {
+		t.Error("a checkout without Pulumi.yaml was accepted")
+	}
+	if err := os.WriteFile(filepath.Join(root, "Pulumi.yaml"), []byte("name: x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if src, err := SourceFrom("", workdir); err != nil || src.Context != ".." {
+		t.Errorf("SourceFrom without a root, from root/infra = %+v, %v", src, err)
+	}
+	if _, err := SourceFrom(workdir, root); err == nil {
+		t.Error("a root without a Dockerfile was accepted")
+	}
+}

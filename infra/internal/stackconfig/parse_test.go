@@ -1,0 +1,350 @@
+package stackconfig
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// mapSource is a Source over fixed values, the shape the engine hands a
+// program: full keys, structured values as JSON.
+type mapSource struct {
+	values  map[string]string
+	secrets map[string]bool
+}
+
+func (m mapSource) Lookup(k string) (string, bool) { v, ok := m.values[k]; return v, ok }
+func (m mapSource) IsSecret(k string) bool         { return m.secrets[k] }
+
+const (
+	testGatewayKey   = "gw-key-0123456789abcdef"
+	testHolysheepKey = "hs-secret-value-1"
+	testOpenAIKey    = "sk-openai-secret-value-2"
+	testPublicKey    = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB4t0d7w9Yx2M0pQ9s1u3Y0qkTRelaygateTestKey0 ops@example"
+)
+
+// awsValues is a complete, valid single-host AWS stack.
+func awsValues() map[string]string {
+	return map[string]string{
+		"aws:region":                   "us-east-1",
+		"relaygate:target":             "aws",
+		"relaygate:instanceType":       "g5.xlarge",
+		"relaygate:hostCount":          "1",
+		"relaygate:expectedGpuCount":   "1",
+		"relaygate:rootVolumeGb":       "200",
+		"relaygate:amiNamePattern":     "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
+		"relaygate:amiOwner":           "amazon",
+		"relaygate:sshUser":            "ubuntu",
+		"relaygate:sshPublicKey":       testPublicKey,
+		"relaygate:cudaTestImage":      "nvidia/cuda:12.4.1-base-ubuntu22.04",
+		"relaygate:vpcCidr":            "10.40.0.0/16",
+		"relaygate:allowedCidrs":       `["198.51.100.0/24"]`,
+		"relaygate:operatorCidr":       "203.0.113.7/32",
+		"relaygate:loadBalancer":       "false",
+		"relaygate:managedRedis":       "false",
+		"relaygate:redisNodeType":      "cache.t4g.small",
+		"relaygate:tlsCertificateArn":  "",
+		"relaygate:deletionProtection": "false",
+		"relaygate:imageTag":           "dev",
+		"relaygate:imageRetainCount":   "10",
+		"relaygate:redisImage":         "redis:7.4-alpine",
+		"relaygate:prometheusImage":    "prom/prometheus:v3.5.0",
+		"relaygate:localGpu":           "false",
+		"relaygate:upstreamSimulator":  "false",
+		"relaygate:latencyBudgetP95Ms": "1500",
+		"relaygate:upstreams": `[{"name":"holysheep","baseUrl":"https://api.holysheep.ai/v1","apiKeyEnv":"HOLYSHEEP_API_KEY","timeout":"180s","connectTimeout":"30s"},` +
+			`{"name":"openai","baseUrl":"https://api.openai.com/v1","apiKeyEnv":"OPENAI_API_KEY"}]`,
+		"relaygate:models": `[{"name":"gpt-4.1","route":["holysheep",{"upstream":"openai","model":"gpt-4.1-2025-04-14","price":{"inputPerMtok":2,"outputPerMtok":8}}],` +
+			`"price":{"inputPerMtok":1.5,"outputPerMtok":6},"referencePrice":{"inputPerMtok":2,"outputPerMtok":8}}]`,
+		"relaygate:retry":           `{"attempts":3,"backoffMin":"200ms","backoffMax":"10s"}`,
+		"relaygate:cacheTtl":        "1h",
+		"relaygate:rateLimit":       `{"rpm":0,"tpm":0}`,
+		"relaygate:gatewayApiKey":   testGatewayKey,
+		"relaygate:holysheepApiKey": testHolysheepKey,
+		"relaygate:openaiApiKey":    testOpenAIKey,
+	}
+}
+
+func prodValues() map[string]string {
+	v := awsValues()
+	v["relaygate:hostCount"] = "3"
+	v["relaygate:loadBalancer"] = "true"
+	v["relaygate:managedRedis"] = "true"
+	v["relaygate:deletionProtection"] = "true"
+	v["relaygate:tlsCertificateArn"] = "arn:aws:acm:us-east-1:123456789012:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+	return v
+}
+
+func localValues() map[string]string {
+	v := awsValues()
+	delete(v, "aws:region")
+	delete(v, "relaygate:holysheepApiKey")
+	delete(v, "relaygate:openaiApiKey")
+	v["relaygate:target"] = "local"
+	v["relaygate:sshPublicKey"] = ""
+	v["relaygate:operatorCidr"] = ""
+	v["relaygate:allowedCidrs"] = "[]"
+	v["relaygate:expectedGpuCount"] = "0"
+	v["relaygate:upstreamSimulator"] = "true"
+	v["relaygate:upstreams"] = "[]"
+	v["relaygate:models"] = `[{"name":"gpt-4.1","route":["upstream-sim"],"price":{"inputPerMtok":2,"outputPerMtok":8}}]`
+	return v
+}
+
+func source(values map[string]string) mapSource {
+	secrets := map[string]bool{}
+	for _, k := range []string{"relaygate:gatewayApiKey", "relaygate:holysheepApiKey", "relaygate:openaiApiKey"} {
+		if _, ok := values[k]; ok {
+			secrets[k] = true
+		}
+	}
+	return mapSource{values: values, secrets: secrets}
+}
+
+func TestParseValidStacks(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		values map[string]string
+		check  func(t *testing.T, c *Config)
+	}{
+		{"single aws host", awsValues(), func(t *testing.T, c *Config) {
+			if c.Target != TargetAWS || c.Region != "us-east-1" || c.HostCount != 1 || c.InstanceType != "g5.xlarge" {
+				t.Errorf("target/region/hosts/type = %s/%s/%d/%s", c.Target, c.Region, c.HostCount, c.InstanceType)
+			}
+			if want := netip.MustParsePrefix("203.0.113.7/32"); c.OperatorCIDR != want {
+				t.Errorf("operator CIDR = %s, want %s", c.OperatorCIDR, want)
+			}
+			if len(c.AllowedCIDRs) != 1 || c.AllowedCIDRs[0].String() != "198.51.100.0/24" {
+				t.Errorf("allowed CIDRs = %v", c.AllowedCIDRs)
+			}
+			if c.LatencyBudgetP95 != 1500*time.Millisecond || c.CacheTTL != time.Hour {
+				t.Errorf("latency budget %s, cache TTL %s", c.LatencyBudgetP95, c.CacheTTL)
+			}
+			if len(c.UpstreamKeys) != 2 || !c.UpstreamKeys["HOLYSHEEP_API_KEY"].IsSet() || !c.UpstreamKeys["OPENAI_API_KEY"].IsSet() {
+				t.Errorf("upstream keys = %v", c.UpstreamKeys)
+			}
+			r := c.Models[0].Route
+			if len(r) != 2 || r[0].Upstream != "holysheep" || r[1].Model != "gpt-4.1-2025-04-14" || r[1].Price == nil || r[1].Price.OutputPerMTok != 8 {
+				t.Errorf("route = %+v", r)
+			}
+			if c.Upstreams[0].Timeout.D() != 180*time.Second || c.Upstreams[1].Timeout != 0 {
+				t.Errorf("upstream timeouts = %s, %s", c.Upstreams[0].Timeout.D(), c.Upstreams[1].Timeout.D())
+			}
+			if len(c.Warnings) != 0 {
+				t.Errorf("warnings = %q", c.Warnings)
+			}
+		}},
+		{"prod scale-out", prodValues(), func(t *testing.T, c *Config) {
+			if c.HostCount != 3 || !c.LoadBalancer || !c.ManagedRedis || !c.DeletionProtection {
+				t.Errorf("hosts %d, lb %t, redis %t, protection %t", c.HostCount, c.LoadBalancer, c.ManagedRedis, c.DeletionProtection)
+			}
+		}},
+		{"local with simulator and no upstream keys", localValues(), func(t *testing.T, c *Config) {
+			if c.Target != TargetLocal || !c.UpstreamSimulator || c.Region != "" || len(c.UpstreamKeys) != 0 {
+				t.Errorf("target %s, simulator %t, region %q, keys %v", c.Target, c.UpstreamSimulator, c.Region, c.UpstreamKeys)
+			}
+		}},
+		{"public gateway without TLS warns", with(awsValues(), "relaygate:allowedCidrs", `["0.0.0.0/0"]`), func(t *testing.T, c *Config) {
+			if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "relaygate:tlsCertificateArn") {
+				t.Errorf("warnings = %q", c.Warnings)
+			}
+		}},
+		{"local upstream without key is a warning", func() map[string]string {
+			v := localValues()
+			v["relaygate:upstreams"] = `[{"name":"openai","baseUrl":"https://api.openai.com/v1","apiKeyEnv":"OPENAI_API_KEY"}]`
+			return v
+		}(), func(t *testing.T, c *Config) {
+			if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "relaygate:openaiApiKey") {
+				t.Errorf("warnings = %q", c.Warnings)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := Parse(source(tt.values), "test")
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func with(v map[string]string, kv ...string) map[string]string {
+	for i := 0; i+1 < len(kv); i += 2 {
+		v[kv[i]] = kv[i+1]
+	}
+	return v
+}
+
+func without(v map[string]string, keys ...string) map[string]string {
+	for _, k := range keys {
+		delete(v, k)
+	}
+	return v
+}
+
+func TestParseRejects(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		values map[string]string
+		plain  []string // keys stored without --secret
+		want   []string // every one must appear in the error
+	}{
+		{"missing key", without(awsValues(), "relaygate:instanceType"), nil,
+			[]string{"relaygate:instanceType: is not set"}},
+		{"missing region", without(awsValues(), "aws:region"), nil,
+			[]string{"aws:region: is not set"}},
+		{"bad region", with(awsValues(), "aws:region", "Virginia"), nil,
+			[]string{"aws:region: \"Virginia\" is not an AWS region"}},
+		{"unknown target", with(awsValues(), "relaygate:target", "gcp"), nil,
+			[]string{"relaygate:target: must be \"aws\" or \"local\""}},
+		{"zero hosts", with(awsValues(), "relaygate:hostCount", "0"), nil,
+			[]string{"relaygate:hostCount: must be at least 1, got 0"}},
+		{"host count not a number", with(awsValues(), "relaygate:hostCount", "three"), nil,
+			[]string{"relaygate:hostCount: must be a whole number"}},
+		{"bad operator CIDR", with(awsValues(), "relaygate:operatorCidr", "203.0.113.7/33"), nil,
+			[]string{"relaygate:operatorCidr: \"203.0.113.7/33\" is not a CIDR block"}},
+		{"operator CIDR with host bits", with(awsValues(), "relaygate:operatorCidr", "203.0.113.7/24"), nil,
+			[]string{"did you mean 203.0.113.0/24"}},
+		{"operator CIDR open to the world", with(awsValues(), "relaygate:operatorCidr", "0.0.0.0/0"), nil,
+			[]string{"relaygate:operatorCidr: is 0.0.0.0/0"}},
+		{"operator CIDR unset", with(awsValues(), "relaygate:operatorCidr", ""), nil,
+			[]string{"relaygate:operatorCidr: is not set"}},
+		{"bad allowed CIDR", with(awsValues(), "relaygate:allowedCidrs", `["198.51.100.0/24","nope"]`), nil,
+			[]string{"relaygate:allowedCidrs[1]: \"nope\""}},
+		{"IPv6 allowed CIDR", with(awsValues(), "relaygate:allowedCidrs", `["2001:db8::/32"]`), nil,
+			[]string{"relaygate:allowedCidrs[0]: \"2001:db8::/32\": only IPv4"}},
+		{"allowed CIDRs not a list", with(awsValues(), "relaygate:allowedCidrs", `"198.51.100.0/24"`), nil,
+			[]string{"relaygate:allowedCidrs: json: cannot unmarshal"}},
+		{"VPC too small", with(awsValues(), "relaygate:vpcCidr", "10.40.0.0/26"), nil,
+			[]string{"relaygate:vpcCidr: 10.40.0.0/26: use a /16 to /24"}},
+		{"not a GPU instance", with(awsValues(), "relaygate:instanceType", "t3.large"), nil,
+			[]string{"relaygate:instanceType: \"t3.large\" is not an NVIDIA GPU instance type"}},
+		{"GPU count does not match instance", with(awsValues(), "relaygate:instanceType", "g5.12xlarge"), nil,
+			[]string{"relaygate:expectedGpuCount: is 1 but g5.12xlarge has 4 GPU(s)"}},
+		{"several hosts without load balancer or shared redis", with(awsValues(), "relaygate:hostCount", "2"), nil,
+			[]string{"relaygate:loadBalancer: must be true", "relaygate:managedRedis: must be true"}},
+		{"bad node type", with(prodValues(), "relaygate:redisNodeType", "t4g.small"), nil,
+			[]string{"relaygate:redisNodeType"}},
+		{"bad certificate ARN", with(prodValues(), "relaygate:tlsCertificateArn", "arn:aws:iam::123456789012:cert"), nil,
+			[]string{"relaygate:tlsCertificateArn: \"arn:aws:iam::123456789012:cert\" is not an ACM certificate ARN"}},
+		{"root volume too small", with(awsValues(), "relaygate:rootVolumeGb", "20"), nil,
+			[]string{"relaygate:rootVolumeGb: must be between 100"}},
+		{"no SSH key", with(awsValues(), "relaygate:sshPublicKey", ""), nil,
+			[]string{"relaygate:sshPublicKey: is not set"}},
+		{"private key as public key", with(awsValues(), "relaygate:sshPublicKey", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAA\n-----END OPENSSH PRIVATE KEY-----"), nil,
+			[]string{"relaygate:sshPublicKey: holds a private key"}},
+		{"CUDA image with shell syntax", with(awsValues(), "relaygate:cudaTestImage", "nvidia/cuda;reboot"), nil,
+			[]string{"relaygate:cudaTestImage"}},
+		{"retain count zero", with(awsValues(), "relaygate:imageRetainCount", "0"), nil,
+			[]string{"relaygate:imageRetainCount: must be between 2 and 1000"}},
+		{"simulator on aws", with(awsValues(), "relaygate:upstreamSimulator", "true"), nil,
+			[]string{"relaygate:upstreamSimulator: is a test tool and only allowed on the local target"}},
+		{"latency budget zero", with(awsValues(), "relaygate:latencyBudgetP95Ms", "0"), nil,
+			[]string{"relaygate:latencyBudgetP95Ms: must be between 1 and 600000"}},
+		{"cache TTL without unit", with(awsValues(), "relaygate:cacheTtl", "3600"), nil,
+			[]string{"relaygate:cacheTtl"}},
+		{"route to undefined upstream", with(awsValues(), "relaygate:models", `[{"name":"m","route":["holysheep","azure"],"price":{"inputPerMtok":1,"outputPerMtok":1}}]`), nil,
+			[]string{"relaygate:models[0].route[1]: upstream \"azure\" is not defined"}},
+		{"route to simulator that is off", with(awsValues(), "relaygate:models", `[{"name":"m","route":["upstream-sim"],"price":{"inputPerMtok":1,"outputPerMtok":1}}]`), nil,
+			[]string{"relaygate:models[0].route[0]: routes to \"upstream-sim\" but upstreamSimulator is false"}},
+		{"misspelt model field", with(awsValues(), "relaygate:models", `[{"name":"m","routes":["holysheep"]}]`), nil,
+			[]string{"relaygate:models: json: unknown field \"routes\""}},
+		{"negative price", with(awsValues(), "relaygate:models", `[{"name":"m","route":["holysheep"],"price":{"inputPerMtok":-1,"outputPerMtok":1}}]`), nil,
+			[]string{"relaygate:models[0].price: prices must not be negative"}},
+		{"no models", with(awsValues(), "relaygate:models", `[]`), nil,
+			[]string{"relaygate:models: needs at least one model"}},
+		{"upstream timeout without unit", with(awsValues(), "relaygate:upstreams", `[{"name":"openai","baseUrl":"https://api.openai.com/v1","timeout":30}]`), nil,
+			[]string{"relaygate:upstreams: duration 30 must be a string with a unit"}},
+		{"upstream URL with credentials", with(awsValues(), "relaygate:upstreams", `[{"name":"holysheep","baseUrl":"https://user:pw@api.holysheep.ai/v1"},{"name":"openai","baseUrl":"https://api.openai.com/v1"}]`), nil,
+			[]string{"relaygate:upstreams[0].baseUrl: must not carry credentials"}},
+		{"retry backoff inverted", with(awsValues(), "relaygate:retry", `{"attempts":3,"backoffMin":"10s","backoffMax":"1s"}`), nil,
+			[]string{"relaygate:retry.backoffMax: 1s is shorter than backoffMin 10s"}},
+		{"missing gateway key", without(awsValues(), "relaygate:gatewayApiKey"), nil,
+			[]string{"relaygate:gatewayApiKey: is not set; run `pulumi config set --secret gatewayApiKey"}},
+		{"gateway key in plain text", awsValues(), []string{"relaygate:gatewayApiKey"},
+			[]string{"relaygate:gatewayApiKey: is stored in plain text"}},
+		{"short gateway key", with(awsValues(), "relaygate:gatewayApiKey", "short-key"), nil,
+			[]string{"relaygate:gatewayApiKey: is 9 characters; use at least 16"}},
+		{"upstream key in plain text", awsValues(), []string{"relaygate:openaiApiKey"},
+			[]string{"relaygate:openaiApiKey: is stored in plain text"}},
+		{"upstream key missing on aws", without(awsValues(), "relaygate:openaiApiKey"), nil,
+			[]string{"relaygate:openaiApiKey: is not set but upstream openai needs it"}},
+		{"local with nothing to serve", with(localValues(), "relaygate:upstreamSimulator", "false",
+			"relaygate:upstreams", `[{"name":"openai","baseUrl":"https://api.openai.com/v1","apiKeyEnv":"OPENAI_API_KEY"}]`,
+			"relaygate:models", `[{"name":"m","route":["openai"],"price":{"inputPerMtok":1,"outputPerMtok":1}}]`), nil,
+			[]string{"relaygate:upstreamSimulator: is false and no upstream has a key"}},
+		{"local GPU count without GPU", with(localValues(), "relaygate:expectedGpuCount", "1"), nil,
+			[]string{"relaygate:expectedGpuCount: is 1 but localGpu is false"}},
+		{"local with several hosts", with(localValues(), "relaygate:hostCount", "2"), nil,
+			[]string{"relaygate:hostCount: the local target runs one gateway"}},
+		{"local with cloud pieces", with(localValues(), "relaygate:managedRedis", "true"), nil,
+			[]string{"relaygate:target: local creates no cloud resources"}},
+		{"every problem at once", with(awsValues(), "relaygate:hostCount", "0", "relaygate:operatorCidr", "x", "relaygate:imageTag", "bad tag"), nil,
+			[]string{"relaygate:hostCount", "relaygate:operatorCidr", "relaygate:imageTag"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			src := source(tt.values)
+			for _, k := range tt.plain {
+				src.secrets[k] = false
+			}
+			c, err := Parse(src, "test")
+			if err == nil {
+				t.Fatalf("Parse accepted it: %+v", c)
+			}
+			msg := err.Error()
+			for _, w := range tt.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error does not contain %q:\n%s", w, msg)
+				}
+			}
+			for _, secret := range []string{testGatewayKey, testHolysheepKey, testOpenAIKey, "b3BlbnNzaC1rZXktdjEAAAA"} {
+				if strings.Contains(msg, secret) {
+					t.Errorf("error leaks a secret value:\n%s", msg)
+				}
+			}
+		})
+	}
+}
+
+func TestSecretKeyForEnv(t *testing.T) {
+	t.Parallel()
+	for env, want := range map[string]string{
+		"HOLYSHEEP_API_KEY": "holysheepApiKey",
+		"OPENAI_API_KEY":    "openaiApiKey",
+		"ANTHROPIC_KEY":     "anthropicKey",
+		"TOKEN":             "token",
+		"A__B":              "aB",
+	} {
+		if got := SecretKeyForEnv(env); got != want {
+			t.Errorf("SecretKeyForEnv(%q) = %q, want %q", env, got, want)
+		}
+	}
+}
+
+func TestSecretIsNeverFormatted(t *testing.T) {
+	t.Parallel()
+	c, err := Parse(source(awsValues()), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
+		out := fmt.Sprintf(verb, c)
+		for _, secret := range []string{testGatewayKey, testHolysheepKey, testOpenAIKey} {
+			if strings.Contains(out, secret) {
+				t.Errorf("%s of the config shows a secret value", verb)
+			}
+		}
+	}
+	if got := fmt.Sprint(NewSecret("")); got != "[unset]" {
+		t.Errorf("empty secret prints %q", got)
+	}
+}

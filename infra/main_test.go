@@ -1,0 +1,775 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/relaygate/relaygate/infra/internal/stackconfig"
+)
+
+// The outputs the smoke test reads (SPEC.md), exactly.
+var specOutputs = []string{
+	"expectedGpuCount", "gatewayApiKey", "gatewayUrl", "hosts", "imageRef",
+	"instanceIds", "latencyBudgetP95Ms", "prometheusUrl",
+}
+
+const (
+	typeInstance      = "aws:ec2/instance:Instance"
+	typeSecurityGroup = "aws:ec2/securityGroup:SecurityGroup"
+	typeSubnet        = "aws:ec2/subnet:Subnet"
+	typeContainer     = "docker:index/container:Container"
+	typeRemoteImage   = "docker:index/remoteImage:RemoteImage"
+	typeImage         = "docker:index/image:Image"
+	typeDockerProv    = "pulumi:providers:docker"
+	typeReady         = "command:remote:Command"
+	typeALB           = "aws:lb/loadBalancer:LoadBalancer"
+	typeTargetGroup   = "aws:lb/targetGroup:TargetGroup"
+	typeTGAttachment  = "aws:lb/targetGroupAttachment:TargetGroupAttachment"
+	typeListener      = "aws:lb/listener:Listener"
+	typeReplGroup     = "aws:elasticache/replicationGroup:ReplicationGroup"
+	typeCacheSubnets  = "aws:elasticache/subnetGroup:SubnetGroup"
+)
+
+func TestProjectDeclaresEveryKeyTheProgramReads(t *testing.T) {
+	t.Parallel()
+	proj := loadProject(t)
+	declared := slices.Sorted(maps.Keys(proj.Config))
+	read := slices.Sorted(slices.Values(stackconfig.Keys))
+	if !slices.Equal(declared, read) {
+		t.Errorf("Pulumi.yaml declares %v\nthe program reads %v", declared, read)
+	}
+	if !proj.Config["gatewayApiKey"].Secret {
+		t.Error("gatewayApiKey is not declared secret: true")
+	}
+	if proj.Runtime.Name() != "go" || proj.Main != "infra/" || proj.Name != "relaygate" {
+		t.Errorf("project %s, runtime %s, main %s", proj.Name, proj.Runtime.Name(), proj.Main)
+	}
+}
+
+// TestStackFilesHoldNoSecrets reads the committed stack files as text: no
+// secret-looking key may be there at all, encrypted or not.
+func TestStackFilesHoldNoSecrets(t *testing.T) {
+	t.Parallel()
+	secretish := regexp.MustCompile(`(?i)(api_?key|token|password|secret|private)`)
+	for _, stack := range []string{"dev", "prod", "local"} {
+		b, err := os.ReadFile(filepath.Join(repoRoot(t), "Pulumi."+stack+".yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var f struct {
+			Config map[string]any `yaml:"config"`
+		}
+		if err := yaml.Unmarshal(b, &f); err != nil {
+			t.Fatalf("Pulumi.%s.yaml: %v", stack, err)
+		}
+		for k := range f.Config {
+			if secretish.MatchString(k) {
+				t.Errorf("Pulumi.%s.yaml sets %s; set it with `pulumi config set --secret` instead of committing it", stack, k)
+			}
+		}
+	}
+}
+
+func TestDevStack(t *testing.T) {
+	t.Parallel()
+	d, err := run(t, "dev", "aws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkOutputs(t, d)
+	checkGPUHosts(t, d, 1)
+	checkSecurityGroups(t, d)
+	checkImage(t, d, true)
+	checkHostContainers(t, d, 1, false)
+
+	if n := len(d.ofType(typeALB)) + len(d.ofType(typeReplGroup)); n != 0 {
+		t.Errorf("dev created %d load balancer/managed Redis resources", n)
+	}
+	ip := toStrings(t, d.outputs["hosts"].Value)[0]
+	if got, want := d.outputs["gatewayUrl"].Value, "http://"+ip+":8000"; got != want {
+		t.Errorf("gatewayUrl = %v, want %s", got, want)
+	}
+}
+
+func TestProdStack(t *testing.T) {
+	t.Parallel()
+	d, err := run(t, "prod", "aws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := intValue(t, d.values["relaygate:hostCount"])
+	if hosts < 2 {
+		t.Fatalf("Pulumi.prod.yaml has hostCount %d; prod scales out", hosts)
+	}
+	checkOutputs(t, d)
+	checkGPUHosts(t, d, hosts)
+	checkSecurityGroups(t, d)
+	checkImage(t, d, true)
+	checkHostContainers(t, d, hosts, true)
+
+	// Hosts spread over availability zones.
+	zoneOf := map[string]string{}
+	for _, s := range d.ofType(typeSubnet) {
+		zoneOf[s.Name+"-id"] = getString(t, s, "availabilityZone")
+	}
+	zones := map[string]bool{}
+	for _, inst := range d.ofType(typeInstance) {
+		zones[zoneOf[getString(t, inst, "subnetId")]] = true
+	}
+	if len(zones) != min(hosts, 4) {
+		t.Errorf("%d hosts are in zones %v", hosts, zones)
+	}
+
+	// The load balancer: /ready health checks, every host attached.
+	albs := d.ofType(typeALB)
+	if len(albs) != 1 {
+		t.Fatalf("%d load balancers", len(albs))
+	}
+	alb := albs[0]
+	if getString(t, alb, "loadBalancerType") != "application" || !get(t, alb, "enableDeletionProtection").BoolValue() {
+		t.Errorf("load balancer inputs: %v", alb.Inputs)
+	}
+	if subnets := getStrings(t, alb, "subnets"); len(subnets) < 2 {
+		t.Errorf("load balancer subnets = %v", subnets)
+	}
+	tg := d.ofType(typeTargetGroup)[0]
+	if getString(t, tg, "healthCheck", "path") != "/ready" || get(t, tg, "port").NumberValue() != 8000 {
+		t.Errorf("target group: %v", tg.Inputs)
+	}
+	var attached []string
+	for _, a := range d.ofType(typeTGAttachment) {
+		attached = append(attached, getString(t, a, "targetId"))
+	}
+	slices.Sort(attached)
+	instanceIDs := toStrings(t, d.outputs["instanceIds"].Value)
+	slices.Sort(instanceIDs)
+	if !slices.Equal(attached, instanceIDs) {
+		t.Errorf("attached %v, instances %v", attached, instanceIDs)
+	}
+	if got := d.outputs["gatewayUrl"].Value; got != "http://"+getDNS(d) {
+		t.Errorf("gatewayUrl = %v, want the load balancer", got)
+	}
+
+	// The shared Redis: encrypted, private, reachable from the hosts only.
+	rgs := d.ofType(typeReplGroup)
+	if len(rgs) != 1 {
+		t.Fatalf("%d replication groups", len(rgs))
+	}
+	rg := rgs[0]
+	for _, k := range []string{"atRestEncryptionEnabled", "transitEncryptionEnabled", "automaticFailoverEnabled", "multiAzEnabled"} {
+		if !get(t, rg, k).BoolValue() {
+			t.Errorf("replication group %s is not on", k)
+		}
+	}
+	if getString(t, rg, "finalSnapshotIdentifier") == "" {
+		t.Error("replication group takes no final snapshot despite deletionProtection")
+	}
+	cacheSubnets := getStrings(t, d.ofType(typeCacheSubnets)[0], "subnetIds")
+	for _, id := range cacheSubnets {
+		if !strings.Contains(id, "-private-") {
+			t.Errorf("the cache is in a public subnet: %s", id)
+		}
+	}
+	cacheSG := d.named(t, typeSecurityGroup, "relaygate-prod-cache")
+	for _, r := range ingressRules(t, cacheSG) {
+		if len(r.cidrs) != 0 || len(r.groups) != 1 || r.groups[0] != "relaygate-prod-hosts-id" || r.from != 6379 {
+			t.Errorf("cache security group admits %+v", r)
+		}
+	}
+	if sgs := getStrings(t, rg, "securityGroupIds"); !slices.Equal(sgs, []string{"relaygate-prod-cache-id"}) {
+		t.Errorf("replication group security groups = %v", sgs)
+	}
+	yamlText := gatewayYAML(t, d.ofType(typeContainer)[0])
+	if !strings.Contains(yamlText, "redis_url: rediss://master.relaygate-prod.") {
+		t.Errorf("the gateway does not use the shared Redis over TLS:\n%s", yamlText)
+	}
+	// The hosts' gateway port is for the load balancer only.
+	for _, r := range ingressRules(t, d.named(t, typeSecurityGroup, "relaygate-prod-hosts")) {
+		if r.from == 8000 && (len(r.cidrs) != 0 || !slices.Equal(r.groups, []string{"relaygate-prod-lb-id"})) {
+			t.Errorf("hosts' gateway port admits %+v, want only the load balancer", r)
+		}
+	}
+}
+
+func TestLocalStack(t *testing.T) {
+	t.Parallel()
+	d, err := run(t, "local", "local", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkOutputs(t, d)
+	for _, r := range d.res {
+		if strings.HasPrefix(r.Type, "aws:") || r.Type == "pulumi:providers:aws" || strings.HasPrefix(r.Type, "command:") {
+			t.Errorf("local created %s %s", r.Type, r.Name)
+		}
+	}
+	for _, c := range d.calls {
+		if strings.HasPrefix(c.Token, "aws:") {
+			t.Errorf("local called %s", c.Token)
+		}
+	}
+	if ids := toStrings(t, d.outputs["instanceIds"].Value); len(ids) != 0 {
+		t.Errorf("instanceIds = %v, want []", ids)
+	}
+	if got := toStrings(t, d.outputs["hosts"].Value); !slices.Equal(got, []string{"127.0.0.1"}) {
+		t.Errorf("hosts = %v", got)
+	}
+	if d.outputs["gatewayUrl"].Value != "http://127.0.0.1:8000" || d.outputs["prometheusUrl"].Value != "http://127.0.0.1:9090" {
+		t.Errorf("URLs = %v, %v", d.outputs["gatewayUrl"].Value, d.outputs["prometheusUrl"].Value)
+	}
+	checkImage(t, d, false)
+
+	gw := d.named(t, typeContainer, "relaygate-local-gateway")
+	if getString(t, gw, "image") != d.outputs["imageRef"].Value {
+		t.Errorf("gateway image %s is not the built image %v", getString(t, gw, "image"), d.outputs["imageRef"].Value)
+	}
+	if !get(t, gw, "gpus").IsNull() {
+		t.Errorf("gateway asks for GPUs although Pulumi.local.yaml has localGpu false: %v", get(t, gw, "gpus"))
+	}
+	for _, c := range d.ofType(typeContainer) {
+		for _, p := range items(t, c, "ports") {
+			if ip := p.ObjectValue()["ip"].StringValue(); ip != "127.0.0.1" {
+				t.Errorf("%s publishes on %s, want 127.0.0.1", c.Name, ip)
+			}
+		}
+	}
+	checkSecretEnv(t, gw, map[string]string{"GATEWAY_API_KEY": fakeGatewayKey}, []string{"HOLYSHEEP_API_KEY", "OPENAI_API_KEY"})
+	checkRedis(t, d, "relaygate-local-redis")
+
+	// Pulumi.local.yaml turns the simulator on, explicitly.
+	if d.values["relaygate:upstreamSimulator"] != "true" {
+		t.Fatal("Pulumi.local.yaml no longer turns the simulator on; update this test")
+	}
+	sim := d.named(t, typeContainer, "relaygate-local-upstream-sim")
+	if ep := getStrings(t, sim, "entrypoints"); !slices.Equal(ep, []string{"/usr/local/bin/upstream-sim"}) {
+		t.Errorf("simulator entrypoint = %v", ep)
+	}
+	if y := gatewayYAML(t, gw); !strings.Contains(y, "base_url: http://upstream-sim:9000/v1") {
+		t.Errorf("gateway config does not route to the simulator:\n%s", y)
+	}
+}
+
+func TestLocalStackWithGPU(t *testing.T) {
+	t.Parallel()
+	d, err := run(t, "local", "local", map[string]setting{
+		"relaygate:localGpu":         {value: "true"},
+		"relaygate:expectedGpuCount": {value: "2"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := getString(t, d.named(t, typeContainer, "relaygate-local-gateway"), "gpus"); g != "all" {
+		t.Errorf("gpus = %q", g)
+	}
+	if d.outputs["expectedGpuCount"].Value != 2 {
+		t.Errorf("expectedGpuCount = %v", d.outputs["expectedGpuCount"].Value)
+	}
+}
+
+func TestProdWithTLS(t *testing.T) {
+	t.Parallel()
+	const cert = "arn:aws:acm:us-east-1:123456789012:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+	d, err := run(t, "prod", "aws", map[string]setting{"relaygate:tlsCertificateArn": {value: cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listeners := map[int]recorded{}
+	for _, l := range d.ofType(typeListener) {
+		listeners[int(get(t, l, "port").NumberValue())] = l
+	}
+	https, ok := listeners[443]
+	if !ok || getString(t, https, "protocol") != "HTTPS" || getString(t, https, "certificateArn") != cert ||
+		getString(t, https, "defaultActions", 0, "type") != "forward" {
+		t.Errorf("HTTPS listener: %v", https.Inputs)
+	}
+	if http := listeners[80]; getString(t, http, "defaultActions", 0, "type") != "redirect" ||
+		getString(t, http, "defaultActions", 0, "redirect", "protocol") != "HTTPS" {
+		t.Errorf("port 80 does not redirect to HTTPS: %v", http.Inputs)
+	}
+	if u, _ := d.outputs["gatewayUrl"].Value.(string); u != "https://"+getDNS(d) {
+		t.Errorf("gatewayUrl = %q", u)
+	}
+	ports := map[int]bool{}
+	for _, r := range ingressRules(t, d.named(t, typeSecurityGroup, "relaygate-prod-lb")) {
+		ports[r.from] = true
+	}
+	if !ports[80] || !ports[443] || len(ports) != 2 {
+		t.Errorf("load balancer security group ports = %v", ports)
+	}
+}
+
+// TestPublicGateway opens the gateway to the internet: only the gateway
+// port may then admit 0.0.0.0/0.
+func TestPublicGateway(t *testing.T) {
+	t.Parallel()
+	for _, stack := range []string{"dev", "prod"} {
+		t.Run(stack, func(t *testing.T) {
+			t.Parallel()
+			d, err := run(t, stack, "aws", map[string]setting{"relaygate:allowedCidrs": {value: `["0.0.0.0/0"]`}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			open := 0
+			for _, sg := range d.ofType(typeSecurityGroup) {
+				for _, r := range ingressRules(t, sg) {
+					if !slices.Contains(r.cidrs, "0.0.0.0/0") {
+						continue
+					}
+					open++
+					public := r.from == 8000 && r.to == 8000 && stack == "dev" ||
+						(r.from == 80 || r.from == 443) && r.from == r.to && sg.Name == "relaygate-prod-lb"
+					if !public {
+						t.Errorf("%s opens %d-%d to the internet", sg.Name, r.from, r.to)
+					}
+				}
+			}
+			if open == 0 {
+				t.Error("allowedCidrs 0.0.0.0/0 opened nothing")
+			}
+		})
+	}
+}
+
+func TestBrokenConfigFails(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		stack   string
+		changes map[string]setting
+		want    string
+	}{
+		{"missing operator network", "dev", map[string]setting{"relaygate:operatorCidr": {unset: true}}, "relaygate:operatorCidr: is not set"},
+		{"bad CIDR", "dev", map[string]setting{"relaygate:operatorCidr": {value: "198.51.100.7/33"}}, "relaygate:operatorCidr: \"198.51.100.7/33\" is not a CIDR block"},
+		{"bad allowed CIDR", "prod", map[string]setting{"relaygate:allowedCidrs": {value: `["10.0.0.0/8","everyone"]`}}, "relaygate:allowedCidrs[1]"},
+		{"zero hosts", "prod", map[string]setting{"relaygate:hostCount": {value: "0"}}, "relaygate:hostCount: must be at least 1, got 0"},
+		{"upstream key missing", "prod", map[string]setting{"relaygate:openaiApiKey": {unset: true}}, "relaygate:openaiApiKey: is not set"},
+		{"upstream key in plain text", "dev", map[string]setting{"relaygate:holysheepApiKey": {value: fakeHolysheepKey}}, "relaygate:holysheepApiKey: is stored in plain text"},
+		{"simulator in production", "prod", map[string]setting{"relaygate:upstreamSimulator": {value: "true"}}, "relaygate:upstreamSimulator: is a test tool"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			d, err := run(t, tt.stack, "aws", tt.changes)
+			if err == nil {
+				t.Fatal("the program accepted the configuration")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error does not name the problem %q:\n%v", tt.want, err)
+			}
+			if len(d.res) > 0 {
+				t.Errorf("the program registered %d resources before failing", len(d.res))
+			}
+			if strings.Contains(err.Error(), fakeHolysheepKey) {
+				t.Error("the error shows a secret")
+			}
+		})
+	}
+
+	// A key deleted from the merged configuration: a damaged project file.
+	values, secrets, err := stackConfig(t, "dev", operatorSettings("aws"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(values, "relaygate:instanceType")
+	if _, err := runWith(t, "dev", values, secrets); err == nil || !strings.Contains(err.Error(), "relaygate:instanceType: is not set") {
+		t.Errorf("missing instanceType: %v", err)
+	}
+}
+
+// TestCLIRefusesPlainGatewayKey checks the project schema's secret: true,
+// through the harness's reading of it.
+func TestCLIRefusesPlainGatewayKey(t *testing.T) {
+	t.Parallel()
+	s := operatorSettings("local")
+	s["relaygate:gatewayApiKey"] = setting{value: fakeGatewayKey}
+	if _, _, err := stackConfig(t, "local", s); err == nil || !strings.Contains(err.Error(), "'gatewayApiKey' must be encrypted") {
+		t.Errorf("a plain-text gatewayApiKey got past the project schema: %v", err)
+	}
+	s["relaygate:gatewayApiKey"] = setting{unset: true}
+	if _, _, err := stackConfig(t, "local", s); err == nil || !strings.Contains(err.Error(), "gatewayApiKey") {
+		t.Errorf("a missing gatewayApiKey got past the project schema: %v", err)
+	}
+}
+
+func checkOutputs(t *testing.T, d *deployment) {
+	t.Helper()
+	if got := slices.Sorted(maps.Keys(d.outputs)); !slices.Equal(got, specOutputs) {
+		t.Errorf("outputs = %v, want %v", got, specOutputs)
+	}
+	key := d.outputs["gatewayApiKey"]
+	if !key.Secret || key.Value != fakeGatewayKey {
+		t.Errorf("gatewayApiKey: secret %t, value is the configured key: %t", key.Secret, key.Value == fakeGatewayKey)
+	}
+	for name, o := range d.outputs {
+		if name != "gatewayApiKey" && o.Secret {
+			t.Errorf("output %s is secret; the smoke test reads it as plain", name)
+		}
+		if s := fmt.Sprint(o.Value); name != "gatewayApiKey" && strings.Contains(s, fakeGatewayKey) {
+			t.Errorf("output %s contains the gateway key", name)
+		}
+	}
+	if want := intValue(t, d.values["relaygate:expectedGpuCount"]); d.outputs["expectedGpuCount"].Value != want {
+		t.Errorf("expectedGpuCount = %v, want %v", d.outputs["expectedGpuCount"].Value, want)
+	}
+	if want := intValue(t, d.values["relaygate:latencyBudgetP95Ms"]); d.outputs["latencyBudgetP95Ms"].Value != want {
+		t.Errorf("latencyBudgetP95Ms = %v, want %v", d.outputs["latencyBudgetP95Ms"].Value, want)
+	}
+	if ref, _ := d.outputs["imageRef"].Value.(string); !strings.Contains(ref, "sha256:") {
+		t.Errorf("imageRef %q is not a digest", ref)
+	}
+	for _, u := range []string{"gatewayUrl", "prometheusUrl"} {
+		if s, _ := d.outputs[u].Value.(string); !strings.HasPrefix(s, "http://") && !strings.HasPrefix(s, "https://") {
+			t.Errorf("%s = %q", u, s)
+		}
+	}
+}
+
+func checkGPUHosts(t *testing.T, d *deployment, want int) {
+	t.Helper()
+	insts := d.ofType(typeInstance)
+	if len(insts) != want {
+		t.Fatalf("%d instances, want %d", len(insts), want)
+	}
+	amis := d.invokes("aws:ec2/getAmi:getAmi")
+	if len(amis) != 1 {
+		t.Fatalf("%d AMI lookups, want 1", len(amis))
+	}
+	lookup := recorded{Type: "getAmi", Inputs: amis[0].Args}
+	if !get(t, lookup, "mostRecent").BoolValue() || !slices.Equal(getStrings(t, lookup, "owners"), []string{d.values["relaygate:amiOwner"]}) {
+		t.Errorf("AMI lookup: %v", amis[0].Args)
+	}
+	filters := map[string][]string{}
+	for i := range items(t, lookup, "filters") {
+		filters[getString(t, lookup, "filters", i, "name")] = getStrings(t, lookup, "filters", i, "values")
+	}
+	if !slices.Equal(filters["name"], []string{d.values["relaygate:amiNamePattern"]}) || !slices.Equal(filters["architecture"], []string{"x86_64"}) {
+		t.Errorf("AMI filters = %v", filters)
+	}
+
+	var hosts []string
+	for _, inst := range insts {
+		if got, want := getString(t, inst, "instanceType"), d.values["relaygate:instanceType"]; got != want {
+			t.Errorf("%s: instance type %s, want %s", inst.Name, got, want)
+		}
+		if ami := getString(t, inst, "ami"); ami != fakeAMI {
+			t.Errorf("%s: AMI %s is not the looked-up %s", inst.Name, ami, fakeAMI)
+		}
+		if tokens := getString(t, inst, "metadataOptions", "httpTokens"); tokens != "required" {
+			t.Errorf("%s: IMDS httpTokens %q, want required (IMDSv2)", inst.Name, tokens)
+		}
+		if !get(t, inst, "rootBlockDevice", "encrypted").BoolValue() || getString(t, inst, "rootBlockDevice", "volumeType") != "gp3" {
+			t.Errorf("%s: root volume %v", inst.Name, get(t, inst, "rootBlockDevice"))
+		}
+		ud := getString(t, inst, "userData")
+		for _, want := range []string{
+			"export RELAYGATE_EXPECTED_GPUS=" + d.values["relaygate:expectedGpuCount"] + "\n",
+			"nvidia-ctk runtime configure --runtime=docker",
+			"docker run --rm --gpus all",
+		} {
+			if !strings.Contains(ud, want) {
+				t.Errorf("%s: user data lacks %q", inst.Name, want)
+			}
+		}
+		if getString(t, inst, "iamInstanceProfile") == "" || getString(t, inst, "keyName") == "" {
+			t.Errorf("%s: no instance profile or key pair", inst.Name)
+		}
+		hosts = append(hosts, inst.Name)
+	}
+
+	var policies []string
+	for _, a := range d.ofType("aws:iam/rolePolicyAttachment:RolePolicyAttachment") {
+		policies = append(policies, getString(t, a, "policyArn"))
+	}
+	slices.Sort(policies)
+	if want := []string{"arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly", "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}; !slices.Equal(policies, want) {
+		t.Errorf("role policies = %v, want %v", policies, want)
+	}
+
+	// Every host waits for cloud-init before its Docker provider is used.
+	for _, h := range hosts {
+		ready := d.named(t, typeReady, h+"-ready")
+		if !strings.Contains(getString(t, ready, "create"), "cloud-init status --wait") {
+			t.Errorf("%s: readiness check does not wait for cloud-init", h)
+		}
+		prov := d.named(t, typeDockerProv, h+"-docker")
+		if host := getString(t, prov, "host"); !regexp.MustCompile(`^ssh://ubuntu@198\.51\.100\.\d+$`).MatchString(host) {
+			t.Errorf("%s: docker host %q", h, host)
+		}
+		if !dependsOn(prov, typeReady, h+"-ready") {
+			t.Errorf("%s: the Docker provider does not depend on the readiness check: %v", h, prov.Deps)
+		}
+	}
+	if got := len(toStrings(t, d.outputs["hosts"].Value)); got != want {
+		t.Errorf("hosts output has %d addresses, want %d", got, want)
+	}
+	if got := len(toStrings(t, d.outputs["instanceIds"].Value)); got != want {
+		t.Errorf("instanceIds output has %d IDs, want %d", got, want)
+	}
+}
+
+func dependsOn(r recorded, typ, name string) bool {
+	for _, urn := range r.Deps {
+		if strings.Contains(urn, typ) && strings.HasSuffix(urn, "::"+name) {
+			return true
+		}
+	}
+	return false
+}
+
+type rule struct {
+	from, to int
+	cidrs    []string
+	groups   []string
+}
+
+func ingressRules(t *testing.T, sg recorded) []rule {
+	t.Helper()
+	var out []rule
+	for i := range items(t, sg, "ingress") {
+		out = append(out, rule{
+			from:   int(get(t, sg, "ingress", i, "fromPort").NumberValue()),
+			to:     int(get(t, sg, "ingress", i, "toPort").NumberValue()),
+			cidrs:  getStrings(t, sg, "ingress", i, "cidrBlocks"),
+			groups: getStrings(t, sg, "ingress", i, "securityGroups"),
+		})
+	}
+	return out
+}
+
+// checkSecurityGroups: with the committed stack files (no public client
+// network) nothing is open to the internet, and SSH and Prometheus are open
+// to the operator's network only.
+func checkSecurityGroups(t *testing.T, d *deployment) {
+	t.Helper()
+	for _, sg := range d.ofType(typeSecurityGroup) {
+		for _, r := range ingressRules(t, sg) {
+			if slices.Contains(r.cidrs, "0.0.0.0/0") {
+				t.Errorf("%s opens %d to 0.0.0.0/0", sg.Name, r.from)
+			}
+			if (r.from == 22 || r.from == 9090) && !slices.Equal(r.cidrs, []string{fakeOperatorCIDR}) {
+				t.Errorf("%s opens %d to %v, want only the operator's %s", sg.Name, r.from, r.cidrs, fakeOperatorCIDR)
+			}
+		}
+		for i := range items(t, sg, "egress") {
+			port := int(get(t, sg, "egress", i, "fromPort").NumberValue())
+			cidrs := getStrings(t, sg, "egress", i, "cidrBlocks")
+			if slices.Contains(cidrs, "0.0.0.0/0") && port != 443 && port != 80 {
+				t.Errorf("%s lets port %d out to the internet", sg.Name, port)
+			}
+		}
+	}
+	hosts := d.named(t, typeSecurityGroup, "relaygate-"+d.stack+"-hosts")
+	ports := map[int]bool{}
+	for _, r := range ingressRules(t, hosts) {
+		ports[r.from] = true
+	}
+	if !ports[22] || !ports[8000] || !ports[9090] || len(ports) != 3 {
+		t.Errorf("host security group ports = %v, want 22, 8000, 9090", slices.Sorted(maps.Keys(ports)))
+	}
+}
+
+// checkImage: built from the repository's Dockerfile for the hosts'
+// platform, pushed to ECR with ECR credentials (cloud) or kept local.
+func checkImage(t *testing.T, d *deployment, pushed bool) {
+	t.Helper()
+	imgs := d.ofType(typeImage)
+	if len(imgs) != 1 {
+		t.Fatalf("%d images built", len(imgs))
+	}
+	img := imgs[0]
+	if getString(t, img, "build", "dockerfile") != "../Dockerfile" || getString(t, img, "build", "context") != ".." {
+		t.Errorf("image build = %v", get(t, img, "build"))
+	}
+	skip := get(t, img, "skipPush")
+	if !pushed {
+		if !skip.IsBool() || !skip.BoolValue() {
+			t.Error("the local image would be pushed")
+		}
+		if p := get(t, img, "build", "platform"); !p.IsNull() {
+			t.Errorf("the local image is built for %v, not for this machine", p)
+		}
+		return
+	}
+	if p := getString(t, img, "build", "platform"); p != "linux/amd64" {
+		t.Errorf("the host image is built for %s, want linux/amd64", p)
+	}
+	if skip.IsBool() && skip.BoolValue() {
+		t.Error("the image is not pushed")
+	}
+	if getString(t, img, "registry", "username") != "AWS" || !strings.HasSuffix(getString(t, img, "registry", "server"), ".amazonaws.com") {
+		t.Errorf("registry = %v", get(t, img, "registry"))
+	}
+	if pw := get(t, img, "registry").ObjectValue()["password"]; !pw.IsSecret() {
+		t.Error("the registry password is not secret")
+	}
+	repos := d.ofType("aws:ecr/repository:Repository")
+	if len(repos) != 1 || len(d.ofType("aws:ecr/lifecyclePolicy:LifecyclePolicy")) != 1 {
+		t.Fatalf("%d ECR repositories, want 1 with a lifecycle policy", len(repos))
+	}
+	policy := getString(t, d.ofType("aws:ecr/lifecyclePolicy:LifecyclePolicy")[0], "policy")
+	if !strings.Contains(policy, fmt.Sprintf(`"countNumber":%s`, d.values["relaygate:imageRetainCount"])) {
+		t.Errorf("lifecycle policy does not keep imageRetainCount images: %s", policy)
+	}
+	ref := d.outputs["imageRef"].Value.(string)
+	if !strings.Contains(ref, ".dkr.ecr.") || !strings.Contains(ref, "@sha256:") {
+		t.Errorf("imageRef %q is not an ECR digest reference", ref)
+	}
+}
+
+// checkHostContainers: on every host the gateway runs the pushed image by
+// digest with every GPU, its config uploaded and its secrets in a secret
+// environment; Redis runs beside it unless the stack shares a managed one.
+func checkHostContainers(t *testing.T, d *deployment, hosts int, managedRedis bool) {
+	t.Helper()
+	ref := d.outputs["imageRef"].Value.(string)
+	for i := range hosts {
+		h := fmt.Sprintf("relaygate-%s-host-%d", d.stack, i)
+		pull := d.named(t, typeRemoteImage, h+"-gateway")
+		if getString(t, pull, "name") != ref {
+			t.Errorf("%s pulls %s, want the digest %s", h, getString(t, pull, "name"), ref)
+		}
+		gw := d.named(t, typeContainer, h+"-gateway")
+		if img := getString(t, gw, "image"); img != "sha256:"+digest(ref) {
+			t.Errorf("%s: gateway image %s is not the pulled digest", h, img)
+		}
+		if !strings.Contains(gw.Provider, h+"-docker") {
+			t.Errorf("%s: gateway deployed through %q, not the host's provider", h, gw.Provider)
+		}
+		if g := getString(t, gw, "gpus"); g != "all" {
+			t.Errorf("%s: gateway gpus = %q, want all", h, g)
+		}
+		if tests := getStrings(t, gw, "healthcheck", "tests"); !slices.Contains(tests, "-healthcheck") {
+			t.Errorf("%s: gateway health check %v", h, tests)
+		}
+		if getString(t, gw, "restart") != "unless-stopped" || !get(t, gw, "wait").BoolValue() {
+			t.Errorf("%s: restart %q, wait %v", h, getString(t, gw, "restart"), get(t, gw, "wait"))
+		}
+		checkSecretEnv(t, gw, map[string]string{
+			"GATEWAY_API_KEY":   fakeGatewayKey,
+			"HOLYSHEEP_API_KEY": fakeHolysheepKey,
+			"OPENAI_API_KEY":    fakeOpenAIKey,
+		}, nil)
+		y := gatewayYAML(t, gw)
+		for _, want := range []string{
+			"client_keys: ['${GATEWAY_API_KEY}']", "api_key: ${HOLYSHEEP_API_KEY}", "api_key: ${OPENAI_API_KEY}",
+			"expected_count: " + d.values["relaygate:expectedGpuCount"], "latency_p95: " + d.values["relaygate:latencyBudgetP95Ms"] + "ms",
+		} {
+			if !strings.Contains(y, want) {
+				t.Errorf("%s: gateway config lacks %q:\n%s", h, want, y)
+			}
+		}
+
+		prom := d.named(t, typeContainer, h+"-prometheus")
+		var files []string
+		for j := range items(t, prom, "uploads") {
+			files = append(files, getString(t, prom, "uploads", j, "file"))
+		}
+		for _, want := range []string{"/etc/prometheus/prometheus.yml", "/etc/prometheus/targets/gateway.json"} {
+			if !slices.Contains(files, want) {
+				t.Errorf("%s: Prometheus uploads %v lack %s", h, files, want)
+			}
+		}
+		if !slices.ContainsFunc(files, func(f string) bool { return strings.HasPrefix(f, "/etc/prometheus/rules/") }) {
+			t.Errorf("%s: no alert rules uploaded: %v", h, files)
+		}
+
+		hasRedis := slices.ContainsFunc(d.ofType(typeContainer), func(r recorded) bool { return r.Name == h+"-redis" })
+		if hasRedis == managedRedis {
+			t.Errorf("%s: redis container %t with managed Redis %t", h, hasRedis, managedRedis)
+		}
+		if hasRedis {
+			checkRedis(t, d, h+"-redis")
+		}
+	}
+}
+
+func checkRedis(t *testing.T, d *deployment, name string) {
+	t.Helper()
+	r := d.named(t, typeContainer, name)
+	cmd := strings.Join(getStrings(t, r, "command"), " ")
+	if !strings.Contains(cmd, "--appendonly yes") {
+		t.Errorf("%s: %q is not append-only", name, cmd)
+	}
+	if getString(t, r, "volumes", 0, "containerPath") != "/data" {
+		t.Errorf("%s: no data volume: %v", name, get(t, r, "volumes"))
+	}
+	if len(items(t, r, "ports")) != 0 {
+		t.Errorf("%s publishes a port", name)
+	}
+}
+
+// checkSecretEnv: the environment field is secret as a whole and carries
+// exactly the wanted values; the uploaded config carries none of them.
+func checkSecretEnv(t *testing.T, gw recorded, want map[string]string, absent []string) {
+	t.Helper()
+	envs := gw.Inputs["envs"]
+	if !envs.ContainsSecrets() {
+		t.Errorf("%s: the container environment is not secret", gw.Name)
+	}
+	got := map[string]string{}
+	for _, e := range getStrings(t, gw, "envs") {
+		k, v, _ := strings.Cut(e, "=")
+		got[k] = v
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s is not the configured secret", gw.Name, k)
+		}
+	}
+	for _, k := range absent {
+		if _, ok := got[k]; ok {
+			t.Errorf("%s: %s is set although the stack has no such key", gw.Name, k)
+		}
+	}
+	y := gatewayYAML(t, gw)
+	for _, v := range want {
+		if strings.Contains(y, v) {
+			t.Errorf("%s: the uploaded config contains a secret value", gw.Name)
+		}
+	}
+}
+
+func gatewayYAML(t *testing.T, gw recorded) string {
+	t.Helper()
+	if f := getString(t, gw, "uploads", 0, "file"); f != "/etc/relaygate/gateway.yaml" {
+		t.Fatalf("%s uploads %s, want the gateway config", gw.Name, f)
+	}
+	return getString(t, gw, "uploads", 0, "content")
+}
+
+func getDNS(d *deployment) string {
+	for _, r := range d.res {
+		if r.Type == typeALB {
+			return r.Name + "-1234567890." + d.region + ".elb.amazonaws.com"
+		}
+	}
+	return ""
+}
+
+func toStrings(t *testing.T, v any) []string {
+	t.Helper()
+	var out []string
+	b, _ := json.Marshal(v)
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("%v is not a list of strings", v)
+	}
+	return out
+}
+
+func intValue(t *testing.T, s string) int {
+	t.Helper()
+	var n int
+	if _, err := fmt.Sscanf(s, "%d", &n); err != nil {
+		t.Fatalf("%q is not a number", s)
+	}
+	return n
+}
