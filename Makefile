@@ -63,5 +63,14 @@ run: build
 demo: build
 	@bash scripts/demo.sh
 
+# Pulumi: STACK is dev, prod or local. PULUMI_FLAGS passes extra flags
+# (e.g. --yes for an unattended up).
+PULUMI_FLAGS ?=
+preview:
+	pulumi preview --stack $(STACK) $(PULUMI_FLAGS)
+
+up:
+	pulumi up --stack $(STACK) $(PULUMI_FLAGS)
+
 clean:
 	rm -rf $(BIN) .demo .bench
