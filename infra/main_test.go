@@ -188,7 +188,7 @@ func TestProdStack(t *testing.T) {
 	if sgs := getStrings(t, rg, "securityGroupIds"); !slices.Equal(sgs, []string{"relaygate-prod-cache-id"}) {
 		t.Errorf("replication group security groups = %v", sgs)
 	}
-	yamlText := gatewayYAML(t, d.ofType(typeContainer)[0])
+	yamlText := gatewayYAML(t, d.named(t, typeContainer, "relaygate-prod-host-0-gateway"))
 	if !strings.Contains(yamlText, "redis_url: rediss://master.relaygate-prod.") {
 		t.Errorf("the gateway does not use the shared Redis over TLS:\n%s", yamlText)
 	}
