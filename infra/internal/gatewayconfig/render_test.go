@@ -2,6 +2,9 @@ package gatewayconfig
 
 import (
 	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -128,6 +131,28 @@ func decode(t *testing.T, b []byte) gatewayShape {
 	return g
 }
 
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// golden compares a rendered config with testdata/name. The gateway's own
+// config tests (service/internal/config) load these files with the real
+// loader, so the two programs cannot drift apart unnoticed.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to write it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("rendered config differs from %s (run go test -update if the change is meant):\n%s", path, got)
+	}
+}
+
 func TestRenderAWSHost(t *testing.T) {
 	t.Parallel()
 	c := config(t, "aws", nil)
@@ -135,6 +160,7 @@ func TestRenderAWSHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	golden(t, "aws-host.yaml", b)
 	g := decode(t, b)
 
 	if g.Listen != ":8000" {
@@ -210,6 +236,7 @@ func TestRenderLocalSimulator(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	golden(t, "local-simulator.yaml", b)
 	g := decode(t, b)
 	if len(g.Upstreams) != 1 || g.Upstreams[0].Name != stackconfig.SimulatorUpstream || g.Upstreams[0].BaseURL != "http://upstream-sim:9000/v1" || g.Upstreams[0].APIKey != "" {
 		t.Errorf("upstreams = %+v", g.Upstreams)
