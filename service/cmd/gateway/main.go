@@ -84,8 +84,18 @@ func run(configPath string, sigs <-chan os.Signal, started func(net.Addr)) error
 	log.Info("gateway listening", "addr", ln.Addr().String(), "config", configPath,
 		"models", len(cfg.Models), "upstreams", len(cfg.Upstreams), "version", version())
 
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
+	var admin *http.Server
+	if cfg.Admin.Listen != "" {
+		aln, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			return fmt.Errorf("listen admin %s: %w", cfg.Admin.Listen, err)
+		}
+		admin = &http.Server{Handler: gw.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: srv.ErrorLog}
+		go func() { serveErr <- admin.Serve(aln) }()
+		log.Info("admin endpoints (/metrics, /health details) listening", "addr", aln.Addr().String())
+	}
 	if started != nil {
 		started(ln.Addr())
 	}
@@ -97,6 +107,10 @@ func run(configPath string, sigs <-chan os.Signal, started func(net.Addr)) error
 			if sig == syscall.SIGHUP {
 				reload(log, a, configPath)
 				continue
+			}
+			if admin != nil {
+				// The admin listener goes last, so /metrics covers the drain.
+				defer admin.Close()
 			}
 			return shutdown(log, gw, srv, cfg.ShutdownTimeout.D(), sig)
 		}

@@ -28,6 +28,7 @@ type Config struct {
 	GPU               GPU            `yaml:"gpu"`
 	SLO               SLO            `yaml:"slo"`
 	Log               Log            `yaml:"log"`
+	Admin             Admin          `yaml:"admin"`
 
 	// Warnings are problems that do not stop the gateway but that an
 	// operator must see, e.g. an upstream disabled because its key variable
@@ -112,6 +113,16 @@ type GPU struct {
 // SLO holds the objectives exported for alerting.
 type SLO struct {
 	LatencyP95 Duration `yaml:"latency_p95"`
+}
+
+// Admin controls who can read /metrics and the detailed /health. By
+// default both are on the main listener and open, like most exporters;
+// Listen moves them to an address of their own (a private interface), Key
+// requires a Bearer key for them. /ready and a status-only /health stay on
+// the main listener for load balancers either way.
+type Admin struct {
+	Listen string `yaml:"listen"`
+	Key    string `yaml:"key"`
 }
 
 // Log configures structured logging.
@@ -222,6 +233,7 @@ func (c *Config) Redacted() Config {
 		out.Upstreams[i].APIKey = redact(out.Upstreams[i].APIKey)
 	}
 	out.Cache.RedisURL = RedactURL(c.Cache.RedisURL)
+	out.Admin.Key = redact(c.Admin.Key)
 	return out
 }
 

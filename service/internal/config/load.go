@@ -398,6 +398,18 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 	if c.GPU.ExpectedCount < 0 {
 		l.fail("gpu.expected_count", "must not be negative")
 	}
+	if c.Admin.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.Admin.Listen); err != nil {
+			l.fail("admin.listen", "%q is not host:port (e.g. \"127.0.0.1:9100\")", c.Admin.Listen)
+		} else if c.Admin.Listen == c.Listen && port != "0" {
+			l.fail("admin.listen", "is the same address as listen")
+		}
+	}
+	if vars, ok := unset["admin.key"]; ok {
+		l.fail("admin.key", "environment variable %s is not set", strings.Join(vars, ", "))
+	} else if c.Admin.Key != "" && len(c.Admin.Key) < 16 {
+		l.fail("admin.key", "is %d characters; use at least 16", len(c.Admin.Key))
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -542,4 +543,50 @@ func TestClientDisconnectCancelsUpstream(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the upstream request was not cancelled after the client went away")
 	}
+}
+
+func TestAdminExposure(t *testing.T) {
+	const adminKey = "admin-key-0123456789abcdef"
+	get := func(t *testing.T, h http.Handler, path, key string) (int, string) {
+		t.Helper()
+		req := httptest.NewRequest("GET", path, nil)
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code, rec.Body.String()
+	}
+	t.Run("key required for metrics and health details", func(t *testing.T) {
+		up := newFakeUpstream(t, okCompletion)
+		_, srv, _ := newGateway(t, gwOpts{extra: "admin: {key: " + adminKey + "}\n"}, up)
+		if code, _ := get(t, srv, "/metrics", ""); code != 401 {
+			t.Errorf("/metrics without the admin key: %d, want 401", code)
+		}
+		if code, body := get(t, srv, "/metrics", adminKey); code != 200 || !strings.Contains(body, "relaygate_upstream_up") {
+			t.Errorf("/metrics with the key: %d", code)
+		}
+		if code, body := get(t, srv, "/health", ""); code != 200 || strings.Contains(body, "upstreams") {
+			t.Errorf("/health without the key must say only the status: %d %s", code, body)
+		}
+		if _, body := get(t, srv, "/health", adminKey); !strings.Contains(body, `"upstreams"`) {
+			t.Errorf("/health with the key has no details: %s", body)
+		}
+	})
+	t.Run("separate admin listener", func(t *testing.T) {
+		up := newFakeUpstream(t, okCompletion)
+		_, srv, _ := newGateway(t, gwOpts{extra: "admin: {listen: \"127.0.0.1:0\"}\n"}, up)
+		if code, _ := get(t, srv, "/metrics", ""); code != 404 {
+			t.Errorf("/metrics on the main listener: %d, want 404", code)
+		}
+		if code, body := get(t, srv, "/health", ""); code != 200 || strings.Contains(body, "upstreams") {
+			t.Errorf("/health on the main listener must say only the status: %s", body)
+		}
+		if code, _ := get(t, srv.AdminHandler(), "/metrics", ""); code != 200 {
+			t.Errorf("/metrics on the admin listener: %d", code)
+		}
+		if code, _ := get(t, srv, "/ready", ""); code != 200 {
+			t.Errorf("/ready must stay on the main listener: %d", code)
+		}
+	})
 }

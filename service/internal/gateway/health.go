@@ -75,9 +75,16 @@ func (s *Server) healthReport() health {
 }
 
 // serveHealth answers 200 while the process is alive: a liveness probe
-// must not restart a gateway because an upstream is down.
-func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.healthReport())
+// must not restart a gateway because an upstream is down. The details
+// (upstreams, Redis, GPUs) go only where the admin settings allow them;
+// elsewhere the answer is the status alone.
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request, details bool) {
+	h := s.healthReport()
+	if !details || !s.state.Load().adminAuthorized(r) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": h.Status})
+		return
+	}
+	writeJSON(w, http.StatusOK, h)
 }
 
 // serveReady answers 200 only when a request could be served now: not

@@ -124,16 +124,64 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/models":
 		s.serveModels(w, r)
 	case "/health", "/healthz":
-		s.serveHealth(w, r)
+		s.serveHealth(w, r, s.state.Load().cfg.Admin.Listen == "")
 	case "/ready", "/readyz":
 		s.serveReady(w, r)
 	case "/metrics":
-		s.metricsH.ServeHTTP(w, r)
+		if s.state.Load().cfg.Admin.Listen != "" {
+			s.notFound(w, r)
+			return
+		}
+		s.serveMetrics(w, r)
 	default:
-		w.Header().Set("X-Request-Id", requestID(r))
-		writeError(w, &apiError{Status: http.StatusNotFound, Type: typeInvalidRequest, Code: "unknown_url",
-			Message: "Unknown request URL: " + r.Method + " " + sanitizePath(r.URL.Path) + "."})
+		s.notFound(w, r)
 	}
+}
+
+// AdminHandler serves /metrics, the detailed /health and /ready, for the
+// separate admin listener (config admin.listen).
+func (s *Server) AdminHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/metrics":
+			s.serveMetrics(w, r)
+		case "/health", "/healthz":
+			s.serveHealth(w, r, true)
+		case "/ready", "/readyz":
+			s.serveReady(w, r)
+		default:
+			s.notFound(w, r)
+		}
+	})
+}
+
+func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	if !s.state.Load().adminAuthorized(r) {
+		writeError(w, &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
+			Message: "/metrics needs the admin key: send it as 'Authorization: Bearer ADMIN_KEY'."})
+		return
+	}
+	s.metricsH.ServeHTTP(w, r)
+}
+
+// adminAuthorized checks the admin key, in constant time, when one is set.
+func (st *state) adminAuthorized(r *http.Request) bool {
+	if len(st.adminKey) == 0 {
+		return true
+	}
+	h := r.Header.Get("Authorization")
+	const prefix = "Bearer "
+	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
+		return false
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(h[len(prefix):])))
+	return subtle.ConstantTimeCompare(sum[:], st.adminKey[0][:]) == 1
+}
+
+func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Request-Id", requestID(r))
+	writeError(w, &apiError{Status: http.StatusNotFound, Type: typeInvalidRequest, Code: "unknown_url",
+		Message: "Unknown request URL: " + r.Method + " " + sanitizePath(r.URL.Path) + "."})
 }
 
 // authorize checks the Bearer key in constant time against every

@@ -17,6 +17,7 @@ import (
 type state struct {
 	cfg        *config.Config
 	keys       [][sha256.Size]byte
+	adminKey   [][sha256.Size]byte // none: /metrics and /health details are open
 	models     map[string]*model
 	upstreams  []*route.Upstream
 	policy     route.Policy
@@ -44,6 +45,9 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 	}
 	for _, k := range cfg.ClientKeys {
 		st.keys = append(st.keys, sha256.Sum256([]byte(k)))
+	}
+	if cfg.Admin.Key != "" {
+		st.adminKey = append(st.adminKey, sha256.Sum256([]byte(cfg.Admin.Key)))
 	}
 	old := map[string]*route.Upstream{}
 	if prev != nil {
