@@ -103,7 +103,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	if x.fromCache(b.buf, &req) {
 		return
 	}
-	w.Header().Set("X-Cache", x.cacheResult)
+	w.Header()["X-Cache"] = cacheHeaderValue(x.cacheResult)
 
 	hooks := route.Hooks{Retry: s.metrics.Retry, Fallback: s.metrics.Fallback, Attempt: s.recordAttempt}
 	out, err := m.chain.Run(r.Context(), st.policy, hooks, func(ctx context.Context, t *route.Target) route.Attempt {
@@ -142,6 +142,21 @@ func (s *Server) recordAttempt(upstream string, a route.Attempt) {
 	}
 }
 
+// Header values shared by every response.
+var (
+	hdrJSON        = []string{"application/json"}
+	hdrEventStream = []string{"text/event-stream"}
+	hdrUserAgent   = []string{"relaygate"}
+	hdrCache       = map[string][]string{"HIT": {"HIT"}, "MISS": {"MISS"}, "BYPASS": {"BYPASS"}}
+)
+
+func cacheHeaderValue(result string) []string {
+	if v, ok := hdrCache[result]; ok {
+		return v
+	}
+	return []string{result}
+}
+
 // fail answers the client with e and remembers it for the log line.
 func (x *exchange) fail(e *apiError) {
 	x.status, x.errMsg = e.Status, e.Message
@@ -164,18 +179,18 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b *body, req *r
 	hreq.Body = b.reader(data)
 	hreq.ContentLength = int64(len(data))
 	hreq.GetBody = func() (io.ReadCloser, error) { return b.reader(data), nil }
-	accept := "application/json"
+	accept := hdrJSON
 	if x.stream {
-		accept = "text/event-stream"
+		accept = hdrEventStream
 	}
 	hreq.Header = http.Header{
-		"Content-Type": {"application/json"},
-		"Accept":       {accept},
-		"User-Agent":   {"relaygate"},
+		"Content-Type": hdrJSON,
+		"Accept":       accept,
+		"User-Agent":   hdrUserAgent,
 		"X-Request-Id": {x.rid},
 	}
-	if u.Auth != "" {
-		hreq.Header["Authorization"] = []string{u.Auth}
+	if a, ok := x.st.authHeader[u]; ok {
+		hreq.Header["Authorization"] = a
 	}
 
 	t0 := time.Now()
@@ -276,11 +291,14 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 	}
 	h := x.w.Header()
 	ct := resp.Header.Get("Content-Type")
-	if ct == "" {
+	switch ct {
+	case "", "application/json":
 		ct = "application/json"
+		h["Content-Type"] = hdrJSON
+	default:
+		h.Set("Content-Type", ct)
 	}
-	h.Set("Content-Type", ct)
-	h.Set("Content-Length", strconv.Itoa(len(data)))
+	h["Content-Length"] = []string{strconv.Itoa(len(data))}
 	x.setUpstreamHeaders(u, resp)
 	x.w.WriteHeader(resp.StatusCode)
 	x.status, x.upstream, x.committed = resp.StatusCode, u.Name, true
@@ -296,7 +314,7 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 
 func (x *exchange) setUpstreamHeaders(u *route.Upstream, resp *http.Response) {
 	h := x.w.Header()
-	h.Set("X-Relaygate-Upstream", u.Name)
+	h["X-Relaygate-Upstream"] = x.st.nameHeader[u]
 	if id := resp.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && safeToken(id) {
 		h.Set("X-Upstream-Request-Id", id)
 	}

@@ -22,6 +22,11 @@ type state struct {
 	upstreams  []*route.Upstream
 	policy     route.Policy
 	modelsJSON []byte
+	// Header values built once per upstream: setting a header from a
+	// shared slice costs no allocation per request (net/http never
+	// modifies header values it is given).
+	nameHeader map[*route.Upstream][]string
+	authHeader map[*route.Upstream][]string
 }
 
 type model struct {
@@ -36,7 +41,9 @@ type model struct {
 func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream, from, to route.BreakerState)) *state {
 	st := &state{
 		cfg:    cfg,
-		models: make(map[string]*model, len(cfg.Models)),
+		models:     make(map[string]*model, len(cfg.Models)),
+		nameHeader: map[*route.Upstream][]string{},
+		authHeader: map[*route.Upstream][]string{},
 		policy: route.Policy{
 			Attempts:   cfg.Retry.Attempts,
 			BackoffMin: cfg.Retry.BackoffMin.D(),
@@ -78,6 +85,10 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 		}
 		st.upstreams = append(st.upstreams, u)
 		byName[u.Name] = u
+		st.nameHeader[u] = []string{u.Name}
+		if u.Auth != "" {
+			st.authHeader[u] = []string{u.Auth}
+		}
 	}
 
 	type modelEntry struct {
