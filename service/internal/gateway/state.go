@@ -40,7 +40,7 @@ type model struct {
 // change, so a reload neither drops warm connections nor forgets failures.
 func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream, from, to route.BreakerState)) *state {
 	st := &state{
-		cfg:    cfg,
+		cfg:        cfg,
 		models:     make(map[string]*model, len(cfg.Models)),
 		nameHeader: map[*route.Upstream][]string{},
 		authHeader: map[*route.Upstream][]string{},
