@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -166,7 +167,10 @@ func TestSmokeTestAgainstLocalStack(t *testing.T) {
 			name: "redis stopped",
 			fault: func(t *testing.T, _ *smoketest.Options) {
 				s.redis.Stop()
-				t.Cleanup(s.redis.Restart)
+				t.Cleanup(func() {
+					s.redis.Restart()
+					s.waitCacheUp(t)
+				})
 			},
 			wantFail: []string{smoketest.CheckCache},
 			hints:    map[string]string{smoketest.CheckCache: "Redis is unreachable from the gateway"},
@@ -304,6 +308,47 @@ func TestSmokeTestUnreachableGateway(t *testing.T) {
 	}
 }
 
+// waitCacheUp waits until the gateway has found Redis again. After an
+// outage it lets a call through to Redis as a probe only once its back-off
+// has passed, so this sends cacheable requests (each a cache call) until
+// /health says a probe succeeded. There is no push signal to wait on; the
+// deadline only guards against a gateway that never recovers.
+func (s *localStack) waitCacheUp(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	probe := `{"model":"gpt-4.1","temperature":0,"messages":[{"role":"user","content":"cache recovery probe"}]}`
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.gateway.URL+"/v1/chat/completions", strings.NewReader(probe))
+		req.Header.Set("Authorization", "Bearer "+s.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		var h struct {
+			Cache struct {
+				Up bool `json:"up"`
+			} `json:"cache"`
+		}
+		if err == nil {
+			req, _ = http.NewRequestWithContext(ctx, http.MethodGet, s.gateway.URL+"/health", nil)
+			if resp, err = http.DefaultClient.Do(req); err == nil {
+				err = json.NewDecoder(resp.Body).Decode(&h)
+				resp.Body.Close()
+			}
+		}
+		if err == nil && h.Cache.Up {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the gateway's cache did not come back after Redis restarted (last error: %v)", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // configWithoutRules is the project's Prometheus config with its
 // rule_files removed, as a Prometheus deployed without its rules runs.
 func configWithoutRules(t *testing.T) string {
@@ -387,4 +432,3 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
-

@@ -56,15 +56,19 @@ type Metrics struct {
 	budget           prometheus.Gauge
 	breakerChanges   *prometheus.CounterVec
 
-	requestSeries  sync.Map // requestKey → prometheus.Counter
-	durationSeries sync.Map // model → prometheus.Observer
-	modelSeries    sync.Map // model → *modelSeries
+	cacheSeries    map[string]prometheus.Counter // fixed results, read-only after New
+	upstreamSeries sync.Map                      // attemptKey → prometheus.Counter, upstream → prometheus.Observer
+	requestSeries  sync.Map                      // requestKey → prometheus.Counter
+	durationSeries sync.Map                      // model → prometheus.Observer
+	modelSeries    sync.Map                      // model → *modelSeries
 }
 
 type requestKey struct {
 	model, upstream string
 	code            int
 }
+
+type attemptKey struct{ upstream, result string }
 
 type modelSeries struct {
 	ttft                           prometheus.Observer
@@ -168,8 +172,9 @@ func New() *Metrics {
 	} {
 		f(c)
 	}
+	m.cacheSeries = map[string]prometheus.Counter{}
 	for _, res := range []string{"hit", "miss", "error", "bypass"} {
-		m.cacheRequests.WithLabelValues(res)
+		m.cacheSeries[res] = m.cacheRequests.WithLabelValues(res)
 	}
 	return m
 }
@@ -218,7 +223,11 @@ func (m *Metrics) Request(model, upstream string, code int, seconds float64) {
 
 // UpstreamDuration records one attempt's wait on an upstream.
 func (m *Metrics) UpstreamDuration(upstream string, seconds float64) {
-	m.upstreamDuration.WithLabelValues(upstream).Observe(seconds)
+	o, ok := m.upstreamSeries.Load(upstream)
+	if !ok {
+		o, _ = m.upstreamSeries.LoadOrStore(upstream, m.upstreamDuration.WithLabelValues(upstream))
+	}
+	o.(prometheus.Observer).Observe(seconds)
 }
 
 // Overhead records the gateway's own time on one request.
@@ -247,7 +256,13 @@ func (m *Metrics) Usage(model, upstream string, prompt, completion int, cost, re
 func (m *Metrics) UsageUnknown(model string) { m.model(model).usageUnknown.Inc() }
 
 // Cache counts one cache look-up by result.
-func (m *Metrics) Cache(result string) { m.cacheRequests.WithLabelValues(result).Inc() }
+func (m *Metrics) Cache(result string) {
+	if c, ok := m.cacheSeries[result]; ok {
+		c.Inc()
+		return
+	}
+	m.cacheRequests.WithLabelValues(result).Inc()
+}
 
 // Retry counts a retry of an upstream.
 func (m *Metrics) Retry(upstream string) { m.retries.WithLabelValues(upstream).Inc() }
@@ -257,7 +272,12 @@ func (m *Metrics) Fallback(from, to string) { m.fallbacks.WithLabelValues(from, 
 
 // UpstreamAttempt counts one attempt at an upstream by its result.
 func (m *Metrics) UpstreamAttempt(upstream, result string) {
-	m.upstreamAttempts.WithLabelValues(upstream, result).Inc()
+	k := attemptKey{upstream, result}
+	c, ok := m.upstreamSeries.Load(k)
+	if !ok {
+		c, _ = m.upstreamSeries.LoadOrStore(k, m.upstreamAttempts.WithLabelValues(upstream, result))
+	}
+	c.(prometheus.Counter).Inc()
 }
 
 // UpstreamUp sets whether an upstream takes traffic.

@@ -2,6 +2,7 @@ package route
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,9 +31,9 @@ func (s BreakerState) String() string {
 	}
 }
 
-// Breaker is a consecutive-failure circuit breaker. Its lock is per
-// upstream and held for a few instructions, so it is no global lock on the
-// hot path.
+// Breaker is a consecutive-failure circuit breaker. A healthy upstream's
+// requests never take its lock: the closed state and a zero failure count
+// are read atomically, and only failures and recoveries lock.
 type Breaker struct {
 	threshold int
 	cooldown  time.Duration
@@ -40,6 +41,10 @@ type Breaker struct {
 	// OnChange, when set, is told of every state change (metrics, logs).
 	// It runs with the breaker's lock released.
 	OnChange func(from, to BreakerState)
+
+	// closed mirrors state == Closed, and clean mirrors failures == 0, for
+	// the lock-free fast path; both are written under mu.
+	closed, clean atomic.Bool
 
 	mu       sync.Mutex
 	state    BreakerState
@@ -55,7 +60,17 @@ func NewBreaker(threshold int, cooldown time.Duration) *Breaker {
 	if threshold < 1 {
 		threshold = 1
 	}
-	return &Breaker{threshold: threshold, cooldown: cooldown, now: time.Now}
+	b := &Breaker{threshold: threshold, cooldown: cooldown, now: time.Now}
+	b.closed.Store(true)
+	b.clean.Store(true)
+	return b
+}
+
+// setLocked records the state and the failure count; b.mu is held.
+func (b *Breaker) setLocked(state BreakerState, failures int) {
+	b.state, b.failures = state, failures
+	b.closed.Store(state == Closed)
+	b.clean.Store(failures == 0)
 }
 
 // Allow says whether a request may go to the upstream now. When the answer
@@ -63,6 +78,9 @@ func NewBreaker(threshold int, cooldown time.Duration) *Breaker {
 // report its outcome with Success or Failure. retryIn says how long until
 // an open breaker lets a probe through.
 func (b *Breaker) Allow() (ok bool, retryIn time.Duration) {
+	if b.closed.Load() {
+		return true, 0
+	}
 	b.mu.Lock()
 	switch b.state {
 	case Closed:
@@ -74,7 +92,8 @@ func (b *Breaker) Allow() (ok bool, retryIn time.Duration) {
 			b.mu.Unlock()
 			return false, left
 		}
-		b.state, b.probing = HalfOpen, true
+		b.setLocked(HalfOpen, b.failures)
+		b.probing = true
 		b.mu.Unlock()
 		b.notify(Open, HalfOpen)
 		return true, 0
@@ -91,9 +110,13 @@ func (b *Breaker) Allow() (ok bool, retryIn time.Duration) {
 
 // Success closes the breaker.
 func (b *Breaker) Success() {
+	if b.closed.Load() && b.clean.Load() {
+		return
+	}
 	b.mu.Lock()
 	from := b.state
-	b.state, b.failures, b.probing, b.lastErr = Closed, 0, false, ""
+	b.setLocked(Closed, 0)
+	b.probing, b.lastErr = false, ""
 	b.mu.Unlock()
 	if from != Closed {
 		b.notify(from, Closed)
@@ -105,14 +128,14 @@ func (b *Breaker) Success() {
 func (b *Breaker) Failure(reason string) {
 	b.mu.Lock()
 	from := b.state
-	b.failures++
+	to := from
 	b.lastErr = reason
 	b.probing = false
-	if from == HalfOpen || b.failures >= b.threshold {
-		b.state = Open
+	if from == HalfOpen || b.failures+1 >= b.threshold {
+		to = Open
 		b.openedAt = b.now()
 	}
-	to := b.state
+	b.setLocked(to, b.failures+1)
 	b.mu.Unlock()
 	if from != to {
 		b.notify(from, to)
@@ -122,6 +145,9 @@ func (b *Breaker) Failure(reason string) {
 // Release gives back a probe slot whose request ended without a verdict on
 // the upstream (the client went away), so the next request can probe.
 func (b *Breaker) Release() {
+	if b.closed.Load() {
+		return
+	}
 	b.mu.Lock()
 	b.probing = false
 	b.mu.Unlock()
