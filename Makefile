@@ -72,5 +72,18 @@ preview:
 up:
 	pulumi up --stack $(STACK) $(PULUMI_FLAGS)
 
+## smoke: verify a deployed stack from its outputs (SMOKE_FLAGS="-json report.json").
+SMOKE_FLAGS ?=
+smoke:
+	$(GO) run ./smoketest/cmd/smoketest -stack $(STACK) $(SMOKE_FLAGS)
+
+## deploy: up, then smoke; a failed smoke rolls the stack back and exits non-zero.
+deploy:
+	bash scripts/deploy.sh $(STACK)
+
+## rollback: revert the stack to its previous successful update, then smoke.
+rollback:
+	$(GO) run ./smoketest/cmd/rollback -stack $(STACK)
+
 clean:
 	rm -rf $(BIN) .demo .bench

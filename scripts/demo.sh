@@ -3,8 +3,11 @@
 # Prometheus (with the project's config and alert rules) and the gateway as
 # local processes, wired to the HolySheep relay when HOLYSHEEP_API_KEY is set
 # and to the offline upstream simulator otherwise; runs a client session and
-# prints what it saw. Interactive: stays up until Ctrl-C. Otherwise (CI, a
-# pipe): exits after the report. Everything it starts stops with it.
+# prints what it saw, then runs the post-deploy smoke test against the local
+# processes as it would against a stack (their "outputs" are written to
+# $DEMO_DIR/outputs.json) and prints its report. Interactive: stays up until
+# Ctrl-C. Otherwise (CI, a pipe): exits after the report, non-zero when a
+# smoke check failed. Everything it starts stops with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +49,7 @@ wait_http() {
 }
 
 bash scripts/install-tools.sh demo
+go build -o bin/smoketest ./smoketest/cmd/smoketest
 rm -rf "$DEMO_DIR" && mkdir -p "$DEMO_DIR/redis" "$DEMO_DIR/prometheus"
 
 GATEWAY_API_KEY="demo-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
@@ -54,9 +58,11 @@ export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 
 if [[ -n "${HOLYSHEEP_API_KEY:-}" ]]; then
 	config=config/demo-relay.yaml
+	budget_ms=30000 # the config's slo.latency_p95
 	echo "demo: HOLYSHEEP_API_KEY is set: the gateway talks to the real relay"
 else
 	config=config/demo.yaml
+	budget_ms=2000 # the config's slo.latency_p95
 	export UPSTREAM_SIM_URL="http://127.0.0.1:$SIM_PORT/v1"
 	echo "demo: no HOLYSHEEP_API_KEY: the gateway talks to the OFFLINE UPSTREAM SIMULATOR (synthetic answers)"
 	bin/upstream-sim -listen "127.0.0.1:$SIM_PORT" -latency 40ms -jitter 10ms -chunk-delay 15ms \
@@ -88,6 +94,28 @@ wait_http "http://127.0.0.1:$PROM_PORT/-/ready" Prometheus
 echo "demo: gateway http://127.0.0.1:$GATEWAY_PORT  Prometheus http://127.0.0.1:$PROM_PORT  Redis 127.0.0.1:$REDIS_PORT"
 
 bin/democlient -gateway "http://127.0.0.1:$GATEWAY_PORT" -prometheus "http://127.0.0.1:$PROM_PORT"
+
+# The smoke test reads a stack's outputs; these are the local processes' in
+# the same shape (`pulumi stack output --json --show-secrets`). No GPU is
+# expected here. The file holds the demo's key, so only its owner reads it.
+(
+	umask 077
+	cat >"$DEMO_DIR/outputs.json" <<EOF
+{
+  "gatewayUrl": "http://127.0.0.1:$GATEWAY_PORT",
+  "prometheusUrl": "http://127.0.0.1:$PROM_PORT",
+  "gatewayApiKey": "$GATEWAY_API_KEY",
+  "expectedGpuCount": 0,
+  "latencyBudgetP95Ms": $budget_ms,
+  "imageRef": "local build: bin/gateway $(bin/gateway -version)",
+  "hosts": ["127.0.0.1"],
+  "instanceIds": []
+}
+EOF
+)
+echo
+echo "demo: smoke test against the local processes (bin/smoketest -outputs $DEMO_DIR/outputs.json)"
+bin/smoketest -outputs "$DEMO_DIR/outputs.json" -requests 20 -json "$DEMO_DIR/smoke-report.json"
 
 if [[ -t 0 ]]; then
 	echo

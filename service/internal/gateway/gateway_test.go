@@ -590,3 +590,44 @@ func TestAdminExposure(t *testing.T) {
 		}
 	})
 }
+
+// TestClientHangingUpAfterDoneIsSuccess: go-openai closes the connection as
+// soon as it reads [DONE]; that is a whole answer, not a client gone.
+func TestClientHangingUpAfterDoneIsSuccess(t *testing.T) {
+	up := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // the upstream keeps its end open a while
+	})
+	gw, _, m := newGateway(t, gwOpts{}, up)
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testClientKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := bufio.NewReader(resp.Body)
+	for {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended before [DONE]: %v", err)
+		}
+		if strings.HasPrefix(line, "data: [DONE]") {
+			break
+		}
+	}
+	resp.Body.Close()
+	ok := func() float64 {
+		return metricValue(t, m, "relaygate_requests_total", map[string]string{"model": "m", "upstream": "a", "code": "200"})
+	}
+	for deadline := time.Now().Add(10 * time.Second); ok() == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ok() != 1 {
+		t.Errorf("relaygate_requests_total{code=200} = %v; a stream read to [DONE] must count as answered", ok())
+	}
+	if got := metricValue(t, m, "relaygate_requests_total", map[string]string{"code": "499"}); got != 0 {
+		t.Errorf("counted as 499 (client gone) %v times", got)
+	}
+}

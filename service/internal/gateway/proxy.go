@@ -41,6 +41,7 @@ type exchange struct {
 	ttft            time.Duration
 	committed       bool // the response status line has gone out
 	clientGone      bool
+	sawDone         bool // a stream's [DONE] reached the client
 	abort           bool // cut the connection: a stream broke after its first byte
 	errMsg          string
 	client          string // opaque id of the client key, for rate limits

@@ -76,11 +76,18 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 				committed = true
 			}
 			werr := x.writeEvents(buf[:end], usageAdded)
+			done := bytes.Contains(buf[:end], doneEvent)
 			filled = copy(buf, buf[end:filled])
 			if werr == nil {
 				werr = rc.Flush()
 			}
+			if werr == nil && done {
+				x.sawDone = true
+			}
 			if werr != nil {
+				if x.sawDone {
+					return route.Attempt{} // the client had the whole answer
+				}
 				x.clientGone = true
 				return route.Attempt{Err: fmt.Errorf("writing to client: %w", werr), Committed: true}
 			}
@@ -99,6 +106,10 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 			return route.Attempt{}
 		}
 		switch {
+		case x.sawDone:
+			// Clients (go-openai among them) hang up as soon as they read
+			// [DONE]; the answer was whole, whatever came after it.
+			return route.Attempt{}
 		case ctx.Err() != nil:
 			x.clientGone = true
 			return route.Attempt{Err: err, Committed: committed}
@@ -154,7 +165,10 @@ func hasData(b []byte) bool {
 	return bytes.HasPrefix(b, []byte("data:")) || bytes.Contains(b, []byte("\ndata:"))
 }
 
-var usageKey = []byte(`"usage"`)
+var (
+	usageKey  = []byte(`"usage"`)
+	doneEvent = []byte("data: [DONE]")
+)
 
 // writeEvents writes whole events to the client as bytes, reading usage
 // from the event that carries it. When the gateway asked for usage on the

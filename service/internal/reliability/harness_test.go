@@ -255,6 +255,9 @@ func startGateway(t testing.TB, doc string, logs io.Writer) *gateway {
 		logs = io.Discard
 	}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// go-redis has one logger per process; the suite's tests run one at a
+	// time, so the latest gateway's log takes it, as in the command.
+	app.RouteRedisLogs(log)
 	a, err := app.New(context.Background(), parseConfig(t, doc), log)
 	if err != nil {
 		t.Fatalf("app.New: %v", err)

@@ -1,0 +1,186 @@
+// Package pulumistack opens a stack of this repository's Pulumi project
+// through the Automation API, for the smoke test (its outputs) and the
+// rollback (its history, configuration and `up`).
+package pulumistack
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/pulumi/pulumi/sdk/v3/go/auto"
+	"github.com/pulumi/pulumi/sdk/v3/go/auto/optup"
+
+	"github.com/relaygate/relaygate/smoketest/internal/rollback"
+)
+
+// historyPageSize and historyMaxPages bound how much history a rollback
+// reads: the CLI's default page is only 10 updates, which a run of failed
+// deploys can fill.
+const (
+	historyPageSize = 100
+	historyMaxPages = 5
+)
+
+// Stack is one selected stack.
+type Stack struct {
+	stack auto.Stack
+	// Progress receives `up`'s output as it runs.
+	Progress io.Writer
+}
+
+// ProjectDir finds the Pulumi project from dir upwards: the directory with
+// Pulumi.yaml, so the commands work from anywhere in the checkout.
+func ProjectDir(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	for d := abs; ; {
+		if _, err := os.Stat(filepath.Join(d, "Pulumi.yaml")); err == nil {
+			return d, nil
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return "", fmt.Errorf("no Pulumi.yaml in %s or above: run from the repository or pass -C", abs)
+		}
+		d = parent
+	}
+}
+
+// Open selects an existing stack of the project in dir. It needs the
+// pulumi CLI and a login to the stack's backend, as `pulumi` itself does.
+func Open(ctx context.Context, name, dir string) (*Stack, error) {
+	st, err := auto.SelectStackLocalSource(ctx, name, dir)
+	if err != nil {
+		return nil, fmt.Errorf("select stack %s in %s (needs the pulumi CLI and `pulumi login`): %w", name, dir, err)
+	}
+	return &Stack{stack: st, Progress: io.Discard}, nil
+}
+
+// Name is the stack's name.
+func (s *Stack) Name() string { return s.stack.Name() }
+
+// Outputs returns the stack's outputs with secrets in plaintext, as plain
+// JSON values (strings, float64, []any), the input of smoketest.ParseOutputs.
+func (s *Stack) Outputs(ctx context.Context) (map[string]any, error) {
+	out, err := s.stack.Outputs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("outputs of stack %s: %w", s.Name(), err)
+	}
+	raw := make(map[string]any, len(out))
+	for k, v := range out {
+		raw[k] = v.Value
+	}
+	return raw, nil
+}
+
+// History reads `pulumi stack history --json --show-secrets` through the
+// workspace's CLI. auto.Stack.History would parse it into UpdateSummary,
+// which drops the objectValue of structured config that restoring needs.
+func (s *Stack) History(ctx context.Context) ([]rollback.Update, error) {
+	var all []rollback.Update
+	for page := 1; page <= historyMaxPages; page++ {
+		stdout, err := s.run(ctx, "stack", "history", "--json", "--show-secrets",
+			"--page-size", strconv.Itoa(historyPageSize), "--page", strconv.Itoa(page))
+		if err != nil {
+			return nil, err
+		}
+		h, err := rollback.ParseHistory([]byte(stdout))
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, h...)
+		if len(h) < historyPageSize {
+			break
+		}
+	}
+	return all, nil
+}
+
+// Config returns the stack's configuration as its stack file has it now,
+// secrets decrypted, in the shape of `pulumi config --json`.
+func (s *Stack) Config(ctx context.Context) (map[string]rollback.ConfigValue, error) {
+	stdout, err := s.run(ctx, "config", "--json", "--show-secrets")
+	if err != nil {
+		return nil, err
+	}
+	var cfg map[string]rollback.ConfigValue
+	if err := json.Unmarshal([]byte(stdout), &cfg); err != nil {
+		return nil, fmt.Errorf("parse `pulumi config --json`: %w", err)
+	}
+	return cfg, nil
+}
+
+// SetConfig writes cfg with `config set-all --json`, which takes the
+// history's value objects as they are (secrets re-encrypted, structured
+// values kept structured), then removes the keys in remove.
+func (s *Stack) SetConfig(ctx context.Context, cfg map[string]rollback.ConfigValue, remove []string) error {
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		return fmt.Errorf("encode config: %w", err)
+	}
+	if err := s.stack.SetAllConfigJson(ctx, string(b), nil); err != nil {
+		return fmt.Errorf("pulumi config set-all: %w", scrub(err, cfg))
+	}
+	if len(remove) > 0 {
+		if err := s.stack.RemoveAllConfig(ctx, remove); err != nil {
+			return fmt.Errorf("pulumi config rm-all %s: %w", strings.Join(remove, " "), err)
+		}
+	}
+	return nil
+}
+
+// Up runs `pulumi up`, its progress going to s.Progress.
+func (s *Stack) Up(ctx context.Context, message string) error {
+	_, err := s.stack.Up(ctx, optup.Message(message), optup.ProgressStreams(s.Progress), optup.ErrorProgressStreams(s.Progress))
+	if err != nil {
+		return fmt.Errorf("pulumi up: %w", err)
+	}
+	return nil
+}
+
+// run runs a pulumi command for this stack through the workspace's CLI,
+// with the workspace's environment, and returns its stdout.
+func (s *Stack) run(ctx context.Context, args ...string) (string, error) {
+	ws := s.stack.Workspace()
+	var env []string
+	if home := ws.PulumiHome(); home != "" {
+		env = append(env, "PULUMI_HOME="+home)
+	}
+	for k, v := range ws.GetEnvVars() {
+		env = append(env, k+"="+v)
+	}
+	args = append(args, "--stack", s.Name())
+	stdout, stderr, code, err := ws.PulumiCommand().Run(ctx, ws.WorkDir(), nil, nil, nil, env, args...)
+	if err != nil {
+		return "", fmt.Errorf("pulumi %s (exit %d): %s: %w", strings.Join(args[:2], " "), code, strings.TrimSpace(stderr), err)
+	}
+	return stdout, nil
+}
+
+// scrub keeps secret values out of an error that may quote the command
+// line it ran (`config set-all --json …` carries them).
+func scrub(err error, cfg map[string]rollback.ConfigValue) error {
+	msg := err.Error()
+	for _, v := range cfg {
+		if !v.Secret || v.Value == nil || len(*v.Value) < 4 {
+			continue
+		}
+		msg = strings.ReplaceAll(msg, *v.Value, "[secret]")
+		// The command line holds it JSON-escaped.
+		if q, err := json.Marshal(*v.Value); err == nil {
+			msg = strings.ReplaceAll(msg, string(q[1:len(q)-1]), "[secret]")
+		}
+	}
+	if msg == err.Error() {
+		return err
+	}
+	return errors.New(msg)
+}

@@ -1,0 +1,228 @@
+package rollback
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// ErrNothingToRollBack is returned (wrapped, with the reason) when the
+// history holds no update to go back to.
+var ErrNothingToRollBack = errors.New("nothing to roll back to")
+
+// Plan is a chosen rollback: from the stack's current update to an
+// earlier successful one.
+type Plan struct {
+	Stack   string
+	Current Update
+	Target  Update
+	// Skipped explains each newer successful update passed over.
+	Skipped []string
+}
+
+// Choose picks the update to roll back to from a stack's history:
+//
+//   - the current update is the newest one of kind "update", whatever its
+//     result; a stack whose newest operation is a destroy, or whose update
+//     is still running, is refused;
+//   - the target is the newest older update that succeeded, passing over
+//     the ones known to be bad: the one a later rollback reverted (its
+//     message says so), so that rolling back twice goes further back
+//     instead of returning to the bad deploy;
+//   - when the current update succeeded, an older one with the very same
+//     configuration is passed over too: restoring it would change nothing.
+//     After a failed update it is kept, since `up` with the last good
+//     configuration repairs a half-applied stack.
+func Choose(stack string, history []Update) (*Plan, error) {
+	h := append([]Update(nil), history...)
+	sortNewestFirst(h)
+	var current *Update
+	for i := range h {
+		switch h[i].Kind {
+		case KindDestroy:
+			if current == nil {
+				return nil, fmt.Errorf("%w: stack %s was destroyed in update %d; deploy it with `make up STACK=%s`",
+					ErrNothingToRollBack, stack, h[i].Version, stack)
+			}
+		case KindUpdate:
+			if current == nil {
+				current = &h[i]
+			}
+		}
+		if current != nil {
+			break
+		}
+	}
+	if current == nil {
+		return nil, fmt.Errorf("%w: stack %s has never been updated", ErrNothingToRollBack, stack)
+	}
+	if current.Result == ResultInProgress {
+		return nil, fmt.Errorf("update %d of stack %s is still running: wait for it (or, if it died, `pulumi cancel` and `pulumi refresh`), then roll back",
+			current.Version, stack)
+	}
+
+	bad := map[int]string{current.Version: "the current update"}
+	if from, ok := current.rolledBackFrom(); ok {
+		bad[from] = fmt.Sprintf("reverted by the rollback in update %d", current.Version)
+	}
+	plan := &Plan{Stack: stack, Current: *current}
+	var older []string
+	for _, u := range h {
+		if u.Version >= current.Version || u.Kind != KindUpdate {
+			continue
+		}
+		if from, ok := u.rolledBackFrom(); ok {
+			if _, seen := bad[from]; !seen {
+				bad[from] = fmt.Sprintf("reverted by the rollback in update %d", u.Version)
+			}
+		}
+		older = append(older, fmt.Sprintf("v%d %s", u.Version, orUnknown(u.Result)))
+		if u.Result != ResultSucceeded {
+			continue
+		}
+		if why, isBad := bad[u.Version]; isBad {
+			plan.Skipped = append(plan.Skipped, fmt.Sprintf("v%d: %s", u.Version, why))
+			continue
+		}
+		if current.Result == ResultSucceeded && sameConfig(u.Config, current.Config) {
+			plan.Skipped = append(plan.Skipped, fmt.Sprintf("v%d: same configuration as the current update", u.Version))
+			continue
+		}
+		plan.Target = u
+		if err := plan.restorable(); err != nil {
+			return nil, err
+		}
+		return plan, nil
+	}
+	if len(older) == 0 {
+		return nil, fmt.Errorf("%w: update %d is the first update of stack %s", ErrNothingToRollBack, current.Version, stack)
+	}
+	why := fmt.Sprintf("stack %s has no successful update before update %d to go back to (older: %s)",
+		stack, current.Version, strings.Join(older, ", "))
+	if len(plan.Skipped) > 0 {
+		why += "; passed over: " + strings.Join(plan.Skipped, "; ")
+	}
+	return nil, fmt.Errorf("%w: %s", ErrNothingToRollBack, why)
+}
+
+// restorable checks that every value of the target can be written back:
+// secrets must have been decrypted when the history was read.
+func (p *Plan) restorable() error {
+	var missing []string
+	for _, k := range sortedKeys(p.Target.Config) {
+		v := p.Target.Config[k]
+		if v.Value == nil || *v.Value == undecryptable {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("update %d's values of %s could not be decrypted: read the history with the stack's secrets provider "+
+			"(PULUMI_CONFIG_PASSPHRASE, or log in to the backend that holds the stack)", p.Target.Version, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// Change is one configuration key that differs between the current update
+// and the target.
+type Change struct {
+	Key string
+	// From and To are shown to the operator: values of short plaintext
+	// keys, "(secret)" or "(changed)" otherwise; empty when absent.
+	From, To string
+}
+
+// Changes lists what restoring the target changes relative to current,
+// the configuration the stack has now. Secret values are never shown.
+func (p *Plan) Changes(current map[string]ConfigValue) []Change {
+	var out []Change
+	keys := map[string]bool{}
+	for k := range current {
+		keys[k] = true
+	}
+	for k := range p.Target.Config {
+		keys[k] = true
+	}
+	for _, k := range sortedKeys(keys) {
+		a, inA := current[k]
+		b, inB := p.Target.Config[k]
+		if inA && inB && a.Secret == b.Secret && a.text() == b.text() {
+			continue
+		}
+		c := Change{Key: k}
+		if inA {
+			c.From = shown(a)
+		}
+		if inB {
+			c.To = shown(b)
+		}
+		if inA && inB && c.From == c.To {
+			c.From, c.To = "(changed)", "(changed)"
+			if a.Secret || b.Secret {
+				c.From, c.To = "(secret)", "(secret, changed)"
+			}
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// Describe is the plan in a few lines for the operator.
+func (p *Plan) Describe(current map[string]ConfigValue) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "rollback of stack %s: from update %d (%s, %s) to update %d (%s, %s)\n",
+		p.Stack, p.Current.Version, orUnknown(p.Current.Result), p.Current.StartTime,
+		p.Target.Version, p.Target.Result, p.Target.StartTime)
+	if p.Target.Message != "" {
+		fmt.Fprintf(&b, "  update %d was: %s\n", p.Target.Version, oneLine(p.Target.Message))
+	}
+	for _, s := range p.Skipped {
+		fmt.Fprintf(&b, "  passed over %s\n", s)
+	}
+	changes := p.Changes(current)
+	if len(changes) == 0 {
+		b.WriteString("  configuration: already as in the target update; `up` re-applies it\n")
+	}
+	for _, c := range changes {
+		switch {
+		case c.From == "":
+			fmt.Fprintf(&b, "  config %s: set to %s\n", c.Key, c.To)
+		case c.To == "":
+			fmt.Fprintf(&b, "  config %s: removed (was %s)\n", c.Key, c.From)
+		default:
+			fmt.Fprintf(&b, "  config %s: %s -> %s\n", c.Key, c.From, c.To)
+		}
+	}
+	return b.String()
+}
+
+func shown(v ConfigValue) string {
+	switch {
+	case v.Secret:
+		return "(secret)"
+	case v.Value == nil:
+		return "(unknown)"
+	case v.ObjectValue != nil || len(*v.Value) > 60 || strings.ContainsAny(*v.Value, "\n\r"):
+		return "(structured value)"
+	default:
+		return fmt.Sprintf("%q", *v.Value)
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown result"
+	}
+	return s
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

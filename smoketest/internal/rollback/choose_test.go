@@ -1,0 +1,205 @@
+package rollback
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func loadHistory(t *testing.T, name string) []Update {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := ParseHistory(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func TestChoose(t *testing.T) {
+	cases := []struct {
+		name    string
+		history func(t *testing.T) []Update
+		// wantTarget is the version chosen; 0 means Choose must refuse
+		// with wantErr in its message.
+		wantTarget  int
+		wantCurrent int
+		wantImage   string
+		wantSkipped []string
+		wantErr     string
+		nothing     bool // the refusal is ErrNothingToRollBack
+	}{
+		{
+			name:       "failed last update: back to the success before it",
+			history:    fixture("failed-last.json"),
+			wantTarget: 6, wantCurrent: 7, wantImage: "sha-6d4e5f6",
+		},
+		{
+			name:       "several successes: the newest before the current, past a refresh",
+			history:    fixture("several-successes.json"),
+			wantTarget: 10, wantCurrent: 12, wantImage: "sha-b16b00b",
+		},
+		{
+			name:       "after a rollback: neither the reverted update nor an identical configuration",
+			history:    fixture("after-rollback.json"),
+			wantTarget: 12, wantCurrent: 15, wantImage: "sha-900d12",
+			wantSkipped: []string{"v14: reverted by the rollback in update 15", "v13: same configuration as the current update"},
+		},
+		{
+			name:    "nothing succeeded before the current update",
+			history: fixture("nothing-before.json"),
+			wantErr: "no successful update before update 3 to go back to (older: v2 failed, v1 failed)", nothing: true,
+		},
+		{
+			name:    "first update of the stack",
+			history: fixture("first-update.json"),
+			wantErr: "update 1 is the first update of stack dev", nothing: true,
+		},
+		{
+			name:    "empty history",
+			history: func(*testing.T) []Update { return nil },
+			wantErr: "stack dev has never been updated", nothing: true,
+		},
+		{
+			name: "history order does not matter",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "failed-last.json")
+				h[0], h[len(h)-1] = h[len(h)-1], h[0]
+				return h
+			},
+			wantTarget: 6, wantCurrent: 7, wantImage: "sha-6d4e5f6",
+		},
+		{
+			name: "a failed update with the last good configuration is repaired by re-applying it",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "failed-last.json")
+				h[0].Config = h[1].Config // v7 failed with v6's configuration
+				return h
+			},
+			wantTarget: 6, wantCurrent: 7, wantImage: "sha-6d4e5f6",
+		},
+		{
+			name: "destroyed stack",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "several-successes.json")
+				return append([]Update{{Version: 13, Kind: KindDestroy, Result: ResultSucceeded}}, h...)
+			},
+			wantErr: "was destroyed in update 13", nothing: true,
+		},
+		{
+			name: "update still running",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "several-successes.json")
+				h[0].Result, h[0].EndTime = ResultInProgress, nil
+				return h
+			},
+			wantErr: "update 12 of stack dev is still running",
+		},
+		{
+			name: "secrets read without the secrets provider",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "failed-last.json")
+				v := undecryptable
+				h[1].Config["relaygate:gatewayApiKey"] = ConfigValue{Value: &v, Secret: true}
+				h[1].Config["relaygate:holysheepApiKey"] = ConfigValue{Secret: true}
+				return h
+			},
+			wantErr: "relaygate:gatewayApiKey, relaygate:holysheepApiKey could not be decrypted",
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			plan, err := Choose("dev", tc.history(t))
+			if tc.wantTarget == 0 {
+				if err == nil {
+					t.Fatalf("Choose chose update %d, want a refusal", plan.Target.Version)
+				}
+				if !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("error %q, want it to contain %q", err, tc.wantErr)
+				}
+				if got := errors.Is(err, ErrNothingToRollBack); got != tc.nothing {
+					t.Errorf("errors.Is(err, ErrNothingToRollBack) = %v, want %v", got, tc.nothing)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if plan.Target.Version != tc.wantTarget || plan.Current.Version != tc.wantCurrent {
+				t.Errorf("from v%d to v%d, want from v%d to v%d", plan.Current.Version, plan.Target.Version, tc.wantCurrent, tc.wantTarget)
+			}
+			if got := *plan.Target.Config["relaygate:imageTag"].Value; got != tc.wantImage {
+				t.Errorf("target imageTag %q, want %q", got, tc.wantImage)
+			}
+			if strings.Join(plan.Skipped, "|") != strings.Join(tc.wantSkipped, "|") {
+				t.Errorf("skipped %q, want %q", plan.Skipped, tc.wantSkipped)
+			}
+		})
+	}
+}
+
+func fixture(name string) func(*testing.T) []Update {
+	return func(t *testing.T) []Update { return loadHistory(t, name) }
+}
+
+// TestParseHistoryKeepsStructuredConfig: lists and maps come back with their
+// objectValue, which `config set-all --json` needs to restore them as
+// structured values rather than as strings.
+func TestParseHistoryKeepsStructuredConfig(t *testing.T) {
+	h := loadHistory(t, "several-successes.json")
+	if h[0].Version != 12 || h[len(h)-1].Version != 8 {
+		t.Fatalf("versions %d..%d, want newest first 12..8", h[0].Version, h[len(h)-1].Version)
+	}
+	models := h[0].Config["relaygate:models"]
+	list, ok := models.ObjectValue.([]any)
+	if !ok || len(list) != 2 || models.Value == nil || !strings.HasPrefix(*models.Value, `[{"name":"gpt-4.1"`) {
+		t.Errorf("relaygate:models = %+v, want its JSON text and a 2-element objectValue", models)
+	}
+	if key := h[0].Config["relaygate:gatewayApiKey"]; !key.Secret || key.Value == nil {
+		t.Errorf("gatewayApiKey = %+v, want a decrypted secret", key)
+	}
+	if _, err := ParseHistory([]byte(`{"version":1}`)); err == nil {
+		t.Error("ParseHistory accepted an object; the CLI prints a list")
+	}
+}
+
+func TestDescribeNeverShowsSecrets(t *testing.T) {
+	h := loadHistory(t, "several-successes.json")
+	plan, err := Choose("dev", h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := h[0].Config
+	rotated := "rotated-key-0123456789abcdef"
+	current["relaygate:gatewayApiKey"] = ConfigValue{Value: &rotated, Secret: true}
+	text := plan.Describe(current)
+	for _, want := range []string{
+		"from update 12 (succeeded", "to update 10 (succeeded",
+		`config relaygate:imageTag: "sha-c0ffee1" -> "sha-b16b00b"`,
+		`config relaygate:latencyBudgetP95Ms: "1200" -> "1500"`,
+		"config relaygate:models: (changed) -> (changed)",
+		"config relaygate:gatewayApiKey: (secret) -> (secret, changed)",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("plan description lacks %q:\n%s", want, text)
+		}
+	}
+	for _, u := range h {
+		for k, v := range u.Config {
+			if v.Secret && strings.Contains(text, *v.Value) {
+				t.Errorf("plan description shows the secret %s", k)
+			}
+		}
+	}
+	if strings.Contains(text, rotated) {
+		t.Error("plan description shows the current secret")
+	}
+	if strings.Contains(text, "holysheepApiKey") {
+		t.Errorf("plan lists an unchanged key:\n%s", text)
+	}
+}

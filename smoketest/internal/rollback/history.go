@@ -1,0 +1,109 @@
+// Package rollback reverts a Pulumi stack to its last good update: it
+// reads the stack's update history, chooses the update to go back to,
+// restores that update's configuration (the image tag among it) and runs
+// `up`. A stack revert, not a rebuild: what was deployed then is what the
+// configuration then describes.
+package rollback
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+)
+
+// Update is one entry of `pulumi stack history --json --show-secrets`. It
+// follows the CLI's JSON rather than auto.UpdateSummary, which drops
+// objectValue, the parsed form of structured config (lists, maps) that
+// restoring needs.
+type Update struct {
+	Version         int                    `json:"version"`
+	Kind            string                 `json:"kind"`
+	StartTime       string                 `json:"startTime"`
+	EndTime         *string                `json:"endTime,omitempty"`
+	Message         string                 `json:"message"`
+	Environment     map[string]string      `json:"environment,omitempty"`
+	Config          map[string]ConfigValue `json:"config"`
+	Result          string                 `json:"result,omitempty"`
+	ResourceChanges map[string]int         `json:"resourceChanges,omitempty"`
+}
+
+// ConfigValue is one configuration value as the CLI prints it, both in the
+// history and in `pulumi config --json`, the format `config set-all --json`
+// reads back.
+type ConfigValue struct {
+	// Value is the plaintext (secrets too, with --show-secrets); nil when
+	// the history was read without the secrets provider.
+	Value *string `json:"value,omitempty"`
+	// ObjectValue is set for structured values; Value then holds its JSON.
+	ObjectValue any  `json:"objectValue,omitempty"`
+	Secret      bool `json:"secret"`
+}
+
+// Kinds and results of updates, as the CLI names them.
+const (
+	KindUpdate  = "update"
+	KindDestroy = "destroy"
+
+	ResultSucceeded  = "succeeded"
+	ResultFailed     = "failed"
+	ResultInProgress = "in-progress"
+)
+
+// undecryptable is what the CLI prints for a secret it could not decrypt.
+const undecryptable = "ERROR_UNABLE_TO_DECRYPT"
+
+// ParseHistory decodes the CLI's history JSON, newest update first.
+func ParseHistory(b []byte) ([]Update, error) {
+	var h []Update
+	if err := json.Unmarshal(b, &h); err != nil {
+		return nil, fmt.Errorf("stack history is not the JSON `pulumi stack history --json` prints: %w", err)
+	}
+	sortNewestFirst(h)
+	return h, nil
+}
+
+func sortNewestFirst(h []Update) {
+	sort.SliceStable(h, func(i, j int) bool { return h[i].Version > h[j].Version })
+}
+
+// Message is the update message a rollback's `up` carries. Choose reads it
+// back to know which update a later rollback must not return to.
+func Message(stack string, from, to int) string {
+	return fmt.Sprintf("rollback of %s: v%d -> v%d (restores the configuration of update %d)", stack, from, to, to)
+}
+
+var messageRE = regexp.MustCompile(`^rollback of \S+: v(\d+) -> v(\d+)\b`)
+
+// rolledBackFrom returns the version a rollback update reverted, if u is
+// one.
+func (u Update) rolledBackFrom() (int, bool) {
+	m := messageRE.FindStringSubmatch(u.Message)
+	if m == nil {
+		return 0, false
+	}
+	v, err := strconv.Atoi(m[1])
+	return v, err == nil
+}
+
+// sameConfig reports whether two configurations are equal.
+func sameConfig(a, b map[string]ConfigValue) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, va := range a {
+		vb, ok := b[k]
+		if !ok || va.Secret != vb.Secret || va.text() != vb.text() {
+			return false
+		}
+	}
+	return true
+}
+
+func (v ConfigValue) text() string {
+	if v.Value == nil {
+		return "\x00unknown"
+	}
+	return *v.Value
+}

@@ -1,0 +1,119 @@
+package rollback
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// recordedStack replays a recorded history and records what a rollback
+// does to the stack.
+type recordedStack struct {
+	history []Update
+	config  map[string]ConfigValue
+	upErr   error
+
+	setCalls int
+	set      map[string]ConfigValue
+	removed  []string
+	upMsgs   []string
+}
+
+func (s *recordedStack) Name() string { return "dev" }
+func (s *recordedStack) History(context.Context) ([]Update, error) {
+	return s.history, nil
+}
+func (s *recordedStack) Config(context.Context) (map[string]ConfigValue, error) {
+	return s.config, nil
+}
+func (s *recordedStack) SetConfig(_ context.Context, cfg map[string]ConfigValue, remove []string) error {
+	s.setCalls++
+	s.set, s.removed = cfg, remove
+	return nil
+}
+func (s *recordedStack) Up(_ context.Context, msg string) error {
+	s.upMsgs = append(s.upMsgs, msg)
+	return s.upErr
+}
+
+func TestRunRestoresTheTargetConfigurationAndRunsUp(t *testing.T) {
+	h := loadHistory(t, "failed-last.json")
+	// Since v7 someone added a key by hand; the target never had it.
+	now := copyConfig(h[0].Config)
+	extra := "true"
+	now["relaygate:loadBalancer"] = ConfigValue{Value: &extra}
+	s := &recordedStack{history: h, config: now}
+
+	var out bytes.Buffer
+	plan, err := Run(t.Context(), s, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.Target.Version != 6 {
+		t.Fatalf("rolled back to v%d, want v6", plan.Target.Version)
+	}
+	if !reflect.DeepEqual(s.set, h[1].Config) {
+		t.Errorf("restored config differs from update 6's")
+	}
+	if got := s.set["relaygate:models"].ObjectValue; got == nil {
+		t.Error("the structured models value lost its objectValue")
+	}
+	if !reflect.DeepEqual(s.removed, []string{"relaygate:loadBalancer"}) {
+		t.Errorf("removed %v, want the key update 6 did not have", s.removed)
+	}
+	wantMsg := "rollback of dev: v7 -> v6 (restores the configuration of update 6)"
+	if len(s.upMsgs) != 1 || s.upMsgs[0] != wantMsg {
+		t.Errorf("up messages %q, want one %q", s.upMsgs, wantMsg)
+	}
+	// The message is what lets a later rollback skip v7.
+	if from, ok := (Update{Message: s.upMsgs[0]}).rolledBackFrom(); !ok || from != 7 {
+		t.Errorf("rolledBackFrom(%q) = %d, %v; want 7", s.upMsgs[0], from, ok)
+	}
+	for _, want := range []string{`config relaygate:imageTag: "sha-7a1b2c3" -> "sha-6d4e5f6"`, "config relaygate:loadBalancer: removed", "Pulumi.dev.yaml now holds it"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	for _, v := range h[1].Config {
+		if v.Secret && strings.Contains(out.String(), *v.Value) {
+			t.Error("output shows a secret value")
+		}
+	}
+}
+
+func TestRunRefusesAndChangesNothing(t *testing.T) {
+	for _, name := range []string{"first-update.json", "nothing-before.json"} {
+		t.Run(name, func(t *testing.T) {
+			h := loadHistory(t, name)
+			s := &recordedStack{history: h, config: h[0].Config}
+			var out bytes.Buffer
+			_, err := Run(t.Context(), s, &out)
+			if !errors.Is(err, ErrNothingToRollBack) {
+				t.Fatalf("err = %v, want ErrNothingToRollBack", err)
+			}
+			if s.setCalls != 0 || len(s.upMsgs) != 0 {
+				t.Errorf("a refused rollback changed config %d times and ran up %d times", s.setCalls, len(s.upMsgs))
+			}
+		})
+	}
+}
+
+func TestRunReportsAFailedUp(t *testing.T) {
+	h := loadHistory(t, "several-successes.json")
+	s := &recordedStack{history: h, config: h[0].Config, upErr: errors.New("error: 1 resource failed")}
+	_, err := Run(t.Context(), s, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "pulumi up of stack dev with the configuration of update 10: error: 1 resource failed") {
+		t.Errorf("err = %v, want the failed up named with its target", err)
+	}
+}
+
+func copyConfig(m map[string]ConfigValue) map[string]ConfigValue {
+	out := make(map[string]ConfigValue, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
