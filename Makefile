@@ -17,7 +17,7 @@ SCRIPTS := $(shell git ls-files --cached --others --exclude-standard -- '*.sh' .
 WORKFLOWS := $(wildcard .github/workflows/*.yml)
 
 .PHONY: all build test tools lint vet staticcheck shellcheck promcheck actionlint vulncheck unit \
-	run demo preview up smoke deploy rollback bench clean
+	run demo preview up smoke deploy rollback bench compare compare-sim report clean
 
 all: build
 
@@ -85,5 +85,26 @@ deploy:
 rollback:
 	$(GO) run ./smoketest/cmd/rollback -stack $(STACK)
 
+## compare: measure a model's upstreams side by side before migrating
+## (COMPARE_FLAGS="-upstreams a,b -n 200"); compare-sim: the same against two
+## offline simulators, no network, no keys.
+MODEL ?= gpt-4.1
+COMPARE_FLAGS ?=
+compare: build
+	@mkdir -p .compare
+	$(BIN)/relaygate compare -config $(CONFIG) -model $(MODEL) -json .compare/compare.json -chart .compare/compare.png $(COMPARE_FLAGS)
+
+compare-sim: build
+	bash scripts/compare-sim.sh $(COMPARE_FLAGS)
+
+## report: the same table after migrating, from Prometheus (WINDOW=1h|24h|30d).
+PROMETHEUS_URL ?= http://127.0.0.1:9090
+WINDOW ?= 24h
+report: build
+	@mkdir -p .report
+	$(BIN)/relaygate report -config $(CONFIG) -prometheus $(PROMETHEUS_URL) -window $(WINDOW) \
+		-json .report/report.json -chart .report/report.png > .report/report.md
+	@cat .report/report.md
+
 clean:
-	rm -rf $(BIN) .demo .bench
+	rm -rf $(BIN) .demo .bench .compare .report

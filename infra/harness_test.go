@@ -188,9 +188,19 @@ type recorded struct {
 }
 
 type invoke struct {
-	Token string
-	Args  resource.PropertyMap
+	Token    string
+	Args     resource.PropertyMap
+	Provider string
 }
+
+// The images the mock registries hold, as earlier deploys left them: ECR
+// tags (in any repository) with their manifest digests, and the local
+// engine's images by name with their IDs. Every other tag is missing, as
+// one the lifecycle policy expired would be.
+var (
+	pushedImages = map[string]string{"sha-6d4e5f6": "sha256:" + digest("manifest pushed as sha-6d4e5f6")}
+	localImages  = map[string]string{"relaygate-gateway:local": "sha256:" + digest("image built as relaygate-gateway:local")}
+)
 
 // engine is the mock engine: it records every resource and invoke, and
 // answers with the outputs a real provider would compute.
@@ -260,9 +270,37 @@ func (e *engine) NewResource(args pulumi.MockResourceArgs) (string, resource.Pro
 
 func (e *engine) Call(args pulumi.MockCallArgs) (resource.PropertyMap, error) {
 	e.mu.Lock()
-	e.calls = append(e.calls, invoke{Token: args.Token, Args: args.Args})
+	e.calls = append(e.calls, invoke{Token: args.Token, Args: args.Args, Provider: args.Provider})
 	e.mu.Unlock()
+	arg := func(k string) string {
+		if v, ok := args.Args[resource.PropertyKey(k)]; ok && v.IsString() {
+			return v.StringValue()
+		}
+		return ""
+	}
 	switch args.Token {
+	case "aws:ecr/getImage:getImage":
+		repo, tag := arg("repositoryName"), arg("imageTag")
+		sum, ok := pushedImages[tag]
+		if !ok {
+			// What AWS answers DescribeImages for a tag it does not hold.
+			return nil, fmt.Errorf("reading ECR Images: ImageNotFoundException: The image with imageId {imageDigest:'null', imageTag:'%s'} "+
+				"does not exist within the repository with name '%s' in the registry with id '123456789012'", tag, repo)
+		}
+		return resource.NewPropertyMapFromMap(map[string]any{
+			"id": sum, "imageDigest": sum, "imageTag": tag, "imageTags": []any{tag},
+			"imagePushedAt": 1764000000, "imageSizeInBytes": 48_000_000,
+			"imageUri":       fmt.Sprintf("123456789012.dkr.ecr.%s.amazonaws.com/%s@%s", e.region, repo, sum),
+			"registryId":     "123456789012",
+			"repositoryName": repo,
+		}), nil
+	case "docker:index/getRemoteImage:getRemoteImage":
+		name := arg("name")
+		id, ok := localImages[name]
+		if !ok {
+			return nil, fmt.Errorf("did not find docker image '%s'", name)
+		}
+		return resource.NewPropertyMapFromMap(map[string]any{"id": id, "name": name, "repoDigest": id}), nil
 	case "aws:ec2/getAmi:getAmi":
 		return resource.NewPropertyMapFromMap(map[string]any{
 			"id": fakeAMI, "name": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20250101", "architecture": "x86_64",

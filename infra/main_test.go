@@ -37,6 +37,9 @@ const (
 	typeListener      = "aws:lb/listener:Listener"
 	typeReplGroup     = "aws:elasticache/replicationGroup:ReplicationGroup"
 	typeCacheSubnets  = "aws:elasticache/subnetGroup:SubnetGroup"
+
+	invokeECRImage   = "aws:ecr/getImage:getImage"
+	invokeLocalImage = "docker:index/getRemoteImage:getRemoteImage"
 )
 
 func TestProjectDeclaresEveryKeyTheProgramReads(t *testing.T) {
@@ -585,6 +588,9 @@ func checkImage(t *testing.T, d *deployment, pushed bool) {
 	if len(imgs) != 1 {
 		t.Fatalf("%d images built", len(imgs))
 	}
+	if n := len(d.invokes(invokeECRImage)) + len(d.invokes(invokeLocalImage)); n != 0 {
+		t.Errorf("a build also looked up %d existing images", n)
+	}
 	img := imgs[0]
 	if getString(t, img, "build", "dockerfile") != "../Dockerfile" || getString(t, img, "build", "context") != ".." {
 		t.Errorf("image build = %v", get(t, img, "build"))
@@ -611,17 +617,27 @@ func checkImage(t *testing.T, d *deployment, pushed bool) {
 	if pw := get(t, img, "registry").ObjectValue()["password"]; !pw.IsSecret() {
 		t.Error("the registry password is not secret")
 	}
+	checkRepository(t, d)
+	ref := d.outputs["imageRef"].Value.(string)
+	if !strings.Contains(ref, ".dkr.ecr.") || !strings.Contains(ref, "@sha256:") {
+		t.Errorf("imageRef %q is not an ECR digest reference", ref)
+	}
+}
+
+// checkRepository: one ECR repository whose tags cannot move, and the
+// lifecycle policy that keeps imageRetainCount images for rollbacks.
+func checkRepository(t *testing.T, d *deployment) {
+	t.Helper()
 	repos := d.ofType("aws:ecr/repository:Repository")
 	if len(repos) != 1 || len(d.ofType("aws:ecr/lifecyclePolicy:LifecyclePolicy")) != 1 {
 		t.Fatalf("%d ECR repositories, want 1 with a lifecycle policy", len(repos))
 	}
+	if m := getString(t, repos[0], "imageTagMutability"); m != "IMMUTABLE" {
+		t.Errorf("imageTagMutability = %s: a tag could then name another image than the one its update deployed", m)
+	}
 	policy := getString(t, d.ofType("aws:ecr/lifecyclePolicy:LifecyclePolicy")[0], "policy")
 	if !strings.Contains(policy, fmt.Sprintf(`"countNumber":%s`, d.values["relaygate:imageRetainCount"])) {
 		t.Errorf("lifecycle policy does not keep imageRetainCount images: %s", policy)
-	}
-	ref := d.outputs["imageRef"].Value.(string)
-	if !strings.Contains(ref, ".dkr.ecr.") || !strings.Contains(ref, "@sha256:") {
-		t.Errorf("imageRef %q is not an ECR digest reference", ref)
 	}
 }
 

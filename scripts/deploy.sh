@@ -8,7 +8,10 @@
 #
 # IMAGE_TAG, when set (CI sets the commit), becomes the stack's imageTag
 # before `up`, so each update's configuration in the stack history names its
-# image and a rollback restores it. SMOKE_REPORT, when set, is where the smoke
+# image and a rollback restores it. The registry's tags are immutable, so a
+# changed checkout needs a new IMAGE_TAG. A deploy always builds: it sets
+# reuseImage to false, which a rollback leaves on (the rollback deploys the
+# old image from the registry). SMOKE_REPORT, when set, is where the smoke
 # test's JSON report goes. Needs the pulumi CLI, logged in to the stack's
 # backend, and the cloud credentials the stack uses.
 set -euo pipefail
@@ -43,6 +46,7 @@ rollback() {
 if [[ -n "${IMAGE_TAG:-}" ]]; then
 	pulumi config set --stack "$stack" imageTag "$IMAGE_TAG"
 fi
+pulumi config set --stack "$stack" reuseImage false
 rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if ! pulumi up --stack "$stack" --yes --message "deploy $rev${IMAGE_TAG:+ (image $IMAGE_TAG)}"; then
 	rollback "pulumi up failed"

@@ -47,6 +47,7 @@ func config(t *testing.T, target string, overrides map[string]string) *stackconf
 		"relaygate:tlsCertificateArn":  "",
 		"relaygate:deletionProtection": "false",
 		"relaygate:imageTag":           "dev",
+		"relaygate:reuseImage":         "false",
 		"relaygate:imageRetainCount":   "10",
 		"relaygate:redisImage":         "redis:7.4-alpine",
 		"relaygate:prometheusImage":    "prom/prometheus:v3.5.0",

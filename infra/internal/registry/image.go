@@ -1,11 +1,14 @@
 // Package registry builds the gateway image from the repository's Dockerfile
-// and, for cloud stacks, pushes it to a private ECR repository.
+// and, for cloud stacks, pushes it to a private ECR repository; or, with
+// Args.Reuse, builds nothing and looks up an image an earlier deploy left.
 //
-// Containers are given the image by digest, never by tag: a tag can move
-// under a running stack (and is shared by every build of a stack), while a
-// digest names exactly the bytes that were built, so a rollback to a previous
-// stack state also rolls back to that state's image. The repository's
-// lifecycle policy keeps enough old images for such rollbacks.
+// Containers are given the image by digest, never by tag, so what runs is
+// exactly the bytes that were built. The repository's tags are immutable, so
+// a tag, the value a stack's configuration (and so its update history)
+// records, names one image for good: a rollback that restores an old
+// imageTag with Reuse set runs that update's image again, not the current
+// checkout rebuilt under the old tag. The lifecycle policy keeps enough old
+// images for such rollbacks.
 package registry
 
 import (
@@ -30,6 +33,11 @@ type Args struct {
 	Context    string
 	Dockerfile string
 	Tag        string
+	// Reuse builds nothing: the image must already be in the ECR
+	// repository under Tag (or, for a local image, on the engine as
+	// LocalName(Tag)). No docker.Image is registered, so the one in the
+	// stack's state is dropped; its delete removes no image or tag.
+	Reuse bool
 	// Platform is the target, e.g. HostPlatform; empty builds for the
 	// engine's own platform (a laptop's local stack).
 	Platform string
@@ -53,8 +61,9 @@ type Args struct {
 type GatewayImage struct {
 	pulumi.ResourceState
 
-	// Ref is how containers must refer to the image: the pushed manifest
-	// digest (repo@sha256:…), or for a local build its image ID (sha256:…).
+	// Ref is how containers must refer to the image: the manifest digest
+	// in the repository (repo@sha256:…), or for a local image its image ID
+	// (sha256:…), whether built now or found by Reuse.
 	Ref pulumi.StringOutput
 	// RegistryAuth lets a Docker provider on a host pull from the
 	// repository; empty for local images.
@@ -63,49 +72,101 @@ type GatewayImage struct {
 	RepositoryURL pulumi.StringOutput
 }
 
-// New builds the image, and pushes it when Args.ECR is set.
+// LocalName is the name an image built for the local engine gets; it is
+// never pushed, so it needs no registry host.
+func LocalName(tag string) string { return "relaygate-gateway:" + tag }
+
+// New builds the image, and pushes it when Args.ECR is set. With Args.Reuse
+// it builds nothing and looks the image up instead.
 func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOption) (*GatewayImage, error) {
 	g := &GatewayImage{}
 	if err := ctx.RegisterComponentResource("relaygate:infra:GatewayImage", name, g, opts...); err != nil {
 		return nil, err
 	}
-	parent := pulumi.Parent(g)
-	imgOpts := []pulumi.ResourceOption{parent}
-	if args.Provider != nil {
-		imgOpts = append(imgOpts, pulumi.Provider(args.Provider))
-	}
-	build := docker.DockerBuildArgs{
-		Context:        pulumi.String(args.Context),
-		Dockerfile:     pulumi.String(args.Dockerfile),
-		BuilderVersion: docker.BuilderVersionBuilderBuildKit,
-	}
-	if args.Platform != "" {
-		build.Platform = pulumi.String(args.Platform)
-	}
-
+	var err error
 	if args.ECR == "" {
-		img, err := docker.NewImage(ctx, name, &docker.ImageArgs{
-			ImageName: pulumi.String("relaygate-gateway:" + args.Tag),
-			Build:     build,
-			SkipPush:  pulumi.Bool(true),
-		}, imgOpts...)
-		if err != nil {
-			return nil, fmt.Errorf("gateway image %s: %w", name, err)
+		err = g.local(ctx, name, args)
+	} else {
+		err = g.pushed(ctx, name, args)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gateway image %s: %w", name, err)
+	}
+	return g, ctx.RegisterResourceOutputs(g, pulumi.Map{
+		"ref":           g.Ref,
+		"repositoryUrl": g.RepositoryURL,
+	})
+}
+
+// local keeps the image on the engine that runs the containers. Local tags
+// are not immutable: a build moves the tag, so Reuse finds the newest build
+// under Tag, and a local rollback returns to the old image only when each
+// deploy used its own imageTag.
+func (g *GatewayImage) local(ctx *pulumi.Context, name string, args Args) error {
+	g.RegistryAuth = docker.ProviderRegistryAuthArray{}.ToProviderRegistryAuthArrayOutput()
+	g.RepositoryURL = pulumi.String("").ToStringOutput()
+	image := LocalName(args.Tag)
+
+	if args.Reuse {
+		on := []pulumi.InvokeOption{pulumi.Parent(g)}
+		if args.Provider != nil {
+			on = append(on, pulumi.Provider(args.Provider))
 		}
-		g.Ref = img.RepoDigest
-		g.RegistryAuth = docker.ProviderRegistryAuthArray{}.ToProviderRegistryAuthArrayOutput()
-		g.RepositoryURL = pulumi.String("").ToStringOutput()
-		return g, ctx.RegisterResourceOutputs(g, pulumi.Map{"ref": g.Ref})
+		// An invoke, not a docker.RemoteImage: it only searches the
+		// engine's images, where a RemoteImage would try to pull a missing
+		// one from Docker Hub and fail with a misleading message.
+		found, err := docker.LookupRemoteImage(ctx, &docker.LookupRemoteImageArgs{Name: image}, on...)
+		if err != nil {
+			return fmt.Errorf("reuseImage is on, but the local Docker engine has no image %s to reuse "+
+				"(`docker image ls relaygate-gateway` lists what it has; an up with reuseImage false builds it): %w", image, err)
+		}
+		if !strings.HasPrefix(found.Id, "sha256:") {
+			return fmt.Errorf("the local Docker engine answered image %s with ID %q, not a sha256 image ID", image, found.Id)
+		}
+		// The image ID, the same reference a local build's repoDigest is.
+		g.Ref = pulumi.String(found.Id).ToStringOutput()
+		return nil
 	}
 
+	on := []pulumi.ResourceOption{pulumi.Parent(g)}
+	if args.Provider != nil {
+		on = append(on, pulumi.Provider(args.Provider))
+	}
+	img, err := docker.NewImage(ctx, name, &docker.ImageArgs{
+		ImageName: pulumi.String(image),
+		Build:     buildArgs(args),
+		SkipPush:  pulumi.Bool(true),
+	}, on...)
+	if err != nil {
+		return err
+	}
+	g.Ref = img.RepoDigest
+	return nil
+}
+
+// pushed keeps the image in a private ECR repository the hosts pull from.
+func (g *GatewayImage) pushed(ctx *pulumi.Context, name string, args Args) error {
+	parent := pulumi.Parent(g)
 	tags := pulumi.StringMap{"Name": pulumi.String(args.ECR)}
 	for k, v := range args.Tags {
 		tags[k] = pulumi.String(v)
 	}
+	// The repository and its policy stay registered with Reuse too: they
+	// hold the images every rollback needs.
 	repo, err := ecr.NewRepository(ctx, name, &ecr.RepositoryArgs{
 		Name: pulumi.String(args.ECR),
-		// Tags move with every build; containers use digests.
-		ImageTagMutability: pulumi.String("MUTABLE"),
+		// IMMUTABLE, so that the imageTag an update's configuration records
+		// names that update's image for good and Reuse gets exactly it back.
+		// The normal path keeps working: docker.Image (pulumi-docker v4)
+		// hashes the build context into its inputs in Check and builds and
+		// pushes only when an input differs from the state (a rotated ECR
+		// password alone does not count), so an `up` with the tag and the
+		// checkout unchanged pushes nothing, and a deploy under a new tag
+		// pushes a new tag. Only a changed checkout under a tag the
+		// repository already holds is refused (at the push, before the
+		// containers change): that tag already names another image, so
+		// such a build needs a new imageTag.
+		ImageTagMutability: pulumi.String("IMMUTABLE"),
 		ImageScanningConfiguration: &ecr.RepositoryImageScanningConfigurationArgs{
 			ScanOnPush: pulumi.Bool(true),
 		},
@@ -116,17 +177,17 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		Tags:        tags,
 	}, parent, pulumi.Protect(args.Protect))
 	if err != nil {
-		return nil, fmt.Errorf("gateway image %s: repository: %w", name, err)
+		return fmt.Errorf("repository: %w", err)
 	}
 	policy, err := LifecyclePolicy(args.RetainCount)
 	if err != nil {
-		return nil, fmt.Errorf("gateway image %s: %w", name, err)
+		return err
 	}
 	if _, err := ecr.NewLifecyclePolicy(ctx, name, &ecr.LifecyclePolicyArgs{
 		Repository: repo.Name,
 		Policy:     pulumi.String(policy),
 	}, parent); err != nil {
-		return nil, fmt.Errorf("gateway image %s: lifecycle policy: %w", name, err)
+		return fmt.Errorf("lifecycle policy: %w", err)
 	}
 
 	creds := ecr.GetAuthorizationTokenOutput(ctx, ecr.GetAuthorizationTokenOutputArgs{
@@ -135,21 +196,6 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	user := creds.UserName()
 	password := pulumi.ToSecret(creds.Password()).(pulumi.StringOutput)
 	server := creds.ProxyEndpoint().ApplyT(registryHost).(pulumi.StringOutput)
-
-	img, err := docker.NewImage(ctx, name, &docker.ImageArgs{
-		ImageName: pulumi.Sprintf("%s:%s", repo.RepositoryUrl, args.Tag),
-		Build:     build,
-		Registry: docker.RegistryArgs{
-			Server:   server,
-			Username: user,
-			Password: password,
-		},
-	}, imgOpts...)
-	if err != nil {
-		return nil, fmt.Errorf("gateway image %s: %w", name, err)
-	}
-
-	g.Ref = img.RepoDigest
 	g.RepositoryURL = repo.RepositoryUrl
 	g.RegistryAuth = docker.ProviderRegistryAuthArray{
 		docker.ProviderRegistryAuthArgs{
@@ -158,10 +204,57 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			Password: password,
 		},
 	}.ToProviderRegistryAuthArrayOutput()
-	return g, ctx.RegisterResourceOutputs(g, pulumi.Map{
-		"ref":           g.Ref,
-		"repositoryUrl": repo.RepositoryUrl,
-	})
+
+	if args.Reuse {
+		// A plain invoke by the repository's name, which the program sets:
+		// a missing tag then fails the program at once, in preview too,
+		// with the message below rather than as a failed resource.
+		found, err := ecr.GetImage(ctx, &ecr.GetImageArgs{RepositoryName: args.ECR, ImageTag: &args.Tag}, parent)
+		if err != nil {
+			return fmt.Errorf("reuseImage is on, but image tag %q cannot be found in ECR repository %s: %w; "+
+				"a tag that is gone was never pushed or has expired: the repository keeps only the newest %d images "+
+				"(relaygate:imageRetainCount). Roll back to a newer update, or set reuseImage to false to build this checkout under a new imageTag",
+				args.Tag, args.ECR, err, args.RetainCount)
+		}
+		if !strings.HasPrefix(found.ImageDigest, "sha256:") {
+			return fmt.Errorf("ECR answered image tag %q of repository %s with digest %q, not a sha256 digest", args.Tag, args.ECR, found.ImageDigest)
+		}
+		// The same repo@digest form a push's repoDigest has, so a rollback
+		// hands the containers the very reference the old update did.
+		g.Ref = pulumi.Sprintf("%s@%s", repo.RepositoryUrl, found.ImageDigest)
+		return nil
+	}
+
+	imgOpts := []pulumi.ResourceOption{parent}
+	if args.Provider != nil {
+		imgOpts = append(imgOpts, pulumi.Provider(args.Provider))
+	}
+	img, err := docker.NewImage(ctx, name, &docker.ImageArgs{
+		ImageName: pulumi.Sprintf("%s:%s", repo.RepositoryUrl, args.Tag),
+		Build:     buildArgs(args),
+		Registry: docker.RegistryArgs{
+			Server:   server,
+			Username: user,
+			Password: password,
+		},
+	}, imgOpts...)
+	if err != nil {
+		return err
+	}
+	g.Ref = img.RepoDigest
+	return nil
+}
+
+func buildArgs(args Args) docker.DockerBuildArgs {
+	build := docker.DockerBuildArgs{
+		Context:        pulumi.String(args.Context),
+		Dockerfile:     pulumi.String(args.Dockerfile),
+		BuilderVersion: docker.BuilderVersionBuilderBuildKit,
+	}
+	if args.Platform != "" {
+		build.Platform = pulumi.String(args.Platform)
+	}
+	return build
 }
 
 // LifecyclePolicy expires images beyond the newest keep, tagged or not:

@@ -127,6 +127,7 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 		Context:     src.Context,
 		Dockerfile:  src.Dockerfile,
 		Tag:         cfg.ImageTag,
+		Reuse:       cfg.ReuseImage,
 		Platform:    registry.HostPlatform,
 		ECR:         fmt.Sprintf("relaygate/%s/gateway", cfg.Stack),
 		RetainCount: cfg.ImageRetainCount,
@@ -261,6 +262,7 @@ func deployLocal(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Out
 		Context:    src.Context,
 		Dockerfile: src.Dockerfile,
 		Tag:        cfg.ImageTag,
+		Reuse:      cfg.ReuseImage,
 		Provider:   provider,
 	})
 	if err != nil {

@@ -75,7 +75,12 @@ type Config struct {
 	DeletionProtection bool
 
 	// Images.
-	ImageTag         string
+	ImageTag string
+	// ReuseImage deploys the image already built under ImageTag (in the
+	// stack's ECR repository, or on the local engine) instead of building
+	// this checkout: a rollback must run the old image, not the current
+	// source under the old tag.
+	ReuseImage       bool
 	ImageRetainCount int
 	RedisImage       string
 	PrometheusImage  string

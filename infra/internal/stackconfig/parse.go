@@ -24,7 +24,7 @@ var Keys = []string{
 	"amiNamePattern", "amiOwner", "sshUser", "sshPublicKey", "cudaTestImage",
 	"vpcCidr", "allowedCidrs", "operatorCidr",
 	"loadBalancer", "managedRedis", "redisNodeType", "tlsCertificateArn", "deletionProtection",
-	"imageTag", "imageRetainCount", "redisImage", "prometheusImage",
+	"imageTag", "reuseImage", "imageRetainCount", "redisImage", "prometheusImage",
 	"localGpu", "upstreamSimulator",
 	"latencyBudgetP95Ms", "upstreams", "models", "retry", "cacheTtl", "rateLimit",
 	"gatewayApiKey",
@@ -84,6 +84,7 @@ func Parse(src Source, stack string) (*Config, error) {
 	c.TLSCertificateARN = p.str("tlsCertificateArn")
 	c.DeletionProtection = p.bool("deletionProtection")
 	c.ImageTag = p.str("imageTag")
+	c.ReuseImage = p.bool("reuseImage")
 	c.ImageRetainCount = p.int("imageRetainCount")
 	c.RedisImage = p.str("redisImage")
 	c.PrometheusImage = p.str("prometheusImage")
@@ -169,6 +170,9 @@ func Parse(src Source, stack string) (*Config, error) {
 		}
 		if c.ImageTag != "" && !imageTagRE.MatchString(c.ImageTag) {
 			p.fail("imageTag", "%q is not a valid image tag", c.ImageTag)
+		}
+		if c.ImageTag == "" && c.ReuseImage {
+			p.fail("imageTag", "is empty, but reuseImage needs it to name the local image to run (relaygate-gateway:<imageTag>)")
 		}
 	}
 

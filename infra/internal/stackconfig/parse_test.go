@@ -48,6 +48,7 @@ func awsValues() map[string]string {
 		"relaygate:tlsCertificateArn":  "",
 		"relaygate:deletionProtection": "false",
 		"relaygate:imageTag":           "dev",
+		"relaygate:reuseImage":         "false",
 		"relaygate:imageRetainCount":   "10",
 		"relaygate:redisImage":         "redis:7.4-alpine",
 		"relaygate:prometheusImage":    "prom/prometheus:v3.5.0",
@@ -135,6 +136,19 @@ func TestParseValidStacks(t *testing.T) {
 			}
 			if len(c.Warnings) != 0 {
 				t.Errorf("warnings = %q", c.Warnings)
+			}
+			if c.ImageTag != "dev" || c.ReuseImage {
+				t.Errorf("imageTag %q, reuseImage %t; want dev, false", c.ImageTag, c.ReuseImage)
+			}
+		}},
+		{"a rollback reuses the image of its tag", with(awsValues(), "relaygate:reuseImage", "true", "relaygate:imageTag", "sha-6d4e5f6"), func(t *testing.T, c *Config) {
+			if !c.ReuseImage || c.ImageTag != "sha-6d4e5f6" {
+				t.Errorf("imageTag %q, reuseImage %t; want sha-6d4e5f6, true", c.ImageTag, c.ReuseImage)
+			}
+		}},
+		{"local reuse", with(localValues(), "relaygate:reuseImage", "true"), func(t *testing.T, c *Config) {
+			if !c.ReuseImage || c.ImageTag != "dev" {
+				t.Errorf("imageTag %q, reuseImage %t; want dev, true", c.ImageTag, c.ReuseImage)
 			}
 		}},
 		{"prod scale-out", prodValues(), func(t *testing.T, c *Config) {
@@ -242,6 +256,12 @@ func TestParseRejects(t *testing.T) {
 			[]string{"relaygate:sshPublicKey: holds a private key"}},
 		{"CUDA image with shell syntax", with(awsValues(), "relaygate:cudaTestImage", "nvidia/cuda;reboot"), nil,
 			[]string{"relaygate:cudaTestImage"}},
+		{"reuseImage not a boolean", with(awsValues(), "relaygate:reuseImage", "yes please"), nil,
+			[]string{"relaygate:reuseImage: must be true or false, got \"yes please\""}},
+		{"reuseImage missing", without(awsValues(), "relaygate:reuseImage"), nil,
+			[]string{"relaygate:reuseImage: is not set"}},
+		{"local reuse without a tag", with(localValues(), "relaygate:reuseImage", "true", "relaygate:imageTag", ""), nil,
+			[]string{"relaygate:imageTag: is empty, but reuseImage needs it"}},
 		{"retain count zero", with(awsValues(), "relaygate:imageRetainCount", "0"), nil,
 			[]string{"relaygate:imageRetainCount: must be between 2 and 1000"}},
 		{"simulator on aws", with(awsValues(), "relaygate:upstreamSimulator", "true"), nil,

@@ -337,7 +337,20 @@ func (x *exchange) readUsage(data []byte) {
 	if !p.Exists() && !c.Exists() {
 		return
 	}
-	x.prompt, x.completion, x.usageKnown = int(p.Int()), int(c.Int()), true
+	x.setUsage(p.Int(), c.Int())
+}
+
+// maxUsageTokens bounds believable token counts for one request; beyond
+// it (or below zero) the upstream's usage is nonsense and stays unknown
+// rather than corrupting the counters.
+const maxUsageTokens = 1 << 31
+
+func (x *exchange) setUsage(prompt, completion int64) {
+	if prompt < 0 || completion < 0 || prompt > maxUsageTokens || completion > maxUsageTokens {
+		x.usageKnown = false
+		return
+	}
+	x.prompt, x.completion, x.usageKnown = int(prompt), int(completion), true
 }
 
 // readAll appends r to dst, failing with errTooLarge past limit bytes.

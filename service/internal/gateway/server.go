@@ -97,6 +97,13 @@ func (s *Server) apply(cfg *config.Config) {
 		}
 		s.metrics.UpstreamUp(u.Name, u.Available())
 	}
+	for _, m := range st.models {
+		ups := make([]string, 0, len(m.chain)+1)
+		for _, t := range m.chain {
+			ups = append(ups, t.Upstream.Name)
+		}
+		s.metrics.Prepare(m.name, append(ups, metrics.CacheUpstream))
+	}
 	s.metrics.SetLatencyBudget(cfg.SLO.LatencyP95.D().Seconds())
 	s.state.Store(st)
 	if len(cfg.ClientKeys) == 0 {

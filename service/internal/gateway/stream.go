@@ -234,9 +234,7 @@ func (x *exchange) eventUsage(ev []byte) bool {
 	if !u.IsObject() {
 		return false
 	}
-	x.prompt = int(u.Get("prompt_tokens").Int())
-	x.completion = int(u.Get("completion_tokens").Int())
-	x.usageKnown = true
+	x.setUsage(u.Get("prompt_tokens").Int(), u.Get("completion_tokens").Int())
 	return true
 }
 

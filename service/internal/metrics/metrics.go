@@ -18,8 +18,8 @@ import (
 // set resolves both ends (SPEC: a 40 µs overhead and a 60 s completion).
 var Buckets = []float64{
 	0.00001, 0.00002, 0.00004, 0.00008, 0.00016, 0.00032, 0.00064,
-	0.00125, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-	1, 2.5, 5, 10, 20, 30, 60, 120, 300,
+	0.00125, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75,
+	1, 1.5, 2, 2.5, 5, 10, 20, 30, 60, 120, 300,
 }
 
 // Label values used when there is nothing better to say.
@@ -204,6 +204,20 @@ func (m *Metrics) model(name string) *modelSeries {
 	}
 	actual, _ := m.modelSeries.LoadOrStore(name, s)
 	return actual.(*modelSeries)
+}
+
+// Prepare creates a model's series at zero for each upstream of its route,
+// so that Prometheus sees them before their first increment: increase()
+// cannot count what happened before a series' first scrape.
+func (m *Metrics) Prepare(model string, upstreams []string) {
+	m.model(model)
+	for _, u := range upstreams {
+		k := requestKey{model, u, 200}
+		if _, ok := m.requestSeries.Load(k); !ok {
+			m.requestSeries.LoadOrStore(k, m.requests.WithLabelValues(model, u, "200"))
+		}
+		m.cost.WithLabelValues(model, u)
+	}
 }
 
 // Request counts one answered request and its total duration.

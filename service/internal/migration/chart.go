@@ -147,8 +147,9 @@ func panelPlot(pn chartPanel) (*plot.Plot, error) {
 }
 
 // msTicks labels a log axis of milliseconds at 1, 2 and 5 times each power
-// of ten, so that a range narrower than a decade (40ms to 200ms) still has
-// labels; plot.LogTicks labels powers of ten only.
+// of ten, or at every multiple when that leaves fewer than three labels, so
+// that a range narrower than a decade (300ms to 1s) is still readable;
+// plot.LogTicks labels powers of ten only.
 type msTicks struct{}
 
 // Ticks implements plot.Ticker.
@@ -157,6 +158,7 @@ func (msTicks) Ticks(lo, hi float64) []plot.Tick {
 		return nil
 	}
 	var ticks []plot.Tick
+	labelled := 0
 	for exp := math.Floor(math.Log10(lo)); math.Pow(10, exp) <= hi; exp++ {
 		base := math.Pow(10, exp)
 		for m := 1; m <= 9; m++ {
@@ -166,10 +168,21 @@ func (msTicks) Ticks(lo, hi float64) []plot.Tick {
 			}
 			t := plot.Tick{Value: v}
 			if m == 1 || m == 2 || m == 5 {
-				t.Label = strconv.FormatFloat(v, 'f', int(max(0, -exp)), 64)
+				t.Label = msLabel(v, exp)
+				labelled++
 			}
 			ticks = append(ticks, t)
 		}
 	}
+	if labelled < 3 {
+		for i := range ticks {
+			exp := math.Floor(math.Log10(ticks[i].Value) + 1e-9)
+			ticks[i].Label = msLabel(ticks[i].Value, exp)
+		}
+	}
 	return ticks
+}
+
+func msLabel(v, exp float64) string {
+	return strconv.FormatFloat(v, 'f', int(max(0, -exp)), 64)
 }

@@ -261,6 +261,10 @@ type comparison struct {
 	done    int
 }
 
+// warmupLimit bounds each warm-up request: an upstream whose /models is
+// slow or missing must not hold up the measurements for its whole timeout.
+const warmupLimit = 15 * time.Second
+
 // warmUp opens up to Concurrency connections to each upstream with
 // GET /models, which costs no tokens. Its results are not measured: an
 // upstream that refuses it will refuse the measured requests too.
@@ -272,7 +276,7 @@ func (r *comparison) warmUp(ctx context.Context) {
 		}
 		for range r.opts.Concurrency {
 			wg.Go(func() {
-				wctx, cancel := context.WithTimeout(ctx, t.timeout)
+				wctx, cancel := context.WithTimeout(ctx, min(t.timeout, warmupLimit))
 				defer cancel()
 				_, _ = t.client.ListModels(wctx)
 			})
@@ -320,7 +324,8 @@ func (r *comparison) dispatch(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			}
-			if ctx.Err() != nil {
+			if ctx.Err() != nil { // both were ready and select took the slot
+				<-slots[i]
 				return
 			}
 			wg.Go(func() {

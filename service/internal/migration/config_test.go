@@ -21,7 +21,6 @@ models:
 		env          map[string]string
 		wantErr      string
 		relayKey     string
-		sharedDown   bool
 		relayEnabled bool
 	}{
 		{
@@ -32,16 +31,13 @@ models:
 		{
 			// SHARED_KEY also feeds an upstream's api_key: the placeholder
 			// must never stand in for it, so the upstream is disabled.
-			name:       "a variable shared with an upstream key is not replaced",
-			env:        map[string]string{"RELAY_KEY": "rk", "CLIENT_KEY": "client-key-0123456789"},
-			wantErr:    "client_keys[1]: environment variable SHARED_KEY is not set",
-			sharedDown: true,
+			name:    "a variable shared with an upstream key is not replaced",
+			env:     map[string]string{"RELAY_KEY": "rk", "CLIENT_KEY": "client-key-0123456789"},
+			wantErr: "client_keys[1]: environment variable SHARED_KEY is not set",
 		},
 		{
-			name:       "unset upstream keys still disable the upstream",
-			env:        map[string]string{"SHARED_KEY": "shared-key-0123456789"},
-			relayKey:   "",
-			sharedDown: false,
+			name: "unset upstream keys still disable the upstream",
+			env:  map[string]string{"SHARED_KEY": "shared-key-0123456789"},
 		},
 	}
 	for _, tt := range tests {
@@ -79,11 +75,22 @@ func TestLoadConfigFile(t *testing.T) {
 	if _, err := LoadConfig(path); err == nil || !strings.Contains(err.Error(), "base_url") || !strings.Contains(err.Error(), path) {
 		t.Errorf("bad file: %v", err)
 	}
-	// The shipped configs load without the gateway's client key set.
-	for _, name := range []string{"gateway.yaml", "compare-sim.yaml"} {
-		if _, err := LoadConfig(filepath.Join("..", "..", "..", "config", name)); err != nil &&
-			!strings.Contains(err.Error(), "base_url") { // compare-sim.yaml's URLs come from variables
+	// The shipped configs load with no client key set.
+	for name, env := range map[string]map[string]string{
+		"gateway.yaml":     {"HOLYSHEEP_API_KEY": "hk"},
+		"compare-sim.yaml": {"RELAY_SIM_URL": "http://127.0.0.1:9101/v1", "OFFICIAL_SIM_URL": "http://127.0.0.1:9102/v1"},
+	} {
+		data, err := os.ReadFile(filepath.Join("..", "..", "..", "config", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := parseConfig(data, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+		if err != nil {
 			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if m := cfg.Models[0]; len(m.Route) < 2 || m.ReferencePrice == nil {
+			t.Errorf("%s: model %s has no second upstream to compare or no reference price", name, m.Name)
 		}
 	}
 }

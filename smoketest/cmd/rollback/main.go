@@ -5,8 +5,9 @@
 //
 // It reads the stack's update history through the Pulumi Automation API,
 // restores the chosen update's configuration (its imageTag among it: the
-// image is already in the registry) into Pulumi.<stack>.yaml, runs
-// `pulumi up`, and runs the smoke test against the result. It refuses,
+// image is already in the registry) into Pulumi.<stack>.yaml with
+// reuseImage set to true, so that `pulumi up` deploys that image and builds
+// nothing, runs `pulumi up`, and runs the smoke test against the result. It refuses,
 // changing nothing, when there is nothing to roll back to. Exit status: 0
 // rolled back and healthy, 1 refused, failed, or rolled back but the smoke
 // test still fails, 2 bad usage.

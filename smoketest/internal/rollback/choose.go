@@ -17,6 +17,9 @@ type Plan struct {
 	Stack   string
 	Current Update
 	Target  Update
+	// Config is what the rollback writes back: Target's configuration
+	// with reuseImage on, so that `up` builds nothing.
+	Config map[string]ConfigValue
 	// Skipped explains each newer successful update passed over.
 	Skipped []string
 }
@@ -90,6 +93,7 @@ func Choose(stack string, history []Update) (*Plan, error) {
 			continue
 		}
 		plan.Target = u
+		plan.Config = restored(u.Config)
 		if err := plan.restorable(); err != nil {
 			return nil, err
 		}
@@ -132,20 +136,20 @@ type Change struct {
 	From, To string
 }
 
-// Changes lists what restoring the target changes relative to current,
-// the configuration the stack has now. Secret values are never shown.
+// Changes lists what writing p.Config changes relative to current, the
+// configuration the stack has now. Secret values are never shown.
 func (p *Plan) Changes(current map[string]ConfigValue) []Change {
 	var out []Change
 	keys := map[string]bool{}
 	for k := range current {
 		keys[k] = true
 	}
-	for k := range p.Target.Config {
+	for k := range p.Config {
 		keys[k] = true
 	}
 	for _, k := range sortedKeys(keys) {
 		a, inA := current[k]
-		b, inB := p.Target.Config[k]
+		b, inB := p.Config[k]
 		if inA && inB && a.Secret == b.Secret && a.text() == b.text() {
 			continue
 		}
@@ -178,6 +182,9 @@ func (p *Plan) Describe(current map[string]ConfigValue) string {
 	}
 	for _, s := range p.Skipped {
 		fmt.Fprintf(&b, "  passed over %s\n", s)
+	}
+	if tag, ok := p.Config[imageTagKey]; ok && tag.Value != nil && !tag.Secret {
+		fmt.Fprintf(&b, "  image: tag %q as the registry holds it (reuseImage); nothing is built\n", *tag.Value)
 	}
 	changes := p.Changes(current)
 	if len(changes) == 0 {

@@ -51,6 +51,30 @@ func TestChoose(t *testing.T) {
 			wantSkipped: []string{"v14: reverted by the rollback in update 15", "v13: same configuration as the current update"},
 		},
 		{
+			name: "a deploy from before reuseImage existed has the configuration its rollback restored",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "after-rollback.json")
+				if *h[0].Config[ReuseImageKey].Value != "true" || *h[2].Config[ReuseImageKey].Value != "false" {
+					t.Fatal("after-rollback.json: the rollback v15 must have reuseImage true and the deploy v13 false")
+				}
+				delete(h[2].Config, ReuseImageKey) // v13
+				return h
+			},
+			wantTarget: 12, wantCurrent: 15, wantImage: "sha-900d12",
+			wantSkipped: []string{"v14: reverted by the rollback in update 15", "v13: same configuration as the current update"},
+		},
+		{
+			name: "any other difference still counts",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "after-rollback.json")
+				budget := "1200"
+				h[2].Config["relaygate:latencyBudgetP95Ms"] = ConfigValue{Value: &budget} // v13
+				return h
+			},
+			wantTarget: 13, wantCurrent: 15, wantImage: "sha-d00d13",
+			wantSkipped: []string{"v14: reverted by the rollback in update 15"},
+		},
+		{
 			name:    "nothing succeeded before the current update",
 			history: fixture("nothing-before.json"),
 			wantErr: "no successful update before update 3 to go back to (older: v2 failed, v1 failed)", nothing: true,
@@ -135,6 +159,9 @@ func TestChoose(t *testing.T) {
 			}
 			if got := *plan.Target.Config["relaygate:imageTag"].Value; got != tc.wantImage {
 				t.Errorf("target imageTag %q, want %q", got, tc.wantImage)
+			}
+			if v := plan.Config[ReuseImageKey].Value; v == nil || *v != "true" || *plan.Config["relaygate:imageTag"].Value != tc.wantImage {
+				t.Errorf("the plan writes reuseImage %v, imageTag %v; want true and the target's tag", v, plan.Config["relaygate:imageTag"].Value)
 			}
 			if strings.Join(plan.Skipped, "|") != strings.Join(tc.wantSkipped, "|") {
 				t.Errorf("skipped %q, want %q", plan.Skipped, tc.wantSkipped)

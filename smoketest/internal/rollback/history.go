@@ -2,7 +2,10 @@
 // reads the stack's update history, chooses the update to go back to,
 // restores that update's configuration (the image tag among it) and runs
 // `up`. A stack revert, not a rebuild: what was deployed then is what the
-// configuration then describes.
+// configuration then describes, and the restored configuration turns
+// reuseImage on so that `up`, which runs the program of the current
+// checkout, deploys the image already in the registry under the old tag
+// instead of building the current code.
 package rollback
 
 import (
@@ -87,14 +90,42 @@ func (u Update) rolledBackFrom() (int, bool) {
 	return v, err == nil
 }
 
-// sameConfig reports whether two configurations are equal.
-func sameConfig(a, b map[string]ConfigValue) bool {
-	if len(a) != len(b) {
-		return false
+// ReuseImageKey is the project's config key that makes `up` deploy the
+// image the registry holds under imageTag instead of building the checkout.
+const ReuseImageKey = "relaygate:reuseImage"
+
+const imageTagKey = "relaygate:imageTag"
+
+// restored is the configuration a rollback writes: the target's, with
+// reuseImage on whatever the target had, since the target itself was most
+// likely a deploy that built its image.
+func restored(target map[string]ConfigValue) map[string]ConfigValue {
+	cfg := make(map[string]ConfigValue, len(target)+1)
+	for k, v := range target {
+		cfg[k] = v
 	}
-	for k, va := range a {
-		vb, ok := b[k]
-		if !ok || va.Secret != vb.Secret || va.text() != vb.text() {
+	on := "true"
+	cfg[ReuseImageKey] = ConfigValue{Value: &on}
+	return cfg
+}
+
+// sameConfig reports whether two configurations deploy the same thing.
+// reuseImage does not count: it says whether the image of imageTag was built
+// or found, and tags are immutable, so a rollback (reuseImage on) and the
+// deploy it restored (off) are the same configuration.
+func sameConfig(a, b map[string]ConfigValue) bool {
+	keys := map[string]bool{}
+	for k := range a {
+		keys[k] = true
+	}
+	for k := range b {
+		keys[k] = true
+	}
+	delete(keys, ReuseImageKey)
+	for k := range keys {
+		va, inA := a[k]
+		vb, inB := b[k]
+		if !inA || !inB || va.Secret != vb.Secret || va.text() != vb.text() {
 			return false
 		}
 	}

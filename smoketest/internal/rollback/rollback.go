@@ -22,9 +22,10 @@ type Stack interface {
 	Up(ctx context.Context, message string) error
 }
 
-// Run chooses the update to return to, writes its configuration back and
-// runs `up`, telling out what it does. It refuses, changing nothing, when
-// there is nothing to roll back to (errors.Is(err, ErrNothingToRollBack)).
+// Run chooses the update to return to, writes its configuration back (with
+// reuseImage on, see [Plan.Config]) and runs `up`, telling out what it does.
+// It refuses, changing nothing, when there is nothing to roll back to
+// (errors.Is(err, ErrNothingToRollBack)).
 func Run(ctx context.Context, s Stack, out io.Writer) (*Plan, error) {
 	history, err := s.History(ctx)
 	if err != nil {
@@ -42,11 +43,11 @@ func Run(ctx context.Context, s Stack, out io.Writer) (*Plan, error) {
 
 	var remove []string
 	for _, k := range sortedKeys(current) {
-		if _, keep := plan.Target.Config[k]; !keep {
+		if _, keep := plan.Config[k]; !keep {
 			remove = append(remove, k)
 		}
 	}
-	if err := s.SetConfig(ctx, plan.Target.Config, remove); err != nil {
+	if err := s.SetConfig(ctx, plan.Config, remove); err != nil {
 		return plan, fmt.Errorf("restore the configuration of update %d on stack %s: %w", plan.Target.Version, s.Name(), err)
 	}
 	fmt.Fprintf(out, "rollback: configuration of update %d restored; running `pulumi up` on stack %s\n", plan.Target.Version, s.Name())

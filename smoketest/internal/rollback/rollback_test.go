@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -55,8 +56,13 @@ func TestRunRestoresTheTargetConfigurationAndRunsUp(t *testing.T) {
 	if plan.Target.Version != 6 {
 		t.Fatalf("rolled back to v%d, want v6", plan.Target.Version)
 	}
-	if !reflect.DeepEqual(s.set, h[1].Config) {
-		t.Errorf("restored config differs from update 6's")
+	// Update 6's configuration, with reuseImage on so that `up` deploys
+	// its image instead of building the current checkout under its tag.
+	want := copyConfig(h[1].Config)
+	on := "true"
+	want[ReuseImageKey] = ConfigValue{Value: &on}
+	if !reflect.DeepEqual(s.set, want) {
+		t.Errorf("restored config differs from update 6's with reuseImage on:\n got %v\nwant %v", s.set, want)
 	}
 	if got := s.set["relaygate:models"].ObjectValue; got == nil {
 		t.Error("the structured models value lost its objectValue")
@@ -72,7 +78,11 @@ func TestRunRestoresTheTargetConfigurationAndRunsUp(t *testing.T) {
 	if from, ok := (Update{Message: s.upMsgs[0]}).rolledBackFrom(); !ok || from != 7 {
 		t.Errorf("rolledBackFrom(%q) = %d, %v; want 7", s.upMsgs[0], from, ok)
 	}
-	for _, want := range []string{`config relaygate:imageTag: "sha-7a1b2c3" -> "sha-6d4e5f6"`, "config relaygate:loadBalancer: removed", "Pulumi.dev.yaml now holds it"} {
+	for _, want := range []string{
+		`config relaygate:imageTag: "sha-7a1b2c3" -> "sha-6d4e5f6"`, "config relaygate:loadBalancer: removed",
+		`config relaygate:reuseImage: set to "true"`, `image: tag "sha-6d4e5f6" as the registry holds it (reuseImage); nothing is built`,
+		"Pulumi.dev.yaml now holds it",
+	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
@@ -82,6 +92,61 @@ func TestRunRestoresTheTargetConfigurationAndRunsUp(t *testing.T) {
 			t.Error("output shows a secret value")
 		}
 	}
+}
+
+// TestRunAlwaysReusesTheImage: whatever reuseImage the target update had
+// (absent before the key existed, false for a deploy, true for an earlier
+// rollback), the rollback writes true, and the stack's current value does
+// not matter either.
+func TestRunAlwaysReusesTheImage(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		target, now    string // "" means the key is absent
+		wantChangeLine string
+	}{
+		{"target without the key", "", "false", `config relaygate:reuseImage: "false" -> "true"`},
+		{"target built its image", "false", "false", `config relaygate:reuseImage: "false" -> "true"`},
+		{"target was a rollback", "true", "", `config relaygate:reuseImage: set to "true"`},
+		{"already on", "false", "true", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := loadHistory(t, "failed-last.json")
+			setReuse(h[1].Config, tc.target)
+			now := copyConfig(h[0].Config)
+			setReuse(now, tc.now)
+			s := &recordedStack{history: h, config: now}
+			var out bytes.Buffer
+			if _, err := Run(t.Context(), s, &out); err != nil {
+				t.Fatal(err)
+			}
+			got, ok := s.set[ReuseImageKey]
+			if !ok || got.Value == nil || *got.Value != "true" || got.Secret || got.ObjectValue != nil {
+				t.Errorf("wrote reuseImage %+v, want the plain value \"true\"", got)
+			}
+			if tc.target == "" && slices.Contains(s.removed, ReuseImageKey) {
+				t.Error("removed reuseImage because the target did not have it")
+			}
+			if tc.wantChangeLine != "" && !strings.Contains(out.String(), tc.wantChangeLine) {
+				t.Errorf("output lacks %q:\n%s", tc.wantChangeLine, out.String())
+			}
+			if tc.wantChangeLine == "" && strings.Contains(out.String(), "config relaygate:reuseImage") {
+				t.Errorf("output reports an unchanged reuseImage:\n%s", out.String())
+			}
+			if tc.target == "" {
+				if _, had := h[1].Config[ReuseImageKey]; had {
+					t.Error("Run changed the history it read")
+				}
+			}
+		})
+	}
+}
+
+func setReuse(cfg map[string]ConfigValue, v string) {
+	if v == "" {
+		delete(cfg, ReuseImageKey)
+		return
+	}
+	cfg[ReuseImageKey] = ConfigValue{Value: &v}
 }
 
 func TestRunRefusesAndChangesNothing(t *testing.T) {

@@ -1,0 +1,201 @@
+package reliability
+
+import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/relaygate/relaygate/service/internal/upstreamsim"
+)
+
+// TestAuth: a request without the right key gets 401 in OpenAI's shape on
+// every API route, and never reaches an upstream.
+func TestAuth(t *testing.T) {
+	sim := startSim(t, simAnswer(upstreamsim.Config{}))
+	const other = "sk-reliability-other-key-9876543210"
+	gw := startGateway(t, gatewaySpec{
+		upstreams: []upstreamSpec{{name: "sim", url: sim.base}},
+		route:     []string{"sim"},
+		keys:      []string{clientKey, other},
+	}.yaml(), nil)
+	c := newClient(t, 1)
+	cases := []struct {
+		name string
+		auth []string // Authorization header values, in order
+		want int
+	}{
+		{"no header", nil, 401},
+		{"empty", []string{""}, 401},
+		{"scheme only", []string{"Bearer"}, 401},
+		{"scheme and a space", []string{"Bearer "}, 401},
+		{"scheme and spaces", []string{"Bearer     "}, 401},
+		{"no scheme", []string{clientKey}, 401},
+		{"Basic", []string{"Basic " + clientKey}, 401},
+		{"another scheme", []string{"Token " + clientKey}, 401},
+		{"no space after the scheme", []string{"Bearer" + clientKey}, 401},
+		{"wrong key", []string{"Bearer sk-reliability-wrong-key-0123456789"}, 401},
+		{"key one character short", []string{"Bearer " + clientKey[:len(clientKey)-1]}, 401},
+		{"key with a character more", []string{"Bearer " + clientKey + "0"}, 401},
+		{"key with a prefix", []string{"Bearer x" + clientKey}, 401},
+		{"key in another case", []string{"Bearer " + strings.ToUpper(clientKey)}, 401},
+		{"two keys in one header", []string{"Bearer " + clientKey + " " + other}, 401},
+		{"wrong key first, right key second", []string{"Bearer sk-reliability-wrong-key-0123456789", "Bearer " + clientKey}, 401},
+		{"right key", []string{"Bearer " + clientKey}, 200},
+		{"the other right key", []string{"Bearer " + other}, 200},
+		{"scheme in lower case", []string{"bearer " + clientKey}, 200},
+	}
+	routes := []struct{ method, path, body string }{
+		{"POST", "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"x"}]}`},
+		{"POST", "/v1/chat/completions/stream", `{"model":"m","messages":[{"role":"user","content":"x"}]}`},
+		{"POST", "/v1/embeddings", `{"model":"m","input":"x"}`},
+		{"GET", "/v1/models", ""},
+	}
+	answered := 0
+	for _, tc := range cases {
+		for _, rt := range routes {
+			t.Run(tc.name+" "+rt.path, func(t *testing.T) {
+				req := mustRequest(t, rt.method, gw.URL+rt.path, rt.body)
+				for _, a := range tc.auth {
+					req.Header.Add("Authorization", a)
+				}
+				got := do(c, req)
+				if got.status != tc.want {
+					t.Fatalf("status %d, want %d: %s", got.status, tc.want, got)
+				}
+				if tc.want == http.StatusOK {
+					if rt.method == "POST" {
+						answered++
+					}
+					return
+				}
+				if e, err := openAIError(got); err != nil || e.Code != "invalid_api_key" {
+					t.Errorf("want invalid_api_key in OpenAI's shape (%v): %s", err, got)
+				}
+			})
+		}
+	}
+	st := sim.Stats()
+	if got := st.Requests[upstreamsim.EndpointChatCompletions] + st.Requests[upstreamsim.EndpointEmbeddings]; got != uint64(answered) {
+		t.Errorf("the upstream was asked %d times, want only the %d authorised requests", got, answered)
+	}
+	// Liveness, readiness and metrics stay open for probes and scrapers.
+	for _, path := range []string{"/health", "/ready", "/metrics"} {
+		if got := do(c, mustRequest(t, "GET", gw.URL+path, "")); got.status != http.StatusOK {
+			t.Errorf("GET %s without a key: %s", path, got)
+		}
+	}
+}
+
+// TestKeysComparedInConstantTime reads the gateway's source: client keys
+// are kept as fixed-size SHA-256 digests and compared with
+// crypto/subtle.ConstantTimeCompare against every configured key, with no
+// early exit and no ordinary comparison on the way. A statistical timing
+// test would be flaky on a shared machine; the code is what can be checked.
+func TestKeysComparedInConstantTime(t *testing.T) {
+	fset := token.NewFileSet()
+	files, err := filepath.Glob(filepath.Join("..", "gateway", "*.go"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("gateway sources: %v", err)
+	}
+	var authorize *ast.FuncDecl
+	var keysField *ast.Field
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		file, err := parser.ParseFile(fset, f, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ast.Inspect(file, func(n ast.Node) bool {
+			switch n := n.(type) {
+			case *ast.FuncDecl:
+				if n.Name.Name == "authorize" {
+					authorize = n
+				}
+			case *ast.TypeSpec:
+				if st, ok := n.Type.(*ast.StructType); ok && n.Name.Name == "state" {
+					for _, fl := range st.Fields.List {
+						for _, name := range fl.Names {
+							if name.Name == "keys" {
+								keysField = fl
+							}
+						}
+					}
+				}
+			}
+			return true
+		})
+	}
+	if authorize == nil || keysField == nil {
+		t.Fatal("authorize or state.keys not found: update this test with the gateway's auth code")
+	}
+	// state.keys is [][sha256.Size]byte: fixed-size digests, so every
+	// comparison takes the same time whatever the key's length.
+	if got := types(keysField.Type); got != "[][sha256.Size]byte" {
+		t.Errorf("state.keys is %s, want [][sha256.Size]byte", got)
+	}
+	calls := map[string]int{}
+	ast.Inspect(authorize.Body, func(n ast.Node) bool {
+		switch n := n.(type) {
+		case *ast.CallExpr:
+			if sel, ok := n.Fun.(*ast.SelectorExpr); ok {
+				if pkg, ok := sel.X.(*ast.Ident); ok {
+					calls[pkg.Name+"."+sel.Sel.Name]++
+				}
+			}
+		case *ast.BinaryExpr:
+			if n.Op == token.EQL || n.Op == token.NEQ {
+				// Only comparisons with a number (a length, the match
+				// flag) are allowed: anything else may compare key bytes.
+				if !isIntLit(n.X) && !isIntLit(n.Y) {
+					t.Errorf("authorize compares with %s at %s", n.Op, fset.Position(n.Pos()))
+				}
+			}
+		case *ast.RangeStmt:
+			ast.Inspect(n.Body, func(m ast.Node) bool {
+				switch m.(type) {
+				case *ast.BranchStmt, *ast.ReturnStmt:
+					t.Errorf("the loop over keys can end early at %s", fset.Position(m.Pos()))
+				}
+				return true
+			})
+		}
+		return true
+	})
+	for _, want := range []string{"sha256.Sum256", "subtle.ConstantTimeCompare"} {
+		if calls[want] == 0 {
+			t.Errorf("authorize does not call %s", want)
+		}
+	}
+	for _, banned := range []string{"bytes.Equal", "bytes.Compare", "strings.Compare", "reflect.DeepEqual", "slices.Equal"} {
+		if calls[banned] > 0 {
+			t.Errorf("authorize calls %s, which returns at the first difference", banned)
+		}
+	}
+}
+
+func isIntLit(e ast.Expr) bool {
+	l, ok := e.(*ast.BasicLit)
+	return ok && l.Kind == token.INT
+}
+
+// types renders a type expression as source.
+func types(e ast.Expr) string {
+	switch e := e.(type) {
+	case *ast.Ident:
+		return e.Name
+	case *ast.SelectorExpr:
+		return types(e.X) + "." + e.Sel.Name
+	case *ast.ArrayType:
+		if e.Len == nil {
+			return "[]" + types(e.Elt)
+		}
+		return "[" + types(e.Len) + "]" + types(e.Elt)
+	}
+	return "?"
+}
