@@ -1,8 +1,8 @@
 package gateway
 
 import (
-	"bytes"
-	"strconv"
+	"encoding/json"
+	"strings"
 	"unicode/utf8"
 	"unsafe"
 
@@ -92,7 +92,15 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 				return false
 			}
 			req.streamOptionsStart, req.streamOptionsEnd = v.Index, v.Index+len(v.Raw)
-			req.includeUsage = v.Get("include_usage").Type == gjson.True
+			// The last of duplicate keys is the one most JSON parsers
+			// (the upstream's among them) keep.
+			req.includeUsage = false
+			v.ForEach(func(k, val gjson.Result) bool {
+				if k.Str == "include_usage" {
+					req.includeUsage = val.Type == gjson.True
+				}
+				return true
+			})
 		case "temperature":
 			req.temperatureZero = v.Type == gjson.Number && v.Num == 0
 		case "messages":
@@ -169,7 +177,7 @@ func upstreamBody(b []byte, req *request, model string, stream bool) (out []byte
 		}
 	}
 	if model != "" && model != req.model {
-		edits[n] = edit{req.modelStart, req.modelEnd, strconv.Quote(model)}
+		edits[n] = edit{req.modelStart, req.modelEnd, jsonString(model)}
 		n++
 	}
 	if insert == "" && n == 0 {
@@ -184,20 +192,33 @@ func upstreamBody(b []byte, req *request, model string, stream bool) (out []byte
 }
 
 // streamOptionsWithUsage returns a stream_options value (an object or null)
-// with include_usage set, keeping any other options the client gave.
+// with include_usage set, keeping any other options the client gave. Every
+// include_usage key the client wrote is dropped, so no duplicate can
+// override the one the gateway sets.
 func streamOptionsWithUsage(raw []byte) string {
 	v := gjson.ParseBytes(raw)
-	if !v.IsObject() {
-		return `{"include_usage":true}`
+	var b strings.Builder
+	b.WriteString(`{"include_usage":true`)
+	if v.IsObject() {
+		v.ForEach(func(k, val gjson.Result) bool {
+			if k.Str != "include_usage" {
+				b.WriteByte(',')
+				b.WriteString(k.Raw)
+				b.WriteByte(':')
+				b.WriteString(val.Raw)
+			}
+			return true
+		})
 	}
-	if iu := v.Get("include_usage"); iu.Exists() {
-		return string(raw[:iu.Index]) + "true" + string(raw[iu.Index+len(iu.Raw):])
-	}
-	// raw is the object's own text, so it opens with '{' at 0.
-	if len(bytes.TrimSpace(raw[1:len(raw)-1])) == 0 {
-		return `{"include_usage":true}`
-	}
-	return `{"include_usage":true,` + string(raw[1:])
+	b.WriteByte('}')
+	return b.String()
+}
+
+// jsonString quotes s as a JSON string (strconv.Quote writes Go escapes
+// such as \x01 that JSON does not have).
+func jsonString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
 }
 
 func sortEdits(e []edit) {

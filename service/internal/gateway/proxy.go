@@ -18,8 +18,12 @@ import (
 	"github.com/relaygate/relaygate/service/internal/route"
 )
 
-// maxResponseBytes bounds a non-streamed answer held in memory.
-const maxResponseBytes = 64 << 20
+const (
+	// maxResponseBytes bounds a non-streamed answer held in memory.
+	maxResponseBytes = 64 << 20
+	// maxPooledResponse keeps rare huge answers from pinning pool memory.
+	maxPooledResponse = 1 << 20
+)
 
 // exchange is one client request on its way through the gateway: what the
 // log line and the metrics will say about it when it is done.
@@ -86,9 +90,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		x.fail(errBadRequest("unreadable_body", "The request body could not be read: "+err.Error()))
 		return
 	}
-	defer b.release()
-
-	req, e := parseRequest(b.buf, ep)
+	req, e := parseRequest(b, ep)
 	if e != nil {
 		x.fail(e)
 		return
@@ -101,7 +103,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	}
 	x.model, x.reference = m.name, m.reference
 	x.stream = ep == epChat && (forceStream || req.stream)
-	if x.fromCache(b.buf, &req) {
+	if x.fromCache(b, &req) {
 		return
 	}
 	w.Header()["X-Cache"] = cacheHeaderValue(x.cacheResult)
@@ -167,9 +169,9 @@ func (x *exchange) fail(e *apiError) {
 
 // attempt sends the request to one upstream and, when it answers well,
 // relays the answer to the client.
-func (x *exchange) attempt(ctx context.Context, t *route.Target, b *body, req *request) route.Attempt {
+func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *request) route.Attempt {
 	u := t.Upstream
-	data, usageAdded := upstreamBody(b.buf, req, t.Model, x.stream)
+	data, usageAdded := upstreamBody(b, req, t.Model, x.stream)
 	actx, cancel := context.WithTimeout(ctx, u.Timeout)
 	defer cancel()
 
@@ -177,9 +179,9 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b *body, req *r
 	if err != nil {
 		return route.Attempt{Err: fmt.Errorf("building request: %w", err)}
 	}
-	hreq.Body = b.reader(data)
+	hreq.Body = bodyReader(data)
 	hreq.ContentLength = int64(len(data))
-	hreq.GetBody = func() (io.ReadCloser, error) { return b.reader(data), nil }
+	hreq.GetBody = func() (io.ReadCloser, error) { return bodyReader(data), nil }
 	accept := hdrJSON
 	if x.stream {
 		accept = hdrEventStream
@@ -268,7 +270,7 @@ var respBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 32<<10); retu
 func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp *http.Response, t0 time.Time) route.Attempt {
 	bp := respBufPool.Get().(*[]byte)
 	defer func() {
-		if cap(*bp) <= maxPooledBody {
+		if cap(*bp) <= maxPooledResponse {
 			respBufPool.Put(bp)
 		}
 	}()

@@ -143,7 +143,5 @@ func newTransport(u *config.Upstream) *http.Transport {
 		MaxIdleConnsPerHost: u.MaxIdleConns,
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: u.ConnectTimeout.D(),
-		ReadBufferSize:      16 << 10,
-		WriteBufferSize:     16 << 10,
 	}
 }

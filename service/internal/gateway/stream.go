@@ -19,7 +19,10 @@ import (
 )
 
 const (
-	streamBufSize = 32 << 10
+	// streamBufSize is what one read of an upstream stream can bring; an
+	// event larger than it grows the buffer. Small, since every open
+	// stream holds one: SSE events are a few hundred bytes.
+	streamBufSize = 4 << 10
 	// maxEventBytes bounds one Server-Sent Event held while it arrives.
 	maxEventBytes = 4 << 20
 )
@@ -175,7 +178,7 @@ var (
 // client's behalf, that extra event (usage with empty choices) is dropped
 // so clients that index choices[0] of every chunk keep working.
 func (x *exchange) writeEvents(b []byte, usageAdded bool) error {
-	if !bytes.Contains(b, usageKey) {
+	if !hasUsageObject(b) {
 		_, err := x.w.Write(b)
 		return err
 	}
@@ -183,7 +186,7 @@ func (x *exchange) writeEvents(b []byte, usageAdded bool) error {
 	for i := 0; i < len(b); {
 		end := nextEvent(b, i)
 		ev := b[i:end]
-		if bytes.Contains(ev, usageKey) && x.eventUsage(ev) && usageAdded && emptyChoices(ev) {
+		if hasUsageObject(ev) && x.eventUsage(ev) && usageAdded && emptyChoices(ev) {
 			if _, err := x.w.Write(b[from:i]); err != nil {
 				return err
 			}
@@ -193,6 +196,26 @@ func (x *exchange) writeEvents(b []byte, usageAdded bool) error {
 	}
 	_, err := x.w.Write(b[from:])
 	return err
+}
+
+// hasUsageObject reports whether b may hold a usage object: a "usage" key
+// followed by '{'. Upstreams asked for usage put "usage":null in every
+// chunk before the last; this keeps those chunks on the fast path.
+func hasUsageObject(b []byte) bool {
+	for {
+		i := bytes.Index(b, usageKey)
+		if i < 0 {
+			return false
+		}
+		b = b[i+len(usageKey):]
+		j := 0
+		for j < len(b) && (b[j] == ' ' || b[j] == ':' || b[j] == '\t') {
+			j++
+		}
+		if j < len(b) && b[j] == '{' {
+			return true
+		}
+	}
 }
 
 // nextEvent returns the offset just after the event starting at i.
