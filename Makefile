@@ -57,9 +57,13 @@ vulncheck:
 
 # The gateway's packages run under the race detector; the Pulumi program,
 # smoke test and bench packages are large to instrument and run without it.
+# The race detector slows requests about tenfold, so the reliability suite
+# runs its full volume (20,000 requests per fault) once more without it.
 unit:
 	$(GO) test -race -count=1 ./service/...
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v '/service/')
+	$(GO) test -count=1 ./service/internal/reliability/ ./service/cmd/gateway/
+	bash scripts/fuzz.sh 5s
 
 run: build
 	$(BIN)/gateway -config $(CONFIG)
@@ -89,12 +93,14 @@ deploy:
 rollback:
 	$(GO) run ./smoketest/cmd/rollback -stack $(STACK)
 
-## bench: the benchmark suite (about 6 minutes; not part of make test):
-## gateway vs. the simulator direct, a plain Go reverse proxy and nginx.
+## bench: the benchmark suite (about 6 minutes), a long fuzz run and a
+## 10-minute soak; not part of make test.
 BENCH_FLAGS ?=
 bench: build
 	WITH_NGINX=1 bash scripts/install-tools.sh demo
 	$(GO) run ./bench/cmd/relaybench -out .bench/ $(BENCH_FLAGS)
+	bash scripts/fuzz.sh 2m
+	RELAYGATE_SOAK=10m $(GO) test -count=1 -run TestSoak -timeout 30m ./service/internal/reliability/
 
 ## compare: measure a model's upstreams side by side before migrating
 ## (COMPARE_FLAGS="-upstreams a,b -n 200"); compare-sim: the same against two

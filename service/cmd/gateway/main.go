@@ -112,7 +112,7 @@ func run(configPath string, sigs <-chan os.Signal, started func(net.Addr)) error
 				// The admin listener goes last, so /metrics covers the drain.
 				defer admin.Close()
 			}
-			return shutdown(log, gw, srv, cfg.ShutdownTimeout.D(), sig)
+			return shutdown(log, gw, srv, cfg.ShutdownDelay.D(), cfg.ShutdownTimeout.D(), sig)
 		}
 	}
 }
@@ -127,9 +127,14 @@ func reload(log *slog.Logger, a *app.App, path string) {
 	log.Info("config reloaded", "config", path, "models", len(cfg.Models), "upstreams", len(cfg.Upstreams))
 }
 
-func shutdown(log *slog.Logger, gw *gateway.Server, srv *http.Server, timeout time.Duration, sig os.Signal) error {
-	log.Info("shutting down: finishing requests in flight", "signal", sig.String(), "deadline", timeout.String())
+func shutdown(log *slog.Logger, gw *gateway.Server, srv *http.Server, delay, timeout time.Duration, sig os.Signal) error {
+	log.Info("shutting down: finishing requests in flight", "signal", sig.String(), "delay", delay.String(), "deadline", timeout.String())
 	gw.Drain()
+	if delay > 0 {
+		// Still serving, with /ready failing and Connection: close on
+		// every answer, while load balancers notice.
+		time.Sleep(delay)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {

@@ -14,21 +14,28 @@ import (
 
 // Config is the whole gateway configuration, in the shape of SPEC.md.
 type Config struct {
-	Listen            string         `yaml:"listen"`
-	ClientKeys        []string       `yaml:"client_keys"`
-	MaxBodyBytes      int64          `yaml:"max_body_bytes"`
-	StreamIdleTimeout Duration       `yaml:"stream_idle_timeout"`
-	ShutdownTimeout   Duration       `yaml:"shutdown_timeout"`
-	Upstreams         []Upstream     `yaml:"upstreams"`
-	Models            []Model        `yaml:"models"`
-	Retry             Retry          `yaml:"retry"`
-	CircuitBreaker    CircuitBreaker `yaml:"circuit_breaker"`
-	Cache             Cache          `yaml:"cache"`
-	RateLimit         RateLimit      `yaml:"rate_limit"`
-	GPU               GPU            `yaml:"gpu"`
-	SLO               SLO            `yaml:"slo"`
-	Log               Log            `yaml:"log"`
-	Admin             Admin          `yaml:"admin"`
+	Listen            string   `yaml:"listen"`
+	ClientKeys        []string `yaml:"client_keys"`
+	MaxBodyBytes      int64    `yaml:"max_body_bytes"`
+	StreamIdleTimeout Duration `yaml:"stream_idle_timeout"`
+	ShutdownTimeout   Duration `yaml:"shutdown_timeout"`
+	// ShutdownDelay is how long a draining gateway keeps serving (/ready
+	// failing, every answer saying Connection: close) before it closes its
+	// listener, so load balancers stop sending first.
+	ShutdownDelay Duration `yaml:"shutdown_delay"`
+	// BodyReadTimeout bounds reading one request body, so a client that
+	// announces a body and trickles it cannot hold a handler for long.
+	BodyReadTimeout Duration       `yaml:"body_read_timeout"`
+	Upstreams       []Upstream     `yaml:"upstreams"`
+	Models          []Model        `yaml:"models"`
+	Retry           Retry          `yaml:"retry"`
+	CircuitBreaker  CircuitBreaker `yaml:"circuit_breaker"`
+	Cache           Cache          `yaml:"cache"`
+	RateLimit       RateLimit      `yaml:"rate_limit"`
+	GPU             GPU            `yaml:"gpu"`
+	SLO             SLO            `yaml:"slo"`
+	Log             Log            `yaml:"log"`
+	Admin           Admin          `yaml:"admin"`
 
 	// Warnings are problems that do not stop the gateway but that an
 	// operator must see, e.g. an upstream disabled because its key variable
@@ -148,6 +155,7 @@ const (
 	DefaultConnectTimeout    = 10 * time.Second
 	DefaultStreamIdleTimeout = 60 * time.Second
 	DefaultShutdownTimeout   = 30 * time.Second
+	DefaultBodyReadTimeout   = 30 * time.Second
 	DefaultAttempts          = 3
 	DefaultBackoffMin        = 200 * time.Millisecond
 	DefaultBackoffMax        = 10 * time.Second
@@ -168,6 +176,7 @@ func (c *Config) applyDefaults() {
 	}
 	setDur(&c.StreamIdleTimeout, DefaultStreamIdleTimeout)
 	setDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	setDur(&c.BodyReadTimeout, DefaultBodyReadTimeout)
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		setDur(&u.Timeout, DefaultTimeout)

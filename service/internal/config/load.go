@@ -387,6 +387,9 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 			l.fail("cache.redis_url", "environment variable %s is not set", strings.Join(vars, ", "))
 		} else if u, err := url.Parse(c.Cache.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") {
 			l.fail("cache.redis_url", "must be a redis://, rediss:// or unix:// URL")
+		} else if u.Fragment != "" || (strings.Contains(c.Cache.RedisURL, "@") && u.User == nil) ||
+			(u.User != nil && strings.ContainsAny(u.Host+u.Path, "@#?")) {
+			l.fail("cache.redis_url", "cannot be read unambiguously: percent-encode special characters ('#', '/', '?', '@') in the password")
 		}
 	}
 	if c.RateLimit.RPM < 0 || c.RateLimit.TPM < 0 {
@@ -440,14 +443,22 @@ func checkBaseURL(raw string) error {
 	return nil
 }
 
-// RedactURL hides a password in a URL so it can be logged.
+// RedactURL hides credentials in a URL so it can be logged. A URL whose
+// credentials the parser did not recognise as such (an unencoded '#', '/'
+// or '?' in a password, no scheme) is hidden whole rather than risk
+// printing part of a secret.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil {
+	if err != nil || (strings.Contains(raw, "@") && u.User == nil) {
 		if strings.Contains(raw, "@") {
-			return "[unparseable URL redacted]"
+			return "[URL with credentials redacted]"
 		}
-		return raw
+		if err != nil {
+			return "[unparseable URL]"
+		}
+	}
+	if u.User != nil && (u.Fragment != "" || u.RawQuery != "" || strings.Contains(u.Host, "@")) {
+		return "[URL with credentials redacted]"
 	}
 	return u.Redacted()
 }

@@ -9,6 +9,9 @@ import (
 
 var errTooLarge = errors.New("request body too large")
 
+// maxUpfrontBody is the most allocated for a body before its bytes arrive.
+const maxUpfrontBody = 64 << 10
+
 // readBody reads r's body up to limit bytes. A body announced larger than
 // the limit is refused before a byte of it is read.
 //
@@ -22,7 +25,10 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, errTooLarge
 	}
-	size := r.ContentLength
+	// Trust an announced length only up to a modest size: memory for the
+	// rest is taken as bytes actually arrive, so announcing a large body
+	// and sending nothing pins nothing.
+	size := min(r.ContentLength, maxUpfrontBody)
 	if size <= 0 {
 		size = 4 << 10
 	}

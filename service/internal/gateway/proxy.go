@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -80,7 +81,10 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	if !x.allow() {
 		return
 	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(st.cfg.BodyReadTimeout.D()))
 	b, err := readBody(r, st.cfg.MaxBodyBytes)
+	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
 			x.fail(&apiError{Status: http.StatusRequestEntityTooLarge, Type: typeInvalidRequest, Code: "request_too_large",
@@ -216,7 +220,7 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		msg := upstreamErrorMessage(resp.Body)
 		x.waited(u, t0, true)
 		return route.Attempt{
-			Err:        fmt.Errorf("HTTP %d%s", code, msg),
+			Err:        fmt.Errorf("HTTP %d%s", code, redactKey(msg, u)),
 			Retryable:  true,
 			Timeout:    code == http.StatusGatewayTimeout || code == http.StatusRequestTimeout,
 			RetryAfter: route.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
@@ -388,6 +392,17 @@ func upstreamErrorMessage(r io.Reader) string {
 		return ""
 	}
 	return ": " + truncate(sanitizePath(msg), 200)
+}
+
+// redactKey removes the upstream's own key from text it sent back: an
+// upstream that echoes the Authorization header it got must not leak the
+// gateway's key into an error body or a log line.
+func redactKey(s string, u *route.Upstream) string {
+	key := strings.TrimPrefix(u.Auth, "Bearer ")
+	if len(key) < 4 {
+		return s
+	}
+	return strings.ReplaceAll(s, key, "[redacted]")
 }
 
 func truncate(s string, n int) string {

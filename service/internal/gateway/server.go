@@ -114,6 +114,8 @@ func (s *Server) apply(cfg *config.Config) {
 	}
 }
 
+var hdrClose = []string{"close"}
+
 // Drain makes /ready fail so load balancers stop sending new requests,
 // while requests in flight go on.
 func (s *Server) Drain() { s.draining.Store(true) }
@@ -121,6 +123,10 @@ func (s *Server) Drain() { s.draining.Store(true) }
 // ServeHTTP routes by exact path; the API is small and fixed, and a switch
 // costs nothing per request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		// Ask keep-alive clients to reconnect, to a gateway that is staying.
+		w.Header()["Connection"] = hdrClose
+	}
 	switch r.URL.Path {
 	case "/v1/chat/completions":
 		s.serveProxy(w, r, epChat, false)

@@ -1,6 +1,8 @@
 package reliability
 
 import (
+	"bytes"
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -82,7 +84,8 @@ func TestAuth(t *testing.T) {
 	if got := st.Requests[upstreamsim.EndpointChatCompletions] + st.Requests[upstreamsim.EndpointEmbeddings]; got != uint64(answered) {
 		t.Errorf("the upstream was asked %d times, want only the %d authorised requests", got, answered)
 	}
-	// Liveness, readiness and metrics stay open for probes and scrapers.
+	// Liveness, readiness and metrics stay open for probes and scrapers
+	// when no admin key is set.
 	for _, path := range []string{"/health", "/ready", "/metrics"} {
 		if got := do(c, mustRequest(t, "GET", gw.URL+path, "")); got.status != http.StatusOK {
 			t.Errorf("GET %s without a key: %s", path, got)
@@ -90,19 +93,61 @@ func TestAuth(t *testing.T) {
 	}
 }
 
+// TestAdminKey: with admin.key set, /metrics needs it (a client key is not
+// enough), /health without it says only the status, and /ready stays open
+// for load balancers.
+func TestAdminKey(t *testing.T) {
+	sim := startSim(t, simAnswer(upstreamsim.Config{}))
+	const adminKey = "sk-reliability-admin-key-5555555555"
+	gw := startGateway(t, gatewaySpec{
+		upstreams: []upstreamSpec{{name: "sim", url: sim.base}},
+		route:     []string{"sim"},
+		extra:     fmt.Sprintf("admin: {key: %q}\n", adminKey),
+	}.yaml(), nil)
+	c := newClient(t, 1)
+	get := func(path, key string) reply {
+		req := mustRequest(t, "GET", gw.URL+path, "")
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		return do(c, req)
+	}
+	for _, key := range []string{"", clientKey, "sk-reliability-wrong-admin-key-000", adminKey + "x"} {
+		got := get("/metrics", key)
+		if got.status != http.StatusUnauthorized || bytes.Contains(got.body, []byte("relaygate_")) {
+			t.Errorf("/metrics with key %q: %s", key, got)
+		} else if _, err := openAIError(got); err != nil {
+			t.Error(err)
+		}
+		if h := get("/health", key); h.status != http.StatusOK || bytes.Contains(h.body, []byte("upstreams")) {
+			t.Errorf("/health with key %q shows details: %s", key, h)
+		}
+	}
+	if got := get("/metrics", adminKey); got.status != http.StatusOK || !bytes.Contains(got.body, []byte("relaygate_requests_total")) {
+		t.Errorf("/metrics with the admin key: %s", got)
+	}
+	if got := get("/health", adminKey); !bytes.Contains(got.body, []byte(`"upstreams"`)) {
+		t.Errorf("/health with the admin key has no details: %s", got)
+	}
+	if got := get("/ready", ""); got.status != http.StatusOK {
+		t.Errorf("/ready without a key: %s", got)
+	}
+}
+
 // TestKeysComparedInConstantTime reads the gateway's source: client keys
-// are kept as fixed-size SHA-256 digests and compared with
-// crypto/subtle.ConstantTimeCompare against every configured key, with no
-// early exit and no ordinary comparison on the way. A statistical timing
-// test would be flaky on a shared machine; the code is what can be checked.
+// and the admin key are kept as fixed-size SHA-256 digests and compared
+// with crypto/subtle.ConstantTimeCompare (against every configured key,
+// with no early exit) and no ordinary comparison on the way. A statistical
+// timing test would be flaky on a shared machine; the code is what can be
+// checked.
 func TestKeysComparedInConstantTime(t *testing.T) {
 	fset := token.NewFileSet()
 	files, err := filepath.Glob(filepath.Join("..", "gateway", "*.go"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("gateway sources: %v", err)
 	}
-	var authorize *ast.FuncDecl
-	var keysField *ast.Field
+	funcs := map[string]*ast.FuncDecl{"authorize": nil, "adminAuthorized": nil}
+	fields := map[string]*ast.Field{"keys": nil, "adminKey": nil}
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
 			continue
@@ -114,15 +159,15 @@ func TestKeysComparedInConstantTime(t *testing.T) {
 		ast.Inspect(file, func(n ast.Node) bool {
 			switch n := n.(type) {
 			case *ast.FuncDecl:
-				if n.Name.Name == "authorize" {
-					authorize = n
+				if _, ok := funcs[n.Name.Name]; ok && n.Recv != nil {
+					funcs[n.Name.Name] = n
 				}
 			case *ast.TypeSpec:
 				if st, ok := n.Type.(*ast.StructType); ok && n.Name.Name == "state" {
 					for _, fl := range st.Fields.List {
 						for _, name := range fl.Names {
-							if name.Name == "keys" {
-								keysField = fl
+							if _, ok := fields[name.Name]; ok {
+								fields[name.Name] = fl
 							}
 						}
 					}
@@ -131,16 +176,30 @@ func TestKeysComparedInConstantTime(t *testing.T) {
 			return true
 		})
 	}
-	if authorize == nil || keysField == nil {
-		t.Fatal("authorize or state.keys not found: update this test with the gateway's auth code")
+	for name, fl := range fields {
+		// Fixed-size digests: every comparison takes the same time
+		// whatever the length of the key sent.
+		if fl == nil {
+			t.Errorf("state.%s not found: update this test with the gateway's auth code", name)
+		} else if got := typeString(fl.Type); got != "[][sha256.Size]byte" {
+			t.Errorf("state.%s is %s, want [][sha256.Size]byte", name, got)
+		}
 	}
-	// state.keys is [][sha256.Size]byte: fixed-size digests, so every
-	// comparison takes the same time whatever the key's length.
-	if got := types(keysField.Type); got != "[][sha256.Size]byte" {
-		t.Errorf("state.keys is %s, want [][sha256.Size]byte", got)
+	for name, fn := range funcs {
+		if fn == nil {
+			t.Errorf("%s not found: update this test with the gateway's auth code", name)
+			continue
+		}
+		checkConstantTime(t, fset, fn)
 	}
+}
+
+// checkConstantTime fails unless fn hashes what it compares with SHA-256
+// and compares it only with subtle.ConstantTimeCompare.
+func checkConstantTime(t *testing.T, fset *token.FileSet, fn *ast.FuncDecl) {
+	t.Helper()
 	calls := map[string]int{}
-	ast.Inspect(authorize.Body, func(n ast.Node) bool {
+	ast.Inspect(fn.Body, func(n ast.Node) bool {
 		switch n := n.(type) {
 		case *ast.CallExpr:
 			if sel, ok := n.Fun.(*ast.SelectorExpr); ok {
@@ -153,14 +212,14 @@ func TestKeysComparedInConstantTime(t *testing.T) {
 				// Only comparisons with a number (a length, the match
 				// flag) are allowed: anything else may compare key bytes.
 				if !isIntLit(n.X) && !isIntLit(n.Y) {
-					t.Errorf("authorize compares with %s at %s", n.Op, fset.Position(n.Pos()))
+					t.Errorf("%s compares with %s at %s", fn.Name.Name, n.Op, fset.Position(n.Pos()))
 				}
 			}
 		case *ast.RangeStmt:
 			ast.Inspect(n.Body, func(m ast.Node) bool {
 				switch m.(type) {
 				case *ast.BranchStmt, *ast.ReturnStmt:
-					t.Errorf("the loop over keys can end early at %s", fset.Position(m.Pos()))
+					t.Errorf("%s: the loop over keys can end early at %s", fn.Name.Name, fset.Position(m.Pos()))
 				}
 				return true
 			})
@@ -169,12 +228,12 @@ func TestKeysComparedInConstantTime(t *testing.T) {
 	})
 	for _, want := range []string{"sha256.Sum256", "subtle.ConstantTimeCompare"} {
 		if calls[want] == 0 {
-			t.Errorf("authorize does not call %s", want)
+			t.Errorf("%s does not call %s", fn.Name.Name, want)
 		}
 	}
 	for _, banned := range []string{"bytes.Equal", "bytes.Compare", "strings.Compare", "reflect.DeepEqual", "slices.Equal"} {
 		if calls[banned] > 0 {
-			t.Errorf("authorize calls %s, which returns at the first difference", banned)
+			t.Errorf("%s calls %s, which returns at the first difference", fn.Name.Name, banned)
 		}
 	}
 }
@@ -184,18 +243,18 @@ func isIntLit(e ast.Expr) bool {
 	return ok && l.Kind == token.INT
 }
 
-// types renders a type expression as source.
-func types(e ast.Expr) string {
+// typeString renders a type expression as source.
+func typeString(e ast.Expr) string {
 	switch e := e.(type) {
 	case *ast.Ident:
 		return e.Name
 	case *ast.SelectorExpr:
-		return types(e.X) + "." + e.Sel.Name
+		return typeString(e.X) + "." + e.Sel.Name
 	case *ast.ArrayType:
 		if e.Len == nil {
-			return "[]" + types(e.Elt)
+			return "[]" + typeString(e.Elt)
 		}
-		return "[" + types(e.Len) + "]" + types(e.Elt)
+		return "[" + typeString(e.Len) + "]" + typeString(e.Elt)
 	}
 	return "?"
 }

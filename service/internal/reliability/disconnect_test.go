@@ -175,4 +175,3 @@ func TestClientDisconnects(t *testing.T) {
 		})
 	}
 }
-

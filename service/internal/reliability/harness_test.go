@@ -468,7 +468,8 @@ type loadSpec struct {
 	requests, workers int
 	// request builds request i.
 	request func(ctx context.Context, i int) *http.Request
-	// judge names the outcome of request i: "ok" or a failure category.
+	// judge names the outcome of request i: "ok" or a failure category
+	// (categories starting with "ok" are successes kept apart).
 	judge func(i int, r reply) string
 }
 
@@ -487,7 +488,7 @@ func (t *tally) add(category string, r reply) {
 		t.counts, t.examples = map[string]int{}, map[string][]string{}
 	}
 	t.counts[category]++
-	if category != "ok" && len(t.examples[category]) < 3 {
+	if !strings.HasPrefix(category, "ok") && len(t.examples[category]) < 3 {
 		t.examples[category] = append(t.examples[category], r.String())
 	}
 	t.maxTook = max(t.maxTook, r.took)

@@ -33,6 +33,7 @@ var (
 	guessedClientKey   = newSecret("wrong client key", "sk-gw-", "GUESSEDKEY8b4f")
 	redisPassword      = newSecret("Redis password", "pw-", "REDISPASSWORD2a6")
 	wrongRedisPassword = newSecret("wrong Redis password", "pw-", "WRONGREDISPW3e9")
+	adminKey           = newSecret("admin key", "sk-admin-", "ADMINKEY4c1b")
 	// The suite's client key is a secret here too.
 	mainClientKey = secret{name: "client key", value: clientKey, core: strings.TrimPrefix(clientKey, "sk-")}
 )
@@ -83,7 +84,8 @@ func (tr *transcript) reply(what string, r reply) {
 
 // TestSecretsNeverLeak runs a whole session — answers, streams, every error
 // a client can get, an upstream refusing the gateway's key, a Redis with a
-// password, a Redis with the wrong one, a dead Redis, rate limiting — and
+// password, a Redis with the wrong one, a dead Redis, rate limiting, the
+// admin key on /metrics and /health — and
 // captures everything the gateway shows: log lines (the http.Server's and
 // go-redis's included), every response's headers and body, /metrics and
 // /health. No secret may appear in any of it.
@@ -110,8 +112,8 @@ func TestSecretsNeverLeak(t *testing.T) {
 			route:  []string{"good"},
 			models: map[string][]string{"refused": {"refusing"}, "failing": {"failing"}, "slow": {"hanging"}, "cut": {"cutting"}},
 			keys:   []string{clientKey, limitedClientKey.value},
-			extra: fmt.Sprintf("max_body_bytes: 4096\ncache: {redis_url: %q, ttl: 1m, timeout: 200ms}\nrate_limit: {rpm: 30}\nlog: {level: debug}\n",
-				fmt.Sprintf("redis://:%s@%s/0", redisPW.value, r.Addr)),
+			extra: fmt.Sprintf("max_body_bytes: 4096\ncache: {redis_url: %q, ttl: 1m, timeout: 200ms}\nrate_limit: {rpm: 30}\nlog: {level: debug}\nadmin: {key: %q}\n",
+				fmt.Sprintf("redis://:%s@%s/0", redisPW.value, r.Addr), adminKey.value),
 		}
 	}
 	logs := &syncBuffer{}
@@ -206,10 +208,18 @@ func TestSecretsNeverLeak(t *testing.T) {
 	send("answer with Redis dead", 200, rawReq("POST", "/v1/chat/completions", clientKey, det))
 	send("stream with Redis dead", 200, chat(ctx, gw.URL, clientKey, "m", true, "stream me"))
 
+	admin := func(req *http.Request) *http.Request {
+		req.Header.Set("Authorization", "Bearer "+adminKey.value)
+		return req
+	}
 	for _, g := range []*gateway{gw, gw2} {
 		send("health", 200, mustRequest(t, "GET", g.URL+"/health", ""))
+		if got := send("health with the admin key", 200, admin(mustRequest(t, "GET", g.URL+"/health", ""))); !strings.Contains(string(got.body), `"cache"`) {
+			t.Errorf("/health with the admin key has no details: %s", got)
+		}
 		send("ready", 200, mustRequest(t, "GET", g.URL+"/ready", ""))
-		if got := send("metrics", 200, mustRequest(t, "GET", g.URL+"/metrics", "")); !strings.Contains(string(got.body), "relaygate_requests_total") {
+		send("metrics without the admin key", 401, mustRequest(t, "GET", g.URL+"/metrics", ""))
+		if got := send("metrics", 200, admin(mustRequest(t, "GET", g.URL+"/metrics", ""))); !strings.Contains(string(got.body), "relaygate_requests_total") {
 			t.Errorf("/metrics: %s", got)
 		}
 	}
@@ -218,14 +228,14 @@ func TestSecretsNeverLeak(t *testing.T) {
 	if !strings.Contains(out["logs"], `"msg":"request"`) || !strings.Contains(out["logs"], "WRONGPASS") {
 		t.Errorf("the logs did not capture the session (request lines and the wrong password's Redis errors):\n%s", out["logs"])
 	}
-	for _, s := range []secret{upstreamKey, refusedUpstreamKey, mainClientKey, limitedClientKey, guessedClientKey, redisPassword, wrongRedisPassword} {
+	for _, s := range []secret{upstreamKey, refusedUpstreamKey, mainClientKey, limitedClientKey, guessedClientKey, redisPassword, wrongRedisPassword, adminKey} {
 		for where, text := range out {
 			if i := strings.Index(text, s.core); i >= 0 {
 				t.Errorf("the %s appears in the %s: …%s…", s.name, where, text[max(0, i-200):min(len(text), i+len(s.core)+100)])
 			}
 		}
 	}
-	t.Logf("scanned %d KiB of responses and %d KiB of logs for 7 secrets", len(out["responses"])>>10, len(out["logs"])>>10)
+	t.Logf("scanned %d KiB of responses and %d KiB of logs for 8 secrets", len(out["responses"])>>10, len(out["logs"])>>10)
 }
 
 // TestUpstreamEchoingItsKeyDoesNotLeakIt: some upstreams quote the
