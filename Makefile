@@ -50,7 +50,7 @@ promcheck:
 	bash deploy/prometheus/check.sh
 
 actionlint:
-	@if [ -n "$(WORKFLOWS)" ]; then actionlint $(WORKFLOWS); else echo "actionlint: no workflows"; fi
+	@if [ -n "$(WORKFLOWS)" ]; then actionlint $(WORKFLOWS) && echo "actionlint: $(words $(WORKFLOWS)) workflows clean"; else echo "actionlint: no workflows"; fi
 
 vulncheck:
 	@bash scripts/govulncheck.sh
