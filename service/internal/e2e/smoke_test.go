@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -44,12 +43,12 @@ type localStack struct {
 	gateway *httptest.Server
 	prom    *testenv.Prometheus
 	key     string
-	logs    *syncBuffer
+	logs    *testenv.SyncBuffer
 }
 
 func startLocalStack(t *testing.T) *localStack {
 	t.Helper()
-	s := &localStack{key: "sk-smoke-" + randomHex(t), logs: &syncBuffer{}}
+	s := &localStack{key: "sk-smoke-" + randomHex(t), logs: &testenv.SyncBuffer{}}
 	s.simCfg = upstreamsim.Config{Models: []string{"gpt-4.1", "text-embedding-3-small"}, CompletionTokens: 8, TokensPerChunk: 2}
 	s.sim = upstreamsim.New(s.simCfg)
 	up := httptest.NewServer(s.sim)
@@ -201,7 +200,7 @@ func TestSmokeTestAgainstLocalStack(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			opts := s.options()
-			var progress syncBuffer
+			var progress testenv.SyncBuffer
 			opts.Progress = &progress
 			tc.fault(t, &opts)
 
@@ -383,23 +382,4 @@ func randomHex(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(b[:])
-}
-
-// syncBuffer is a bytes.Buffer safe for the gateway's and the smoke
-// test's concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

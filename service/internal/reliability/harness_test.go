@@ -30,24 +30,6 @@ const clientKey = "sk-reliability-client-key-0123456789"
 // expectation: on a healthy machine each wait ends in well under a second.
 const guard = 60 * time.Second
 
-// syncBuffer collects log output written from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // connTracker follows a server's connections through http.Server.ConnState,
 // so a test can tell whether connections are left open after it.
 type connTracker struct {

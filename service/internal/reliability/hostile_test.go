@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 
@@ -119,7 +120,7 @@ var freshRequestID = regexp.MustCompile(`^[0-9a-f]{32}$`)
 // upstream, and a normal request succeeds after each one.
 func TestHostileRequests(t *testing.T) {
 	sim := startSim(t, simAnswer(upstreamsim.Config{}))
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	gw := startGateway(t, gatewaySpec{
 		upstreams: []upstreamSpec{{name: "sim", url: sim.base}},
 		route:     []string{"sim"},
@@ -261,7 +262,7 @@ func TestHostileRequests(t *testing.T) {
 // replaced rather than echoed.
 func TestRequestIDIsSanitised(t *testing.T) {
 	sim := startSim(t, simAnswer(upstreamsim.Config{}))
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	gw := startGateway(t, gatewaySpec{upstreams: []upstreamSpec{{name: "sim", url: sim.base}}, route: []string{"sim"}}.yaml(), logs)
 	addr := strings.TrimPrefix(gw.URL, "http://")
 	const valid = `{"model":"m","messages":[{"role":"user","content":"hi"}]}`

@@ -116,7 +116,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 				fmt.Sprintf("redis://:%s@%s/0", redisPW.value, r.Addr), adminKey.value),
 		}
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	gw := startGateway(t, spec(redisPassword).yaml(), logs)
 	c := newClient(t, 4)
 	var tr transcript
@@ -248,7 +248,7 @@ func TestUpstreamEchoingItsKeyDoesNotLeakIt(t *testing.T) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintf(w, `{"error":{"message":"overloaded; request had Authorization %s","type":"server_error"}}`, r.Header.Get("Authorization"))
 	}), nil)
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	gw := startGateway(t, gatewaySpec{
 		upstreams: []upstreamSpec{{name: "echo", url: echo.URL + "/v1", key: upstreamKey.value}},
 		route:     []string{"echo"},
