@@ -203,7 +203,7 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 	t0 := time.Now()
 	resp, err := u.Transport.RoundTrip(hreq)
 	if err != nil {
-		x.waited(u, t0, true)
+		x.waited(u, t0)
 		return transportFailure(ctx, actx, u, err)
 	}
 	defer resp.Body.Close()
@@ -218,7 +218,7 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		return x.relayWhole(ctx, actx, u, resp, t0)
 	case route.RetryableStatus(code) || code < 200 || (code >= 300 && code < 400):
 		msg := upstreamErrorMessage(resp.Body)
-		x.waited(u, t0, true)
+		x.waited(u, t0)
 		return route.Attempt{
 			Err:        fmt.Errorf("HTTP %d%s", code, redactKey(msg, u)),
 			Retryable:  true,
@@ -230,7 +230,7 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		// upstream was refused. Passing the upstream's 401 on would tell
 		// the client its key is wrong (and may echo part of ours), so it
 		// is a 502 that says whose configuration to fix.
-		x.waited(u, t0, true)
+		x.waited(u, t0)
 		x.upstream = u.Name
 		x.w.Header().Set("X-Relaygate-Upstream", u.Name)
 		x.fail(&apiError{Status: http.StatusBadGateway, Type: typeUpstream, Code: "upstream_auth_failed",
@@ -245,13 +245,10 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 
 // waited adds the time since t0 to the exchange's upstream wait and to the
 // upstream's latency histogram.
-func (x *exchange) waited(u *route.Upstream, t0 time.Time, record bool) time.Duration {
+func (x *exchange) waited(u *route.Upstream, t0 time.Time) {
 	d := time.Since(t0)
 	x.upstreamWait += d
-	if record {
-		x.s.metrics.UpstreamDuration(u.Name, d.Seconds())
-	}
-	return d
+	x.s.metrics.UpstreamDuration(u.Name, d.Seconds())
 }
 
 func transportFailure(ctx, actx context.Context, u *route.Upstream, err error) route.Attempt {
@@ -280,7 +277,7 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 	}()
 	data, err := readAll(resp.Body, (*bp)[:0], maxResponseBytes)
 	*bp = data
-	x.waited(u, t0, true)
+	x.waited(u, t0)
 	if err != nil {
 		if ctx.Err() != nil {
 			return route.Attempt{Err: err}

@@ -182,13 +182,8 @@ func (st *state) adminAuthorized(r *http.Request) bool {
 	if len(st.adminKey) == 0 {
 		return true
 	}
-	h := r.Header.Get("Authorization")
-	const prefix = "Bearer "
-	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
-		return false
-	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(h[len(prefix):])))
-	return subtle.ConstantTimeCompare(sum[:], st.adminKey[0][:]) == 1
+	sum, ok := bearerSum(r)
+	return ok && matchKey(sum, st.adminKey)
 }
 
 func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
@@ -204,22 +199,36 @@ func (st *state) authorize(r *http.Request) (client string, e *apiError) {
 	if len(st.keys) == 0 {
 		return "open", nil
 	}
-	h := r.Header.Get("Authorization")
-	const prefix = "Bearer "
-	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
+	sum, ok := bearerSum(r)
+	if !ok {
 		return "", &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
 			Message: "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."}
 	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(h[len(prefix):])))
-	match := 0
-	for i := range st.keys {
-		match |= subtle.ConstantTimeCompare(sum[:], st.keys[i][:])
-	}
-	if match != 1 {
+	if !matchKey(sum, st.keys) {
 		return "", &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
 			Message: "Incorrect API key provided."}
 	}
 	return hex.EncodeToString(sum[:8]), nil
+}
+
+// bearerSum is the SHA-256 of the request's Bearer key. Keys are compared
+// as fixed-size hashes, so the comparison's time says nothing of their length.
+func bearerSum(r *http.Request) (sum [sha256.Size]byte, ok bool) {
+	h := r.Header.Get("Authorization")
+	const prefix = "Bearer "
+	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
+		return sum, false
+	}
+	return sha256.Sum256([]byte(strings.TrimSpace(h[len(prefix):]))), true
+}
+
+// matchKey compares sum with every key in constant time, with no early exit.
+func matchKey(sum [sha256.Size]byte, keys [][sha256.Size]byte) bool {
+	match := 0
+	for i := range keys {
+		match |= subtle.ConstantTimeCompare(sum[:], keys[i][:])
+	}
+	return match == 1
 }
 
 // requestID keeps a client's X-Request-Id when it is a sane token (it ends
