@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	openai "github.com/sashabaranov/go-openai"
 
 	"github.com/relaygate/relaygate/service/internal/config"
@@ -164,7 +163,7 @@ func TestCache(t *testing.T) {
 			t.Errorf("upstream requests = %d: the stream must not have reached it", got)
 		}
 	})
-	if hits := testutil.ToFloat64(s.app.Metrics.CacheCounter("hit")); hits < 3 {
+	if hits := testenv.MetricValue(t, s.app.Metrics.Registry, "relaygate_cache_requests_total", map[string]string{"result": "hit"}); hits < 3 {
 		t.Errorf("relaygate_cache_requests_total{result=hit} = %v", hits)
 	}
 }
@@ -222,7 +221,7 @@ func TestRedisKilledUnderLoad(t *testing.T) {
 	if failed.Load() != 0 {
 		t.Fatalf("%d of %d requests failed while Redis died and came back", failed.Load(), sent.Load())
 	}
-	if got := testutil.ToFloat64(s.app.Metrics.CacheCounter("error")); got == 0 {
+	if got := testenv.MetricValue(t, s.app.Metrics.Registry, "relaygate_cache_requests_total", map[string]string{"result": "error"}); got == 0 {
 		t.Error("relaygate_cache_requests_total{result=error} did not count the outage")
 	}
 	// Back by itself: the same request is stored and then hit again.

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestPassThroughIsByteExact(t *testing.T) {
@@ -108,7 +106,7 @@ func TestRetriesAndFallback(t *testing.T) {
 				t.Errorf("calls a=%d b=%d, want a=%d b=%d", a.calls.Load(), b.calls.Load(), tt.wantA, tt.wantB)
 			}
 			if tt.wantB > 0 {
-				if got := testutil.ToFloat64(m.FallbacksCounter("a", "b")); got != 1 {
+				if got := metricValue(t, m, "relaygate_fallbacks_total", map[string]string{"from": "a", "to": "b"}); got != 1 {
 					t.Errorf("relaygate_fallbacks_total{a,b} = %v, want 1", got)
 				}
 			}
@@ -244,7 +242,7 @@ func TestCircuitBreakerSkipsAFailingUpstream(t *testing.T) {
 	if got := a.calls.Load(); got != 3 {
 		t.Errorf("the failing upstream got %d requests, want 3 (then the circuit opens)", got)
 	}
-	if got := testutil.ToFloat64(m.UpstreamUpGauge("a")); got != 0 {
+	if got := metricValue(t, m, "relaygate_upstream_up", map[string]string{"upstream": "a"}); got != 0 {
 		t.Errorf("relaygate_upstream_up{a} = %v, want 0", got)
 	}
 	h := srv.healthReport()
@@ -433,7 +431,7 @@ func TestStreaming(t *testing.T) {
 		if !bytes.Contains(up.lastBody(), []byte(`"stream_options":{"include_usage":true}`)) {
 			t.Errorf("upstream was not asked for usage: %s", up.lastBody())
 		}
-		if got := testutil.ToFloat64(m.TokensCounter("m", "completion")); got != 4 {
+		if got := metricValue(t, m, "relaygate_tokens_total", map[string]string{"model": "m", "kind": "completion"}); got != 4 {
 			t.Errorf("completion tokens = %v, want 4 from the upstream's usage", got)
 		}
 	})

@@ -16,6 +16,7 @@ import (
 
 	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/metrics"
+	"github.com/relaygate/relaygate/service/internal/testenv"
 )
 
 const testClientKey = "sk-test-client-key-0123456789"
@@ -214,34 +215,5 @@ const chatBody = `{"model":"m","messages":[{"role":"user","content":"hi"}],"temp
 // metricValue reads one series from the gateway's registry; 0 when absent.
 func metricValue(t *testing.T, m *metrics.Metrics, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, mt := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range mt.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue next
-				}
-			}
-			switch {
-			case mt.GetCounter() != nil:
-				return mt.GetCounter().GetValue()
-			case mt.GetGauge() != nil:
-				return mt.GetGauge().GetValue()
-			case mt.GetHistogram() != nil:
-				return float64(mt.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return 0
+	return testenv.MetricValue(t, m.Registry, name, labels)
 }

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	openai "github.com/sashabaranov/go-openai"
 
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
@@ -39,7 +38,7 @@ func TestOpenAIClient(t *testing.T) {
 
 	// A stream with usage asked for: the client's view of the usage must be
 	// what the gateway counted.
-	before := testutil.ToFloat64(m.TokensCounter("m", "completion"))
+	before := metricValue(t, m, "relaygate_tokens_total", map[string]string{"model": "m", "kind": "completion"})
 	stream, err := client.CreateChatCompletionStream(ctx, openai.ChatCompletionRequest{
 		Model: "m", Messages: msgs, Stream: true, StreamOptions: &openai.StreamOptions{IncludeUsage: true},
 	})
@@ -73,7 +72,9 @@ func TestOpenAIClient(t *testing.T) {
 	}
 	// go-openai stops reading at [DONE], which can be before the gateway's
 	// handler has returned and recorded the request: wait for it.
-	counted := func() float64 { return testutil.ToFloat64(m.TokensCounter("m", "completion")) - before }
+	counted := func() float64 {
+		return metricValue(t, m, "relaygate_tokens_total", map[string]string{"model": "m", "kind": "completion"}) - before
+	}
 	for deadline := time.Now().Add(10 * time.Second); counted() == 0 && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
 	}

@@ -326,30 +326,9 @@ func (m *Metrics) RateLimited(limit string) { m.rateLimited.WithLabelValues(limi
 // RateLimitError counts a limit check that could not reach Redis.
 func (m *Metrics) RateLimitError() { m.rateLimitErrors.Inc() }
 
-// FallbacksCounter, UpstreamUpGauge and TokensCounter expose single series
-// for tests and reports.
-func (m *Metrics) FallbacksCounter(from, to string) prometheus.Collector {
-	return m.fallbacks.WithLabelValues(from, to)
-}
-
-// UpstreamUpGauge returns the relaygate_upstream_up series of an upstream.
-func (m *Metrics) UpstreamUpGauge(upstream string) prometheus.Collector {
-	return m.upstreamUp.WithLabelValues(upstream)
-}
-
-// TokensCounter returns the relaygate_tokens_total series of a model and kind.
-func (m *Metrics) TokensCounter(model, kind string) prometheus.Collector {
-	return m.tokens.WithLabelValues(model, kind)
-}
-
 // CacheSaving counts what a cache hit saved: the whole price of the answer.
 func (m *Metrics) CacheSaving(model string, dollars float64) {
 	if dollars > 0 {
 		m.model(model).savings.Add(dollars)
 	}
-}
-
-// CacheCounter returns the relaygate_cache_requests_total series of a result.
-func (m *Metrics) CacheCounter(result string) prometheus.Collector {
-	return m.cacheRequests.WithLabelValues(result)
 }

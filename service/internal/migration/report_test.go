@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
 	"github.com/relaygate/relaygate/service/internal/app"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/testenv"
@@ -153,7 +151,9 @@ func TestReportReadsTheGatewayFromPrometheus(t *testing.T) {
 	}
 	firstSeen := time.Now()
 
-	tokens := func(model, kind string) float64 { return testutil.ToFloat64(s.app.Metrics.TokensCounter(model, kind)) }
+	tokens := func(model, kind string) float64 {
+		return testenv.MetricValue(t, s.app.Metrics.Registry, "relaygate_tokens_total", map[string]string{"model": model, "kind": kind})
+	}
 	promptBefore, completionBefore := tokens("direct", "prompt"), tokens("direct", "completion")
 	fbPromptBefore, fbCompletionBefore := tokens("fallback", "prompt"), tokens("fallback", "completion")
 	jobs := make(chan func(), 100)
