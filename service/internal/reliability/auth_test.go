@@ -147,6 +147,9 @@ func TestKeysComparedInConstantTime(t *testing.T) {
 		t.Fatalf("gateway sources: %v", err)
 	}
 	funcs := map[string]*ast.FuncDecl{"authorize": nil, "adminAuthorized": nil}
+	// Every plain function of the package, so the check follows the auth
+	// methods into the helpers they call.
+	helpers := map[string]*ast.FuncDecl{}
 	fields := map[string]*ast.Field{"keys": nil, "adminKey": nil}
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
@@ -161,6 +164,9 @@ func TestKeysComparedInConstantTime(t *testing.T) {
 			case *ast.FuncDecl:
 				if _, ok := funcs[n.Name.Name]; ok && n.Recv != nil {
 					funcs[n.Name.Name] = n
+				}
+				if n.Recv == nil {
+					helpers[n.Name.Name] = n
 				}
 			case *ast.TypeSpec:
 				if st, ok := n.Type.(*ast.StructType); ok && n.Name.Name == "state" {
@@ -190,42 +196,31 @@ func TestKeysComparedInConstantTime(t *testing.T) {
 			t.Errorf("%s not found: update this test with the gateway's auth code", name)
 			continue
 		}
-		checkConstantTime(t, fset, fn)
+		checkConstantTime(t, fset, fn, helpers)
 	}
 }
 
-// checkConstantTime fails unless fn hashes what it compares with SHA-256
-// and compares it only with subtle.ConstantTimeCompare.
-func checkConstantTime(t *testing.T, fset *token.FileSet, fn *ast.FuncDecl) {
+// checkConstantTime fails unless fn, with the package functions it calls,
+// hashes what it compares with SHA-256 and compares it only with
+// subtle.ConstantTimeCompare.
+func checkConstantTime(t *testing.T, fset *token.FileSet, fn *ast.FuncDecl, helpers map[string]*ast.FuncDecl) {
 	t.Helper()
 	calls := map[string]int{}
-	ast.Inspect(fn.Body, func(n ast.Node) bool {
-		switch n := n.(type) {
-		case *ast.CallExpr:
-			if sel, ok := n.Fun.(*ast.SelectorExpr); ok {
-				if pkg, ok := sel.X.(*ast.Ident); ok {
-					calls[pkg.Name+"."+sel.Sel.Name]++
-				}
-			}
-		case *ast.BinaryExpr:
-			if n.Op == token.EQL || n.Op == token.NEQ {
-				// Only comparisons with a number (a length, the match
-				// flag) are allowed: anything else may compare key bytes.
-				if !isIntLit(n.X) && !isIntLit(n.Y) {
-					t.Errorf("%s compares with %s at %s", fn.Name.Name, n.Op, fset.Position(n.Pos()))
-				}
-			}
-		case *ast.RangeStmt:
-			ast.Inspect(n.Body, func(m ast.Node) bool {
-				switch m.(type) {
-				case *ast.BranchStmt, *ast.ReturnStmt:
-					t.Errorf("%s: the loop over keys can end early at %s", fn.Name.Name, fset.Position(m.Pos()))
-				}
-				return true
-			})
+	seen := map[*ast.FuncDecl]bool{}
+	queue := []*ast.FuncDecl{fn}
+	for len(queue) > 0 {
+		body := queue[0]
+		queue = queue[1:]
+		if seen[body] {
+			continue
 		}
-		return true
-	})
+		seen[body] = true
+		inspectAuth(t, fset, fn.Name.Name, body, calls, func(name string) {
+			if h, ok := helpers[name]; ok {
+				queue = append(queue, h)
+			}
+		})
+	}
 	for _, want := range []string{"sha256.Sum256", "subtle.ConstantTimeCompare"} {
 		if calls[want] == 0 {
 			t.Errorf("%s does not call %s", fn.Name.Name, want)
@@ -236,6 +231,43 @@ func checkConstantTime(t *testing.T, fset *token.FileSet, fn *ast.FuncDecl) {
 			t.Errorf("%s calls %s, which returns at the first difference", fn.Name.Name, banned)
 		}
 	}
+}
+
+// inspectAuth counts the package-qualified calls in one function body,
+// reports comparisons and early loop exits that could leak timing, and
+// hands calls to package functions to follow.
+func inspectAuth(t *testing.T, fset *token.FileSet, name string, fn *ast.FuncDecl, calls map[string]int, follow func(string)) {
+	t.Helper()
+	ast.Inspect(fn.Body, func(n ast.Node) bool {
+		switch n := n.(type) {
+		case *ast.CallExpr:
+			switch f := n.Fun.(type) {
+			case *ast.SelectorExpr:
+				if pkg, ok := f.X.(*ast.Ident); ok {
+					calls[pkg.Name+"."+f.Sel.Name]++
+				}
+			case *ast.Ident:
+				follow(f.Name)
+			}
+		case *ast.BinaryExpr:
+			if n.Op == token.EQL || n.Op == token.NEQ {
+				// Only comparisons with a number (a length, the match
+				// flag) are allowed: anything else may compare key bytes.
+				if !isIntLit(n.X) && !isIntLit(n.Y) {
+					t.Errorf("%s compares with %s at %s", name, n.Op, fset.Position(n.Pos()))
+				}
+			}
+		case *ast.RangeStmt:
+			ast.Inspect(n.Body, func(m ast.Node) bool {
+				switch m.(type) {
+				case *ast.BranchStmt, *ast.ReturnStmt:
+					t.Errorf("%s: the loop over keys can end early at %s", name, fset.Position(m.Pos()))
+				}
+				return true
+			})
+		}
+		return true
+	})
 }
 
 func isIntLit(e ast.Expr) bool {
