@@ -16,6 +16,17 @@ type entry struct {
 	label   string
 	subject *subject
 	role    role
+	// bodies, when set, replace the scenario's: the fallback scenario's
+	// baseline rows ask for the healthy route's model, not the failing one.
+	bodies [][]byte
+}
+
+// bodiesFor is what entry e sends in scenario sc.
+func (sc scenario) bodiesFor(e entry) [][]byte {
+	if e.bodies != nil {
+		return e.bodies
+	}
+	return sc.bodies
 }
 
 type scenarioKind string
@@ -140,13 +151,14 @@ func (s *suite) scenarios() []scenario {
 	if cfg.wants("fallback") {
 		entries := rows(roleFast, subjectDirect, subjectGateway)
 		if gw, ok := s.st.subjects[subjectGateway]; ok {
-			entries = append(entries, entry{label: "gateway fallback", subject: gw, role: roleFallback})
+			entries = append(entries, entry{label: "gateway fallback", subject: gw, role: roleFallback,
+				bodies: [][]byte{completionBody(roleFallback, cfg.Tokens)}})
 		}
 		out = append(out, scenario{
 			name:  "fallback",
 			title: fmt.Sprintf("first upstream answers 503, second is healthy; open loop at %d rps", cfg.KeyRate),
 			kind:  kindOpen, rate: cfg.KeyRate, entries: entries,
-			bodies: [][]byte{completionBody(roleFallback, cfg.Tokens)},
+			bodies: [][]byte{completionBody(roleFast, cfg.Tokens)},
 		})
 	}
 	if cfg.wants("idle") {
@@ -185,7 +197,7 @@ func (s *suite) run(ctx context.Context, sc scenario) (ScenarioResult, error) {
 	rounds := s.cfg.Rounds
 	if sc.prime {
 		for _, e := range sc.entries {
-			if err := prime(ctx, e, sc.bodies); err != nil {
+			if err := prime(ctx, e, sc.bodiesFor(e)); err != nil {
 				return ScenarioResult{}, err
 			}
 		}
@@ -257,12 +269,12 @@ func (s *suite) checkpoint(ctx context.Context) error {
 func (s *suite) once(ctx context.Context, sc scenario, e entry, d time.Duration) (run, error) {
 	switch sc.kind {
 	case kindOpen:
-		return attack(ctx, e, load{rate: sc.rate, duration: d, bodies: sc.bodies}), nil
+		return attack(ctx, e, load{rate: sc.rate, duration: d, bodies: sc.bodiesFor(e)}), nil
 	case kindClosed:
-		return attack(ctx, e, load{workers: sc.workers, duration: d, bodies: sc.bodies}), nil
+		return attack(ctx, e, load{workers: sc.workers, duration: d, bodies: sc.bodiesFor(e)}), nil
 	case kindStreams:
 		shape := streamShape{tokens: s.cfg.Tokens, chunkDelay: s.cfg.ChunkDelay}
-		return runStreams(ctx, e, sc.bodies[0], shape, sc.rate, d), nil
+		return runStreams(ctx, e, sc.bodiesFor(e)[0], shape, sc.rate, d), nil
 	case kindIdle:
 		// Connections kept from earlier scenarios would count against the
 		// open-files limit the streams are sized by.
@@ -273,7 +285,7 @@ func (s *suite) once(ctx context.Context, sc scenario, e entry, d time.Duration)
 		if err != nil {
 			return run{}, err
 		}
-		r, err := holdIdleStreams(ctx, e, sc.bodies[0], s.cfg.IdleStreams, n, s.cfg.IdleBatches)
+		r, err := holdIdleStreams(ctx, e, sc.bodiesFor(e)[0], s.cfg.IdleStreams, n, s.cfg.IdleBatches)
 		if r.idle != nil {
 			r.idle.Limit = limit
 		}
