@@ -30,20 +30,33 @@ var (
 	errStreamCut = errors.New("stream ended before a finish_reason")
 )
 
+// chatRequest is the request for prompt p to model. A prompt's max_tokens
+// is sent as written (relays and model servers still read it, and many do
+// not know max_completion_tokens), except to the reasoning models that the
+// client refuses it for (o1…, gpt-5…): they get it as
+// max_completion_tokens, or every request would fail before it is sent and
+// look like the upstream's fault.
+func chatRequest(model string, p *Prompt) openai.ChatCompletionRequest {
+	req := openai.ChatCompletionRequest{Model: model, Messages: p.Messages, MaxCompletionTokens: p.MaxCompletionTokens}
+	//lint:ignore SA1019 see above: max_tokens is what most upstreams read
+	req.MaxTokens = p.MaxTokens
+	if errors.Is(openai.NewReasoningValidator().Validate(req), openai.ErrReasoningModelMaxTokensDeprecated) {
+		if req.MaxCompletionTokens == 0 {
+			req.MaxCompletionTokens = p.MaxTokens
+		}
+		//lint:ignore SA1019 cleared, not used
+		req.MaxTokens = 0
+	}
+	return req
+}
+
 // send makes one request with the real OpenAI client and times it the way
 // a client experiences it: latency to the end of the answer, and for a
 // stream, time to the first chunk that carries content.
 func (t *target) send(ctx context.Context, p *Prompt, stream bool) outcome {
 	rctx, cancel := context.WithTimeout(ctx, t.timeout)
 	defer cancel()
-	req := openai.ChatCompletionRequest{
-		Model:               t.model,
-		Messages:            p.Messages,
-		MaxCompletionTokens: p.MaxCompletionTokens,
-	}
-	//lint:ignore SA1019 the prompt asked for max_tokens, which relays and model servers still read and many do not know max_completion_tokens
-	req.MaxTokens = p.MaxTokens
-
+	req := chatRequest(t.model, p)
 	start := time.Now()
 	if !stream {
 		resp, err := t.client.CreateChatCompletion(rctx, req)
