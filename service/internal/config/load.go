@@ -61,11 +61,28 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 		return nil, l.withKeys(err)
 	}
 	cfg.applyDefaults()
+	trimSecrets(&cfg)
 	l.validate(&cfg, unset)
 	if len(l.errs) > 0 {
 		return nil, errors.Join(l.errs...)
 	}
 	return &cfg, nil
+}
+
+// trimSecrets removes whitespace around keys. Secrets mounted from files
+// (Kubernetes, Docker) usually end in a newline that ${VAR} carries in:
+// presented client keys are trimmed, so an untrimmed configured one never
+// matches, and a newline in an upstream key makes an invalid Authorization
+// header. A key blank once trimmed is an empty one (and, from a variable,
+// an unset one: expandEnv reports it).
+func trimSecrets(c *Config) {
+	for i := range c.ClientKeys {
+		c.ClientKeys[i] = strings.TrimSpace(c.ClientKeys[i])
+	}
+	for i := range c.Upstreams {
+		c.Upstreams[i].APIKey = strings.TrimSpace(c.Upstreams[i].APIKey)
+	}
+	c.Admin.Key = strings.TrimSpace(c.Admin.Key)
 }
 
 // UnmarshalYAML accepts only strings with a unit.
@@ -110,7 +127,9 @@ func expandEnv(n *yaml.Node, lookup func(string) (string, bool), path string) ma
 			n.Value = envRef.ReplaceAllStringFunc(n.Value, func(ref string) string {
 				name := ref[2 : len(ref)-1]
 				v, ok := lookup(name)
-				if !ok || v == "" {
+				// Blank counts as empty: a secret file holding just a
+				// newline is no key (see trimSecrets).
+				if !ok || strings.TrimSpace(v) == "" {
 					unset[path] = append(unset[path], name)
 				}
 				return v

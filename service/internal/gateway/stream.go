@@ -51,9 +51,15 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 		}
 	}()
 
+	// The idle timer runs only while the gateway waits on the upstream's
+	// Read: armed before each read, stopped as it returns. Were it left
+	// running through the writes, a client that stops reading would block
+	// them past the timeout and the gateway would blame (and retry, and
+	// charge the breaker of) an upstream that was never silent.
 	idle := x.st.cfg.StreamIdleTimeout.D()
 	var idleFired atomic.Bool
 	timer := time.AfterFunc(idle, func() { idleFired.Store(true); cancel() })
+	timer.Stop()
 	defer timer.Stop()
 	rc := http.NewResponseController(x.w)
 	defer func() { x.s.metrics.UpstreamDuration(u.Name, time.Since(t0).Seconds()) }()
@@ -70,6 +76,7 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 		timer.Reset(idle)
 		tr := time.Now()
 		n, err := resp.Body.Read(buf[filled:])
+		timer.Stop()
 		x.upstreamWait += time.Since(tr)
 		filled += n
 
