@@ -36,6 +36,8 @@ const (
 	fakePublicKey    = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHarnessKeyNotARealKey0000000000000000 ops@example"
 	fakeAMI          = "ami-0123456789abcdef0"
 	fakeECRPassword  = "test-ecr-password-77aa"
+	// albZoneID is the hosted zone AWS gives load balancers in us-east-1.
+	albZoneID = "Z35SXDOTRQ7X7K"
 )
 
 // setting is one `pulumi config set [--secret] key value`; an empty value
@@ -185,6 +187,8 @@ type recorded struct {
 	Inputs     resource.PropertyMap
 	Provider   string
 	Deps       []string
+	// DeletedWith is the URN of the resource this one goes with.
+	DeletedWith string
 }
 
 type invoke struct {
@@ -217,6 +221,7 @@ func (e *engine) NewResource(args pulumi.MockResourceArgs) (string, resource.Pro
 	rec := recorded{Type: args.TypeToken, Name: args.Name, Inputs: args.Inputs, Provider: args.Provider}
 	if args.RegisterRPC != nil {
 		rec.Deps = args.RegisterRPC.GetDependencies()
+		rec.DeletedWith = args.RegisterRPC.GetDeletedWith()
 	}
 	e.res = append(e.res, rec)
 	e.mu.Unlock()
@@ -253,6 +258,7 @@ func (e *engine) NewResource(args pulumi.MockResourceArgs) (string, resource.Pro
 		set("imageId", "sha256:"+digest(str("name")))
 	case "aws:lb/loadBalancer:LoadBalancer":
 		set("dnsName", args.Name+"-1234567890."+e.region+".elb.amazonaws.com")
+		set("zoneId", albZoneID)
 		set("arn", "arn:aws:elasticloadbalancing:"+e.region+":123456789012:loadbalancer/app/"+args.Name)
 	case "aws:lb/targetGroup:TargetGroup":
 		set("arn", "arn:aws:elasticloadbalancing:"+e.region+":123456789012:targetgroup/"+args.Name)

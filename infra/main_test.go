@@ -37,6 +37,13 @@ const (
 	typeListener      = "aws:lb/listener:Listener"
 	typeReplGroup     = "aws:elasticache/replicationGroup:ReplicationGroup"
 	typeCacheSubnets  = "aws:elasticache/subnetGroup:SubnetGroup"
+	typeNetwork       = "docker:index/network:Network"
+	typeVolume        = "docker:index/volume:Volume"
+	typeDNSRecord     = "aws:route53/record:Record"
+
+	// instanceLabel is the label (and pull trigger) that ties a Docker
+	// resource to the EC2 instance it runs on.
+	instanceLabel = "relaygate.instance-id"
 
 	invokeECRImage   = "aws:ecr/getImage:getImage"
 	invokeLocalImage = "docker:index/getRemoteImage:getRemoteImage"
@@ -93,6 +100,7 @@ func TestDevStack(t *testing.T) {
 	checkSecurityGroups(t, d)
 	checkImage(t, d, true)
 	checkHostContainers(t, d, 1, false)
+	checkInstanceBound(t, d, 1, false)
 
 	if n := len(d.ofType(typeALB)) + len(d.ofType(typeReplGroup)); n != 0 {
 		t.Errorf("dev created %d load balancer/managed Redis resources", n)
@@ -118,6 +126,7 @@ func TestProdStack(t *testing.T) {
 	checkSecurityGroups(t, d)
 	checkImage(t, d, true)
 	checkHostContainers(t, d, hosts, true)
+	checkInstanceBound(t, d, hosts, true)
 
 	// Hosts spread over availability zones.
 	zoneOf := map[string]string{}
@@ -160,6 +169,9 @@ func TestProdStack(t *testing.T) {
 	}
 	if got := d.outputs["gatewayUrl"].Value; got != "http://"+getDNS(d) {
 		t.Errorf("gatewayUrl = %v, want the load balancer", got)
+	}
+	if n := len(d.ofType(typeDNSRecord)); n != 0 {
+		t.Errorf("%d DNS records without hostedZoneId", n)
 	}
 
 	// The shared Redis: encrypted, private, reachable from the hosts only.
@@ -231,6 +243,16 @@ func TestLocalStack(t *testing.T) {
 	}
 	checkImage(t, d, false)
 
+	// No instance: the local engine's resources keep the inputs they had.
+	for _, typ := range []string{typeContainer, typeNetwork, typeVolume, typeRemoteImage} {
+		for _, r := range d.ofType(typ) {
+			if _, ok := labelsOf(t, r)[instanceLabel]; ok || !get(t, r, "triggers").IsNull() || r.DeletedWith != "" {
+				t.Errorf("local %s %s is tied to an instance: labels %v, triggers %v, deletedWith %q",
+					typ, r.Name, get(t, r, "labels"), get(t, r, "triggers"), r.DeletedWith)
+			}
+		}
+	}
+
 	gw := d.named(t, typeContainer, "relaygate-local-gateway")
 	if getString(t, gw, "image") != d.outputs["imageRef"].Value {
 		t.Errorf("gateway image %s is not the built image %v", getString(t, gw, "image"), d.outputs["imageRef"].Value)
@@ -280,8 +302,16 @@ func TestLocalStackWithGPU(t *testing.T) {
 
 func TestProdWithTLS(t *testing.T) {
 	t.Parallel()
-	const cert = "arn:aws:acm:us-east-1:123456789012:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
-	d, err := run(t, "prod", "aws", map[string]setting{"relaygate:tlsCertificateArn": {value: cert}})
+	const (
+		cert   = "arn:aws:acm:us-east-1:123456789012:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+		domain = "gateway.example.com"
+		zone   = "Z0123456789ABCDEFGHIJ"
+	)
+	d, err := run(t, "prod", "aws", map[string]setting{
+		"relaygate:tlsCertificateArn": {value: cert},
+		"relaygate:domainName":        {value: domain},
+		"relaygate:hostedZoneId":      {value: zone},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,8 +328,9 @@ func TestProdWithTLS(t *testing.T) {
 		getString(t, http, "defaultActions", 0, "redirect", "protocol") != "HTTPS" {
 		t.Errorf("port 80 does not redirect to HTTPS: %v", http.Inputs)
 	}
-	if u, _ := d.outputs["gatewayUrl"].Value.(string); u != "https://"+getDNS(d) {
-		t.Errorf("gatewayUrl = %q", u)
+	// Clients use the certificate's name, never the load balancer's own.
+	if u, _ := d.outputs["gatewayUrl"].Value.(string); u != "https://"+domain {
+		t.Errorf("gatewayUrl = %q, want https://%s", u, domain)
 	}
 	ports := map[int]bool{}
 	for _, r := range ingressRules(t, d.named(t, typeSecurityGroup, "relaygate-prod-lb")) {
@@ -307,6 +338,39 @@ func TestProdWithTLS(t *testing.T) {
 	}
 	if !ports[80] || !ports[443] || len(ports) != 2 {
 		t.Errorf("load balancer security group ports = %v", ports)
+	}
+
+	// The alias record in the operator's zone points at the load balancer.
+	records := d.ofType(typeDNSRecord)
+	if len(records) != 1 {
+		t.Fatalf("%d DNS records, want 1", len(records))
+	}
+	rec := records[0]
+	if getString(t, rec, "zoneId") != zone || getString(t, rec, "name") != domain || getString(t, rec, "type") != "A" {
+		t.Errorf("DNS record: zone %s, name %s, type %s", getString(t, rec, "zoneId"), getString(t, rec, "name"), getString(t, rec, "type"))
+	}
+	if aliases := items(t, rec, "aliases"); len(aliases) != 1 ||
+		getString(t, rec, "aliases", 0, "name") != getDNS(d) || getString(t, rec, "aliases", 0, "zoneId") != albZoneID {
+		t.Errorf("DNS record aliases = %v, want the load balancer %s in zone %s", get(t, rec, "aliases"), getDNS(d), albZoneID)
+	}
+	if len(items(t, rec, "records")) != 0 || !get(t, rec, "ttl").IsNull() {
+		t.Errorf("an alias record has records %v / ttl %v", get(t, rec, "records"), get(t, rec, "ttl"))
+	}
+
+	// Without a hosted zone the operator creates the record: the URL still
+	// uses the domain and no record is made.
+	d, err = run(t, "prod", "aws", map[string]setting{
+		"relaygate:tlsCertificateArn": {value: cert},
+		"relaygate:domainName":        {value: domain},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, _ := d.outputs["gatewayUrl"].Value.(string); u != "https://"+domain {
+		t.Errorf("without hostedZoneId: gatewayUrl = %q, want https://%s", u, domain)
+	}
+	if n := len(d.ofType(typeDNSRecord)); n != 0 {
+		t.Errorf("without hostedZoneId: %d DNS records", n)
 	}
 }
 
@@ -357,6 +421,10 @@ func TestBrokenConfigFails(t *testing.T) {
 		{"upstream key missing", "prod", map[string]setting{"relaygate:openaiApiKey": {unset: true}}, "relaygate:openaiApiKey: is not set"},
 		{"upstream key in plain text", "dev", map[string]setting{"relaygate:holysheepApiKey": {value: fakeHolysheepKey}}, "relaygate:holysheepApiKey: is stored in plain text"},
 		{"simulator in production", "prod", map[string]setting{"relaygate:upstreamSimulator": {value: "true"}}, "relaygate:upstreamSimulator: is a test tool"},
+		{"certificate without a domain name", "prod", map[string]setting{
+			"relaygate:tlsCertificateArn": {value: "arn:aws:acm:us-east-1:123456789012:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"},
+		}, "relaygate:domainName: is not set but tlsCertificateArn is"},
+		{"V100 hosts", "dev", map[string]setting{"relaygate:instanceType": {value: "p3.2xlarge"}}, "relaygate:instanceType: \"p3.2xlarge\" is not supported: its V100 GPUs"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -517,6 +585,62 @@ func checkGPUHosts(t *testing.T, d *deployment, want int) {
 	if got := len(toStrings(t, d.outputs["instanceIds"].Value)); got != want {
 		t.Errorf("instanceIds output has %d IDs, want %d", got, want)
 	}
+}
+
+// checkInstanceBound: every Docker resource on a host is tied to that
+// host's EC2 instance, so a replaced instance (a new, empty engine behind
+// the same provider) gets all of them created again: networks, volumes and
+// containers carry the instance ID as a label (a changed label forces a
+// replacement), pulled images have it as a trigger, and all of them go with
+// the instance when it is deleted.
+func checkInstanceBound(t *testing.T, d *deployment, hosts int, managedRedis bool) {
+	t.Helper()
+	ids := toStrings(t, d.outputs["instanceIds"].Value)
+	if len(ids) != hosts {
+		t.Fatalf("instanceIds = %v, want %d", ids, hosts)
+	}
+	// Per host: network, volumes (Redis unless managed, Prometheus),
+	// containers (gateway, Prometheus, Redis unless managed) and pulls.
+	want := map[string]int{typeNetwork: 1, typeVolume: 2, typeContainer: 3, typeRemoteImage: 3}
+	if managedRedis {
+		want = map[string]int{typeNetwork: 1, typeVolume: 1, typeContainer: 2, typeRemoteImage: 2}
+	}
+	for i, id := range ids {
+		h := fmt.Sprintf("relaygate-%s-host-%d", d.stack, i)
+		got := map[string]int{}
+		for typ := range want {
+			for _, r := range d.ofType(typ) {
+				if !strings.Contains(r.Provider, "::"+h+"-docker::") {
+					continue
+				}
+				got[typ]++
+				if typ == typeRemoteImage {
+					if tr := plain(get(t, r, "triggers")); !tr.IsObject() || tr.ObjectValue()[instanceLabel].StringValue() != id {
+						t.Errorf("%s: image %s is not triggered by instance %s: triggers %v", h, r.Name, id, tr)
+					}
+				} else if v := labelsOf(t, r)[instanceLabel]; v != id {
+					t.Errorf("%s: %s %s has label %s=%q, want the instance ID %s", h, typ, r.Name, instanceLabel, v, id)
+				}
+				if !strings.HasSuffix(r.DeletedWith, "::"+h) || !strings.Contains(r.DeletedWith, typeInstance) {
+					t.Errorf("%s: %s %s is not deleted with the instance: %q", h, typ, r.Name, r.DeletedWith)
+				}
+			}
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("%s: Docker resources on the host = %v, want %v", h, got, want)
+		}
+	}
+}
+
+// labelsOf reads a Docker resource's labels ([{label, value}]) as a map.
+func labelsOf(t *testing.T, r recorded) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, l := range items(t, r, "labels") {
+		m := l.ObjectValue()
+		out[m["label"].StringValue()] = m["value"].StringValue()
+	}
+	return out
 }
 
 func dependsOn(r recorded, typ, name string) bool {

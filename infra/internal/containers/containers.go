@@ -36,6 +36,11 @@ var LocalRedisURL = fmt.Sprintf("redis://%s:6379/0", RedisHost)
 // SimulatorURL is the simulator's base URL on the private network.
 var SimulatorURL = fmt.Sprintf("http://%s:%d/v1", SimulatorHost, SimulatorPort)
 
+// InstanceLabel is the label each network, volume and container on an EC2
+// host carries with the host's instance ID, and the RemoteImage trigger of
+// the same name. See [Args.InstanceID].
+const InstanceLabel = "relaygate.instance-id"
+
 // SimulatorCommand starts the simulator from the gateway image.
 var SimulatorCommand = []string{"/usr/local/bin/upstream-sim", "-listen", fmt.Sprintf(":%d", SimulatorPort)}
 
@@ -49,6 +54,18 @@ type Args struct {
 	// DependsOn is what must be done before the first container starts,
 	// e.g. the host's readiness check.
 	DependsOn []pulumi.Resource
+	// InstanceID is the EC2 instance the engine runs on; nil for the local
+	// engine. A replaced instance (new AMI, user data or SSH key) is a new,
+	// empty engine at a new address: the provider's host changes, but no
+	// Docker resource's inputs would, so Pulumi would create nothing there.
+	// With it, every network, volume and container carries
+	// [InstanceLabel] (a label change forces replacement) and every pulled
+	// image has it as a trigger, so a new instance gets all of them.
+	InstanceID pulumi.StringInput
+	// Instance is the resource InstanceID belongs to. Resources on it are
+	// marked deleted with it: when it goes, so do they, and the engine need
+	// not reach a host that is being terminated to remove them.
+	Instance pulumi.Resource
 
 	// GatewayImage is the image reference by digest (or local image ID).
 	GatewayImage pulumi.StringInput
@@ -109,14 +126,26 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	if len(args.DependsOn) > 0 {
 		on = append(on, pulumi.DependsOn(args.DependsOn))
 	}
-	// Container names are fixed so that `docker ps` on a host reads well;
-	// the old container must go before its replacement can take the name.
+	if args.Instance != nil {
+		on = append(on, pulumi.DeletedWith(args.Instance))
+	}
+	// Container, network and volume names are fixed so that `docker ps` on
+	// a host reads well; the old one must go before its replacement can
+	// take the name. (A volume's ID is its name: deleted after its
+	// replacement was created, the old one would be the new one.)
 	replace := append(slices.Clone(on), pulumi.DeleteBeforeReplace(true))
 	logs := pulumi.StringMap{"max-size": pulumi.String("50m"), "max-file": pulumi.String("5")}
+	hostLabels := map[string]pulumi.StringInput{}
+	var triggers pulumi.StringMapInput
+	if args.InstanceID != nil {
+		hostLabels[InstanceLabel] = args.InstanceID
+		triggers = pulumi.StringMap{InstanceLabel: args.InstanceID}
+	}
 
 	net, err := docker.NewNetwork(ctx, name, &docker.NetworkArgs{
 		Name:   pulumi.String(args.Prefix),
 		Driver: pulumi.String("bridge"),
+		Labels: networkLabels(hostLabels),
 	}, replace...)
 	if err != nil {
 		return nil, fmt.Errorf("containers %s: network: %w", name, err)
@@ -132,6 +161,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			Name: ref,
 			// Keep pulled images so a rollback starts without a pull.
 			KeepLocally: pulumi.Bool(true),
+			Triggers:    triggers,
 		}, on...)
 		if err != nil {
 			return pulumi.StringOutput{}, fmt.Errorf("containers %s: pulling %s image: %w", name, what, err)
@@ -145,7 +175,10 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		if err != nil {
 			return nil, err
 		}
-		vol, err := docker.NewVolume(ctx, name+"-redis", &docker.VolumeArgs{Name: pulumi.String(args.Prefix + "-redis-data")}, on...)
+		vol, err := docker.NewVolume(ctx, name+"-redis", &docker.VolumeArgs{
+			Name:   pulumi.String(args.Prefix + "-redis-data"),
+			Labels: volumeLabels(hostLabels),
+		}, replace...)
 		if err != nil {
 			return nil, fmt.Errorf("containers %s: redis volume: %w", name, err)
 		}
@@ -174,6 +207,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			Wait:        pulumi.Bool(true),
 			WaitTimeout: pulumi.Int(120),
 			LogOpts:     logs,
+			Labels:      containerLabels(hostLabels),
 		}, replace...)
 		if err != nil {
 			return nil, fmt.Errorf("containers %s: redis: %w", name, err)
@@ -213,7 +247,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			Restart:      pulumi.String("unless-stopped"),
 			MustRun:      pulumi.Bool(true),
 			LogOpts:      logs,
-			Labels:       labels(map[string]string{"relaygate.test-tool": "true"}),
+			Labels:       containerLabels(withLabel(hostLabels, "relaygate.test-tool", pulumi.String("true"))),
 		}, replace...)
 		if err != nil {
 			return nil, fmt.Errorf("containers %s: upstream simulator: %w", name, err)
@@ -256,6 +290,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		Wait:        pulumi.Bool(true),
 		WaitTimeout: pulumi.Int(180),
 		LogOpts:     logs,
+		Labels:      containerLabels(hostLabels),
 	}
 	if args.GPUs {
 		gw.Gpus = pulumi.String("all")
@@ -271,7 +306,10 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	if err != nil {
 		return nil, err
 	}
-	promVol, err := docker.NewVolume(ctx, name+"-prometheus", &docker.VolumeArgs{Name: pulumi.String(args.Prefix + "-prometheus-data")}, on...)
+	promVol, err := docker.NewVolume(ctx, name+"-prometheus", &docker.VolumeArgs{
+		Name:   pulumi.String(args.Prefix + "-prometheus-data"),
+		Labels: volumeLabels(hostLabels),
+	}, replace...)
 	if err != nil {
 		return nil, fmt.Errorf("containers %s: prometheus volume: %w", name, err)
 	}
@@ -313,6 +351,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		Wait:        pulumi.Bool(true),
 		WaitTimeout: pulumi.Int(120),
 		LogOpts:     logs,
+		Labels:      containerLabels(hostLabels),
 	}, replace...)
 	if err != nil {
 		return nil, fmt.Errorf("containers %s: prometheus: %w", name, err)
@@ -324,10 +363,45 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	})
 }
 
-func labels(m map[string]string) docker.ContainerLabelArray {
+// withLabel is labels plus one more, leaving labels as it was.
+func withLabel(labels map[string]pulumi.StringInput, k string, v pulumi.StringInput) map[string]pulumi.StringInput {
+	out := maps.Clone(labels)
+	out[k] = v
+	return out
+}
+
+// The label helpers return nil for no labels, so a resource without any
+// (the local stack's) keeps the inputs it always had.
+
+func containerLabels(m map[string]pulumi.StringInput) docker.ContainerLabelArrayInput {
+	if len(m) == 0 {
+		return nil
+	}
 	var out docker.ContainerLabelArray
 	for _, k := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, docker.ContainerLabelArgs{Label: pulumi.String(k), Value: pulumi.String(m[k])})
+		out = append(out, docker.ContainerLabelArgs{Label: pulumi.String(k), Value: m[k]})
+	}
+	return out
+}
+
+func networkLabels(m map[string]pulumi.StringInput) docker.NetworkLabelArrayInput {
+	if len(m) == 0 {
+		return nil
+	}
+	var out docker.NetworkLabelArray
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, docker.NetworkLabelArgs{Label: pulumi.String(k), Value: m[k]})
+	}
+	return out
+}
+
+func volumeLabels(m map[string]pulumi.StringInput) docker.VolumeLabelArrayInput {
+	if len(m) == 0 {
+		return nil
+	}
+	var out docker.VolumeLabelArray
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, docker.VolumeLabelArgs{Label: pulumi.String(k), Value: m[k]})
 	}
 	return out
 }

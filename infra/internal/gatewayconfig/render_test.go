@@ -45,6 +45,8 @@ func config(t *testing.T, target string, overrides map[string]string) *stackconf
 		"relaygate:managedRedis":       "false",
 		"relaygate:redisNodeType":      "cache.t4g.small",
 		"relaygate:tlsCertificateArn":  "",
+		"relaygate:domainName":         "",
+		"relaygate:hostedZoneId":       "",
 		"relaygate:deletionProtection": "false",
 		"relaygate:imageTag":           "dev",
 		"relaygate:reuseImage":         "false",

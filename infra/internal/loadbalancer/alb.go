@@ -10,6 +10,7 @@ import (
 	"fmt"
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/lb"
+	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/route53"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 )
 
@@ -27,8 +28,16 @@ type Args struct {
 	Targets    []pulumi.StringInput
 	TargetPort int
 	// CertificateARN turns on HTTPS on 443, with port 80 redirecting to it.
-	// Without it the listener is plain HTTP on 80.
-	CertificateARN     string
+	// Without it the listener is plain HTTP on 80. It requires DomainName:
+	// no certificate can cover the load balancer's own *.elb.amazonaws.com
+	// name.
+	CertificateARN string
+	// DomainName is the name clients use (the certificate's); the URL is
+	// built from it. Empty, the URL uses the load balancer's DNS name.
+	DomainName string
+	// HostedZoneID is the Route 53 zone DomainName's alias record is
+	// created in. Empty, the operator creates the record.
+	HostedZoneID       string
 	DeletionProtection bool
 }
 
@@ -36,6 +45,8 @@ type Args struct {
 type Balancer struct {
 	pulumi.ResourceState
 
+	// DNSName is the load balancer's own name, the target of DomainName's
+	// DNS record.
 	DNSName pulumi.StringOutput
 	// URL is the gateway's base URL for clients.
 	URL pulumi.StringOutput
@@ -53,6 +64,12 @@ func ListenerPorts(certificateARN string) []int {
 func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOption) (*Balancer, error) {
 	if len(args.Targets) == 0 {
 		return nil, fmt.Errorf("load balancer %s: no targets", name)
+	}
+	if args.CertificateARN != "" && args.DomainName == "" {
+		return nil, fmt.Errorf("load balancer %s: a certificate needs a domain name: clients cannot verify it against the load balancer's own name", name)
+	}
+	if args.HostedZoneID != "" && args.DomainName == "" {
+		return nil, fmt.Errorf("load balancer %s: a hosted zone needs a domain name to create", name)
 	}
 	b := &Balancer{}
 	if err := ctx.RegisterComponentResource("relaygate:infra:LoadBalancer", name, b, opts...); err != nil {
@@ -148,7 +165,26 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		return nil, fmt.Errorf("load balancer %s: http listener: %w", name, err)
 	}
 
+	if args.HostedZoneID != "" {
+		if _, err := route53.NewRecord(ctx, name+"-dns", &route53.RecordArgs{
+			ZoneId: pulumi.String(args.HostedZoneID),
+			Name:   pulumi.String(args.DomainName),
+			Type:   pulumi.String("A"),
+			Aliases: route53.RecordAliasArray{route53.RecordAliasArgs{
+				Name:   alb.DnsName,
+				ZoneId: alb.ZoneId,
+				// Route 53 follows the load balancer's own health.
+				EvaluateTargetHealth: pulumi.Bool(true),
+			}},
+		}, parent); err != nil {
+			return nil, fmt.Errorf("load balancer %s: DNS record %s: %w", name, args.DomainName, err)
+		}
+	}
+
 	b.DNSName = alb.DnsName
 	b.URL = pulumi.Sprintf("%s://%s", scheme, alb.DnsName)
+	if args.DomainName != "" {
+		b.URL = pulumi.Sprintf("%s://%s", scheme, args.DomainName)
+	}
 	return b, ctx.RegisterResourceOutputs(b, pulumi.Map{"dnsName": b.DNSName, "url": b.URL})
 }

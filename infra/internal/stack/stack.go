@@ -209,6 +209,11 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 			RedisMaxMemory:  hostRedisMaxMemory,
 			PrometheusImage: cfg.PrometheusImage,
 			PrometheusFiles: promFiles,
+			// A replaced instance (new AMI, user data or key) is a bare
+			// host behind the same provider: this makes every Docker
+			// resource on it differ, so all of them are created again there.
+			InstanceID: host.Instance.ID().ToStringOutput(),
+			Instance:   host.Instance,
 		}, pulumi.Parent(host)); err != nil {
 			return nil, err
 		}
@@ -229,6 +234,8 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 			Targets:            targets,
 			TargetPort:         stackconfig.GatewayPort,
 			CertificateARN:     cfg.TLSCertificateARN,
+			DomainName:         cfg.DomainName,
+			HostedZoneID:       cfg.HostedZoneID,
 			DeletionProtection: cfg.DeletionProtection,
 		})
 		if err != nil {

@@ -73,6 +73,12 @@ type Config struct {
 	RedisNodeType      string
 	TLSCertificateARN  string
 	DeletionProtection bool
+	// DomainName is the name clients reach the load balancer by, and the
+	// name TLSCertificateARN's certificate must cover; required with it.
+	DomainName string
+	// HostedZoneID is the Route 53 zone the program writes DomainName's
+	// alias record into; empty, the operator creates the record.
+	HostedZoneID string
 
 	// Images.
 	ImageTag string

@@ -23,7 +23,7 @@ var Keys = []string{
 	"target", "instanceType", "hostCount", "expectedGpuCount", "rootVolumeGb",
 	"amiNamePattern", "amiOwner", "sshUser", "sshPublicKey", "cudaTestImage",
 	"vpcCidr", "allowedCidrs", "operatorCidr",
-	"loadBalancer", "managedRedis", "redisNodeType", "tlsCertificateArn", "deletionProtection",
+	"loadBalancer", "managedRedis", "redisNodeType", "tlsCertificateArn", "domainName", "hostedZoneId", "deletionProtection",
 	"imageTag", "reuseImage", "imageRetainCount", "redisImage", "prometheusImage",
 	"localGpu", "upstreamSimulator",
 	"latencyBudgetP95Ms", "upstreams", "models", "retry", "cacheTtl", "rateLimit",
@@ -49,6 +49,10 @@ var (
 	nodeTypeRE    = regexp.MustCompile(`^cache\.[a-z0-9]+\.[a-z0-9]+$`)
 	acmARNRE      = regexp.MustCompile(`^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[A-Za-z0-9-]+$`)
 	sshKeyTypesRE = regexp.MustCompile(`^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/=]+( .*)?$`)
+	// domainNameRE is a fully qualified host name of two labels or more,
+	// lower case, without a trailing dot or a wildcard.
+	domainNameRE = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$`)
+	hostedZoneRE = regexp.MustCompile(`^Z[A-Z0-9]{1,31}$`)
 )
 
 // Parse reads every key from src and validates the whole configuration for
@@ -82,6 +86,8 @@ func Parse(src Source, stack string) (*Config, error) {
 	c.ManagedRedis = p.bool("managedRedis")
 	c.RedisNodeType = p.str("redisNodeType")
 	c.TLSCertificateARN = p.str("tlsCertificateArn")
+	c.DomainName = strings.TrimSpace(p.str("domainName"))
+	c.HostedZoneID = strings.TrimSpace(p.str("hostedZoneId"))
 	c.DeletionProtection = p.bool("deletionProtection")
 	c.ImageTag = p.str("imageTag")
 	c.ReuseImage = p.bool("reuseImage")
@@ -147,6 +153,7 @@ func Parse(src Source, stack string) (*Config, error) {
 				p.fail("tlsCertificateArn", "is only used by the load balancer; set loadBalancer to true or remove it")
 			}
 		}
+		p.validateDomain(c)
 		if c.UpstreamSimulator {
 			p.fail("upstreamSimulator", "is a test tool and only allowed on the local target")
 		}
@@ -205,6 +212,8 @@ func (p *parser) validateHosts(c *Config) {
 	switch {
 	case !instanceTypeRE.MatchString(c.InstanceType):
 		p.fail("instanceType", "%q is not an EC2 instance type such as g5.xlarge", c.InstanceType)
+	case unsupportedGPUFamilies[family] != "":
+		p.fail("instanceType", "%q is not supported: %s; use a Turing or newer family (%s)", c.InstanceType, unsupportedGPUFamilies[family], strings.Join(sortedKeys(gpuFamilies), ", "))
 	case !gpuFamilies[family]:
 		p.fail("instanceType", "%q is not an NVIDIA GPU instance type (families: %s)", c.InstanceType, strings.Join(sortedKeys(gpuFamilies), ", "))
 	}
@@ -242,6 +251,34 @@ func (p *parser) validateHosts(c *Config) {
 	}
 	if !imageRefRE.MatchString(c.CUDATestImage) {
 		p.fail("cudaTestImage", "%q is not an image reference such as nvidia/cuda:12.4.1-base-ubuntu22.04", c.CUDATestImage)
+	}
+}
+
+// validateDomain checks the name clients use for the load balancer. With a
+// certificate it is required: the load balancer's own name
+// (<name>.elb.amazonaws.com) is one no ACM certificate can cover, so HTTPS
+// to it fails verification in every client.
+func (p *parser) validateDomain(c *Config) {
+	switch d := c.DomainName; {
+	case d == "":
+		if c.TLSCertificateARN != "" {
+			p.fail("domainName", "is not set but tlsCertificateArn is: clients must reach the load balancer by a name the certificate covers, "+
+				"since no certificate can cover its *.elb.amazonaws.com name; run `pulumi config set domainName gateway.example.com` "+
+				"(and hostedZoneId to have the program create its DNS record)")
+		}
+	case strings.Contains(d, "://") || strings.ContainsAny(d, "/:"):
+		p.fail("domainName", "%q must be a host name such as gateway.example.com, not a URL", d)
+	case len(d) > 253 || !domainNameRE.MatchString(d):
+		p.fail("domainName", "%q is not a host name such as gateway.example.com (lower case, no wildcard, no trailing dot)", d)
+	case !c.LoadBalancer:
+		p.fail("domainName", "names the load balancer; set loadBalancer to true or remove it")
+	}
+	switch {
+	case c.HostedZoneID == "":
+	case !hostedZoneRE.MatchString(c.HostedZoneID):
+		p.fail("hostedZoneId", "%q is not a Route 53 hosted zone ID such as Z0123456789ABCDEFGHIJ", c.HostedZoneID)
+	case c.DomainName == "":
+		p.fail("hostedZoneId", "is set but domainName is not; set domainName to the name to create in that zone, or remove hostedZoneId")
 	}
 }
 

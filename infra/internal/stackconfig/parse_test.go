@@ -46,6 +46,8 @@ func awsValues() map[string]string {
 		"relaygate:managedRedis":       "false",
 		"relaygate:redisNodeType":      "cache.t4g.small",
 		"relaygate:tlsCertificateArn":  "",
+		"relaygate:domainName":         "",
+		"relaygate:hostedZoneId":       "",
 		"relaygate:deletionProtection": "false",
 		"relaygate:imageTag":           "dev",
 		"relaygate:reuseImage":         "false",
@@ -75,6 +77,7 @@ func prodValues() map[string]string {
 	v["relaygate:managedRedis"] = "true"
 	v["relaygate:deletionProtection"] = "true"
 	v["relaygate:tlsCertificateArn"] = "arn:aws:acm:us-east-1:123456789012:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+	v["relaygate:domainName"] = "gateway.example.com"
 	return v
 }
 
@@ -154,6 +157,19 @@ func TestParseValidStacks(t *testing.T) {
 		{"prod scale-out", prodValues(), func(t *testing.T, c *Config) {
 			if c.HostCount != 3 || !c.LoadBalancer || !c.ManagedRedis || !c.DeletionProtection {
 				t.Errorf("hosts %d, lb %t, redis %t, protection %t", c.HostCount, c.LoadBalancer, c.ManagedRedis, c.DeletionProtection)
+			}
+			if c.DomainName != "gateway.example.com" || c.HostedZoneID != "" {
+				t.Errorf("domain %q, zone %q", c.DomainName, c.HostedZoneID)
+			}
+		}},
+		{"prod with a Route 53 zone", with(prodValues(), "relaygate:hostedZoneId", "Z0123456789ABCDEFGHIJ"), func(t *testing.T, c *Config) {
+			if c.DomainName != "gateway.example.com" || c.HostedZoneID != "Z0123456789ABCDEFGHIJ" {
+				t.Errorf("domain %q, zone %q", c.DomainName, c.HostedZoneID)
+			}
+		}},
+		{"plain HTTP load balancer under a domain", with(prodValues(), "relaygate:tlsCertificateArn", ""), func(t *testing.T, c *Config) {
+			if c.DomainName != "gateway.example.com" || c.TLSCertificateARN != "" {
+				t.Errorf("domain %q, certificate %q", c.DomainName, c.TLSCertificateARN)
 			}
 		}},
 		{"local with simulator and no upstream keys", localValues(), func(t *testing.T, c *Config) {
@@ -240,6 +256,10 @@ func TestParseRejects(t *testing.T) {
 			[]string{"relaygate:vpcCidr: 10.40.0.0/26: use a /16 to /24"}},
 		{"not a GPU instance", with(awsValues(), "relaygate:instanceType", "t3.large"), nil,
 			[]string{"relaygate:instanceType: \"t3.large\" is not an NVIDIA GPU instance type"}},
+		{"V100 instance (p3)", with(awsValues(), "relaygate:instanceType", "p3.2xlarge"), nil,
+			[]string{"relaygate:instanceType: \"p3.2xlarge\" is not supported: its V100 GPUs are not supported by the NVIDIA open kernel modules"}},
+		{"V100 instance (p3dn)", with(awsValues(), "relaygate:instanceType", "p3dn.24xlarge", "relaygate:expectedGpuCount", "8"), nil,
+			[]string{"relaygate:instanceType: \"p3dn.24xlarge\" is not supported: its V100 GPUs"}},
 		{"GPU count does not match instance", with(awsValues(), "relaygate:instanceType", "g5.12xlarge"), nil,
 			[]string{"relaygate:expectedGpuCount: is 1 but g5.12xlarge has 4 GPU(s)"}},
 		{"several hosts without load balancer or shared redis", with(awsValues(), "relaygate:hostCount", "2"), nil,
@@ -248,6 +268,18 @@ func TestParseRejects(t *testing.T) {
 			[]string{"relaygate:redisNodeType"}},
 		{"bad certificate ARN", with(prodValues(), "relaygate:tlsCertificateArn", "arn:aws:iam::123456789012:cert"), nil,
 			[]string{"relaygate:tlsCertificateArn: \"arn:aws:iam::123456789012:cert\" is not an ACM certificate ARN"}},
+		{"certificate without a domain name", with(prodValues(), "relaygate:domainName", ""), nil,
+			[]string{"relaygate:domainName: is not set but tlsCertificateArn is", "*.elb.amazonaws.com"}},
+		{"domain name as a URL", with(prodValues(), "relaygate:domainName", "https://gateway.example.com"), nil,
+			[]string{"relaygate:domainName: \"https://gateway.example.com\" must be a host name"}},
+		{"wildcard domain name", with(prodValues(), "relaygate:domainName", "*.example.com"), nil,
+			[]string{"relaygate:domainName: \"*.example.com\" is not a host name"}},
+		{"domain name without load balancer", with(awsValues(), "relaygate:domainName", "gateway.example.com"), nil,
+			[]string{"relaygate:domainName: names the load balancer"}},
+		{"bad hosted zone", with(prodValues(), "relaygate:hostedZoneId", "example.com"), nil,
+			[]string{"relaygate:hostedZoneId: \"example.com\" is not a Route 53 hosted zone ID"}},
+		{"hosted zone without domain name", with(prodValues(), "relaygate:tlsCertificateArn", "", "relaygate:domainName", "", "relaygate:hostedZoneId", "Z0123456789ABCDEFGHIJ"), nil,
+			[]string{"relaygate:hostedZoneId: is set but domainName is not"}},
 		{"root volume too small", with(awsValues(), "relaygate:rootVolumeGb", "20"), nil,
 			[]string{"relaygate:rootVolumeGb: must be between 100"}},
 		{"no SSH key", with(awsValues(), "relaygate:sshPublicKey", ""), nil,
