@@ -6,11 +6,15 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/internal/metrics"
 )
 
 func TestPassThroughIsByteExact(t *testing.T) {
@@ -210,23 +214,87 @@ func TestClientErrorsPassStraightBack(t *testing.T) {
 	}
 }
 
-func TestUpstreamAuthFailureIsTheGatewaysProblem(t *testing.T) {
-	a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(http.StatusUnauthorized)
-		_, _ = io.WriteString(w, `{"error":{"message":"Incorrect API key provided: upstream-****-a"}}`)
-	})
-	b := newFakeUpstream(t, okCompletion)
-	gw, _, _ := newGateway(t, gwOpts{}, a, b)
-	res := post(t, gw.URL, "/v1/chat/completions", chatBody)
-	if res.status != http.StatusBadGateway {
-		t.Fatalf("status %d, want 502", res.status)
+// TestUpstreamAuthFailureFallsBack: an upstream refusing the gateway's own
+// key is the operator's problem, not the client's. Another try there would
+// be refused too, but the next upstream has its own key; only when no
+// upstream is left does the client get a 502 upstream_auth_failed, which
+// never carries the upstream's answer (it may quote our key).
+func TestUpstreamAuthFailureFallsBack(t *testing.T) {
+	refuse := func(code int) func(n int, w http.ResponseWriter, r *http.Request) {
+		return func(n int, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(code)
+			_, _ = io.WriteString(w, `{"error":{"message":"Incorrect API key provided: `+r.Header.Get("Authorization")+`"}}`)
+		}
 	}
-	msg, _, code := openAIError(t, res.body)
-	if code != "upstream_auth_failed" || strings.Contains(msg, "****") {
-		t.Errorf("code %q message %q: want upstream_auth_failed without the upstream's text", code, msg)
+	down := func(n int, w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) }
+	tests := []struct {
+		name         string
+		upstreams    []func(n int, w http.ResponseWriter, r *http.Request) // a, b, …
+		wantStatus   int
+		wantUpstream string  // X-Relaygate-Upstream on a 200
+		wantCalls    []int32 // per upstream
+		wantMessage  []string
+	}{
+		{"401 falls back to a healthy upstream", []func(int, http.ResponseWriter, *http.Request){refuse(401), okCompletion},
+			200, "b", []int32{1, 1}, nil},
+		{"403 falls back to a healthy upstream", []func(int, http.ResponseWriter, *http.Request){refuse(403), okCompletion},
+			200, "b", []int32{1, 1}, nil},
+		{"no fallback: 502 upstream_auth_failed", []func(int, http.ResponseWriter, *http.Request){refuse(401)},
+			502, "", []int32{1}, []string{"Upstream a refused the gateway's credentials", "a: refused the gateway's credentials (HTTP 401)"}},
+		{"every upstream refuses", []func(int, http.ResponseWriter, *http.Request){refuse(401), refuse(403)},
+			502, "", []int32{1, 1}, []string{"Upstreams a, b refused", "a: refused the gateway's credentials (HTTP 401); b: refused the gateway's credentials (HTTP 403)"}},
+		{"a refusal and an outage: the refusal is named", []func(int, http.ResponseWriter, *http.Request){refuse(401), down},
+			502, "", []int32{1, 3}, []string{"Upstream a refused", "b: HTTP 503 (after 3 attempts)"}},
 	}
-	if a.calls.Load() != 1 || b.calls.Load() != 0 {
-		t.Errorf("calls a=%d b=%d, want 1 and 0", a.calls.Load(), b.calls.Load())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var ups []*fakeUpstream
+			for _, h := range tt.upstreams {
+				ups = append(ups, newFakeUpstream(t, h))
+			}
+			// Three attempts per upstream, so a retry of the refusing one
+			// would show in its call count.
+			gw, srv, m := newGateway(t, gwOpts{attempts: 3}, ups...)
+			res := post(t, gw.URL, "/v1/chat/completions", chatBody)
+			if res.status != tt.wantStatus {
+				t.Fatalf("status %d, want %d: %s", res.status, tt.wantStatus, res.body)
+			}
+			for i, u := range ups {
+				if got := u.calls.Load(); got != tt.wantCalls[i] {
+					t.Errorf("upstream %c got %d requests, want %d", 'a'+i, got, tt.wantCalls[i])
+				}
+			}
+			if tt.wantStatus == 200 {
+				if got := res.header.Get("X-Relaygate-Upstream"); got != tt.wantUpstream {
+					t.Errorf("answered by %q, want %q", got, tt.wantUpstream)
+				}
+				if got := metricValue(t, m, "relaygate_fallbacks_total", map[string]string{"from": "a", "to": "b"}); got != 1 {
+					t.Errorf("relaygate_fallbacks_total{a,b} = %v, want 1", got)
+				}
+			} else {
+				msg, typ, code := openAIError(t, res.body)
+				if code != "upstream_auth_failed" || typ != "upstream_error" {
+					t.Errorf("type %q code %q, want upstream_error upstream_auth_failed", typ, code)
+				}
+				for _, want := range tt.wantMessage {
+					if !strings.Contains(msg, want) {
+						t.Errorf("message %q does not say %q", msg, want)
+					}
+				}
+				if strings.Contains(msg, "upstream-key") || strings.Contains(msg, "Incorrect API key") {
+					t.Errorf("message carries the upstream's answer or key: %s", msg)
+				}
+			}
+			// The refusal counts against the refusing upstream, so a
+			// revoked key opens its circuit and later requests skip it.
+			if got := srv.healthReport().Upstreams[0].ConsecutiveFailures; got != 1 {
+				t.Errorf("a's breaker holds %d failures, want 1", got)
+			}
+			if got := metricValue(t, m, "relaygate_upstream_requests_total", map[string]string{"upstream": "a", "result": "error"}); got != 1 {
+				t.Errorf("relaygate_upstream_requests_total{a,error} = %v, want 1", got)
+			}
+		})
 	}
 }
 
@@ -248,6 +316,145 @@ func TestCircuitBreakerSkipsAFailingUpstream(t *testing.T) {
 	h := srv.healthReport()
 	if h.Status != "degraded" || h.Upstreams[0].State != "open" {
 		t.Errorf("health = %+v, want degraded with a open", h)
+	}
+}
+
+// TestReadyRecoversOnceTheCooldownEnds: behind a load balancer that checks
+// /ready, a gateway whose every circuit opened gets no request, so no
+// request can probe the upstreams. /ready must turn 200 again when the
+// cool-down ends, without a request, and let the next one be the probe.
+func TestReadyRecoversOnceTheCooldownEnds(t *testing.T) {
+	tests := []struct {
+		name, cooldown string
+		wantReady      bool
+	}{
+		{"within the cool-down", "1h", false},
+		{"after the cool-down", "20ms", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+				if n == 1 {
+					w.WriteHeader(http.StatusBadGateway)
+					return
+				}
+				okCompletion(n, w, r)
+			})
+			gw, srv, m := newGateway(t, gwOpts{attempts: 1, breakerN: 1, cooldown: tt.cooldown}, a)
+			if res := post(t, gw.URL, "/v1/chat/completions", chatBody); res.status != 502 {
+				t.Fatalf("first request: status %d, want 502", res.status)
+			}
+			ready := func() int {
+				resp, err := http.Get(gw.URL + "/ready")
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				return resp.StatusCode
+			}
+			if !tt.wantReady {
+				if code := ready(); code != 503 {
+					t.Fatalf("/ready = %d with the only circuit open, want 503", code)
+				}
+				return
+			}
+			// Only a lower bound on time: /ready turns 200 some time after
+			// the cool-down, however slow the machine.
+			for deadline := time.Now().Add(30 * time.Second); ready() != 200; time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("/ready never recovered after the cool-down")
+				}
+			}
+			if got := a.calls.Load(); got != 1 {
+				t.Errorf("the upstream got %d requests, want 1: /ready must not probe", got)
+			}
+			// Ready, but no request has seen the upstream recover: the
+			// breaker is still open and the up series still says so.
+			if h := srv.healthReport(); h.Upstreams[0].State != "open" || !h.Upstreams[0].Available || h.Status != "ok" {
+				t.Errorf("health = %+v, want ok with a open but available", h)
+			}
+			if got := metricValue(t, m, "relaygate_upstream_up", map[string]string{"upstream": "a"}); got != 0 {
+				t.Errorf("relaygate_upstream_up{a} = %v before any probe, want 0", got)
+			}
+			if res := post(t, gw.URL, "/v1/chat/completions", chatBody); res.status != 200 {
+				t.Fatalf("probe request: status %d, want 200", res.status)
+			}
+			if h := srv.healthReport(); h.Upstreams[0].State != "closed" {
+				t.Errorf("breaker %s after a good probe, want closed", h.Upstreams[0].State)
+			}
+			if got := metricValue(t, m, "relaygate_upstream_up", map[string]string{"upstream": "a"}); got != 1 {
+				t.Errorf("relaygate_upstream_up{a} = %v after a good probe, want 1", got)
+			}
+		})
+	}
+}
+
+// upSeries reads every relaygate_upstream_up series, to tell a series at 0
+// from one that does not exist.
+func upSeries(t *testing.T, m *metrics.Metrics) map[string]float64 {
+	t.Helper()
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "relaygate_upstream_up" {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			for _, lp := range mt.GetLabel() {
+				if lp.GetName() == "upstream" {
+					got[lp.GetValue()] = mt.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return got
+}
+
+// TestReloadKeepsUpSeriesCurrent: relaygate_upstream_up drives alerts, so a
+// reload must drop the series of an upstream it removed or disabled, and a
+// breaker of the old config, still used by requests in flight, must not
+// bring the series back or overwrite the new breaker's.
+func TestReloadKeepsUpSeriesCurrent(t *testing.T) {
+	tests := []struct {
+		name string
+		// reload builds the new config from the upstreams a, b and a spare.
+		reload func(t *testing.T, a, b, spare *fakeUpstream) *config.Config
+		want   map[string]float64
+	}{
+		{"b removed", func(t *testing.T, a, _, _ *fakeUpstream) *config.Config {
+			return gatewayConfig(t, gwOpts{breakerN: 1}, a)
+		}, map[string]float64{"a": 1}},
+		{"b disabled", func(t *testing.T, a, b, _ *fakeUpstream) *config.Config {
+			cfg := gatewayConfig(t, gwOpts{breakerN: 1}, a, b)
+			cfg.Upstreams[1].Disabled = "api_key: environment variable B_KEY is not set"
+			return cfg
+		}, map[string]float64{"a": 1}},
+		{"b moved to another base_url (a new breaker)", func(t *testing.T, a, _, spare *fakeUpstream) *config.Config {
+			return gatewayConfig(t, gwOpts{breakerN: 1}, a, spare)
+		}, map[string]float64{"a": 1, "b": 1}},
+		{"b kept as it was (the same breaker)", func(t *testing.T, a, b, _ *fakeUpstream) *config.Config {
+			return gatewayConfig(t, gwOpts{breakerN: 1}, a, b)
+		}, map[string]float64{"a": 1, "b": 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b, spare := newFakeUpstream(t, okCompletion), newFakeUpstream(t, okCompletion), newFakeUpstream(t, okCompletion)
+			_, srv, m := newGateway(t, gwOpts{breakerN: 1}, a, b)
+			if got := upSeries(t, m); got["a"] != 1 || got["b"] != 1 {
+				t.Fatalf("before the reload: %v, want a and b at 1", got)
+			}
+			oldB := srv.state.Load().upstreams[1]
+			srv.Reload(tt.reload(t, a, b, spare))
+			// A request still running on the old config fails at b: its
+			// breaker opens and tells the server.
+			oldB.Breaker.Failure("HTTP 503")
+			if got := upSeries(t, m); !maps.Equal(got, tt.want) {
+				t.Errorf("relaygate_upstream_up = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }
 

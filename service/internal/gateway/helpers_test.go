@@ -101,6 +101,7 @@ type gwOpts struct {
 	attempts  int
 	timeout   string
 	breakerN  int
+	cooldown  string // circuit_breaker.cooldown; 1h when empty
 	idle      string
 	noAuth    bool
 	maxBody   int
@@ -111,6 +112,21 @@ type gwOpts struct {
 // newGateway serves a gateway whose model "m" routes through the given
 // upstreams, named a, b, … in order.
 func newGateway(t *testing.T, o gwOpts, ups ...*fakeUpstream) (*httptest.Server, *Server, *metrics.Metrics) {
+	t.Helper()
+	cfg := gatewayConfig(t, o, ups...)
+	var logw io.Writer = io.Discard
+	if o.logBuffer != nil {
+		logw = o.logBuffer
+	}
+	m := metrics.New()
+	gw := New(cfg, Options{Logger: slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: m})
+	srv := httptest.NewServer(gw)
+	t.Cleanup(srv.Close)
+	return srv, gw, m
+}
+
+// gatewayConfig is newGateway's configuration, also for reloading one.
+func gatewayConfig(t *testing.T, o gwOpts, ups ...*fakeUpstream) *config.Config {
 	t.Helper()
 	if o.attempts == 0 {
 		o.attempts = 2
@@ -148,22 +164,17 @@ func newGateway(t *testing.T, o gwOpts, ups ...*fakeUpstream) (*httptest.Server,
 		o.backoff = "5ms"
 	}
 	fmt.Fprintf(&y, "retry: {attempts: %d, backoff_min: 1ms, backoff_max: %s}\n", o.attempts, o.backoff)
-	fmt.Fprintf(&y, "circuit_breaker: {failures: %d, cooldown: 1h}\n", o.breakerN)
+	if o.cooldown == "" {
+		o.cooldown = "1h"
+	}
+	fmt.Fprintf(&y, "circuit_breaker: {failures: %d, cooldown: %s}\n", o.breakerN, o.cooldown)
 	y.WriteString("log: {level: debug}\n")
 	y.WriteString(o.extra)
 	cfg, err := config.Parse([]byte(y.String()), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, y.String())
 	}
-	var logw io.Writer = io.Discard
-	if o.logBuffer != nil {
-		logw = o.logBuffer
-	}
-	m := metrics.New()
-	gw := New(cfg, Options{Logger: slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: m})
-	srv := httptest.NewServer(gw)
-	t.Cleanup(srv.Close)
-	return srv, gw, m
+	return cfg
 }
 
 type result struct {

@@ -128,19 +128,53 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		x.breakStream(err)
 	case errors.As(err, &ex):
 		status, code := http.StatusBadGateway, "upstream_failed"
-		if ex.Timeout() {
+		msg := fmt.Sprintf("Model %s could not be served: %s.", m.name, ex.Error())
+		switch refused := refusedBy(ex); {
+		case len(refused) > 0:
+			// Whatever else failed, a refused key is what someone has to
+			// fix, and it is the operator's configuration, not the client's.
+			code = "upstream_auth_failed"
+			msg = refusalMessage(refused) + " " + msg
+		case ex.Timeout():
 			status, code = http.StatusGatewayTimeout, "upstream_timeout"
 		}
-		x.fail(&apiError{Status: status, Type: typeUpstream, Code: code,
-			Message: fmt.Sprintf("Model %s could not be served: %s.", m.name, ex.Error())})
+		x.fail(&apiError{Status: status, Type: typeUpstream, Code: code, Message: msg})
 	default:
 		x.fail(&apiError{Status: http.StatusBadGateway, Type: typeUpstream, Code: "upstream_failed", Message: err.Error()})
 	}
 }
 
+// errUpstreamRefused is an upstream's 401 or 403 to the gateway's own key.
+// It holds nothing of the upstream's answer, which may quote the key.
+type errUpstreamRefused struct{ code int }
+
+func (e *errUpstreamRefused) Error() string {
+	return fmt.Sprintf("refused the gateway's credentials (HTTP %d)", e.code)
+}
+
+// refusedBy names the upstreams of an exhausted chain that refused the
+// gateway's key.
+func refusedBy(ex *route.ExhaustedError) []string {
+	var names []string
+	for _, f := range ex.Failures {
+		var r *errUpstreamRefused
+		if errors.As(f.Err, &r) {
+			names = append(names, f.Upstream)
+		}
+	}
+	return names
+}
+
+func refusalMessage(names []string) string {
+	if len(names) == 1 {
+		return fmt.Sprintf("Upstream %s refused the gateway's credentials; the operator must fix that upstream's api_key.", names[0])
+	}
+	return fmt.Sprintf("Upstreams %s refused the gateway's credentials; the operator must fix those upstreams' api_key.", strings.Join(names, ", "))
+}
+
 func (s *Server) recordAttempt(upstream string, a route.Attempt) {
 	switch {
-	case a.Err == nil && !a.UpstreamFault:
+	case a.Err == nil:
 		s.metrics.UpstreamAttempt(upstream, "success")
 	case a.Timeout:
 		s.metrics.UpstreamAttempt(upstream, "timeout")
@@ -227,15 +261,15 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		}
 	case code == http.StatusUnauthorized || code == http.StatusForbidden:
 		// The client's key was fine; the gateway's own key for this
-		// upstream was refused. Passing the upstream's 401 on would tell
-		// the client its key is wrong (and may echo part of ours), so it
-		// is a 502 that says whose configuration to fix.
+		// upstream was refused (revoked, mistyped). Another try here would
+		// be refused the same way, but the next upstream has its own key,
+		// so the chain moves on. Should every upstream refuse, the client
+		// gets a 502 upstream_auth_failed: passing the 401 on would tell
+		// it that its own key is wrong. The body is read only so the
+		// connection can be reused, and dropped: it may echo our key.
+		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 		x.waited(u, t0)
-		x.upstream = u.Name
-		x.w.Header().Set("X-Relaygate-Upstream", u.Name)
-		x.fail(&apiError{Status: http.StatusBadGateway, Type: typeUpstream, Code: "upstream_auth_failed",
-			Message: fmt.Sprintf("Upstream %s refused the gateway's credentials (HTTP %d); the operator must fix that upstream's api_key.", u.Name, code)})
-		return route.Attempt{UpstreamFault: true}
+		return route.Attempt{Err: &errUpstreamRefused{code: code}, Fallback: true}
 	default:
 		// The request itself is wrong (400, 404, 413, 422 …): every
 		// upstream would say the same, so the answer goes back as it is.

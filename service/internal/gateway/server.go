@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +46,10 @@ type Server struct {
 	started  time.Time
 	state    atomic.Pointer[state]
 	draining atomic.Bool
+	// upMu orders writes to relaygate_upstream_up: a reload that deletes a
+	// removed upstream's series against a breaker callback, from a request
+	// still running on the old state, that would set it again.
+	upMu     sync.Mutex
 	metricsH http.Handler
 	cache    *cache.Cache
 	limiter  *ratelimit.Limiter
@@ -78,25 +83,8 @@ func New(cfg *config.Config, opts Options) *Server {
 func (s *Server) Reload(cfg *config.Config) { s.apply(cfg) }
 
 func (s *Server) apply(cfg *config.Config) {
-	st := newState(cfg, s.state.Load(), func(u *route.Upstream, from, to route.BreakerState) {
-		s.metrics.CircuitTransition(u.Name, to.String())
-		if u.Disabled == "" {
-			s.metrics.UpstreamUp(u.Name, to != route.Open)
-		}
-		level := slog.LevelWarn
-		if to == route.Closed {
-			level = slog.LevelInfo
-		}
-		s.log.Log(context.Background(), level, "circuit breaker", "upstream", u.Name, "from", from.String(), "to", to.String(),
-			"last_error", u.Breaker.Status().LastError)
-	})
-	for _, u := range st.upstreams {
-		if u.Disabled != "" {
-			s.metrics.UpstreamDisabled(u.Name)
-			continue
-		}
-		s.metrics.UpstreamUp(u.Name, u.Available())
-	}
+	prev := s.state.Load()
+	st := newState(cfg, prev, s.breakerChanged)
 	for _, m := range st.models {
 		ups := make([]string, 0, len(m.chain)+1)
 		for _, t := range m.chain {
@@ -105,13 +93,75 @@ func (s *Server) apply(cfg *config.Config) {
 		s.metrics.Prepare(m.name, append(ups, metrics.CacheUpstream))
 	}
 	s.metrics.SetLatencyBudget(cfg.SLO.LatencyP95.D().Seconds())
+
+	s.upMu.Lock()
 	s.state.Store(st)
+	if prev != nil {
+		// An upstream gone from the config would otherwise keep its last
+		// value for ever: a stale 0 keeps the circuit-open alert firing, a
+		// stale 1 hides that every real upstream is down.
+		kept := make(map[string]bool, len(st.upstreams))
+		for _, u := range st.upstreams {
+			kept[u.Name] = true
+		}
+		for _, u := range prev.upstreams {
+			if !kept[u.Name] {
+				s.metrics.UpstreamRemoved(u.Name)
+			}
+		}
+	}
+	for _, u := range st.upstreams {
+		s.setUpstreamUp(u)
+	}
+	s.upMu.Unlock()
+
 	if len(cfg.ClientKeys) == 0 {
 		s.log.Warn("client_keys is empty: the gateway is OPEN, anyone who can reach it can spend your upstream credit")
 	}
 	for _, w := range cfg.Warnings {
 		s.log.Warn(w)
 	}
+}
+
+// breakerChanged is every breaker's OnChange. A breaker outlives the
+// state it was made for: requests still running on an older config report
+// to it after a reload has removed its upstream, given the name a new
+// breaker, or disabled it. Only the breaker the current state uses for that
+// name may set the name's up series, or a removed upstream's series would
+// come back and an old breaker's state would overwrite the new one's.
+func (s *Server) breakerChanged(u *route.Upstream, from, to route.BreakerState) {
+	s.metrics.CircuitTransition(u.Name, to.String())
+	s.upMu.Lock()
+	if st := s.state.Load(); st != nil {
+		for _, cur := range st.upstreams {
+			if cur.Name == u.Name && cur.Breaker == u.Breaker {
+				s.setUpstreamUp(cur)
+				break
+			}
+		}
+	}
+	s.upMu.Unlock()
+	level := slog.LevelWarn
+	if to == route.Closed {
+		level = slog.LevelInfo
+	}
+	s.log.Log(context.Background(), level, "circuit breaker", "upstream", u.Name, "from", from.String(), "to", to.String(),
+		"last_error", u.Breaker.Status().LastError)
+}
+
+// setUpstreamUp exports u's relaygate_upstream_up; s.upMu is held. The
+// series follows the breaker's state, 0 while it is open, and not
+// Available, which turns true once the cool-down is over so that /ready
+// lets traffic in to probe: the up series should not announce a recovery
+// that no request has seen yet. It reads the state rather than trusting
+// the transition it was told of, since callbacks of two quick transitions
+// may arrive in either order.
+func (s *Server) setUpstreamUp(u *route.Upstream) {
+	if u.Disabled != "" {
+		s.metrics.UpstreamDisabled(u.Name)
+		return
+	}
+	s.metrics.UpstreamUp(u.Name, u.Breaker.State() != route.Open)
 }
 
 var hdrClose = []string{"close"}

@@ -312,6 +312,13 @@ func (m *Metrics) UpstreamDisabled(upstream string) {
 	m.upstreamUp.DeleteLabelValues(upstream)
 }
 
+// UpstreamRemoved removes the up series of an upstream that a reload took
+// out of the config: left behind, its last value would go on firing (or
+// silencing) alerts about an upstream that no longer exists.
+func (m *Metrics) UpstreamRemoved(upstream string) {
+	m.upstreamUp.DeleteLabelValues(upstream)
+}
+
 // CircuitTransition counts a breaker entering state.
 func (m *Metrics) CircuitTransition(upstream, state string) {
 	m.breakerChanges.WithLabelValues(upstream, state).Inc()

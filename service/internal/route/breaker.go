@@ -172,6 +172,25 @@ func (b *Breaker) Status() BreakerStatus {
 	return s
 }
 
+// Admits says whether Allow would let a request through now, without
+// claiming the probe: the breaker is closed or half-open, or it is open and
+// its cool-down is over. An open breaker only becomes half-open inside
+// Allow, that is when a request arrives; readiness must not wait for that,
+// or a gateway whose every breaker opened would be taken out of its load
+// balancer, get no request, and never probe its way back.
+func (b *Breaker) Admits() bool {
+	if b.closed.Load() {
+		// The healthy case, which /ready and /health ask about constantly,
+		// takes no lock.
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// Allow lets the probe through once nothing of the cool-down is left;
+	// the same comparison here keeps the two from disagreeing at the edge.
+	return b.state != Open || b.cooldown-b.now().Sub(b.openedAt) <= 0
+}
+
 // State returns the current state.
 func (b *Breaker) State() BreakerState {
 	b.mu.Lock()

@@ -29,9 +29,10 @@ type Upstream struct {
 }
 
 // Available says whether the upstream can take a request now, without
-// claiming a half-open probe.
+// claiming a half-open probe. An open breaker whose cool-down is over
+// counts: the next request will be its probe (see Breaker.Admits).
 func (u *Upstream) Available() bool {
-	return u.Disabled == "" && u.Breaker.State() != Open
+	return u.Disabled == "" && u.Breaker.Admits()
 }
 
 // Price is in US dollars per million tokens.
@@ -64,10 +65,12 @@ type Attempt struct {
 	// Committed: bytes already reached the client, so whatever happened
 	// nothing may be retried.
 	Committed bool
-	// UpstreamFault marks an answer (Err nil) that still shows the
-	// upstream at fault, such as its refusing the gateway's key: reports
-	// count it as an error, routing does not retry it.
-	UpstreamFault bool
+	// Fallback: the upstream failed in a way another try at it will not
+	// fix but another upstream may, such as refusing the gateway's own
+	// key. The failure counts against its breaker, it is not retried, and
+	// the chain moves on to the next upstream. Such an attempt must not
+	// have committed anything to the client.
+	Fallback bool
 }
 
 // Failure is why one upstream of the chain did not answer.
@@ -130,9 +133,10 @@ type Outcome struct {
 var ErrClientGone = errors.New("client went away")
 
 // Run tries the chain: up to p.Attempts tries on each upstream, with backoff
-// between them, then the next upstream. It stops at the first attempt that
-// answers the client or commits bytes to it. On exhaustion the error is an
-// *ExhaustedError; when ctx ends it is ErrClientGone wrapping ctx's cause.
+// between them, then the next upstream (at once after an attempt marked
+// Fallback). It stops at the first attempt that answers the client or
+// commits bytes to it. On exhaustion the error is an *ExhaustedError; when
+// ctx ends it is ErrClientGone wrapping ctx's cause.
 func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.Context, t *Target) Attempt) (Outcome, error) {
 	var out Outcome
 	prev := ""
@@ -174,6 +178,14 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 				return out, nil
 			}
 			f.Err, f.Timeout = a.Err, a.Timeout
+			if a.Fallback && !a.Committed {
+				// A failure (not a Release): an upstream that keeps
+				// refusing us should open its circuit, so that later
+				// requests go straight to the fallback and the outage
+				// shows in relaygate_upstream_up.
+				u.Breaker.Failure(a.Err.Error())
+				break
+			}
 			if !a.Retryable {
 				// A failure no other try would fix (the request could not
 				// be built, the answer is too large): no verdict on the

@@ -72,6 +72,79 @@ func TestBreakerReleaseFreesTheProbe(t *testing.T) {
 	}
 }
 
+// TestAvailableOnceTheCooldownIsOver: an open breaker only turns half-open
+// inside Allow, when a request arrives. A gateway whose load balancer took
+// it out for having no available upstream gets no request, so Available
+// must turn true on the clock alone, without any Allow.
+func TestAvailableOnceTheCooldownIsOver(t *testing.T) {
+	const cooldown = 30 * time.Second
+	tests := []struct {
+		name     string
+		setup    func(b *Breaker, clk *fakeClock)
+		disabled string
+		want     bool
+		state    BreakerState
+	}{
+		{"closed", func(*Breaker, *fakeClock) {}, "", true, Closed},
+		{"failing but below the threshold", func(b *Breaker, _ *fakeClock) { b.Failure("x") }, "", true, Closed},
+		{"open within the cool-down", func(b *Breaker, clk *fakeClock) {
+			b.Failure("x")
+			b.Failure("x")
+			clk.t = clk.t.Add(cooldown - time.Nanosecond)
+		}, "", false, Open},
+		{"open at the end of the cool-down", func(b *Breaker, clk *fakeClock) {
+			b.Failure("x")
+			b.Failure("x")
+			clk.t = clk.t.Add(cooldown)
+		}, "", true, Open},
+		{"open long after the cool-down", func(b *Breaker, clk *fakeClock) {
+			b.Failure("x")
+			b.Failure("x")
+			clk.t = clk.t.Add(time.Hour)
+		}, "", true, Open},
+		{"half-open with the probe out", func(b *Breaker, clk *fakeClock) {
+			b.Failure("x")
+			b.Failure("x")
+			clk.t = clk.t.Add(cooldown)
+			b.Allow()
+		}, "", true, HalfOpen},
+		{"failed probe opens it again", func(b *Breaker, clk *fakeClock) {
+			b.Failure("x")
+			b.Failure("x")
+			clk.t = clk.t.Add(cooldown)
+			b.Allow()
+			b.Failure("still down")
+		}, "", false, Open},
+		{"disabled whatever the breaker says", func(*Breaker, *fakeClock) {}, "no key", false, Closed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := &fakeClock{t: time.Unix(1000, 0)}
+			b := NewBreaker(2, cooldown)
+			b.now = clk.now
+			u := &Upstream{Name: "a", Breaker: b, Disabled: tt.disabled}
+			tt.setup(b, clk)
+			if got := u.Available(); got != tt.want {
+				t.Errorf("Available = %v, want %v", got, tt.want)
+			}
+			// Asking must not move the breaker: only a request's Allow
+			// claims the probe.
+			if got := b.State(); got != tt.state {
+				t.Errorf("state %s after Available, want %s", got, tt.state)
+			}
+			// An open breaker that counts as available must let the next
+			// request through as its probe. (Half-open counts as available
+			// while its probe is out, as it always has: that probe will
+			// settle it, and /ready should not flap for its duration.)
+			if tt.want && tt.state == Open {
+				if ok, _ := b.Allow(); !ok {
+					t.Error("Available said yes but Allow refused the next request")
+				}
+			}
+		})
+	}
+}
+
 func TestBackoffFullJitterWithinBounds(t *testing.T) {
 	p := Policy{Attempts: 5, BackoffMin: 100 * time.Millisecond, BackoffMax: time.Second}
 	for n := 1; n <= 6; n++ {
@@ -127,6 +200,7 @@ func newChain(names ...string) Chain {
 
 func TestRun(t *testing.T) {
 	fail := Attempt{Err: errors.New("503"), Retryable: true}
+	refused := Attempt{Err: errors.New("401"), Fallback: true}
 	ok := Attempt{}
 	tests := []struct {
 		name      string
@@ -137,14 +211,18 @@ func TestRun(t *testing.T) {
 		wantErr   string
 		retries   int
 		fallbacks int
+		failuresA int // consecutive failures a's breaker holds afterwards
 	}{
-		{"first try answers", map[string][]Attempt{"a": {ok}}, "", "a", "a", "", 0, 0},
-		{"retry then answer", map[string][]Attempt{"a": {fail, ok}}, "", "a", "a,a", "", 1, 0},
-		{"fallback after the budget", map[string][]Attempt{"a": {fail, fail, fail}, "b": {ok}}, "", "b", "a,a,a,b", "", 2, 1},
-		{"non-retryable stops the chain", map[string][]Attempt{"a": {{Err: errors.New("bad")}}}, "", "", "a", "a: bad", 0, 0},
-		{"committed failure is never retried", map[string][]Attempt{"a": {{Err: errors.New("cut"), Retryable: true, Committed: true}}}, "", "", "a", "a: cut", 0, 0},
-		{"disabled upstream is skipped", map[string][]Attempt{"b": {ok}}, "a", "b", "b", "", 0, 0},
-		{"all fail", map[string][]Attempt{"a": {fail, fail, fail}, "b": {fail, fail, fail}}, "", "", "a,a,a,b,b,b", "a: 503 (after 3 attempts); b: 503 (after 3 attempts)", 4, 1},
+		{"first try answers", map[string][]Attempt{"a": {ok}}, "", "a", "a", "", 0, 0, 0},
+		{"retry then answer", map[string][]Attempt{"a": {fail, ok}}, "", "a", "a,a", "", 1, 0, 0},
+		{"fallback after the budget", map[string][]Attempt{"a": {fail, fail, fail}, "b": {ok}}, "", "b", "a,a,a,b", "", 2, 1, 3},
+		{"non-retryable stops the chain", map[string][]Attempt{"a": {{Err: errors.New("bad")}}}, "", "", "a", "a: bad", 0, 0, 0},
+		{"committed failure is never retried", map[string][]Attempt{"a": {{Err: errors.New("cut"), Retryable: true, Committed: true}}}, "", "", "a", "a: cut", 0, 0, 1},
+		{"disabled upstream is skipped", map[string][]Attempt{"b": {ok}}, "a", "b", "b", "", 0, 0, 0},
+		{"all fail", map[string][]Attempt{"a": {fail, fail, fail}, "b": {fail, fail, fail}}, "", "", "a,a,a,b,b,b", "a: 503 (after 3 attempts); b: 503 (after 3 attempts)", 4, 1, 3},
+		{"refusal falls back at once", map[string][]Attempt{"a": {refused}, "b": {ok}}, "", "b", "a,b", "", 0, 1, 1},
+		{"refusal after a retry falls back", map[string][]Attempt{"a": {fail, refused}, "b": {ok}}, "", "b", "a,a,b", "", 1, 1, 2},
+		{"refusals exhaust the chain", map[string][]Attempt{"a": {refused}, "b": {refused}}, "", "", "a,b", "a: 401; b: 401", 0, 1, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -178,6 +256,9 @@ func TestRun(t *testing.T) {
 			}
 			if retries != tt.retries || fallbacks != tt.fallbacks {
 				t.Errorf("retries %d fallbacks %d, want %d %d", retries, fallbacks, tt.retries, tt.fallbacks)
+			}
+			if got := c[0].Upstream.Breaker.Status().ConsecutiveFailures; got != tt.failuresA {
+				t.Errorf("a's breaker holds %d failures, want %d", got, tt.failuresA)
 			}
 		})
 	}
