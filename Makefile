@@ -72,12 +72,20 @@ demo: build
 	@bash scripts/demo.sh
 
 # Pulumi: STACK is dev, prod or local. PULUMI_FLAGS passes extra flags
-# (e.g. --yes for an unattended up).
+# (e.g. --yes for an unattended up). IMAGE_TAG is the tag the gateway image
+# is built and pushed under, written to the stack's imageTag first. The
+# registry's tags are immutable, so by default every build gets its own:
+# the short commit, plus -dirty-<hash of the uncommitted changes> when the
+# tree has any (scripts/deploy.sh --image-tag prints it). preview and up keep
+# the image a rollback pinned (reuseImage on) unless IMAGE_TAG is given.
 PULUMI_FLAGS ?=
+IMAGE_TAG ?=
 preview:
+	IMAGE_TAG=$(IMAGE_TAG) bash scripts/deploy.sh --image-config $(STACK)
 	pulumi preview --stack $(STACK) $(PULUMI_FLAGS)
 
 up:
+	IMAGE_TAG=$(IMAGE_TAG) bash scripts/deploy.sh --image-config $(STACK)
 	pulumi up --stack $(STACK) $(PULUMI_FLAGS)
 
 ## smoke: verify a deployed stack from its outputs (SMOKE_FLAGS="-json report.json").
@@ -85,9 +93,10 @@ SMOKE_FLAGS ?=
 smoke:
 	$(GO) run ./smoketest/cmd/smoketest -stack $(STACK) $(SMOKE_FLAGS)
 
-## deploy: up, then smoke; a failed smoke rolls the stack back and exits non-zero.
+## deploy: build this checkout under IMAGE_TAG, up, then smoke; a failure
+## rolls the stack back (when `up` changed it) and exits non-zero.
 deploy:
-	bash scripts/deploy.sh $(STACK)
+	IMAGE_TAG=$(IMAGE_TAG) bash scripts/deploy.sh $(STACK)
 
 ## rollback: revert the stack to its previous successful update, then smoke.
 rollback:

@@ -115,13 +115,22 @@ EOF
 )
 echo
 echo "demo: smoke test against the local processes (bin/smoketest -outputs $DEMO_DIR/outputs.json)"
-bin/smoketest -outputs "$DEMO_DIR/outputs.json" -requests 20 -json "$DEMO_DIR/smoke-report.json"
+# A failed smoke test ends the demo only when nobody is watching: at a
+# terminal everything stays up to be looked at, and the demo exits with the
+# smoke test's status when Ctrl-C stops it.
+smoke_rc=0
+bin/smoketest -outputs "$DEMO_DIR/outputs.json" -requests 20 -json "$DEMO_DIR/smoke-report.json" || smoke_rc=$?
 
 if [[ -t 0 ]]; then
+	trap 'exit "$smoke_rc"' INT TERM
 	echo
+	if ((smoke_rc != 0)); then
+		echo "demo: the smoke test FAILED (exit $smoke_rc; report in $DEMO_DIR/smoke-report.json); everything stays up so you can look."
+	fi
 	echo "demo: running. Try it:"
 	echo "  curl -s http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions -H 'Authorization: Bearer $GATEWAY_API_KEY' \\"
 	echo "       -d '{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"
 	echo "  Logs are in $DEMO_DIR/. Ctrl-C stops everything."
 	wait
 fi
+if ((smoke_rc != 0)); then exit "$smoke_rc"; fi

@@ -34,7 +34,19 @@ const (
 	// DefaultPrometheusWait is how long to wait for Prometheus to have
 	// scraped the gateway: a few of its 15 s scrape intervals.
 	DefaultPrometheusWait = 90 * time.Second
+	// DefaultDeployWaitReady is how long the smoke test after a deploy or
+	// rollback waits for /ready (Options.WaitReady): behind prod's load
+	// balancer a replaced container takes traffic only after two passing
+	// 10 s health checks, and until then /ready may answer 502 or 503.
+	DefaultDeployWaitReady = 2 * time.Minute
 )
+
+// readyPoll is how often the wait for /ready asks, and readyStreak how many
+// 200s in a row end it: behind a load balancer one answer may come from a
+// target on its way out.
+var readyPoll = 2 * time.Second
+
+const readyStreak = 3
 
 // Options configures Run.
 type Options struct {
@@ -53,6 +65,11 @@ type Options struct {
 	// loaded; empty means every rule in this repository's
 	// deploy/prometheus/rules.
 	Rules []string
+	// WaitReady, when positive, is how long to wait before the checks for
+	// GET /ready to answer 200 (a few times in a row), for a stack whose
+	// containers were just replaced. It decides nothing: when the time
+	// passes, the checks run anyway and the ready check reports it.
+	WaitReady time.Duration
 	// Progress receives a line as each check starts and ends; nil is quiet.
 	Progress io.Writer
 }
@@ -125,6 +142,9 @@ func Run(ctx context.Context, opts Options) *Report {
 	cfg.HTTPClient = r.http
 	r.openai = openai.NewClientWithConfig(cfg)
 
+	if r.opts.WaitReady > 0 {
+		r.waitReady(ctx)
+	}
 	// The counters before this run's requests, so the metrics check can
 	// tell that they moved.
 	{
@@ -158,6 +178,42 @@ func Run(ctx context.Context, opts Options) *Report {
 	r.step(ctx, CheckPrometheusRules, "Prometheus has the project's alert rules", needProm, r.checkPrometheusRules)
 	r.report.Model = r.model
 	return r.report
+}
+
+// waitReady polls GET /ready until it answers 200 readyStreak times in a
+// row or opts.WaitReady passes, saying which on Progress.
+func (r *runner) waitReady(ctx context.Context) {
+	fmt.Fprintf(r.opts.Progress, "smoke: waiting up to %s for GET /ready to answer 200 …\n", r.opts.WaitReady)
+	t0 := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, r.opts.WaitReady)
+	defer cancel()
+	streak, last := 0, "no answer yet"
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, min(r.opts.StepTimeout, 10*time.Second))
+		code, _, err := r.get(pctx, "/ready", false)
+		pcancel()
+		switch {
+		case err != nil:
+			streak, last = 0, err.Error()
+		case code == http.StatusOK:
+			streak++
+		default:
+			streak, last = 0, fmt.Sprintf("HTTP %d", code)
+		}
+		if streak >= readyStreak {
+			fmt.Fprintf(r.opts.Progress, "smoke: GET /ready answers 200 (after %s)\n", time.Since(t0).Round(100*time.Millisecond))
+			return
+		}
+		t := time.NewTimer(readyPoll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			fmt.Fprintf(r.opts.Progress, "smoke: GET /ready did not answer 200 within %s (last: %s); running the checks anyway\n",
+				r.opts.WaitReady, oneLine(last))
+			return
+		case <-t.C:
+		}
+	}
 }
 
 func (r *runner) step(ctx context.Context, name, title string, skipIf func() string, check func(context.Context, *Step)) {

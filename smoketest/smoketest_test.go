@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -95,4 +96,54 @@ func TestCheckHealthVerdicts(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWaitReady: right after a deploy, /ready answers 503 (or the load
+// balancer 502) until the new containers pass their health checks. The wait
+// ends after a few 200s in a row, or at its limit, and decides nothing.
+func TestWaitReady(t *testing.T) {
+	saved := readyPoll
+	readyPoll = 10 * time.Millisecond
+	t.Cleanup(func() { readyPoll = saved })
+
+	t.Run("becomes ready", func(t *testing.T) {
+		var calls atomic.Int32
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n := calls.Add(1)
+			switch {
+			case r.URL.Path != "/ready":
+				http.NotFound(w, r)
+			case n <= 3 || n == 5: // unhealthy targets, then one stale answer
+				w.WriteHeader(http.StatusServiceUnavailable)
+			default:
+				_, _ = w.Write([]byte("ready"))
+			}
+		}))
+		t.Cleanup(srv.Close)
+		var progress strings.Builder
+		r := &runner{opts: Options{Outputs: Outputs{GatewayURL: srv.URL}, WaitReady: 10 * time.Second, StepTimeout: time.Second, Progress: &progress}, http: newHTTPClient(1)}
+		r.waitReady(t.Context())
+		if got := calls.Load(); got != 5+readyStreak {
+			t.Errorf("asked /ready %d times, want %d (the streak restarts after a 503)", got, 5+readyStreak)
+		}
+		if !strings.Contains(progress.String(), "GET /ready answers 200 (after") {
+			t.Errorf("progress:\n%s", progress.String())
+		}
+	})
+	t.Run("never ready: bounded", func(t *testing.T) {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusBadGateway)
+		}))
+		t.Cleanup(srv.Close)
+		var progress strings.Builder
+		r := &runner{opts: Options{Outputs: Outputs{GatewayURL: srv.URL}, WaitReady: 200 * time.Millisecond, StepTimeout: time.Second, Progress: &progress}, http: newHTTPClient(1)}
+		t0 := time.Now()
+		r.waitReady(t.Context())
+		if d := time.Since(t0); d > 2*time.Second {
+			t.Errorf("waited %s with a 200ms limit", d)
+		}
+		if !strings.Contains(progress.String(), "did not answer 200 within 200ms (last: HTTP 502); running the checks anyway") {
+			t.Errorf("progress:\n%s", progress.String())
+		}
+	})
 }

@@ -2,15 +2,27 @@
 // current one, then smoke-tests it.
 //
 //	go run ./smoketest/cmd/rollback -stack dev
+//	go run ./smoketest/cmd/rollback -stack dev -print-version
+//	go run ./smoketest/cmd/rollback -stack dev -after 41
 //
 // It reads the stack's update history through the Pulumi Automation API,
 // restores the chosen update's configuration (its imageTag among it: the
 // image is already in the registry) into Pulumi.<stack>.yaml with
 // reuseImage set to true, so that `pulumi up` deploys that image and builds
-// nothing, runs `pulumi up`, and runs the smoke test against the result. It refuses,
-// changing nothing, when there is nothing to roll back to. Exit status: 0
-// rolled back and healthy, 1 refused, failed, or rolled back but the smoke
-// test still fails, 2 bad usage.
+// nothing, runs `pulumi up`, waits for the gateway's /ready (-wait-ready)
+// and runs the smoke test against the result. It refuses, changing nothing,
+// when there is nothing to roll back to.
+//
+// -print-version prints the version of the stack's newest update (0 for a
+// stack with none) and changes nothing: a deploy notes it before its `up`.
+// -after N then rolls back only when the history holds an update newer than
+// N; when it holds none, the failed `up` never changed the stack, which is
+// still on its last good update, and rollback changes nothing and exits 3.
+//
+// Exit status: 0 rolled back and healthy (or, with -print-version, the
+// version printed), 1 refused, failed, or rolled back but the smoke test
+// still fails, 2 bad usage, 3 with -after: nothing recorded after N,
+// nothing rolled back.
 package main
 
 import (
@@ -32,20 +44,60 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// Exit statuses besides 0 and 1.
+const (
+	exitUsage          = 2
+	exitNothingApplied = 3
+)
+
+// stack is what the command needs of a stack: the rollback's part, the
+// newest version for -print-version and the outputs for the smoke test.
+type stack interface {
+	rollback.Stack
+	LatestVersion(ctx context.Context) (int, error)
+	Outputs(ctx context.Context) (map[string]any, error)
+}
+
+// openStack selects the stack through the Automation API, `up` progress
+// going to progress; tests replace it with recorded history.
+var openStack = func(ctx context.Context, name, projectDir string, progress io.Writer) (stack, error) {
+	st, err := pulumistack.Open(ctx, name, projectDir)
+	if err != nil {
+		return nil, err
+	}
+	st.Progress = progress
+	return st, nil
+}
+
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("rollback", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	stack := fs.String("stack", "", "stack to roll back (dev, prod, local)")
+	stackName := fs.String("stack", "", "stack to roll back (dev, prod, local)")
 	dir := fs.String("C", ".", "directory in the Pulumi project (Pulumi.yaml is looked up from here)")
 	skipSmoke := fs.Bool("skip-smoke", false, "do not smoke-test the stack after rolling back")
 	jsonOut := fs.String("json", "", "write the smoke test's report as JSON to this file")
+	printVersion := fs.Bool("print-version", false, "print the version of the stack's newest update (0: none) and change nothing")
+	after := fs.Int("after", -1, "roll back only if the stack recorded an update newer than this version (the -print-version from before a failed `up`); otherwise change nothing and exit 3")
+	waitReady := fs.Duration("wait-ready", smoketest.DefaultDeployWaitReady, "before the smoke test, wait up to this long for the gateway's /ready to answer 200 (0: do not wait)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return exitUsage
 	}
-	if *stack == "" || fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "rollback: usage: rollback -stack NAME")
+	afterSet := false
+	fs.Visit(func(f *flag.Flag) { afterSet = afterSet || f.Name == "after" })
+	switch {
+	case *stackName == "" || fs.NArg() > 0:
+		fmt.Fprintln(stderr, "rollback: usage: rollback -stack NAME [-after VERSION | -print-version]")
 		fs.Usage()
-		return 2
+		return exitUsage
+	case afterSet && *after < 0:
+		fmt.Fprintf(stderr, "rollback: -after %d: a version is 0 (no update yet) or more\n", *after)
+		return exitUsage
+	case afterSet && *printVersion:
+		fmt.Fprintln(stderr, "rollback: -print-version changes nothing; it does not go with -after")
+		return exitUsage
+	case *waitReady < 0:
+		fmt.Fprintf(stderr, "rollback: -wait-ready %v: give a duration of 0 or more\n", *waitReady)
+		return exitUsage
 	}
 
 	// A rollback interrupted half-way is worse than one that finishes, but
@@ -57,17 +109,34 @@ func run(args []string, stdout, stderr io.Writer) int {
 	proj, err := pulumistack.ProjectDir(*dir)
 	if err != nil {
 		fmt.Fprintln(stderr, "rollback:", err)
-		return 2
+		return exitUsage
 	}
-	st, err := pulumistack.Open(ctx, *stack, proj)
+	st, err := openStack(ctx, *stackName, proj, stdout)
 	if err != nil {
 		fmt.Fprintln(stderr, "rollback:", err)
 		return 1
 	}
-	st.Progress = stdout
 
-	plan, err := rollback.Run(ctx, st, stdout)
+	if *printVersion {
+		v, err := st.LatestVersion(ctx)
+		if err != nil {
+			fmt.Fprintf(stderr, "rollback: the newest update of stack %s: %v\n", *stackName, err)
+			return 1
+		}
+		fmt.Fprintln(stdout, v)
+		return 0
+	}
+
+	var plan *rollback.Plan
+	if afterSet {
+		plan, err = rollback.RunAfter(ctx, st, *after, stdout)
+	} else {
+		plan, err = rollback.Run(ctx, st, stdout)
+	}
 	switch {
+	case errors.Is(err, rollback.ErrNothingApplied):
+		fmt.Fprintf(stderr, "rollback: nothing applied, nothing rolled back: %v\n", err)
+		return exitNothingApplied
 	case errors.Is(err, rollback.ErrNothingToRollBack):
 		fmt.Fprintf(stderr, "rollback: refused: %v\n", err)
 		return 1
@@ -75,7 +144,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "rollback: FAILED: %v\n", err)
 		if plan != nil {
 			fmt.Fprintf(stderr, "rollback: stack %s may be half-way between updates %d and %d: fix the cause above and run `make rollback STACK=%s` again, "+
-				"or `pulumi up` it by hand\n", *stack, plan.Current.Version, plan.Target.Version, *stack)
+				"or `pulumi up` it by hand\n", *stackName, plan.Current.Version, plan.Target.Version, *stackName)
 		}
 		return 1
 	}
@@ -93,7 +162,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "rollback: rolled back, but the stack's outputs are unusable: %v\n", err)
 		return 1
 	}
-	rep := smoketest.Run(ctx, smoketest.Options{Outputs: outputs, Stack: *stack, Progress: stderr})
+	rep := smoketest.Run(ctx, smoketest.Options{Outputs: outputs, Stack: *stackName, WaitReady: *waitReady, Progress: stderr})
 	if err := rep.WriteTable(stdout); err != nil {
 		fmt.Fprintln(stderr, "rollback:", err)
 	}
@@ -104,10 +173,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if !rep.Passed {
 		fmt.Fprintf(stderr, "rollback: stack %s is back on update %d's configuration but still fails the smoke test: the fault is not in what the deploy changed; "+
-			"see the checks above\n", *stack, plan.Target.Version)
+			"see the checks above\n", *stackName, plan.Target.Version)
 		return 1
 	}
-	fmt.Fprintf(stdout, "rollback: stack %s rolled back to update %d and passes the smoke test\n", *stack, plan.Target.Version)
+	fmt.Fprintf(stdout, "rollback: stack %s rolled back to update %d and passes the smoke test\n", *stackName, plan.Target.Version)
 	return 0
 }
 

@@ -3,7 +3,12 @@
 //
 //	go run ./smoketest/cmd/smoketest -stack dev
 //	go run ./smoketest/cmd/smoketest -outputs outputs.json -json report.json
+//	go run ./smoketest/cmd/smoketest -stack prod -wait-ready 2m
 //
+// -wait-ready first waits, up to its limit, for the gateway's /ready to
+// answer 200 a few times in a row: right after a deploy the containers were
+// replaced, and behind a load balancer the new ones take traffic only once
+// their health checks pass. The deploy gate (scripts/deploy.sh) uses it.
 // With -stack it reads the outputs through the Pulumi Automation API (the
 // pulumi CLI and a backend login are needed); with -outputs it reads a file
 // written by `pulumi stack output --json --show-secrets`. Exit status: 0 all
@@ -42,6 +47,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	timeout := fs.Duration("timeout", smoketest.DefaultStepTimeout, "time limit of each check (the latency check gets -latency-timeout)")
 	latencyTimeout := fs.Duration("latency-timeout", smoketest.DefaultLatencyTimeout, "time limit of the latency check")
 	promWait := fs.Duration("prometheus-wait", smoketest.DefaultPrometheusWait, "how long to wait for Prometheus to scrape the gateway")
+	waitReady := fs.Duration("wait-ready", 0, "before the checks, wait up to this long for GET /ready to answer 200, for a stack whose containers were just replaced (the deploy gate waits "+smoketest.DefaultDeployWaitReady.String()+"; 0: do not wait)")
 	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -49,6 +55,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if (*stack == "") == (*outputsFile == "") || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "smoketest: give exactly one of -stack NAME or -outputs FILE")
 		fs.Usage()
+		return 2
+	}
+
+	if *waitReady < 0 {
+		fmt.Fprintf(stderr, "smoketest: -wait-ready %v: give a duration of 0 or more\n", *waitReady)
 		return 2
 	}
 
@@ -64,7 +75,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Outputs: outputs, Stack: *stack, Model: *model,
 		Requests: *requests, Concurrency: *concurrency,
 		StepTimeout: *timeout, LatencyTimeout: *latencyTimeout, PrometheusWait: *promWait,
-		Progress: stderr,
+		WaitReady: *waitReady, Progress: stderr,
 	}
 	if *quiet {
 		opts.Progress = nil

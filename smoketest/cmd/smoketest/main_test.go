@@ -17,6 +17,7 @@ func TestUsage(t *testing.T) {
 		{"-stack", "dev", "-outputs", "x.json"},
 		{"-outputs", "x.json", "extra"},
 		{"-no-such-flag"},
+		{"-outputs", "x.json", "-wait-ready", "-1s"},
 	}
 	for _, args := range cases {
 		var out, errOut bytes.Buffer
@@ -50,7 +51,7 @@ func TestUnreachableStack(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out, errOut bytes.Buffer
-	code := run([]string{"-outputs", path, "-json", "-", "-requests", "2", "-timeout", "20s", "-prometheus-wait", "2s"}, &out, &errOut)
+	code := run([]string{"-outputs", path, "-json", "-", "-requests", "2", "-timeout", "20s", "-prometheus-wait", "2s", "-wait-ready", "300ms"}, &out, &errOut)
 	if code != 1 {
 		t.Fatalf("exit %d, want 1; stderr:\n%s", code, errOut.String())
 	}
@@ -65,6 +66,9 @@ func TestUnreachableStack(t *testing.T) {
 	}
 	if rep.Passed || len(rep.Steps) != 11 || rep.Steps[0].Status != "fail" || rep.Steps[0].Hint == "" {
 		t.Errorf("report = %+v, want 11 checks, the first failed with a hint", rep)
+	}
+	if !strings.Contains(errOut.String(), "GET /ready did not answer 200 within 300ms") {
+		t.Errorf("no bounded wait for /ready on stderr:\n%s", errOut.String())
 	}
 	if !strings.Contains(errOut.String(), "smoke: health") {
 		t.Errorf("no progress on stderr:\n%s", errOut.String())

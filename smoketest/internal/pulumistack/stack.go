@@ -104,6 +104,21 @@ func (s *Stack) History(ctx context.Context) ([]rollback.Update, error) {
 	return all, nil
 }
 
+// LatestVersion is the version of the stack's newest operation, 0 when it
+// has none: what a deploy notes before its `up` (rollback.RunAfter). It
+// reads one history entry and decrypts nothing.
+func (s *Stack) LatestVersion(ctx context.Context) (int, error) {
+	stdout, err := s.run(ctx, "stack", "history", "--json", "--page-size", "1", "--page", "1")
+	if err != nil {
+		return 0, err
+	}
+	h, err := rollback.ParseHistory([]byte(stdout))
+	if err != nil {
+		return 0, err
+	}
+	return rollback.LatestVersion(h), nil
+}
+
 // Config returns the stack's configuration as its stack file has it now,
 // secrets decrypted, in the shape of `pulumi config --json`.
 func (s *Stack) Config(ctx context.Context) (map[string]rollback.ConfigValue, error) {

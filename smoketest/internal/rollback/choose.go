@@ -33,10 +33,19 @@ type Plan struct {
 //     the ones known to be bad: the one a later rollback reverted (its
 //     message says so), so that rolling back twice goes further back
 //     instead of returning to the bad deploy;
-//   - when the current update succeeded, an older one with the very same
-//     configuration is passed over too: restoring it would change nothing.
-//     After a failed update it is kept, since `up` with the last good
-//     configuration repairs a half-applied stack.
+//   - when the current update succeeded and is a rollback, the update whose
+//     configuration it restored is passed over too: restoring it again
+//     would change nothing;
+//   - when the current update succeeded and the update it would go back to
+//     has the very same configuration, what the current update changed is
+//     code, not configuration (the Pulumi program, or an image rebuilt under
+//     the same tag), or nothing at all. A rollback restores configuration
+//     and always runs the current checkout's program, so it cannot undo
+//     that, and going on to an older configuration would move the stack
+//     two deploys back while still running the new code: Choose refuses
+//     (ErrNothingToRollBack), saying to revert the commit and deploy again.
+//     After a failed update an identical configuration is kept, since `up`
+//     with the last good configuration repairs a half-applied stack.
 func Choose(stack string, history []Update) (*Plan, error) {
 	h := append([]Update(nil), history...)
 	sortNewestFirst(h)
@@ -89,8 +98,11 @@ func Choose(stack string, history []Update) (*Plan, error) {
 			continue
 		}
 		if current.Result == ResultSucceeded && sameConfig(u.Config, current.Config) {
-			plan.Skipped = append(plan.Skipped, fmt.Sprintf("v%d: same configuration as the current update", u.Version))
-			continue
+			if _, to, ok := current.rollback(); ok && to == u.Version {
+				plan.Skipped = append(plan.Skipped, fmt.Sprintf("v%d: same configuration as the current update", u.Version))
+				continue
+			}
+			return nil, codeOnly(stack, *current, u)
 		}
 		plan.Target = u
 		plan.Config = restored(u.Config)
@@ -108,6 +120,40 @@ func Choose(stack string, history []Update) (*Plan, error) {
 		why += "; passed over: " + strings.Join(plan.Skipped, "; ")
 	}
 	return nil, fmt.Errorf("%w: %s", ErrNothingToRollBack, why)
+}
+
+// codeOnly is the refusal for a successful current update whose
+// configuration equals that of target, the update a rollback would return
+// to.
+func codeOnly(stack string, current, target Update) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "update %d of stack %s", current.Version, stack)
+	if _, to, ok := current.rollback(); ok {
+		fmt.Fprintf(&b, " (a rollback to update %d)", to)
+	}
+	fmt.Fprintf(&b, " has the same configuration as update %d before it", target.Version)
+	if tag, ok := current.Config[imageTagKey]; ok && tag.Value != nil && !tag.Secret {
+		fmt.Fprintf(&b, " (image tag %q)", *tag.Value)
+	}
+	was, now := shortCommit(target.gitHead()), shortCommit(current.gitHead())
+	switch {
+	case was != "" && now != "" && was != now:
+		fmt.Fprintf(&b, "; it ran commit %s where update %d ran %s", now, target.Version, was)
+	case was != "" && was == now:
+		fmt.Fprintf(&b, "; both ran commit %s", now)
+	}
+	fmt.Fprintf(&b, ": what it changed is code, not configuration (the Pulumi program, or an image rebuilt under the same tag), "+
+		"if anything. A rollback restores an older configuration and still runs this checkout's program, so it cannot undo that, "+
+		"and restoring a configuration older than update %d would move the stack two deploys back while running the new code. "+
+		"Revert the commit and deploy again (`make deploy STACK=%s`)", target.Version, stack)
+	return fmt.Errorf("%w: %s", ErrNothingToRollBack, b.String())
+}
+
+func shortCommit(sha string) string {
+	if len(sha) > 7 {
+		return sha[:7]
+	}
+	return sha
 }
 
 // restorable checks that every value of the target can be written back:

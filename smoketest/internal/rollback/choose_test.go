@@ -75,6 +75,46 @@ func TestChoose(t *testing.T) {
 			wantSkipped: []string{"v14: reverted by the rollback in update 15"},
 		},
 		{
+			name:    "a deploy that changed only code: refused rather than going two deploys back",
+			history: fixture("code-only.json"),
+			wantErr: `update 7 of stack dev has the same configuration as update 6 before it (image tag "sha-6d4e5f6"); ` +
+				"it ran commit 9c1d2e3 where update 6 ran 384877b: what it changed is code, not configuration",
+			nothing: true,
+		},
+		{
+			name: "a redeploy of the same commit and configuration: refused",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "code-only.json")
+				h[0].Environment["git.head"] = h[1].Environment["git.head"]
+				return h
+			},
+			wantErr: "both ran commit 384877b: what it changed is code, not configuration (the Pulumi program, or an image rebuilt under the same tag), if anything. " +
+				"A rollback restores an older configuration and still runs this checkout's program, so it cannot undo that, " +
+				"and restoring a configuration older than update 6 would move the stack two deploys back while running the new code. " +
+				"Revert the commit and deploy again (`make deploy STACK=dev`)",
+			nothing: true,
+		},
+		{
+			name: "a code-only deploy without recorded commits: refused all the same",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "code-only.json")
+				for i := range h {
+					h[i].Environment = nil
+				}
+				return h
+			},
+			wantErr: `same configuration as update 6 before it (image tag "sha-6d4e5f6"): what it changed is code`, nothing: true,
+		},
+		{
+			name: "rolling back again past an update that changed only code: refused",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "after-rollback.json")
+				h[3].Config = copyConfig(h[2].Config) // v12 = v13, which v15 restored
+				return h
+			},
+			wantErr: "update 15 of stack dev (a rollback to update 13) has the same configuration as update 12 before it", nothing: true,
+		},
+		{
 			name:    "nothing succeeded before the current update",
 			history: fixture("nothing-before.json"),
 			wantErr: "no successful update before update 3 to go back to (older: v2 failed, v1 failed)", nothing: true,

@@ -82,13 +82,36 @@ var messageRE = regexp.MustCompile(`^rollback of \S+: v(\d+) -> v(\d+)\b`)
 // rolledBackFrom returns the version a rollback update reverted, if u is
 // one.
 func (u Update) rolledBackFrom() (int, bool) {
+	from, _, ok := u.rollback()
+	return from, ok
+}
+
+// rollback returns, if u is a rollback's update, the version it reverted
+// and the one whose configuration it restored.
+func (u Update) rollback() (from, to int, ok bool) {
 	m := messageRE.FindStringSubmatch(u.Message)
 	if m == nil {
-		return 0, false
+		return 0, 0, false
 	}
-	v, err := strconv.Atoi(m[1])
-	return v, err == nil
+	from, err1 := strconv.Atoi(m[1])
+	to, err2 := strconv.Atoi(m[2])
+	return from, to, err1 == nil && err2 == nil
 }
+
+// LatestVersion is the version of the newest operation in a history, of
+// any kind (update, refresh, destroy…), or 0 for a stack with none.
+// Versions only grow, so a deploy that notes it before its `up` can tell
+// afterwards whether the `up` recorded anything (see [RunAfter]).
+func LatestVersion(history []Update) int {
+	latest := 0
+	for _, u := range history {
+		latest = max(latest, u.Version)
+	}
+	return latest
+}
+
+// gitHead is the commit the update ran from, as the CLI records it, or "".
+func (u Update) gitHead() string { return u.Environment["git.head"] }
 
 // ReuseImageKey is the project's config key that makes `up` deploy the
 // image the registry holds under imageTag instead of building the checkout.

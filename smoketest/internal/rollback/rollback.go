@@ -2,6 +2,7 @@ package rollback
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 )
@@ -22,14 +23,47 @@ type Stack interface {
 	Up(ctx context.Context, message string) error
 }
 
+// ErrNothingApplied is returned (wrapped) by [RunAfter] when the stack's
+// history holds nothing newer than the version the deploy noted before its
+// `up`: the `up` failed before it changed the stack, so there is nothing to
+// undo.
+var ErrNothingApplied = errors.New("no update was recorded")
+
 // Run chooses the update to return to, writes its configuration back (with
 // reuseImage on, see [Plan.Config]) and runs `up`, telling out what it does.
 // It refuses, changing nothing, when there is nothing to roll back to
 // (errors.Is(err, ErrNothingToRollBack)).
 func Run(ctx context.Context, s Stack, out io.Writer) (*Plan, error) {
+	return run(ctx, s, -1, out)
+}
+
+// RunAfter is Run for a deploy whose `up` or smoke test failed, given
+// after, the stack's [LatestVersion] noted before that `up`. When the
+// history holds no operation newer than after, the `up` stopped before it
+// recorded an update (the program did not compile, the configuration was
+// invalid, the preview failed): the stack is still on its last good update,
+// and rolling back would revert that one instead. RunAfter then changes
+// nothing and returns an error wrapping ErrNothingApplied.
+func RunAfter(ctx context.Context, s Stack, after int, out io.Writer) (*Plan, error) {
+	if after < 0 {
+		return nil, fmt.Errorf("rollback after update %d: versions start at 0 (a stack with no history)", after)
+	}
+	return run(ctx, s, after, out)
+}
+
+// run is Run, and with after >= 0 RunAfter.
+func run(ctx context.Context, s Stack, after int, out io.Writer) (*Plan, error) {
 	history, err := s.History(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read the history of stack %s: %w", s.Name(), err)
+	}
+	if latest := LatestVersion(history); after >= 0 && latest <= after {
+		what := fmt.Sprintf("its newest is still update %d", latest)
+		if latest == 0 {
+			what = "it has none"
+		}
+		return nil, fmt.Errorf("%w on stack %s after update %d (%s): the failed `up` stopped before it changed the stack, "+
+			"which is still on the update it had; nothing to roll back", ErrNothingApplied, s.Name(), after, what)
 	}
 	plan, err := Choose(s.Name(), history)
 	if err != nil {

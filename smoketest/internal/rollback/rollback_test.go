@@ -182,3 +182,107 @@ func copyConfig(m map[string]ConfigValue) map[string]ConfigValue {
 	}
 	return out
 }
+
+// TestRunAfter: the deploy gate notes the stack's newest version before its
+// `up` and rolls back after a failure only when the `up` recorded an update.
+// up-failed-unrecorded.json is the dev stack of failed-last.json as it was
+// when deploy sha-7a1b2c3's `up` failed in its preview: no update 7, the
+// stack still on the good update 6, which a rollback would have reverted.
+func TestRunAfter(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		history    []Update
+		after      int
+		wantTarget int    // 0: refused, changing nothing
+		wantErr    string // for refusals
+		applied    bool   // the refusal is not ErrNothingApplied
+	}{
+		{name: "up failed before recording an update", history: loadHistory(t, "up-failed-unrecorded.json"), after: 6,
+			wantErr: "no update was recorded on stack dev after update 6 (its newest is still update 6): the failed `up` stopped before it changed the stack"},
+		{name: "up recorded a failed update", history: loadHistory(t, "failed-last.json"), after: 6, wantTarget: 6},
+		{name: "the smoke test failed after a successful up", history: loadHistory(t, "several-successes.json"), after: 11, wantTarget: 10},
+		{name: "a stack whose first up failed before recording", history: nil, after: 0,
+			wantErr: "no update was recorded on stack dev after update 0 (it has none)"},
+		{name: "a stack whose first update failed: nothing to roll back to", history: loadHistory(t, "first-update.json"), after: 0,
+			wantErr: "update 1 is the first update of stack dev", applied: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &recordedStack{history: tc.history}
+			if len(tc.history) > 0 {
+				s.config = copyConfig(tc.history[0].Config)
+			}
+			var out bytes.Buffer
+			plan, err := RunAfter(t.Context(), s, tc.after, &out)
+			if tc.wantTarget != 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if plan.Target.Version != tc.wantTarget || len(s.upMsgs) != 1 {
+					t.Errorf("rolled back to v%d with %d ups, want v%d with one", plan.Target.Version, len(s.upMsgs), tc.wantTarget)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("err = %v, want it to contain %q", err, tc.wantErr)
+			}
+			if got := errors.Is(err, ErrNothingApplied); got == tc.applied {
+				t.Errorf("errors.Is(err, ErrNothingApplied) = %v, want %v", got, !tc.applied)
+			}
+			if errors.Is(err, ErrNothingApplied) && errors.Is(err, ErrNothingToRollBack) {
+				t.Error("nothing applied must be told apart from nothing to roll back to")
+			}
+			if s.setCalls != 0 || len(s.upMsgs) != 0 {
+				t.Errorf("a refused rollback changed config %d times and ran up %d times", s.setCalls, len(s.upMsgs))
+			}
+		})
+	}
+	if _, err := RunAfter(t.Context(), &recordedStack{}, -1, &bytes.Buffer{}); err == nil {
+		t.Error("RunAfter took a negative version")
+	}
+}
+
+// TestRunWithoutAfterStillRollsBackTheNewest: plain Run (make rollback) has
+// no version to compare with; on the history of a deploy whose `up` failed
+// before recording, it reverts the good update 6, which is why the deploy
+// gate uses RunAfter.
+func TestRunWithoutAfterStillRollsBackTheNewest(t *testing.T) {
+	h := loadHistory(t, "up-failed-unrecorded.json")
+	s := &recordedStack{history: h, config: copyConfig(h[0].Config)}
+	plan, err := Run(t.Context(), s, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.Current.Version != 6 || plan.Target.Version != 5 {
+		t.Errorf("from v%d to v%d, want from v6 to v5", plan.Current.Version, plan.Target.Version)
+	}
+}
+
+func TestLatestVersion(t *testing.T) {
+	for name, want := range map[string]int{"several-successes.json": 12, "up-failed-unrecorded.json": 6, "first-update.json": 1} {
+		if got := LatestVersion(loadHistory(t, name)); got != want {
+			t.Errorf("LatestVersion(%s) = %d, want %d", name, got, want)
+		}
+	}
+	// A refresh or destroy counts: it is the newest operation either way.
+	h := append([]Update{{Version: 13, Kind: "refresh", Result: ResultSucceeded}}, loadHistory(t, "several-successes.json")...)
+	if got := LatestVersion(h); got != 13 {
+		t.Errorf("LatestVersion with a newer refresh = %d, want 13", got)
+	}
+	if got := LatestVersion(nil); got != 0 {
+		t.Errorf("LatestVersion(nil) = %d, want 0", got)
+	}
+}
+
+// TestRunRefusesACodeOnlyDeploy: the refusal for a deploy that changed
+// only code changes nothing either.
+func TestRunRefusesACodeOnlyDeploy(t *testing.T) {
+	h := loadHistory(t, "code-only.json")
+	s := &recordedStack{history: h, config: copyConfig(h[0].Config)}
+	_, err := RunAfter(t.Context(), s, 6, &bytes.Buffer{})
+	if !errors.Is(err, ErrNothingToRollBack) || !strings.Contains(err.Error(), "Revert the commit and deploy again") {
+		t.Fatalf("err = %v, want ErrNothingToRollBack saying to revert the commit", err)
+	}
+	if s.setCalls != 0 || len(s.upMsgs) != 0 {
+		t.Errorf("a refused rollback changed config %d times and ran up %d times", s.setCalls, len(s.upMsgs))
+	}
+}
