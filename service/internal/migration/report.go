@@ -122,14 +122,24 @@ func (q *querier) increase(metric string, by ...string) string {
 	return fmt.Sprintf("sum by (%s) (increase(%s[%s]))", strings.Join(by, ", "), q.sel(metric), q.window)
 }
 
-func (q *querier) vector(ctx context.Context, promql string) (model.Vector, error) {
-	v, warnings, _, err := q.api.Query(ctx, promql, q.end)
-	if err != nil {
-		return nil, fmt.Errorf("prometheus query %s: %w", promql, err)
-	}
+// warn keeps Prometheus's warnings for the report's notes.
+func (q *querier) warn(warnings promv1.Warnings) {
 	for _, w := range warnings {
 		q.warnings = append(q.warnings, "Prometheus warned: "+w)
 	}
+}
+
+func (q *querier) vector(ctx context.Context, promql string) (model.Vector, error) {
+	return q.vectorAt(ctx, promql, q.end)
+}
+
+// vectorAt evaluates an instant query at t.
+func (q *querier) vectorAt(ctx context.Context, promql string, t time.Time) (model.Vector, error) {
+	v, warnings, _, err := q.api.Query(ctx, promql, t)
+	if err != nil {
+		return nil, fmt.Errorf("prometheus query %s: %w", promql, err)
+	}
+	q.warn(warnings)
 	vec, ok := v.(model.Vector)
 	if !ok {
 		return nil, fmt.Errorf("prometheus query %s: got a %s, want a vector", promql, v.Type())
@@ -143,39 +153,108 @@ func (q *querier) vector(ctx context.Context, promql string) (model.Vector, erro
 // was covered. relaygate_inflight_requests is a gauge every gateway exports
 // from its start, so its samples mark the gateway's presence.
 //
-// A subquery over the window at 1/720 of it finds a sample within one step
-// of the first (the latest sample stands in when the data is younger than
-// the subquery's last step); the raw samples of that one step then give the
-// first exactly, without pulling a month of samples.
+// It finds the first sample without pulling a month of samples. A range
+// query counts the gauge's samples in each of about 720 steps that tile the
+// window back from its end; the raw samples of the first step with any give
+// the first exactly. Counting over a range as long as the step sees every
+// sample in it, where an instant selector at each step (timestamp(), or a
+// subquery of it) sees only the lookback delta before the step, 5m by
+// default: past a 60h window that misses a gateway that ran only between
+// two steps, and the report said there was no data, or covered too little
+// time and inflated the monthly run-rates. When the first sample is not at
+// the window's start, one more query asks whether the gateway was present
+// there (a sample within the lookback before it), as it is when it ran
+// before the window: the window is then covered from its start.
 func (q *querier) earliestSample(ctx context.Context, window time.Duration) (time.Time, error) {
-	step := model.Duration(max(window/720, time.Second).Truncate(time.Second))
+	step := max(window/720, time.Second).Truncate(time.Second)
+	// Prometheus reads times to the millisecond: rounded here, the last step
+	// falls exactly on the window's end.
+	end := q.end.Round(time.Millisecond)
+	from := model.TimeFromUnixNano(q.end.Add(-window).UnixNano())
 	gauge := q.sel("relaygate_inflight_requests")
-	vec, err := q.vector(ctx, fmt.Sprintf("min(min_over_time(timestamp(%s)[%s:%s]) or timestamp(%s))", gauge, q.window, step, gauge))
+	rng := fmt.Sprintf("%s[%s]", gauge, model.Duration(step))
+
+	// The steps cover the window; only the first reaches before it, by less
+	// than a step.
+	steps := int64((window + step - 1) / step)
+	counted, err := q.steps(ctx, "count(count_over_time("+rng+"))", promv1.Range{
+		Start: end.Add(-time.Duration(steps-1) * step), End: end, Step: step})
 	if err != nil {
 		return time.Time{}, err
 	}
-	if len(vec) == 0 || math.IsNaN(float64(vec[0].Value)) {
+	var first model.Time
+	found := false
+	// A first step with samples only from before the window is followed by
+	// one inside it: two steps at most.
+	for _, c := range counted[:min(len(counted), 2)] {
+		samples, err := q.samples(ctx, rng, c.Timestamp.Time())
+		if err != nil {
+			return time.Time{}, err
+		}
+		for _, t := range samples {
+			if t >= from && (!found || t < first) {
+				first, found = t, true
+			}
+		}
+		if found {
+			break
+		}
+	}
+	if !found {
 		return time.Time{}, fmt.Errorf("%w: Prometheus has no relaygate_inflight_requests%s in the %s before %s; "+
 			"check the Prometheus URL, that it scrapes the gateway (job relaygate) and the -match filter",
 			ErrNoData, matchSuffix(q.match), q.window, q.end.UTC().Format(time.RFC3339))
 	}
-	near := model.Time(math.Round(float64(vec[0].Value) * 1000)) // timestamp() is in seconds, to the millisecond
-
-	// Every sample before near is within one step of it: the subquery's
-	// previous step found none.
-	v, _, _, err := q.api.Query(ctx, fmt.Sprintf("%s[%s]", gauge, step), near.Time())
-	if err != nil {
-		return time.Time{}, fmt.Errorf("prometheus query %s[%s]: %w", gauge, step, err)
-	}
-	first := near
-	if m, ok := v.(model.Matrix); ok {
-		for _, ss := range m {
-			if len(ss.Values) > 0 && ss.Values[0].Timestamp < first {
-				first = ss.Values[0].Timestamp
-			}
+	if first > from {
+		vec, err := q.vectorAt(ctx, fmt.Sprintf("min(timestamp(%s))", gauge), from.Time())
+		if err != nil {
+			return time.Time{}, err
+		}
+		if len(vec) > 0 && !math.IsNaN(float64(vec[0].Value)) {
+			// timestamp() is in seconds, to the millisecond; at or before from.
+			return model.Time(math.Round(float64(vec[0].Value) * 1000)).Time(), nil
 		}
 	}
 	return first.Time(), nil
+}
+
+// steps runs a range query of one series (an aggregation without labels)
+// and returns its points: the steps where it had a value.
+func (q *querier) steps(ctx context.Context, promql string, r promv1.Range) ([]model.SamplePair, error) {
+	v, warnings, _, err := q.api.QueryRange(ctx, promql, r)
+	if err != nil {
+		return nil, fmt.Errorf("prometheus query %s: %w", promql, err)
+	}
+	q.warn(warnings)
+	m, ok := v.(model.Matrix)
+	if !ok {
+		return nil, fmt.Errorf("prometheus query %s: got a %s, want a matrix", promql, v.Type())
+	}
+	if len(m) == 0 {
+		return nil, nil
+	}
+	return m[0].Values, nil
+}
+
+// samples returns the timestamps of a range selector's raw samples at t,
+// every series together.
+func (q *querier) samples(ctx context.Context, selector string, t time.Time) ([]model.Time, error) {
+	v, warnings, _, err := q.api.Query(ctx, selector, t)
+	if err != nil {
+		return nil, fmt.Errorf("prometheus query %s: %w", selector, err)
+	}
+	q.warn(warnings)
+	m, ok := v.(model.Matrix)
+	if !ok {
+		return nil, fmt.Errorf("prometheus query %s: got a %s, want a matrix", selector, v.Type())
+	}
+	var out []model.Time
+	for _, ss := range m {
+		for _, sp := range ss.Values {
+			out = append(out, sp.Timestamp)
+		}
+	}
+	return out, nil
 }
 
 func matchSuffix(m string) string {
