@@ -41,7 +41,11 @@ func (w *stallingWriter) Write(p []byte) (int, error) {
 // upstream's silence only. A client that stops reading for longer than it
 // must not make the gateway cut a healthy upstream and charge it a timeout.
 func TestSlowClientIsNotUpstreamIdle(t *testing.T) {
-	const idle = 300 * time.Millisecond
+	// After the client resumes, the upstream has this long to send the
+	// rest: a margin no scheduling delay comes near. (Its data cannot be
+	// sent ahead: buffered, it would be read even after a stale timer
+	// cancelled the request, and the test would prove nothing.)
+	const idle = time.Second
 	w := &stallingWriter{header: http.Header{}, stalled: make(chan struct{}), resume: make(chan struct{})}
 	up := newFakeUpstream(t, func(n int, rw http.ResponseWriter, r *http.Request) {
 		rw.Header().Set("Content-Type", "text/event-stream")
@@ -78,7 +82,7 @@ func TestSlowClientIsNotUpstreamIdle(t *testing.T) {
 	}
 	// Several idle timeouts with the client not reading: a timer still
 	// running would fire whatever the machine's speed.
-	time.Sleep(4 * idle)
+	time.Sleep(3 * idle)
 	close(w.resume)
 	select {
 	case p := <-served:
