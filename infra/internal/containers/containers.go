@@ -371,37 +371,41 @@ func withLabel(labels map[string]pulumi.StringInput, k string, v pulumi.StringIn
 }
 
 // The label helpers return nil for no labels, so a resource without any
-// (the local stack's) keeps the inputs it always had.
+// (the local stack's) keeps the inputs it always had. Each Docker resource
+// type has its own label type; sortedLabels builds any of them, in key
+// order so the inputs never differ from one run to the next.
 
 func containerLabels(m map[string]pulumi.StringInput) docker.ContainerLabelArrayInput {
 	if len(m) == 0 {
 		return nil
 	}
-	var out docker.ContainerLabelArray
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, docker.ContainerLabelArgs{Label: pulumi.String(k), Value: m[k]})
-	}
-	return out
+	return docker.ContainerLabelArray(sortedLabels(m, func(k, v pulumi.StringInput) docker.ContainerLabelInput {
+		return docker.ContainerLabelArgs{Label: k, Value: v}
+	}))
 }
 
 func networkLabels(m map[string]pulumi.StringInput) docker.NetworkLabelArrayInput {
 	if len(m) == 0 {
 		return nil
 	}
-	var out docker.NetworkLabelArray
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, docker.NetworkLabelArgs{Label: pulumi.String(k), Value: m[k]})
-	}
-	return out
+	return docker.NetworkLabelArray(sortedLabels(m, func(k, v pulumi.StringInput) docker.NetworkLabelInput {
+		return docker.NetworkLabelArgs{Label: k, Value: v}
+	}))
 }
 
 func volumeLabels(m map[string]pulumi.StringInput) docker.VolumeLabelArrayInput {
 	if len(m) == 0 {
 		return nil
 	}
-	var out docker.VolumeLabelArray
+	return docker.VolumeLabelArray(sortedLabels(m, func(k, v pulumi.StringInput) docker.VolumeLabelInput {
+		return docker.VolumeLabelArgs{Label: k, Value: v}
+	}))
+}
+
+func sortedLabels[T any](m map[string]pulumi.StringInput, label func(k, v pulumi.StringInput) T) []T {
+	out := make([]T, 0, len(m))
 	for _, k := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, docker.VolumeLabelArgs{Label: pulumi.String(k), Value: m[k]})
+		out = append(out, label(pulumi.String(k), m[k]))
 	}
 	return out
 }
