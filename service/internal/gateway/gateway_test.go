@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"maps"
 	"net/http"
@@ -298,6 +299,28 @@ func TestUpstreamAuthFailureFallsBack(t *testing.T) {
 	}
 }
 
+// TestRefusalOpensTheCircuitAndStillSaysSo: once refusals have opened an
+// upstream's circuit, requests skip it, and the client is still told the
+// cause is a refused key (the circuit-open failure wraps it), not a vague
+// upstream failure.
+func TestRefusalOpensTheCircuitAndStillSaysSo(t *testing.T) {
+	a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusUnauthorized) })
+	gw, _, _ := newGateway(t, gwOpts{attempts: 3, breakerN: 1, cooldown: "1h"}, a)
+	for i := range 3 {
+		res := post(t, gw.URL, "/v1/chat/completions", chatBody)
+		msg, _, code := openAIError(t, res.body)
+		if res.status != 502 || code != "upstream_auth_failed" {
+			t.Errorf("request %d: %d %s, want 502 upstream_auth_failed: %s", i, res.status, code, msg)
+		}
+		if i > 0 && !strings.Contains(msg, "circuit open") {
+			t.Errorf("request %d: message %q does not say the circuit is open", i, msg)
+		}
+	}
+	if got := a.calls.Load(); got != 1 {
+		t.Errorf("the refusing upstream got %d requests, want 1: its open circuit must be skipped", got)
+	}
+}
+
 func TestCircuitBreakerSkipsAFailingUpstream(t *testing.T) {
 	a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusBadGateway) })
 	b := newFakeUpstream(t, okCompletion)
@@ -450,7 +473,7 @@ func TestReloadKeepsUpSeriesCurrent(t *testing.T) {
 			srv.Reload(tt.reload(t, a, b, spare))
 			// A request still running on the old config fails at b: its
 			// breaker opens and tells the server.
-			oldB.Breaker.Failure("HTTP 503")
+			oldB.Breaker.Failure(errors.New("HTTP 503"))
 			if got := upSeries(t, m); !maps.Equal(got, tt.want) {
 				t.Errorf("relaygate_upstream_up = %v, want %v", got, tt.want)
 			}

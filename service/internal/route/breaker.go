@@ -51,7 +51,10 @@ type Breaker struct {
 	failures int
 	openedAt time.Time
 	probing  bool
-	lastErr  string
+	// lastErr is kept as an error, not text, so that a circuit-open
+	// failure can wrap it: callers still tell what kind of failure opened
+	// the circuit (errors.As), e.g. an upstream refusing the gateway's key.
+	lastErr error
 }
 
 // NewBreaker opens after threshold consecutive failures and stays open for
@@ -116,7 +119,7 @@ func (b *Breaker) Success() {
 	b.mu.Lock()
 	from := b.state
 	b.setLocked(Closed, 0)
-	b.probing, b.lastErr = false, ""
+	b.probing, b.lastErr = false, nil
 	b.mu.Unlock()
 	if from != Closed {
 		b.notify(from, Closed)
@@ -125,11 +128,11 @@ func (b *Breaker) Success() {
 
 // Failure records a failed request; the threshold-th consecutive failure, or
 // a failed probe, opens the breaker.
-func (b *Breaker) Failure(reason string) {
+func (b *Breaker) Failure(err error) {
 	b.mu.Lock()
 	from := b.state
 	to := from
-	b.lastErr = reason
+	b.lastErr = err
 	b.probing = false
 	if from == HalfOpen || b.failures+1 >= b.threshold {
 		to = Open
@@ -153,6 +156,14 @@ func (b *Breaker) Release() {
 	b.mu.Unlock()
 }
 
+// LastErr is the failure behind the current failure streak, nil after a
+// success.
+func (b *Breaker) LastErr() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.lastErr
+}
+
 // BreakerStatus is a snapshot for /health.
 type BreakerStatus struct {
 	State               string    `json:"state"`
@@ -165,7 +176,10 @@ type BreakerStatus struct {
 func (b *Breaker) Status() BreakerStatus {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := BreakerStatus{State: b.state.String(), ConsecutiveFailures: b.failures, LastError: b.lastErr}
+	s := BreakerStatus{State: b.state.String(), ConsecutiveFailures: b.failures}
+	if b.lastErr != nil {
+		s.LastError = b.lastErr.Error()
+	}
 	if b.state != Closed {
 		s.OpenedAt = b.openedAt
 	}

@@ -155,7 +155,7 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 		for n := 1; n <= p.Attempts; n++ {
 			if ok, retryIn := u.Breaker.Allow(); !ok {
 				if f.Err == nil {
-					f.Err = fmt.Errorf("circuit open (%s), next probe in %s", u.Breaker.Status().LastError, retryIn.Round(time.Second))
+					f.Err = errCircuitOpen(u.Breaker.LastErr(), retryIn)
 				}
 				break
 			}
@@ -183,7 +183,7 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 				// refusing us should open its circuit, so that later
 				// requests go straight to the fallback and the outage
 				// shows in relaygate_upstream_up.
-				u.Breaker.Failure(a.Err.Error())
+				u.Breaker.Failure(a.Err)
 				break
 			}
 			if !a.Retryable {
@@ -194,7 +194,7 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 				out.Failures = append(out.Failures, f)
 				return out, &ExhaustedError{Failures: out.Failures}
 			}
-			u.Breaker.Failure(a.Err.Error())
+			u.Breaker.Failure(a.Err)
 			if a.Committed {
 				out.Failures = append(out.Failures, f)
 				return out, &ExhaustedError{Failures: out.Failures}
@@ -214,6 +214,15 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 		out.Failures = append(out.Failures, f)
 	}
 	return out, &ExhaustedError{Failures: out.Failures}
+}
+
+// errCircuitOpen wraps the failure that opened the circuit, so that what
+// it was (a timeout, a refused key) still shows through errors.As.
+func errCircuitOpen(last error, retryIn time.Duration) error {
+	if last == nil {
+		return fmt.Errorf("circuit open, next probe in %s", retryIn.Round(time.Second))
+	}
+	return fmt.Errorf("circuit open (%w), next probe in %s", last, retryIn.Round(time.Second))
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

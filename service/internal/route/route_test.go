@@ -20,14 +20,14 @@ func TestBreakerLifecycle(t *testing.T) {
 	b.OnChange = func(from, to BreakerState) { changes = append(changes, from.String()+">"+to.String()) }
 
 	for i := 0; i < 2; i++ {
-		b.Failure("boom")
+		b.Failure(errors.New("boom"))
 	}
 	if ok, _ := b.Allow(); !ok {
 		t.Fatal("open after 2 of 3 failures")
 	}
 	b.Success() // success resets the count
 	for i := 0; i < 3; i++ {
-		b.Failure("boom")
+		b.Failure(errors.New("boom"))
 	}
 	if ok, retryIn := b.Allow(); ok || retryIn != 30*time.Second {
 		t.Fatalf("Allow = %v, %s; want refused for 30s", ok, retryIn)
@@ -39,7 +39,7 @@ func TestBreakerLifecycle(t *testing.T) {
 	if ok, _ := b.Allow(); ok {
 		t.Fatal("a second request went through while the probe is out")
 	}
-	b.Failure("still down") // failed probe: open again
+	b.Failure(errors.New("still down")) // failed probe: open again
 	if ok, _ := b.Allow(); ok {
 		t.Fatal("open breaker let a request through after a failed probe")
 	}
@@ -61,7 +61,7 @@ func TestBreakerReleaseFreesTheProbe(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(0, 0)}
 	b := NewBreaker(1, time.Second)
 	b.now = clk.now
-	b.Failure("x")
+	b.Failure(errors.New("x"))
 	clk.t = clk.t.Add(2 * time.Second)
 	if ok, _ := b.Allow(); !ok {
 		t.Fatal("no probe")
@@ -86,34 +86,34 @@ func TestAvailableOnceTheCooldownIsOver(t *testing.T) {
 		state    BreakerState
 	}{
 		{"closed", func(*Breaker, *fakeClock) {}, "", true, Closed},
-		{"failing but below the threshold", func(b *Breaker, _ *fakeClock) { b.Failure("x") }, "", true, Closed},
+		{"failing but below the threshold", func(b *Breaker, _ *fakeClock) { b.Failure(errors.New("x")) }, "", true, Closed},
 		{"open within the cool-down", func(b *Breaker, clk *fakeClock) {
-			b.Failure("x")
-			b.Failure("x")
+			b.Failure(errors.New("x"))
+			b.Failure(errors.New("x"))
 			clk.t = clk.t.Add(cooldown - time.Nanosecond)
 		}, "", false, Open},
 		{"open at the end of the cool-down", func(b *Breaker, clk *fakeClock) {
-			b.Failure("x")
-			b.Failure("x")
+			b.Failure(errors.New("x"))
+			b.Failure(errors.New("x"))
 			clk.t = clk.t.Add(cooldown)
 		}, "", true, Open},
 		{"open long after the cool-down", func(b *Breaker, clk *fakeClock) {
-			b.Failure("x")
-			b.Failure("x")
+			b.Failure(errors.New("x"))
+			b.Failure(errors.New("x"))
 			clk.t = clk.t.Add(time.Hour)
 		}, "", true, Open},
 		{"half-open with the probe out", func(b *Breaker, clk *fakeClock) {
-			b.Failure("x")
-			b.Failure("x")
+			b.Failure(errors.New("x"))
+			b.Failure(errors.New("x"))
 			clk.t = clk.t.Add(cooldown)
 			b.Allow()
 		}, "", true, HalfOpen},
 		{"failed probe opens it again", func(b *Breaker, clk *fakeClock) {
-			b.Failure("x")
-			b.Failure("x")
+			b.Failure(errors.New("x"))
+			b.Failure(errors.New("x"))
 			clk.t = clk.t.Add(cooldown)
 			b.Allow()
-			b.Failure("still down")
+			b.Failure(errors.New("still down"))
 		}, "", false, Open},
 		{"disabled whatever the breaker says", func(*Breaker, *fakeClock) {}, "no key", false, Closed},
 	}
