@@ -15,10 +15,10 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/base-debian12:nonroot
 
 FROM ${GO_IMAGE} AS build
 WORKDIR /src
-# Modules first: this layer is reused until go.mod or go.sum change.
+# No `go mod download`: the module also holds the Pulumi program, whose SDKs
+# the image does not need. `go build` fetches only the modules the binaries
+# import, and the cache mounts keep them across builds.
 COPY go.mod go.sum ./
-RUN --mount=type=cache,target=/go/pkg/mod \
-    go mod download
 COPY service/ service/
 # cgo stays on: go-nvml reaches libnvidia-ml.so.1 through dlopen, which the
 # NVIDIA container toolkit mounts into the container at run time.
