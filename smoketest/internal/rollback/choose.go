@@ -75,7 +75,7 @@ func Choose(stack string, history []Update) (*Plan, error) {
 	}
 
 	bad := map[int]string{current.Version: "the current update"}
-	if from, ok := current.rolledBackFrom(); ok {
+	if from, _, ok := current.rollback(); ok {
 		bad[from] = fmt.Sprintf("reverted by the rollback in update %d", current.Version)
 	}
 	plan := &Plan{Stack: stack, Current: *current}
@@ -84,7 +84,7 @@ func Choose(stack string, history []Update) (*Plan, error) {
 		if u.Version >= current.Version || u.Kind != KindUpdate {
 			continue
 		}
-		if from, ok := u.rolledBackFrom(); ok {
+		if from, _, ok := u.rollback(); ok {
 			if _, seen := bad[from]; !seen {
 				bad[from] = fmt.Sprintf("reverted by the rollback in update %d", u.Version)
 			}

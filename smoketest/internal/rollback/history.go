@@ -79,13 +79,6 @@ func Message(stack string, from, to int) string {
 
 var messageRE = regexp.MustCompile(`^rollback of \S+: v(\d+) -> v(\d+)\b`)
 
-// rolledBackFrom returns the version a rollback update reverted, if u is
-// one.
-func (u Update) rolledBackFrom() (int, bool) {
-	from, _, ok := u.rollback()
-	return from, ok
-}
-
 // rollback returns, if u is a rollback's update, the version it reverted
 // and the one whose configuration it restored.
 func (u Update) rollback() (from, to int, ok bool) {

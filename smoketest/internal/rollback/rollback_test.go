@@ -75,8 +75,8 @@ func TestRunRestoresTheTargetConfigurationAndRunsUp(t *testing.T) {
 		t.Errorf("up messages %q, want one %q", s.upMsgs, wantMsg)
 	}
 	// The message is what lets a later rollback skip v7.
-	if from, ok := (Update{Message: s.upMsgs[0]}).rolledBackFrom(); !ok || from != 7 {
-		t.Errorf("rolledBackFrom(%q) = %d, %v; want 7", s.upMsgs[0], from, ok)
+	if from, _, ok := (Update{Message: s.upMsgs[0]}).rollback(); !ok || from != 7 {
+		t.Errorf("rollback(%q) reverted %d, %v; want 7", s.upMsgs[0], from, ok)
 	}
 	for _, want := range []string{
 		`config relaygate:imageTag: "sha-7a1b2c3" -> "sha-6d4e5f6"`, "config relaygate:loadBalancer: removed",
