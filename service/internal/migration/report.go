@@ -122,11 +122,22 @@ func (q *querier) increase(metric string, by ...string) string {
 	return fmt.Sprintf("sum by (%s) (increase(%s[%s]))", strings.Join(by, ", "), q.sel(metric), q.window)
 }
 
-// warn keeps Prometheus's warnings for the report's notes.
-func (q *querier) warn(warnings promv1.Warnings) {
+// checked vets what Prometheus answered to promql: the error named with
+// the query, its warnings kept for the report's notes, the value of the
+// type the caller asked for.
+func checked[T model.Vector | model.Matrix](q *querier, promql string, v model.Value, warnings promv1.Warnings, err error) (T, error) {
+	var want T
+	if err != nil {
+		return want, fmt.Errorf("prometheus query %s: %w", promql, err)
+	}
 	for _, w := range warnings {
 		q.warnings = append(q.warnings, "Prometheus warned: "+w)
 	}
+	got, ok := v.(T)
+	if !ok {
+		return want, fmt.Errorf("prometheus query %s: got a %s, want a %s", promql, v.Type(), model.Value(want).Type())
+	}
+	return got, nil
 }
 
 func (q *querier) vector(ctx context.Context, promql string) (model.Vector, error) {
@@ -136,13 +147,9 @@ func (q *querier) vector(ctx context.Context, promql string) (model.Vector, erro
 // vectorAt evaluates an instant query at t.
 func (q *querier) vectorAt(ctx context.Context, promql string, t time.Time) (model.Vector, error) {
 	v, warnings, _, err := q.api.Query(ctx, promql, t)
+	vec, err := checked[model.Vector](q, promql, v, warnings, err)
 	if err != nil {
-		return nil, fmt.Errorf("prometheus query %s: %w", promql, err)
-	}
-	q.warn(warnings)
-	vec, ok := v.(model.Vector)
-	if !ok {
-		return nil, fmt.Errorf("prometheus query %s: got a %s, want a vector", promql, v.Type())
+		return nil, err
 	}
 	return vec, nil
 }
@@ -222,13 +229,9 @@ func (q *querier) earliestSample(ctx context.Context, window time.Duration) (tim
 // and returns its points: the steps where it had a value.
 func (q *querier) steps(ctx context.Context, promql string, r promv1.Range) ([]model.SamplePair, error) {
 	v, warnings, _, err := q.api.QueryRange(ctx, promql, r)
+	m, err := checked[model.Matrix](q, promql, v, warnings, err)
 	if err != nil {
-		return nil, fmt.Errorf("prometheus query %s: %w", promql, err)
-	}
-	q.warn(warnings)
-	m, ok := v.(model.Matrix)
-	if !ok {
-		return nil, fmt.Errorf("prometheus query %s: got a %s, want a matrix", promql, v.Type())
+		return nil, err
 	}
 	if len(m) == 0 {
 		return nil, nil
@@ -240,13 +243,9 @@ func (q *querier) steps(ctx context.Context, promql string, r promv1.Range) ([]m
 // every series together.
 func (q *querier) samples(ctx context.Context, selector string, t time.Time) ([]model.Time, error) {
 	v, warnings, _, err := q.api.Query(ctx, selector, t)
+	m, err := checked[model.Matrix](q, selector, v, warnings, err)
 	if err != nil {
-		return nil, fmt.Errorf("prometheus query %s: %w", selector, err)
-	}
-	q.warn(warnings)
-	m, ok := v.(model.Matrix)
-	if !ok {
-		return nil, fmt.Errorf("prometheus query %s: got a %s, want a matrix", selector, v.Type())
+		return nil, err
 	}
 	var out []model.Time
 	for _, ss := range m {
