@@ -14,10 +14,9 @@ var gpuFamilies = map[string]bool{
 // NVIDIA's open kernel modules, which only drive Turing and newer GPUs: on a
 // V100 the driver never loads, and the deploy would only fail after a slow,
 // paid boot, when the bootstrap finds no GPU.
-var unsupportedGPUFamilies = map[string]string{
-	"p3":   "its V100 GPUs are not supported by the NVIDIA open kernel modules of the OSS-driver AMI, so the host would boot without a usable GPU",
-	"p3dn": "its V100 GPUs are not supported by the NVIDIA open kernel modules of the OSS-driver AMI, so the host would boot without a usable GPU",
-}
+var unsupportedGPUFamilies = map[string]string{"p3": v100, "p3dn": v100}
+
+const v100 = "its V100 GPUs are not supported by the NVIDIA open kernel modules of the OSS-driver AMI, so the host would boot without a usable GPU"
 
 // GPUsPerInstance is the GPU count of common GPU instance types (from AWS's
 // instance type pages), so a stack that sets expectedGpuCount wrong for its

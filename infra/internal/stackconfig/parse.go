@@ -266,7 +266,7 @@ func (p *parser) validateDomain(c *Config) {
 				"since no certificate can cover its *.elb.amazonaws.com name; run `pulumi config set domainName gateway.example.com` "+
 				"(and hostedZoneId to have the program create its DNS record)")
 		}
-	case strings.Contains(d, "://") || strings.ContainsAny(d, "/:"):
+	case strings.ContainsAny(d, "/:"):
 		p.fail("domainName", "%q must be a host name such as gateway.example.com, not a URL", d)
 	case len(d) > 253 || !domainNameRE.MatchString(d):
 		p.fail("domainName", "%q is not a host name such as gateway.example.com (lower case, no wildcard, no trailing dot)", d)
