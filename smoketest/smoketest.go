@@ -193,6 +193,10 @@ func (r *runner) waitReady(ctx context.Context) {
 		code, _, err := r.get(pctx, "/ready", false)
 		pcancel()
 		switch {
+		case err != nil && ctx.Err() != nil:
+			// The wait's own limit cut this probe short: that says nothing
+			// about the gateway, so the last real answer is kept.
+			streak = 0
 		case err != nil:
 			streak, last = 0, err.Error()
 		case code == http.StatusOK:
