@@ -91,7 +91,7 @@ func TestRetriesAndFallback(t *testing.T) {
 			primary: func(n int, w http.ResponseWriter, r *http.Request) {
 				<-r.Context().Done()
 			},
-			opts:         gwOpts{timeout: "200ms", attempts: 1},
+			opts:         gwOpts{timeout: "1s", attempts: 1},
 			wantUpstream: "b", wantA: 1, wantB: 1,
 		},
 	}

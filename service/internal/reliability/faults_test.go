@@ -156,15 +156,21 @@ func TestFaultsWithHealthyFallback(t *testing.T) {
 func TestFaultsWithoutFallback(t *testing.T) {
 	const (
 		attempts   = 2
-		timeout    = 300 * time.Millisecond
 		backoffMax = 20 * time.Millisecond
 		// slack is a failure guard for a loaded machine, not a latency
 		// expectation: it only proves no request hangs.
 		slack = 20 * time.Second
 	)
-	bound := attempts*timeout + attempts*backoffMax + slack
 	for _, f := range primaryFaults {
 		t.Run(f.name, func(t *testing.T) {
+			// A hang waits out the attempt timeout, so it is short there.
+			// Every other fault answers at once; its timeout is long so
+			// that a starved machine cannot turn a quick 502 into a 504.
+			timeout := 5 * time.Second
+			if f.kind == upstreamsim.FaultHang {
+				timeout = 300 * time.Millisecond
+			}
+			bound := attempts*timeout + attempts*backoffMax + slack
 			// With nothing to fall back to, every request meets the fault,
 			// except flapping, which is half of them by definition.
 			if f.sim.HangRate > 0 {
