@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -133,16 +134,42 @@ func (s *Stack) Config(ctx context.Context) (map[string]rollback.ConfigValue, er
 	return cfg, nil
 }
 
-// SetConfig writes cfg with `config set-all --json`, which takes the
-// history's value objects as they are (secrets re-encrypted, structured
-// values kept structured), then removes the keys in remove.
+// SetConfig writes cfg and then removes the keys in remove. Plain values go
+// in one `config set-all --json`, which takes the history's value objects
+// as they are (structured values stay structured). Each secret goes through
+// `config set --secret KEY` on stdin instead: a decrypted secret on a
+// command line is readable by every user of the machine (ps,
+// /proc/PID/cmdline) and lands in CI logs that echo commands. A structured
+// secret, which this project's schema has none of, can only go through
+// set-all.
 func (s *Stack) SetConfig(ctx context.Context, cfg map[string]rollback.ConfigValue, remove []string) error {
-	b, err := json.Marshal(cfg)
-	if err != nil {
-		return fmt.Errorf("encode config: %w", err)
+	plain := make(map[string]rollback.ConfigValue, len(cfg))
+	var secrets []string
+	for k, v := range cfg {
+		if v.Secret && v.ObjectValue == nil {
+			secrets = append(secrets, k)
+			continue
+		}
+		plain[k] = v
 	}
-	if err := s.stack.SetAllConfigJson(ctx, string(b), nil); err != nil {
-		return fmt.Errorf("pulumi config set-all: %w", scrub(err, cfg))
+	if len(plain) > 0 {
+		b, err := json.Marshal(plain)
+		if err != nil {
+			return fmt.Errorf("encode config: %w", err)
+		}
+		if err := s.stack.SetAllConfigJson(ctx, string(b), nil); err != nil {
+			return fmt.Errorf("pulumi config set-all: %w", scrub(err, plain))
+		}
+	}
+	slices.Sort(secrets)
+	for _, k := range secrets {
+		v := cfg[k]
+		if v.Value == nil {
+			return fmt.Errorf("secret %s: the history holds no value for it (read without its secrets provider?)", k)
+		}
+		if _, err := s.runInput(ctx, strings.NewReader(*v.Value), "config", "set", "--secret", k); err != nil {
+			return fmt.Errorf("set secret %s: %w", k, scrub(err, cfg))
+		}
 	}
 	if len(remove) > 0 {
 		if err := s.stack.RemoveAllConfig(ctx, remove); err != nil {
@@ -164,6 +191,11 @@ func (s *Stack) Up(ctx context.Context, message string) error {
 // run runs a pulumi command for this stack through the workspace's CLI,
 // with the workspace's environment, and returns its stdout.
 func (s *Stack) run(ctx context.Context, args ...string) (string, error) {
+	return s.runInput(ctx, nil, args...)
+}
+
+// runInput is run with stdin.
+func (s *Stack) runInput(ctx context.Context, stdin io.Reader, args ...string) (string, error) {
 	ws := s.stack.Workspace()
 	var env []string
 	if home := ws.PulumiHome(); home != "" {
@@ -173,7 +205,7 @@ func (s *Stack) run(ctx context.Context, args ...string) (string, error) {
 		env = append(env, k+"="+v)
 	}
 	args = append(args, "--stack", s.Name())
-	stdout, stderr, code, err := ws.PulumiCommand().Run(ctx, ws.WorkDir(), nil, nil, nil, env, args...)
+	stdout, stderr, code, err := ws.PulumiCommand().Run(ctx, ws.WorkDir(), stdin, nil, nil, env, args...)
 	if err != nil {
 		return "", fmt.Errorf("pulumi %s (exit %d): %s: %w", strings.Join(args[:2], " "), code, strings.TrimSpace(stderr), err)
 	}
