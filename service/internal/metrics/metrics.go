@@ -45,6 +45,7 @@ type Metrics struct {
 	usageUnknown     *prometheus.CounterVec
 	cost             *prometheus.CounterVec
 	savings          *prometheus.CounterVec
+	cacheSavings     *prometheus.CounterVec
 	cacheRequests    *prometheus.CounterVec
 	retries          *prometheus.CounterVec
 	fallbacks        *prometheus.CounterVec
@@ -73,7 +74,8 @@ type attemptKey struct{ upstream, result string }
 type modelSeries struct {
 	ttft                           prometheus.Observer
 	promptTokens, completionTokens prometheus.Counter
-	savings, usageUnknown          prometheus.Counter
+	savings, cacheSavings          prometheus.Counter
+	usageUnknown                   prometheus.Counter
 }
 
 // New registers every metric on a fresh registry, with the Go runtime and
@@ -123,6 +125,14 @@ func New() *Metrics {
 		Name: "relaygate_savings_usd_total",
 		Help: "Reference (official) price of the answered requests minus what they cost; cache hits save it all.",
 	}, []string{"model"})
+	// The savings counter cannot go below zero, so an answer dearer than
+	// the reference adds nothing to it. Counting the cache's part apart
+	// lets a report take routing's part from tokens and prices instead,
+	// negative where it is, and still know what the cache saved.
+	m.cacheSavings = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_cache_savings_usd_total",
+		Help: "What cache hits saved: the price of the answers they replayed (also in relaygate_savings_usd_total).",
+	}, []string{"model"})
 	m.cacheRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "relaygate_cache_requests_total",
 		Help: "Cache look-ups by result: hit, miss, error (Redis down or slow), bypass (not cacheable).",
@@ -166,7 +176,7 @@ func New() *Metrics {
 
 	for _, c := range []prometheus.Collector{
 		m.requests, m.duration, m.upstreamDuration, m.overhead, m.ttft, m.tokens,
-		m.usageUnknown, m.cost, m.savings, m.cacheRequests, m.retries, m.fallbacks,
+		m.usageUnknown, m.cost, m.savings, m.cacheSavings, m.cacheRequests, m.retries, m.fallbacks,
 		m.upstreamUp, m.upstreamAttempts, m.inflight, m.rateLimited, m.rateLimitErrors, m.breakerChanges,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
@@ -200,6 +210,7 @@ func (m *Metrics) model(name string) *modelSeries {
 		promptTokens:     m.tokens.WithLabelValues(name, "prompt"),
 		completionTokens: m.tokens.WithLabelValues(name, "completion"),
 		savings:          m.savings.WithLabelValues(name),
+		cacheSavings:     m.cacheSavings.WithLabelValues(name),
 		usageUnknown:     m.usageUnknown.WithLabelValues(name),
 	}
 	actual, _ := m.modelSeries.LoadOrStore(name, s)
@@ -336,6 +347,8 @@ func (m *Metrics) RateLimitError() { m.rateLimitErrors.Inc() }
 // CacheSaving counts what a cache hit saved: the whole price of the answer.
 func (m *Metrics) CacheSaving(model string, dollars float64) {
 	if dollars > 0 {
-		m.model(model).savings.Add(dollars)
+		s := m.model(model)
+		s.savings.Add(dollars)
+		s.cacheSavings.Add(dollars)
 	}
 }

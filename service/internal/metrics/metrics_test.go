@@ -38,6 +38,7 @@ func TestSpecNames(t *testing.T) {
 		{"relaygate_tokens_total", dto.MetricType_COUNTER, []string{"kind", "model"}},
 		{"relaygate_cost_usd_total", dto.MetricType_COUNTER, []string{"model", "upstream"}},
 		{"relaygate_savings_usd_total", dto.MetricType_COUNTER, []string{"model"}},
+		{"relaygate_cache_savings_usd_total", dto.MetricType_COUNTER, []string{"model"}},
 		{"relaygate_cache_requests_total", dto.MetricType_COUNTER, []string{"result"}},
 		{"relaygate_retries_total", dto.MetricType_COUNTER, []string{"upstream"}},
 		{"relaygate_fallbacks_total", dto.MetricType_COUNTER, []string{"from", "to"}},
@@ -89,18 +90,19 @@ func TestSpecNames(t *testing.T) {
 
 // TestSavings checks the dollars behind relaygate_savings_usd_total:
 // reference minus cost per answer, a cache hit saves the whole price, and a
-// route dearer than the reference saves nothing (a counter cannot go down).
+// route dearer than the reference saves nothing (a counter cannot go down;
+// a report takes routing's net savings from tokens and prices instead, and
+// the cache's from relaygate_cache_savings_usd_total).
 func TestSavings(t *testing.T) {
 	tests := []struct {
-		name   string
-		record func(m *Metrics)
-		cost   float64
-		saved  float64
+		name                    string
+		record                  func(m *Metrics)
+		cost, saved, cacheSaved float64
 	}{
-		{"cheaper route", func(m *Metrics) { m.Usage("m", "u", 1000, 500, 0.003, 0.01, true) }, 0.003, 0.007},
-		{"no reference price", func(m *Metrics) { m.Usage("m", "u", 1000, 500, 0.003, 0, false) }, 0.003, 0},
-		{"dearer route", func(m *Metrics) { m.Usage("m", "u", 1000, 500, 0.02, 0.01, true) }, 0.02, 0},
-		{"cache hit", func(m *Metrics) { m.CacheSaving("m", 0.01) }, 0, 0.01},
+		{"cheaper route", func(m *Metrics) { m.Usage("m", "u", 1000, 500, 0.003, 0.01, true) }, 0.003, 0.007, 0},
+		{"no reference price", func(m *Metrics) { m.Usage("m", "u", 1000, 500, 0.003, 0, false) }, 0.003, 0, 0},
+		{"dearer route", func(m *Metrics) { m.Usage("m", "u", 1000, 500, 0.02, 0.01, true) }, 0.02, 0, 0},
+		{"cache hit", func(m *Metrics) { m.CacheSaving("m", 0.01) }, 0, 0.01, 0.01},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -108,6 +110,9 @@ func TestSavings(t *testing.T) {
 			tt.record(m)
 			if got := counterSum(t, m, "relaygate_savings_usd_total"); !near(got, tt.saved) {
 				t.Errorf("savings %v, want %v", got, tt.saved)
+			}
+			if got := counterSum(t, m, "relaygate_cache_savings_usd_total"); !near(got, tt.cacheSaved) {
+				t.Errorf("cache savings %v, want %v", got, tt.cacheSaved)
 			}
 			if got := counterSum(t, m, "relaygate_cost_usd_total"); !near(got, tt.cost) {
 				t.Errorf("cost %v, want %v", got, tt.cost)

@@ -328,6 +328,10 @@ func (r *ReportResult) read(ctx context.Context, q *querier, cfg *config.Config)
 	if err != nil {
 		return err
 	}
+	cacheSaved, err := q.vector(ctx, q.increase("relaygate_cache_savings_usd_total", "model"))
+	if err != nil {
+		return err
+	}
 	noUsage, err := q.vector(ctx, q.increase("relaygate_usage_unknown_total", "model"))
 	if err != nil {
 		return err
@@ -363,7 +367,7 @@ func (r *ReportResult) read(ctx context.Context, q *querier, cfg *config.Config)
 
 	monthly := float64(month) / float64(r.Covered)
 	r.readUpstreams(attempts, retries, answers, cost, fallbacks, upLatency, monthly)
-	r.readModels(answers, cost, tokens, savings, noUsage, modelLatency, modelTTFT, cfg, monthly)
+	r.readModels(answers, cost, tokens, savings, cacheSaved, noUsage, modelLatency, modelTTFT, cfg, monthly)
 	r.Total = r.total(allLatency[""], allTTFT[""], monthly)
 	r.readCache(cache, monthly)
 	r.readFallbacks(fallbacks)
@@ -409,7 +413,7 @@ func (r *ReportResult) readUpstreams(attempts, retries, answers, cost, fallbacks
 	}
 }
 
-func (r *ReportResult) readModels(answers, cost, tokens, savings, noUsage model.Vector,
+func (r *ReportResult) readModels(answers, cost, tokens, savings, cacheSavings, noUsage model.Vector,
 	latency, ttft map[string]map[float64]float64, cfg *config.Config, monthly float64) {
 	type counts struct{ all, serverErrors, clientGone, cacheHits float64 }
 	perModel := map[string]*counts{}
@@ -436,6 +440,7 @@ func (r *ReportResult) readModels(answers, cost, tokens, savings, noUsage model.
 	costs := byLabels(cost, "model")
 	tok := byLabels(tokens, "model", "kind")
 	saved := byLabels(savings, "model")
+	cacheSaved := byLabels(cacheSavings, "model")
 	unknown := byLabels(noUsage, "model")
 
 	names := map[string]bool{}
@@ -469,19 +474,22 @@ func (r *ReportResult) readModels(answers, cost, tokens, savings, noUsage model.
 		p, cpl := float64(m.PromptTokens), float64(m.CompletionTokens)
 		m.CostPerMTok = ratio(float64(m.CostUSD)*1e6, p+cpl)
 		m.Availability = availability(m.Requests, m.ClientClosed, m.ServerErrors)
-		m.splitSavings(cfg)
+		cache, ok := cacheSaved[name]
+		m.splitSavings(cfg, cache, ok)
 		m.finish(monthly)
 		r.Models = append(r.Models, m)
 	}
 }
 
 // splitSavings parts the model's savings into what routing to a cheaper
-// upstream saved and what the cache saved. The gateway counts both in one
-// counter; the routing part is the reference price of the tokens upstreams
-// served minus what they cost, the rest is the cache's. Exact while no
-// route costs more than the reference (the gateway does not count negative
-// savings).
-func (m *ModelReport) splitSavings(cfg *config.Config) {
+// upstream saved and what the cache saved. Routing's part is the reference
+// price of the tokens upstreams served minus what they cost: net, so
+// negative where a route costs more than the reference. The gateway's
+// savings counter cannot go down and leaves such answers out, so with the
+// cache's own counter (cache, known) SavingsUSD becomes the net sum.
+// Without it (a gateway older than that counter) the split comes from the
+// savings counter, exact while no route costs more than the reference.
+func (m *ModelReport) splitSavings(cfg *config.Config, cache float64, known bool) {
 	if cfg == nil {
 		return
 	}
@@ -504,6 +512,12 @@ func (m *ModelReport) splitSavings(cfg *config.Config) {
 	p, c := float64(m.PromptTokens), float64(m.CompletionTokens)
 	ref := pricePtr(mc.ReferencePrice).cost(p, c)
 	m.ReferencePerMTok = ratio(ref*1e6, p+c)
+	if known {
+		m.RoutingSavingsUSD = Figure(ref - float64(m.CostUSD))
+		m.CacheSavingsUSD = Figure(cache)
+		m.SavingsUSD = m.RoutingSavingsUSD + m.CacheSavingsUSD
+		return
+	}
 	routing := math.Min(math.Max(ref-float64(m.CostUSD), 0), saved)
 	m.RoutingSavingsUSD = Figure(routing)
 	m.CacheSavingsUSD = Figure(saved - routing)
