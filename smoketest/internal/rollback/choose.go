@@ -33,6 +33,9 @@ type Plan struct {
 //     the ones known to be bad: the one a later rollback reverted (its
 //     message says so), so that rolling back twice goes further back
 //     instead of returning to the bad deploy;
+//   - a rollback that was reverted in turn marks the update it restored
+//     as bad as well, so that a third rollback does not return to the
+//     configuration the second one took away;
 //   - when the current update succeeded and is a rollback, the update whose
 //     configuration it restored is passed over too: restoring it again
 //     would change nothing;
@@ -84,9 +87,17 @@ func Choose(stack string, history []Update) (*Plan, error) {
 		if u.Version >= current.Version || u.Kind != KindUpdate {
 			continue
 		}
-		if from, _, ok := u.rollback(); ok {
+		if from, to, ok := u.rollback(); ok {
 			if _, seen := bad[from]; !seen {
 				bad[from] = fmt.Sprintf("reverted by the rollback in update %d", u.Version)
+			}
+			// A rollback that was itself reverted condemns the
+			// configuration it restored, too: a third rollback must not
+			// bring back what the second took away.
+			if why, reverted := bad[u.Version]; reverted && u.Result == ResultSucceeded {
+				if _, seen := bad[to]; !seen {
+					bad[to] = fmt.Sprintf("restored by update %d, which was %s", u.Version, why)
+				}
 			}
 		}
 		older = append(older, fmt.Sprintf("v%d %s", u.Version, orUnknown(u.Result)))

@@ -75,6 +75,28 @@ func TestChoose(t *testing.T) {
 			wantSkipped: []string{"v14: reverted by the rollback in update 15"},
 		},
 		{
+			name: "a third rollback does not return to what the second took away",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "after-rollback.json") // v15 (rollback to v13), v14, v13, v12
+				// v16 reverted the rollback v15 (v13's configuration failed
+				// too) and restored v12; v11 is an older good deploy.
+				v16 := Update{Version: 16, Kind: KindUpdate, Result: ResultSucceeded,
+					Message: Message("dev", 15, 12), Config: restored(h[3].Config)}
+				v11 := h[3]
+				v11.Version, v11.Message, v11.Config = 11, "deploy sha-01d011", copyConfig(h[3].Config)
+				tag := "sha-01d011"
+				v11.Config["relaygate:imageTag"] = ConfigValue{Value: &tag}
+				return append(append([]Update{v16}, h...), v11)
+			},
+			wantTarget: 11, wantCurrent: 16, wantImage: "sha-01d011",
+			wantSkipped: []string{
+				"v15: reverted by the rollback in update 16",
+				"v14: reverted by the rollback in update 15",
+				"v13: restored by update 15, which was reverted by the rollback in update 16",
+				"v12: same configuration as the current update",
+			},
+		},
+		{
 			name:    "a deploy that changed only code: refused rather than going two deploys back",
 			history: fixture("code-only.json"),
 			wantErr: `update 7 of stack dev has the same configuration as update 6 before it (image tag "sha-6d4e5f6"); ` +
