@@ -473,7 +473,7 @@ func TestReloadKeepsUpSeriesCurrent(t *testing.T) {
 			srv.Reload(tt.reload(t, a, b, spare))
 			// A request still running on the old config fails at b: its
 			// breaker opens and tells the server.
-			oldB.Breaker.Failure(errors.New("HTTP 503"))
+			oldB.Breaker.Failure(errors.New("HTTP 503"), false)
 			if got := upSeries(t, m); !maps.Equal(got, tt.want) {
 				t.Errorf("relaygate_upstream_up = %v, want %v", got, tt.want)
 			}
@@ -858,4 +858,51 @@ func TestClientHangingUpAfterDoneIsSuccess(t *testing.T) {
 	if got := metricValue(t, m, "relaygate_requests_total", map[string]string{"code": "499"}); got != 0 {
 		t.Errorf("counted as 499 (client gone) %v times", got)
 	}
+}
+
+// TestStreamProbeClosesTheBreakerAtItsFirstEvent: after the cool-down the
+// next request is the breaker's probe. When it is a long stream, the
+// upstream has proved itself with its first event; other requests must not
+// skip it until the stream ends.
+func TestStreamProbeClosesTheBreakerAtItsFirstEvent(t *testing.T) {
+	release := make(chan struct{})
+	a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		switch n {
+		case 1:
+			w.WriteHeader(http.StatusInternalServerError) // opens the circuit
+		case 2: // the probe: one event, then it holds the stream open
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n")
+			w.(http.Flusher).Flush()
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
+			}
+			_, _ = io.WriteString(w, "data: [DONE]\n\n")
+		default:
+			okCompletion(n, w, r)
+		}
+	})
+	gw, _, _ := newGateway(t, gwOpts{attempts: 1, breakerN: 1, cooldown: "20ms"}, a)
+	if res := post(t, gw.URL, "/v1/chat/completions", chatBody); res.status != 502 {
+		t.Fatalf("first request: status %d, want 502", res.status)
+	}
+	time.Sleep(50 * time.Millisecond) // past the cool-down; only a lower bound matters
+
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testClientKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil {
+		t.Fatalf("reading the probe's first event: %v", err)
+	}
+	// The probe stream is still open.
+	if res := post(t, gw.URL, "/v1/chat/completions", chatBody); res.status != 200 {
+		t.Errorf("a request during the probe stream: status %d: %s", res.status, res.body)
+	}
+	close(release)
 }

@@ -148,6 +148,11 @@ func (x *exchange) commitStream(u *route.Upstream, resp *http.Response) {
 	x.w.WriteHeader(http.StatusOK)
 	x.status, x.upstream, x.committed = http.StatusOK, u.Name, true
 	x.ttft = time.Since(x.start)
+	// The upstream has answered well; the route reports success only when
+	// the stream ends, minutes later for a long generation. Were this the
+	// half-open probe, every other request would skip a healthy upstream
+	// until then, so the breaker hears it now (Success is idempotent).
+	u.Breaker.Success()
 }
 
 // completeEvents returns the length of the prefix of b made of whole

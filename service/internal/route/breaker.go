@@ -76,38 +76,40 @@ func (b *Breaker) setLocked(state BreakerState, failures int) {
 	b.clean.Store(failures == 0)
 }
 
-// Allow says whether a request may go to the upstream now. When the answer
-// is yes after the cool-down, the caller holds the single probe and must
-// report its outcome with Success or Failure. retryIn says how long until
-// an open breaker lets a probe through.
-func (b *Breaker) Allow() (ok bool, retryIn time.Duration) {
+// Allow says whether a request may go to the upstream now. probe is true
+// when the request is the breaker's single half-open probe: its caller
+// must report the outcome with Success, Failure(err, true) or
+// Release(true), and only its report ends the probe. retryIn says how long
+// until an open breaker lets a probe through (zero while a probe is out:
+// its answer decides).
+func (b *Breaker) Allow() (ok, probe bool, retryIn time.Duration) {
 	if b.closed.Load() {
-		return true, 0
+		return true, false, 0
 	}
 	b.mu.Lock()
 	switch b.state {
 	case Closed:
 		b.mu.Unlock()
-		return true, 0
+		return true, false, 0
 	case Open:
 		left := b.cooldown - b.now().Sub(b.openedAt)
 		if left > 0 {
 			b.mu.Unlock()
-			return false, left
+			return false, false, left
 		}
 		b.setLocked(HalfOpen, b.failures)
 		b.probing = true
 		b.mu.Unlock()
 		b.notify(Open, HalfOpen)
-		return true, 0
+		return true, true, 0
 	default: // HalfOpen: one probe at a time
 		if b.probing {
 			b.mu.Unlock()
-			return false, b.cooldown
+			return false, false, 0
 		}
 		b.probing = true
 		b.mu.Unlock()
-		return true, 0
+		return true, true, 0
 	}
 }
 
@@ -126,15 +128,23 @@ func (b *Breaker) Success() {
 	}
 }
 
-// Failure records a failed request; the threshold-th consecutive failure, or
-// a failed probe, opens the breaker.
-func (b *Breaker) Failure(err error) {
+// Failure records a failed request; the threshold-th consecutive failure
+// while closed, or a failed probe, opens the breaker for a whole cool-down.
+// probe says whether the request was the half-open probe (see Allow). A
+// request let through before the circuit opened may fail long after (up
+// to its timeout): it adds to the count but neither restarts the cool-down
+// nor ends a probe that is out.
+func (b *Breaker) Failure(err error, probe bool) {
 	b.mu.Lock()
 	from := b.state
 	to := from
 	b.lastErr = err
-	b.probing = false
-	if from == HalfOpen || b.failures+1 >= b.threshold {
+	switch {
+	case probe && from == HalfOpen:
+		b.probing = false
+		to = Open
+		b.openedAt = b.now()
+	case from == Closed && b.failures+1 >= b.threshold:
 		to = Open
 		b.openedAt = b.now()
 	}
@@ -145,14 +155,17 @@ func (b *Breaker) Failure(err error) {
 	}
 }
 
-// Release gives back a probe slot whose request ended without a verdict on
-// the upstream (the client went away), so the next request can probe.
-func (b *Breaker) Release() {
-	if b.closed.Load() {
+// Release ends a request that brought no verdict on the upstream (the
+// client went away). When it was the probe (see Allow), the slot is free
+// again for the next request; any other request has nothing to give back.
+func (b *Breaker) Release(probe bool) {
+	if !probe || b.closed.Load() {
 		return
 	}
 	b.mu.Lock()
-	b.probing = false
+	if b.state == HalfOpen {
+		b.probing = false
+	}
 	b.mu.Unlock()
 }
 

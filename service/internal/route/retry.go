@@ -1,6 +1,7 @@
 package route
 
 import (
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -47,14 +48,23 @@ func RetryableStatus(code int) bool {
 	return false
 }
 
+// maxRetryAfterSeconds is about 292 years, the longest time.Duration.
+const maxRetryAfterSeconds = float64(math.MaxInt64 / int64(time.Second))
+
 // ParseRetryAfter reads a Retry-After header in seconds or as an HTTP date.
 func ParseRetryAfter(v string, now time.Time) time.Duration {
 	if v == "" {
 		return 0
 	}
 	if s, err := strconv.ParseFloat(v, 64); err == nil {
-		if s <= 0 {
+		switch {
+		case !(s > 0): // zero, negative or NaN
 			return 0
+		case s >= maxRetryAfterSeconds:
+			// Past what a Duration holds (or +Inf): converting would
+			// overflow to a negative wait and an immediate retry. It is
+			// past backoff_max all the same, so the chain falls back.
+			return math.MaxInt64
 		}
 		return time.Duration(s * float64(time.Second))
 	}

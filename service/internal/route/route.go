@@ -153,7 +153,8 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 		prev = u.Name
 		f := Failure{Upstream: u.Name}
 		for n := 1; n <= p.Attempts; n++ {
-			if ok, retryIn := u.Breaker.Allow(); !ok {
+			ok, probe, retryIn := u.Breaker.Allow()
+			if !ok {
 				if f.Err == nil {
 					f.Err = errCircuitOpen(u.Breaker.LastErr(), retryIn)
 				}
@@ -166,7 +167,7 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 			f.Attempts = n
 			a := try(ctx, t)
 			if ctx.Err() != nil && a.Err != nil {
-				u.Breaker.Release()
+				u.Breaker.Release(probe)
 				return out, fmt.Errorf("%w: %w", ErrClientGone, context.Cause(ctx))
 			}
 			if h.Attempt != nil {
@@ -183,18 +184,18 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 				// refusing us should open its circuit, so that later
 				// requests go straight to the fallback and the outage
 				// shows in relaygate_upstream_up.
-				u.Breaker.Failure(a.Err)
+				u.Breaker.Failure(a.Err, probe)
 				break
 			}
 			if !a.Retryable {
 				// A failure no other try would fix (the request could not
 				// be built, the answer is too large): no verdict on the
 				// upstream's health, and no point in going on.
-				u.Breaker.Release()
+				u.Breaker.Release(probe)
 				out.Failures = append(out.Failures, f)
 				return out, &ExhaustedError{Failures: out.Failures}
 			}
-			u.Breaker.Failure(a.Err)
+			u.Breaker.Failure(a.Err, probe)
 			if a.Committed {
 				out.Failures = append(out.Failures, f)
 				return out, &ExhaustedError{Failures: out.Failures}
@@ -217,12 +218,17 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 }
 
 // errCircuitOpen wraps the failure that opened the circuit, so that what
-// it was (a timeout, a refused key) still shows through errors.As.
+// it was (a timeout, a refused key) still shows through errors.As. A zero
+// retryIn means a probe is out: its answer decides what comes next.
 func errCircuitOpen(last error, retryIn time.Duration) error {
-	if last == nil {
-		return fmt.Errorf("circuit open, next probe in %s", retryIn.Round(time.Second))
+	when := "next probe in " + retryIn.Round(time.Second).String()
+	if retryIn <= 0 {
+		when = "a probe is in flight"
 	}
-	return fmt.Errorf("circuit open (%w), next probe in %s", last, retryIn.Round(time.Second))
+	if last == nil {
+		return fmt.Errorf("circuit open, %s", when)
+	}
+	return fmt.Errorf("circuit open (%w), %s", last, when)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

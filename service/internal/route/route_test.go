@@ -3,6 +3,7 @@ package route
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -20,31 +21,32 @@ func TestBreakerLifecycle(t *testing.T) {
 	b.OnChange = func(from, to BreakerState) { changes = append(changes, from.String()+">"+to.String()) }
 
 	for i := 0; i < 2; i++ {
-		b.Failure(errors.New("boom"))
+		b.Failure(errors.New("boom"), false)
 	}
-	if ok, _ := b.Allow(); !ok {
+	if ok, _, _ := b.Allow(); !ok {
 		t.Fatal("open after 2 of 3 failures")
 	}
 	b.Success() // success resets the count
 	for i := 0; i < 3; i++ {
-		b.Failure(errors.New("boom"))
+		b.Failure(errors.New("boom"), false)
 	}
-	if ok, retryIn := b.Allow(); ok || retryIn != 30*time.Second {
+	if ok, _, retryIn := b.Allow(); ok || retryIn != 30*time.Second {
 		t.Fatalf("Allow = %v, %s; want refused for 30s", ok, retryIn)
 	}
 	clk.t = clk.t.Add(31 * time.Second)
-	if ok, _ := b.Allow(); !ok {
-		t.Fatal("no probe after the cool-down")
+	ok, probe, _ := b.Allow()
+	if !ok || !probe {
+		t.Fatalf("Allow after the cool-down = %v, probe %v; want the probe", ok, probe)
 	}
-	if ok, _ := b.Allow(); ok {
-		t.Fatal("a second request went through while the probe is out")
+	if ok, _, retryIn := b.Allow(); ok || retryIn != 0 {
+		t.Fatalf("Allow while the probe is out = %v, %s; want refused, the probe deciding", ok, retryIn)
 	}
-	b.Failure(errors.New("still down")) // failed probe: open again
-	if ok, _ := b.Allow(); ok {
+	b.Failure(errors.New("still down"), true) // failed probe: open again
+	if ok, _, _ := b.Allow(); ok {
 		t.Fatal("open breaker let a request through after a failed probe")
 	}
 	clk.t = clk.t.Add(31 * time.Second)
-	if ok, _ := b.Allow(); !ok {
+	if ok, probe, _ := b.Allow(); !ok || !probe {
 		t.Fatal("no second probe")
 	}
 	b.Success()
@@ -61,14 +63,48 @@ func TestBreakerReleaseFreesTheProbe(t *testing.T) {
 	clk := &fakeClock{t: time.Unix(0, 0)}
 	b := NewBreaker(1, time.Second)
 	b.now = clk.now
-	b.Failure(errors.New("x"))
+	b.Failure(errors.New("x"), false)
 	clk.t = clk.t.Add(2 * time.Second)
-	if ok, _ := b.Allow(); !ok {
+	ok, probe, _ := b.Allow()
+	if !ok || !probe {
 		t.Fatal("no probe")
 	}
-	b.Release()
-	if ok, _ := b.Allow(); !ok {
+	b.Release(probe)
+	if ok, _, _ := b.Allow(); !ok {
 		t.Fatal("released probe slot not reusable")
+	}
+}
+
+// TestBreakerLateOutcomes: requests let through while the breaker was
+// closed can end long after it opened (up to their timeout). Their
+// failures must not push the probe back, and their releases must not free
+// the probe slot for a second probe.
+func TestBreakerLateOutcomes(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(0, 0)}
+	b := NewBreaker(1, 10*time.Second)
+	b.now = clk.now
+	b.Failure(errors.New("down"), false) // opens
+	clk.t = clk.t.Add(9 * time.Second)
+	b.Failure(errors.New("late"), false) // an old request's failure
+	clk.t = clk.t.Add(2 * time.Second)   // 11s after opening
+	ok, probe, _ := b.Allow()
+	if !ok || !probe {
+		t.Fatalf("Allow 11s after opening with a 10s cool-down = %v, probe %v; a late failure restarted the cool-down", ok, probe)
+	}
+	b.Release(false) // an old request whose client left
+	if ok, _, _ := b.Allow(); ok {
+		t.Fatal("a second probe went out after an unrelated release")
+	}
+	b.Failure(errors.New("late"), false) // an old request failing while the probe is out
+	if b.State() != HalfOpen {
+		t.Fatalf("state %s after a late failure; the probe is still out", b.State())
+	}
+	if ok, _, _ := b.Allow(); ok {
+		t.Fatal("a late failure ended the probe")
+	}
+	b.Success() // the probe answered
+	if b.State() != Closed {
+		t.Fatalf("state %s after the probe succeeded", b.State())
 	}
 }
 
@@ -86,34 +122,34 @@ func TestAvailableOnceTheCooldownIsOver(t *testing.T) {
 		state    BreakerState
 	}{
 		{"closed", func(*Breaker, *fakeClock) {}, "", true, Closed},
-		{"failing but below the threshold", func(b *Breaker, _ *fakeClock) { b.Failure(errors.New("x")) }, "", true, Closed},
+		{"failing but below the threshold", func(b *Breaker, _ *fakeClock) { b.Failure(errors.New("x"), false) }, "", true, Closed},
 		{"open within the cool-down", func(b *Breaker, clk *fakeClock) {
-			b.Failure(errors.New("x"))
-			b.Failure(errors.New("x"))
+			b.Failure(errors.New("x"), false)
+			b.Failure(errors.New("x"), false)
 			clk.t = clk.t.Add(cooldown - time.Nanosecond)
 		}, "", false, Open},
 		{"open at the end of the cool-down", func(b *Breaker, clk *fakeClock) {
-			b.Failure(errors.New("x"))
-			b.Failure(errors.New("x"))
+			b.Failure(errors.New("x"), false)
+			b.Failure(errors.New("x"), false)
 			clk.t = clk.t.Add(cooldown)
 		}, "", true, Open},
 		{"open long after the cool-down", func(b *Breaker, clk *fakeClock) {
-			b.Failure(errors.New("x"))
-			b.Failure(errors.New("x"))
+			b.Failure(errors.New("x"), false)
+			b.Failure(errors.New("x"), false)
 			clk.t = clk.t.Add(time.Hour)
 		}, "", true, Open},
 		{"half-open with the probe out", func(b *Breaker, clk *fakeClock) {
-			b.Failure(errors.New("x"))
-			b.Failure(errors.New("x"))
+			b.Failure(errors.New("x"), false)
+			b.Failure(errors.New("x"), false)
 			clk.t = clk.t.Add(cooldown)
 			b.Allow()
 		}, "", true, HalfOpen},
 		{"failed probe opens it again", func(b *Breaker, clk *fakeClock) {
-			b.Failure(errors.New("x"))
-			b.Failure(errors.New("x"))
+			b.Failure(errors.New("x"), false)
+			b.Failure(errors.New("x"), false)
 			clk.t = clk.t.Add(cooldown)
 			b.Allow()
-			b.Failure(errors.New("still down"))
+			b.Failure(errors.New("still down"), true)
 		}, "", false, Open},
 		{"disabled whatever the breaker says", func(*Breaker, *fakeClock) {}, "no key", false, Closed},
 	}
@@ -137,7 +173,7 @@ func TestAvailableOnceTheCooldownIsOver(t *testing.T) {
 			// while its probe is out, as it always has: that probe will
 			// settle it, and /ready should not flap for its duration.)
 			if tt.want && tt.state == Open {
-				if ok, _ := b.Allow(); !ok {
+				if ok, _, _ := b.Allow(); !ok {
 					t.Error("Available said yes but Allow refused the next request")
 				}
 			}
@@ -162,6 +198,9 @@ func TestBackoffFullJitterWithinBounds(t *testing.T) {
 	if _, ok := p.Backoff(1, 2*time.Second); ok {
 		t.Error("a Retry-After beyond backoff_max must fall back, not wait")
 	}
+	if _, ok := p.Backoff(1, ParseRetryAfter("1e30", time.Now())); ok {
+		t.Error("an absurd Retry-After must fall back, not retry at once")
+	}
 }
 
 func TestParseRetryAfter(t *testing.T) {
@@ -174,6 +213,12 @@ func TestParseRetryAfter(t *testing.T) {
 		"soon":                          0,
 		"Thu, 01 Jan 2026 00:00:10 GMT": 10 * time.Second,
 		"Wed, 31 Dec 2025 00:00:10 GMT": 0,
+		// Past what a Duration holds: the longest wait, never an
+		// overflow into a negative one (an immediate retry).
+		"99999999999": math.MaxInt64,
+		"1e30":        math.MaxInt64,
+		"inf":         math.MaxInt64,
+		"NaN":         0,
 	}
 	for in, want := range tests {
 		if got := ParseRetryAfter(in, now); got != want {
