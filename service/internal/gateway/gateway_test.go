@@ -822,41 +822,89 @@ func TestAdminExposure(t *testing.T) {
 // TestClientHangingUpAfterDoneIsSuccess: go-openai closes the connection as
 // soon as it reads [DONE]; that is a whole answer, not a client gone.
 func TestClientHangingUpAfterDoneIsSuccess(t *testing.T) {
+	for _, done := range []string{"data: [DONE]", "data:[DONE]"} {
+		t.Run(done, func(t *testing.T) {
+			up := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/event-stream")
+				_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n"+done+"\n\n")
+				w.(http.Flusher).Flush()
+				<-r.Context().Done() // the upstream keeps its end open a while
+			})
+			gw, _, m := newGateway(t, gwOpts{}, up)
+			req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+			req.Header.Set("Authorization", "Bearer "+testClientKey)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rd := bufio.NewReader(resp.Body)
+			for {
+				line, err := rd.ReadString('\n')
+				if err != nil {
+					t.Fatalf("stream ended before [DONE]: %v", err)
+				}
+				if strings.HasPrefix(line, done) {
+					break
+				}
+			}
+			resp.Body.Close()
+			ok := func() float64 {
+				return metricValue(t, m, "relaygate_requests_total", map[string]string{"model": "m", "upstream": "a", "code": "200"})
+			}
+			for deadline := time.Now().Add(10 * time.Second); ok() == 0 && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if ok() != 1 {
+				t.Errorf("relaygate_requests_total{code=200} = %v; a stream read to [DONE] must count as answered", ok())
+			}
+			if got := metricValue(t, m, "relaygate_requests_total", map[string]string{"code": "499"}); got != 0 {
+				t.Errorf("counted as 499 (client gone) %v times", got)
+			}
+		})
+	}
+}
+
+// TestDoneInContentIsNotTheEnd: a model may well write "data: [DONE]" in
+// its answer (explaining SSE, say). A stream cut after that is still cut:
+// the client must see it broke, not a clean end.
+func TestDoneInContentIsNotTheEnd(t *testing.T) {
 	up := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
-		_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n")
+		_, _ = io.WriteString(w, `data: {"choices":[{"index":0,"delta":{"content":"streams end with data: [DONE]\n\nthen"}}]}`+"\n\n")
 		w.(http.Flusher).Flush()
-		<-r.Context().Done() // the upstream keeps its end open a while
+		cutConnection(w)
 	})
-	gw, _, m := newGateway(t, gwOpts{}, up)
+	gw, _, m := newGateway(t, gwOpts{attempts: 1}, up)
 	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
 	req.Header.Set("Authorization", "Bearer "+testClientKey)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rd := bufio.NewReader(resp.Body)
-	for {
-		line, err := rd.ReadString('\n')
-		if err != nil {
-			t.Fatalf("stream ended before [DONE]: %v", err)
-		}
-		if strings.HasPrefix(line, "data: [DONE]") {
-			break
-		}
-	}
+	events, rerr := readSSE(resp.Body)
 	resp.Body.Close()
-	ok := func() float64 {
-		return metricValue(t, m, "relaygate_requests_total", map[string]string{"model": "m", "upstream": "a", "code": "200"})
+	if rerr == nil || len(events) < 2 || !strings.Contains(events[len(events)-1], "stream_interrupted") {
+		t.Errorf("events %q, read error %v; want the partial event, a stream_interrupted event and a broken connection", events, rerr)
 	}
-	for deadline := time.Now().Add(10 * time.Second); ok() == 0 && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond)
+	if got := metricValue(t, m, "relaygate_requests_total", map[string]string{"model": "m", "upstream": "a", "code": "502"}); got != 1 {
+		t.Errorf("relaygate_requests_total{code=502} = %v, want 1", got)
 	}
-	if ok() != 1 {
-		t.Errorf("relaygate_requests_total{code=200} = %v; a stream read to [DONE] must count as answered", ok())
-	}
-	if got := metricValue(t, m, "relaygate_requests_total", map[string]string{"code": "499"}); got != 0 {
-		t.Errorf("counted as 499 (client gone) %v times", got)
+}
+
+func TestHasDone(t *testing.T) {
+	for in, want := range map[string]bool{
+		"data: [DONE]\n\n":                          true,
+		"data:[DONE]\n\n":                           true,
+		"data: [DONE]\r\n\r\n":                      true,
+		"data: {\"a\":1}\n\ndata: [DONE]\n\n":       true,
+		`data: {"content":"data: [DONE]"}` + "\n\n": false,
+		"data: [DONE] \n\n":                         false,
+		": [DONE]\n\n":                              false,
+		"data: {\"a\":1}\n\n":                       false,
+	} {
+		if got := hasDone([]byte(in)); got != want {
+			t.Errorf("hasDone(%q) = %v, want %v", in, got, want)
+		}
 	}
 }
 

@@ -86,7 +86,7 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 				committed = true
 			}
 			werr := x.writeEvents(buf[:end], usageAdded)
-			done := bytes.Contains(buf[:end], doneEvent)
+			done := hasDone(buf[:end])
 			filled = copy(buf, buf[end:filled])
 			if werr == nil {
 				werr = rc.Flush()
@@ -181,9 +181,36 @@ func hasData(b []byte) bool {
 }
 
 var (
-	usageKey  = []byte(`"usage"`)
-	doneEvent = []byte("data: [DONE]")
+	usageKey = []byte(`"usage"`)
+	doneText = []byte("[DONE]")
 )
+
+// hasDone reports whether whole events b include the stream's end, an
+// event whose data is exactly [DONE] ("data:[DONE]" is valid SSE too). A
+// model writing "data: [DONE]" inside its content is not the end: taking
+// it for one would pass a later cut off as a whole answer.
+func hasDone(b []byte) bool {
+	if !bytes.Contains(b, doneText) {
+		return false
+	}
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		d, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r"), []byte("data:"))
+		if !ok {
+			continue
+		}
+		d, _ = bytes.CutPrefix(d, []byte(" "))
+		if bytes.Equal(d, doneText) {
+			return true
+		}
+	}
+	return false
+}
 
 // writeEvents writes whole events to the client as bytes, reading usage
 // from the event that carries it. When the gateway asked for usage on the
