@@ -197,6 +197,90 @@ func TestEveryUpstreamFails(t *testing.T) {
 	}
 }
 
+// TestUpstreamWithoutTheModel: the gateway serves the model, so an
+// upstream's 404 says that upstream does not (a relay without it, a
+// base_url without /v1). The next upstream may serve it; the upstream is
+// up all the same, so its breaker is not charged. When every upstream
+// says 404, the client gets a 404 in OpenAI's shape.
+func TestUpstreamWithoutTheModel(t *testing.T) {
+	notFound := func(n int, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = io.WriteString(w, `{"error":{"message":"The model 'm' does not exist","code":"model_not_found"}}`)
+	}
+	htmlNotFound := func(n int, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = io.WriteString(w, "<html>404 page not found</html>")
+	}
+	t.Run("the next upstream serves it", func(t *testing.T) {
+		a, b := newFakeUpstream(t, htmlNotFound), newFakeUpstream(t, okCompletion)
+		gw, srv, _ := newGateway(t, gwOpts{attempts: 3, breakerN: 1}, a, b)
+		for range 2 {
+			res := post(t, gw.URL, "/v1/chat/completions", chatBody)
+			if res.status != 200 || res.header.Get("X-Relaygate-Upstream") != "b" {
+				t.Fatalf("status %d from %q, want 200 from b: %s", res.status, res.header.Get("X-Relaygate-Upstream"), res.body)
+			}
+		}
+		if a.calls.Load() != 2 {
+			t.Errorf("a got %d requests, want 2: one each, not retried, and its circuit must stay closed", a.calls.Load())
+		}
+		if h := srv.healthReport().Upstreams[0]; h.State != "closed" || h.ConsecutiveFailures != 0 {
+			t.Errorf("a's breaker %s with %d failures; a 404 is no outage", h.State, h.ConsecutiveFailures)
+		}
+	})
+	t.Run("no upstream serves it", func(t *testing.T) {
+		a, b := newFakeUpstream(t, notFound), newFakeUpstream(t, htmlNotFound)
+		gw, _, _ := newGateway(t, gwOpts{attempts: 3}, a, b)
+		res := post(t, gw.URL, "/v1/chat/completions", chatBody)
+		msg, typ, code := openAIError(t, res.body)
+		if res.status != 404 || code != "model_not_found" || typ != "invalid_request_error" {
+			t.Fatalf("%d %s %s, want 404 invalid_request_error model_not_found: %s", res.status, typ, code, msg)
+		}
+		if !strings.Contains(msg, "a: HTTP 404: The model 'm' does not exist") || !strings.Contains(msg, "b: HTTP 404") {
+			t.Errorf("message %q does not say what each upstream answered", msg)
+		}
+	})
+}
+
+// TestClientErrorsInOpenAIShape: an upstream's refusal of the request
+// passes back with its status, but an answer clients' SDKs cannot parse
+// (an HTML page from a proxy) becomes OpenAI's error shape, and an echoed
+// key of the gateway's is taken out.
+func TestClientErrorsInOpenAIShape(t *testing.T) {
+	t.Run("HTML", func(t *testing.T) {
+		a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			_, _ = io.WriteString(w, "<html><body>413 Request Entity Too Large</body></html>")
+		})
+		gw, _, _ := newGateway(t, gwOpts{}, a)
+		res := post(t, gw.URL, "/v1/chat/completions", chatBody)
+		msg, typ, code := openAIError(t, res.body)
+		if res.status != 413 || typ != "invalid_request_error" || code != "upstream_rejected_request" {
+			t.Errorf("%d %s %s, want 413 invalid_request_error upstream_rejected_request", res.status, typ, code)
+		}
+		if !strings.Contains(msg, "Upstream a refused the request with HTTP 413: <html><body>413 Request Entity Too Large") {
+			t.Errorf("message %q", msg)
+		}
+		if ct := res.header.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("Content-Type %q", ct)
+		}
+	})
+	t.Run("echoed key", func(t *testing.T) {
+		a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, `{"error":{"message":"bad request from `+r.Header.Get("Authorization")+`"}}`)
+		})
+		gw, _, _ := newGateway(t, gwOpts{}, a)
+		res := post(t, gw.URL, "/v1/chat/completions", chatBody)
+		if res.status != 400 || strings.Contains(string(res.body), "upstream-key-a") || !strings.Contains(string(res.body), "[redacted]") {
+			t.Errorf("%d %s; want the 400 with the gateway's key redacted", res.status, res.body)
+		}
+	})
+}
+
 func TestClientErrorsPassStraightBack(t *testing.T) {
 	const upstreamErr = `{"error":{"message":"Invalid value for 'temperature'","type":"invalid_request_error","param":"temperature","code":null}}`
 	a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
@@ -236,17 +320,24 @@ func TestUpstreamAuthFailureFallsBack(t *testing.T) {
 		wantUpstream string  // X-Relaygate-Upstream on a 200
 		wantCalls    []int32 // per upstream
 		wantMessage  []string
+		wantCode     string // on a 502; upstream_auth_failed when empty
 	}{
 		{"401 falls back to a healthy upstream", []func(int, http.ResponseWriter, *http.Request){refuse(401), okCompletion},
-			200, "b", []int32{1, 1}, nil},
+			200, "b", []int32{1, 1}, nil, ""},
 		{"403 falls back to a healthy upstream", []func(int, http.ResponseWriter, *http.Request){refuse(403), okCompletion},
-			200, "b", []int32{1, 1}, nil},
+			200, "b", []int32{1, 1}, nil, ""},
 		{"no fallback: 502 upstream_auth_failed", []func(int, http.ResponseWriter, *http.Request){refuse(401)},
-			502, "", []int32{1}, []string{"Upstream a refused the gateway's credentials", "a: refused the gateway's credentials (HTTP 401)"}},
+			502, "", []int32{1}, []string{"Upstream a refused the gateway's credentials", "a: refused the gateway's credentials (HTTP 401)"}, ""},
 		{"every upstream refuses", []func(int, http.ResponseWriter, *http.Request){refuse(401), refuse(403)},
-			502, "", []int32{1, 1}, []string{"Upstreams a, b refused", "a: refused the gateway's credentials (HTTP 401); b: refused the gateway's credentials (HTTP 403)"}},
+			502, "", []int32{1, 1}, []string{"Upstreams a, b refused", "a: refused the gateway's credentials (HTTP 401); b: refused the gateway's credentials (HTTP 403)"}, ""},
 		{"a refusal and an outage: the refusal is named", []func(int, http.ResponseWriter, *http.Request){refuse(401), down},
-			502, "", []int32{1, 3}, []string{"Upstream a refused", "b: HTTP 503 (after 3 attempts)"}},
+			502, "", []int32{1, 3}, []string{"Upstream a refused", "b: HTTP 503 (after 3 attempts)"}, ""},
+		// A relay out of credit answers 402: the official API behind it
+		// must take over, which is the whole point of a fallback.
+		{"402 falls back to a healthy upstream", []func(int, http.ResponseWriter, *http.Request){refuse(402), okCompletion},
+			200, "b", []int32{1, 1}, nil, ""},
+		{"no fallback: 502 upstream_payment_required", []func(int, http.ResponseWriter, *http.Request){refuse(402)},
+			502, "", []int32{1}, []string{"Upstream a refused the gateway's account for billing (HTTP 402)", "credit"}, "upstream_payment_required"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -274,9 +365,13 @@ func TestUpstreamAuthFailureFallsBack(t *testing.T) {
 					t.Errorf("relaygate_fallbacks_total{a,b} = %v, want 1", got)
 				}
 			} else {
+				wantCode := tt.wantCode
+				if wantCode == "" {
+					wantCode = "upstream_auth_failed"
+				}
 				msg, typ, code := openAIError(t, res.body)
-				if code != "upstream_auth_failed" || typ != "upstream_error" {
-					t.Errorf("type %q code %q, want upstream_error upstream_auth_failed", typ, code)
+				if code != wantCode || typ != "upstream_error" {
+					t.Errorf("type %q code %q, want upstream_error %s", typ, code, wantCode)
 				}
 				for _, want := range tt.wantMessage {
 					if !strings.Contains(msg, want) {

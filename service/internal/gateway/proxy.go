@@ -1,7 +1,9 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -129,12 +131,22 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	case errors.As(err, &ex):
 		status, code := http.StatusBadGateway, "upstream_failed"
 		msg := fmt.Sprintf("Model %s could not be served: %s.", m.name, ex.Error())
-		switch refused := refusedBy(ex); {
+		switch refused, billing := refusedBy(ex); {
 		case len(refused) > 0:
 			// Whatever else failed, a refused key is what someone has to
 			// fix, and it is the operator's configuration, not the client's.
 			code = "upstream_auth_failed"
-			msg = refusalMessage(refused) + " " + msg
+			msg = refusalMessage(refused, "refused the gateway's credentials", "api_key") + " " + msg
+		case len(billing) > 0:
+			code = "upstream_payment_required"
+			msg = refusalMessage(billing, "refused the gateway's account for billing (HTTP 402)", "account's credit or plan") + " " + msg
+		case notServed(ex):
+			// Every upstream that answered said it has no such model: the
+			// client hears what it would have heard from the upstream.
+			status, code = http.StatusNotFound, "model_not_found"
+			x.fail(&apiError{Status: status, Type: typeInvalidRequest, Code: code,
+				Message: fmt.Sprintf("Model %s is not available from its upstreams: %s.", m.name, ex.Error())})
+			return
 		case ex.Timeout():
 			status, code = http.StatusGatewayTimeout, "upstream_timeout"
 		}
@@ -144,32 +156,61 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	}
 }
 
-// errUpstreamRefused is an upstream's 401 or 403 to the gateway's own key.
-// It holds nothing of the upstream's answer, which may quote the key.
+// errUpstreamRefused is an upstream's 401, 402 or 403 to the gateway's own
+// account. It holds nothing of the upstream's answer, which may quote the
+// key.
 type errUpstreamRefused struct{ code int }
 
 func (e *errUpstreamRefused) Error() string {
+	if e.code == http.StatusPaymentRequired {
+		return "refused the gateway's account for billing (HTTP 402: out of credit, or over its plan)"
+	}
 	return fmt.Sprintf("refused the gateway's credentials (HTTP %d)", e.code)
 }
 
+// errUpstreamNotFound is an upstream's 404 for a model the gateway serves.
+type errUpstreamNotFound struct{ msg string }
+
+func (e *errUpstreamNotFound) Error() string { return "HTTP 404" + e.msg }
+
 // refusedBy names the upstreams of an exhausted chain that refused the
-// gateway's key.
-func refusedBy(ex *route.ExhaustedError) []string {
-	var names []string
+// gateway's key, and those that refused its account for billing.
+func refusedBy(ex *route.ExhaustedError) (auth, billing []string) {
 	for _, f := range ex.Failures {
 		var r *errUpstreamRefused
-		if errors.As(f.Err, &r) {
-			names = append(names, f.Upstream)
+		switch {
+		case !errors.As(f.Err, &r):
+		case r.code == http.StatusPaymentRequired:
+			billing = append(billing, f.Upstream)
+		default:
+			auth = append(auth, f.Upstream)
 		}
 	}
-	return names
+	return auth, billing
 }
 
-func refusalMessage(names []string) string {
-	if len(names) == 1 {
-		return fmt.Sprintf("Upstream %s refused the gateway's credentials; the operator must fix that upstream's api_key.", names[0])
+// notServed reports whether every upstream of an exhausted chain that was
+// asked answered 404, none failing otherwise.
+func notServed(ex *route.ExhaustedError) bool {
+	asked := 0
+	for _, f := range ex.Failures {
+		if f.Attempts == 0 {
+			continue // disabled, or its circuit open: it said nothing
+		}
+		asked++
+		var nf *errUpstreamNotFound
+		if !errors.As(f.Err, &nf) {
+			return false
+		}
 	}
-	return fmt.Sprintf("Upstreams %s refused the gateway's credentials; the operator must fix those upstreams' api_key.", strings.Join(names, ", "))
+	return asked > 0
+}
+
+func refusalMessage(names []string, what, fix string) string {
+	if len(names) == 1 {
+		return fmt.Sprintf("Upstream %s %s; the operator must fix that upstream's %s.", names[0], what, fix)
+	}
+	return fmt.Sprintf("Upstreams %s %s; the operator must fix those upstreams' %s.", strings.Join(names, ", "), what, fix)
 }
 
 func (s *Server) recordAttempt(upstream string, a route.Attempt) {
@@ -259,20 +300,28 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 			Timeout:    code == http.StatusGatewayTimeout || code == http.StatusRequestTimeout,
 			RetryAfter: route.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		}
-	case code == http.StatusUnauthorized || code == http.StatusForbidden:
-		// The client's key was fine; the gateway's own key for this
-		// upstream was refused (revoked, mistyped). Another try here would
-		// be refused the same way, but the next upstream has its own key,
-		// so the chain moves on. Should every upstream refuse, the client
-		// gets a 502 upstream_auth_failed: passing the 401 on would tell
-		// it that its own key is wrong. The body is read only so the
-		// connection can be reused, and dropped: it may echo our key.
+	case code == http.StatusUnauthorized || code == http.StatusForbidden || code == http.StatusPaymentRequired:
+		// The client's key was fine; the gateway's own account with this
+		// upstream was refused (a revoked or mistyped key, or, with 402,
+		// no credit left). Another try here would be refused the same
+		// way, but the next upstream has its own account, so the chain
+		// moves on. Should every upstream refuse, the client gets a 502:
+		// passing a 401 or 402 on would tell it that its own key or bill
+		// is at fault. The body is read only so the connection can be
+		// reused, and dropped: it may echo our key.
 		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 		x.waited(u, t0)
 		return route.Attempt{Err: &errUpstreamRefused{code: code}, Fallback: true}
+	case code == http.StatusNotFound:
+		// The gateway serves the model, so a 404 means this upstream does
+		// not (a relay without it, a base_url missing its /v1); the next
+		// upstream may. The upstream itself is up.
+		msg := upstreamErrorMessage(resp.Body)
+		x.waited(u, t0)
+		return route.Attempt{Err: &errUpstreamNotFound{msg: redactKey(msg, u)}, Fallback: true, Healthy: true}
 	default:
-		// The request itself is wrong (400, 404, 413, 422 …): every
-		// upstream would say the same, so the answer goes back as it is.
+		// The request itself is wrong (400, 413, 422 …): every upstream
+		// would say the same, so the answer goes back as it is.
 		return x.relayWhole(ctx, actx, u, resp, t0)
 	}
 }
@@ -324,11 +373,13 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 		}
 		return route.Attempt{Err: fmt.Errorf("reading answer: %w", err), Retryable: true}
 	}
+	ct := resp.Header.Get("Content-Type")
 	if resp.StatusCode < 300 {
 		x.readUsage(data)
+	} else {
+		data, ct = clientErrorBody(u, resp.StatusCode, data, ct)
 	}
 	h := x.w.Header()
-	ct := resp.Header.Get("Content-Type")
 	switch ct {
 	case "", "application/json":
 		ct = "application/json"
@@ -348,6 +399,29 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 		x.store(data, ct, u.Name)
 	}
 	return route.Attempt{}
+}
+
+// clientErrorBody is what the client gets of an upstream's refusal of the
+// request itself (400, 413, 422 …): the upstream's own OpenAI-shaped error,
+// less the gateway's key should it echo it, or, for anything else (an HTML
+// page from a proxy in front of it), the gist in OpenAI's shape, which
+// clients' SDKs can parse.
+func clientErrorBody(u *route.Upstream, code int, data []byte, ct string) ([]byte, string) {
+	if gjson.GetBytes(data, "error").IsObject() {
+		if key := strings.TrimPrefix(u.Auth, "Bearer "); len(key) >= 4 && bytes.Contains(data, []byte(key)) {
+			data = bytes.ReplaceAll(data, []byte(key), []byte("[redacted]"))
+		}
+		return data, ct
+	}
+	gist := strings.TrimSpace(redactKey(sanitizePath(string(data[:min(len(data), 200)])), u))
+	if gist != "" {
+		gist = ": " + gist
+	}
+	body, _ := json.Marshal(struct {
+		Error *apiError `json:"error"`
+	}{&apiError{Type: typeInvalidRequest, Code: "upstream_rejected_request",
+		Message: fmt.Sprintf("Upstream %s refused the request with HTTP %d%s", u.Name, code, gist)}})
+	return append(body, '\n'), "application/json"
 }
 
 func (x *exchange) setUpstreamHeaders(u *route.Upstream, resp *http.Response) {

@@ -71,6 +71,10 @@ type Attempt struct {
 	// the chain moves on to the next upstream. Such an attempt must not
 	// have committed anything to the client.
 	Fallback bool
+	// Healthy, with Fallback: the upstream answered properly, just not with
+	// an answer to this request (it does not serve the model). Its breaker
+	// counts a success: it is up, and other models may well need it.
+	Healthy bool
 }
 
 // Failure is why one upstream of the chain did not answer.
@@ -184,7 +188,11 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 				// refusing us should open its circuit, so that later
 				// requests go straight to the fallback and the outage
 				// shows in relaygate_upstream_up.
-				u.Breaker.Failure(a.Err, probe)
+				if a.Healthy {
+					u.Breaker.Success()
+				} else {
+					u.Breaker.Failure(a.Err, probe)
+				}
 				break
 			}
 			if !a.Retryable {
