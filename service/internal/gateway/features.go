@@ -76,6 +76,14 @@ func (x *exchange) fromCache(body []byte, req *request) bool {
 		return false
 	}
 	e, res, _ := c.Get(x.r.Context(), key)
+	var replay []byte
+	if res == cache.ResultHit && x.stream {
+		if replay, err = cache.StreamReplay(e.Body, req.includeUsage); err != nil {
+			// Counted as the miss it turns into: the upstream answers.
+			x.s.log.Warn("cached answer cannot be replayed as a stream; asking the upstream", "request_id", x.rid, "error", err.Error())
+			res = cache.ResultMiss
+		}
+	}
 	x.s.metrics.Cache(string(res))
 	x.cacheResult = "MISS"
 	if res != cache.ResultHit {
@@ -86,13 +94,6 @@ func (x *exchange) fromCache(body []byte, req *request) bool {
 			x.cacheKey = key
 		}
 		return false
-	}
-	var replay []byte
-	if x.stream {
-		if replay, err = cache.StreamReplay(e.Body, req.includeUsage); err != nil {
-			x.s.log.Warn("cached answer cannot be replayed as a stream; asking the upstream", "request_id", x.rid, "error", err.Error())
-			return false
-		}
 	}
 	x.cacheResult = "HIT"
 	h := x.w.Header()

@@ -1049,3 +1049,43 @@ func TestStreamProbeClosesTheBreakerAtItsFirstEvent(t *testing.T) {
 	}
 	close(release)
 }
+
+// TestStreamAnsweredWhole: some servers ignore "stream" and answer a whole
+// chat.completion. The client asked for events and gets events; an answer
+// that is no chat completion counts as this upstream failing.
+func TestStreamAnsweredWhole(t *testing.T) {
+	streamReq := `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	t.Run("a chat completion becomes events", func(t *testing.T) {
+		a := newFakeUpstream(t, okCompletion)
+		gw, _, m := newGateway(t, gwOpts{}, a)
+		req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(streamReq))
+		req.Header.Set("Authorization", "Bearer "+testClientKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		events, err := readSSE(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.Header.Get("Content-Type") != "text/event-stream" {
+			t.Fatalf("Content-Type %q, read error %v", resp.Header.Get("Content-Type"), err)
+		}
+		if len(events) < 2 || events[len(events)-1] != "[DONE]" || !strings.Contains(strings.Join(events, ""), "chat.completion.chunk") {
+			t.Errorf("events %q, want chat.completion.chunk events ending with [DONE]", events)
+		}
+		if got := metricValue(t, m, "relaygate_requests_total", map[string]string{"model": "m", "upstream": "a", "code": "200"}); got != 1 {
+			t.Errorf("relaygate_requests_total{a,200} = %v, want 1", got)
+		}
+	})
+	t.Run("anything else falls back", func(t *testing.T) {
+		a := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"status":"ok"}`)
+		})
+		b := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) { writeSSE(w, r, 2, 0) })
+		gw, _, _ := newGateway(t, gwOpts{attempts: 3}, a, b)
+		res := post(t, gw.URL, "/v1/chat/completions", streamReq)
+		if res.status != 200 || res.header.Get("X-Relaygate-Upstream") != "b" || a.calls.Load() != 1 {
+			t.Errorf("status %d from %q after %d calls to a; want 200 from b after one call to a", res.status, res.header.Get("X-Relaygate-Upstream"), a.calls.Load())
+		}
+	})
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tidwall/gjson"
 
+	"github.com/relaygate/relaygate/service/internal/cache"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/route"
 )
@@ -42,6 +43,7 @@ type exchange struct {
 	model, upstream string // metric labels: config names only
 	status          int
 	stream          bool
+	includeUsage    bool // the client asked for usage in its stream
 	cacheResult     string
 	attempts        int
 	upstreamWait    time.Duration
@@ -109,6 +111,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	}
 	x.model, x.reference = m.name, m.reference
 	x.stream = ep == epChat && (forceStream || req.stream)
+	x.includeUsage = req.includeUsage
 	if x.fromCache(b, &req) {
 		return
 	}
@@ -376,6 +379,9 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 	ct := resp.Header.Get("Content-Type")
 	if resp.StatusCode < 300 {
 		x.readUsage(data)
+		if x.stream {
+			return x.replayAsStream(u, resp, data)
+		}
 	} else {
 		data, ct = clientErrorBody(u, resp.StatusCode, data, ct)
 	}
@@ -398,6 +404,32 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 	if x.cacheKey != "" && resp.StatusCode == http.StatusOK {
 		x.store(data, ct, u.Name)
 	}
+	return route.Attempt{}
+}
+
+// replayAsStream answers a stream request that the upstream answered with
+// a whole chat.completion (some servers ignore "stream"): the client's SDK
+// expects events, so it gets the answer as events, as from the cache.
+// Anything else is a failure of this upstream, and the next one is tried.
+func (x *exchange) replayAsStream(u *route.Upstream, resp *http.Response, data []byte) route.Attempt {
+	events, err := cache.StreamReplay(data, x.includeUsage)
+	if err != nil {
+		return route.Attempt{Err: fmt.Errorf("answered a stream request with %q, not events: %w",
+			resp.Header.Get("Content-Type"), err), Fallback: true}
+	}
+	h := x.w.Header()
+	h["Content-Type"] = hdrEventStream
+	h.Set("Cache-Control", "no-cache")
+	h["Content-Length"] = []string{strconv.Itoa(len(events))}
+	x.setUpstreamHeaders(u, resp)
+	x.w.WriteHeader(http.StatusOK)
+	x.status, x.upstream, x.committed = http.StatusOK, u.Name, true
+	x.ttft = time.Since(x.start)
+	if _, err := x.w.Write(events); err != nil {
+		x.clientGone = true
+		return route.Attempt{}
+	}
+	x.sawDone = true
 	return route.Attempt{}
 }
 
