@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"maps"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -1088,4 +1089,50 @@ func TestStreamAnsweredWhole(t *testing.T) {
 			t.Errorf("status %d from %q after %d calls to a; want 200 from b after one call to a", res.status, res.header.Get("X-Relaygate-Upstream"), a.calls.Load())
 		}
 	})
+}
+
+// TestClientLeavingAfterTheAnswerIsStillCharged: a client that hangs up as
+// soon as it has what it wants (here the usage event, before [DONE]) was
+// served, and the upstream bills the tokens: they count, cost included.
+func TestClientLeavingAfterTheAnswerIsStillCharged(t *testing.T) {
+	up := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":500}}\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // no [DONE] before the client leaves
+	})
+	gw, _, m := newGateway(t, gwOpts{}, up)
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+testClientKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := bufio.NewReader(resp.Body)
+	for {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatalf("stream ended before the usage event: %v", err)
+		}
+		if strings.Contains(line, `"usage"`) {
+			break
+		}
+	}
+	resp.Body.Close()
+	gone := func() float64 {
+		return metricValue(t, m, "relaygate_requests_total", map[string]string{"model": "m", "upstream": "a", "code": "499"})
+	}
+	for deadline := time.Now().Add(10 * time.Second); gone() == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if gone() != 1 {
+		t.Fatalf("relaygate_requests_total{a,499} = %v, want 1", gone())
+	}
+	if got := metricValue(t, m, "relaygate_tokens_total", map[string]string{"model": "m", "kind": "prompt"}); got != 1000 {
+		t.Errorf("prompt tokens %v, want 1000", got)
+	}
+	// price 1 and 2 dollars per million tokens (helpers_test.go).
+	if got := metricValue(t, m, "relaygate_cost_usd_total", map[string]string{"model": "m", "upstream": "a"}); math.Abs(got-0.002) > 1e-12 {
+		t.Errorf("cost %v, want 0.002", got)
+	}
 }

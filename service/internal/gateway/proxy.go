@@ -49,6 +49,7 @@ type exchange struct {
 	upstreamWait    time.Duration
 	ttft            time.Duration
 	committed       bool // the response status line has gone out
+	answered        bool // an upstream's 2xx answer went out (whole or not)
 	clientGone      bool
 	sawDone         bool // a stream's [DONE] reached the client
 	abort           bool // cut the connection: a stream broke after its first byte
@@ -397,6 +398,7 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 	x.setUpstreamHeaders(u, resp)
 	x.w.WriteHeader(resp.StatusCode)
 	x.status, x.upstream, x.committed = resp.StatusCode, u.Name, true
+	x.answered = resp.StatusCode < 300
 	if _, err := x.w.Write(data); err != nil {
 		x.clientGone = true
 		return route.Attempt{}
@@ -423,7 +425,7 @@ func (x *exchange) replayAsStream(u *route.Upstream, resp *http.Response, data [
 	h["Content-Length"] = []string{strconv.Itoa(len(events))}
 	x.setUpstreamHeaders(u, resp)
 	x.w.WriteHeader(http.StatusOK)
-	x.status, x.upstream, x.committed = http.StatusOK, u.Name, true
+	x.status, x.upstream, x.committed, x.answered = http.StatusOK, u.Name, true, true
 	x.ttft = time.Since(x.start)
 	if _, err := x.w.Write(events); err != nil {
 		x.clientGone = true
@@ -569,7 +571,11 @@ func (x *exchange) finish() {
 		if x.usageKnown {
 			s.metrics.CacheSaving(x.model, x.savedByCache())
 		}
-	case x.upstream != metrics.NoUpstream && x.status < 300:
+	case x.answered:
+		// Counted whatever became of the request afterwards: a client
+		// that hangs up once it has the answer (before the usage event,
+		// or mid-stream) has still been served, and the upstream still
+		// bills the tokens. Usage it never reported stays unknown.
 		if x.usageKnown {
 			cost := x.price.Cost(x.prompt, x.completion)
 			ref, hasRef := 0.0, x.reference != nil

@@ -146,7 +146,7 @@ func (x *exchange) commitStream(u *route.Upstream, resp *http.Response) {
 	h.Set("X-Accel-Buffering", "no")
 	x.setUpstreamHeaders(u, resp)
 	x.w.WriteHeader(http.StatusOK)
-	x.status, x.upstream, x.committed = http.StatusOK, u.Name, true
+	x.status, x.upstream, x.committed, x.answered = http.StatusOK, u.Name, true, true
 	x.ttft = time.Since(x.start)
 	// The upstream has answered well; the route reports success only when
 	// the stream ends, minutes later for a long generation. Were this the

@@ -115,7 +115,7 @@ func New() *Metrics {
 	}, []string{"model", "kind"})
 	m.usageUnknown = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "relaygate_usage_unknown_total",
-		Help: "Successful answers whose upstream reported no usage; their tokens and cost are not counted.",
+		Help: "Answers whose upstream reported no usage (whole, or cut short after they began); their tokens and cost are not counted.",
 	}, []string{"model"})
 	m.cost = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "relaygate_cost_usd_total",
