@@ -56,6 +56,43 @@ func TestParseAppliesDefaultsAndExpandsEnv(t *testing.T) {
 	}
 }
 
+// TestEnvTypedByValue: ${VAR} sets numbers and booleans as well as strings,
+// written plain or quoted (a flow mapping needs the quotes), while a string
+// field takes its text as it is, however number-like.
+func TestEnvTypedByValue(t *testing.T) {
+	doc := minimal + `client_keys: ["${GW_KEY}"]
+max_body_bytes: ${MAX_BODY}
+rate_limit: {rpm: "${RPM}", tpm: "${TPM}"}
+cache: {redis_url: "redis://127.0.0.1:6379/0"}
+log:
+  requests: ${LOG_REQUESTS}
+`
+	cfg, err := Parse([]byte(doc), env(map[string]string{"RELAY_KEY": "0x1234", "GW_KEY": "1234567890123456789",
+		"MAX_BODY": "2097152", "RPM": "60", "TPM": "100000", "LOG_REQUESTS": "false"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MaxBodyBytes != 2097152 || cfg.RateLimit.RPM != 60 || cfg.RateLimit.TPM != 100000 || *cfg.Log.Requests {
+		t.Errorf("max_body_bytes %d, rpm %d, tpm %d, log.requests %v", cfg.MaxBodyBytes, cfg.RateLimit.RPM, cfg.RateLimit.TPM, *cfg.Log.Requests)
+	}
+	if cfg.ClientKeys[0] != "1234567890123456789" || cfg.Upstreams[0].APIKey != "0x1234" {
+		t.Errorf("keys %q, %q: number-like keys must arrive as written", cfg.ClientKeys[0], cfg.Upstreams[0].APIKey)
+	}
+}
+
+// TestEnvValueNotQuotedInErrors: yaml quotes the start of a value it cannot
+// decode; one that came from the environment may be a secret.
+func TestEnvValueNotQuotedInErrors(t *testing.T) {
+	const key = "Zq9xT4mSecretKeyValue0123456789"
+	_, err := Parse([]byte(minimal+"client_keys: ${GW_KEY}\n"), env(map[string]string{"RELAY_KEY": "k", "GW_KEY": key}))
+	if err == nil {
+		t.Fatal("a string where a list belongs was accepted")
+	}
+	if strings.Contains(err.Error(), key[:5]) || !strings.Contains(err.Error(), "client_keys") {
+		t.Errorf("error %q: want the key named and no part of its value", err)
+	}
+}
+
 func TestUnsetUpstreamKeyDisablesTheUpstream(t *testing.T) {
 	cfg, err := Parse([]byte(minimal), env(nil))
 	if err != nil {

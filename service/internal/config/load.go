@@ -10,6 +10,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,7 +52,8 @@ func Parse(data []byte, lookup func(string) (string, bool)) (*Config, error) {
 
 	l := &loader{root: root}
 	l.checkKnown(root, reflect.TypeOf(Config{}), "")
-	unset := expandEnv(root, lookup, "")
+	unset, expanded := expandEnv(root, lookup, "")
+	l.expanded = expanded
 	if len(l.errs) > 0 {
 		return nil, errors.Join(l.errs...)
 	}
@@ -114,9 +116,10 @@ func (e *RouteEntry) UnmarshalYAML(n *yaml.Node) error {
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
 // expandEnv replaces ${VAR} in every scalar below n and returns the paths of
-// values that referenced a variable which is not set, with the variables.
-func expandEnv(n *yaml.Node, lookup func(string) (string, bool), path string) map[string][]string {
-	unset := map[string][]string{}
+// values that referenced a variable which is not set, with the variables,
+// and the lines of the values it expanded.
+func expandEnv(n *yaml.Node, lookup func(string) (string, bool), path string) (unset map[string][]string, expanded map[int]bool) {
+	unset, expanded = map[string][]string{}, map[int]bool{}
 	var walk func(n *yaml.Node, path string)
 	walk = func(n *yaml.Node, path string) {
 		switch n.Kind {
@@ -134,10 +137,14 @@ func expandEnv(n *yaml.Node, lookup func(string) (string, bool), path string) ma
 				}
 				return v
 			})
-			// An expanded value is data, never YAML: keep it a string so
-			// that "${PORT}" expanding to 8000 is still decoded by type.
-			if n.Tag == "" || n.Tag == "!" {
-				n.Tag = "!!str"
+			expanded[n.Line] = true
+			// An expanded value is data, never YAML: it is typed by what
+			// it holds, so that `rpm: ${RPM}` with RPM=60 is a number (and
+			// "${RPM}" too, as a flow mapping needs the quotes), while a
+			// key that happens to look like null stays a string. String
+			// fields take the text as it is, a number-like key included.
+			if n.Style&yaml.TaggedStyle == 0 {
+				n.Tag = expandedTag(n.Value)
 			}
 		case yaml.MappingNode:
 			for i := 0; i+1 < len(n.Content); i += 2 {
@@ -150,10 +157,35 @@ func expandEnv(n *yaml.Node, lookup func(string) (string, bool), path string) ma
 		}
 	}
 	walk(n, path)
-	return unset
+	return unset, expanded
 }
 
-var lineRef = regexp.MustCompile(`line (\d+): `)
+// expandedTag is the tag of an expanded value: what yaml makes of the
+// text, when that is a number or a boolean (so it decodes into numeric and
+// boolean fields), else a string.
+func expandedTag(v string) string {
+	// Resolved as the plain scalar it would be, not parsed as a document:
+	// " 0" must stay a string, as it would be in the file.
+	var x any
+	if err := (&yaml.Node{Kind: yaml.ScalarNode, Value: v}).Decode(&x); err == nil {
+		// Explicit tags: a quoted value would be a string whatever it
+		// holds, and a flow mapping needs the quotes around ${VAR}.
+		switch x.(type) {
+		case int, int64, uint64:
+			return "!!int"
+		case float64:
+			return "!!float"
+		case bool:
+			return "!!bool"
+		}
+	}
+	return "!!str"
+}
+
+var (
+	lineRef     = regexp.MustCompile(`line (\d+): `)
+	quotedValue = regexp.MustCompile("`[^`]*`")
+)
 
 // withKeys rewrites a decoding error so each "line N:" also names the key
 // at that line: yaml's own messages give only the line.
@@ -179,16 +211,28 @@ func (l *loader) withKeys(err error) error {
 		}
 	}
 	walk(l.root, "")
-	msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n")
-	msg = lineRef.ReplaceAllStringFunc(msg, func(m string) string {
-		var n int
-		fmt.Sscanf(m, "line %d: ", &n)
-		if p, ok := paths[n]; ok {
-			return m + p + ": "
+	lines := strings.Split(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n"), "\n")
+	for i, line := range lines {
+		m := lineRef.FindStringSubmatchIndex(line)
+		if m == nil {
+			if len(l.expanded) > 0 {
+				lines[i] = quotedValue.ReplaceAllLiteralString(line, "(a value)")
+			}
+			continue
 		}
-		return m
-	})
-	return errors.New(strings.TrimSpace(msg))
+		n, _ := strconv.Atoi(line[m[2]:m[3]])
+		rest := line[m[1]:]
+		if l.expanded[n] {
+			// yaml quotes the start of the value, which came from the
+			// environment and may well be a secret.
+			rest = quotedValue.ReplaceAllLiteralString(rest, "(the value of its ${VAR})")
+		}
+		if p, ok := paths[n]; ok {
+			rest = p + ": " + rest
+		}
+		lines[i] = line[:m[1]] + rest
+	}
+	return errors.New(strings.TrimSpace(strings.Join(lines, "\n")))
 }
 
 func joinPath(path, key string) string {
@@ -201,6 +245,8 @@ func joinPath(path, key string) string {
 type loader struct {
 	root *yaml.Node
 	errs []error
+	// expanded holds the lines of values that came from ${VAR}.
+	expanded map[int]bool
 }
 
 func (l *loader) fail(path string, format string, args ...any) {
