@@ -793,6 +793,19 @@ func checkHostContainers(t *testing.T, d *deployment, hosts int, managedRedis bo
 		if getString(t, gw, "restart") != "unless-stopped" || !get(t, gw, "wait").BoolValue() {
 			t.Errorf("%s: restart %q, wait %v", h, getString(t, gw, "restart"), get(t, gw, "wait"))
 		}
+		// A replaced gateway drains: Docker waits for it instead of
+		// killing it, and behind the load balancer it first waits to be
+		// taken out (three failed checks 10s apart, plus a margin).
+		wantGrace, wantDrain := 70.0, "shutdown_timeout: 1m\n"
+		if d.stack == "prod" {
+			wantGrace, wantDrain = 105, "shutdown_delay: 35s\nshutdown_timeout: 1m\n"
+		}
+		if got := get(t, gw, "destroyGraceSeconds").NumberValue(); got != wantGrace {
+			t.Errorf("%s: destroyGraceSeconds %v, want %v", h, got, wantGrace)
+		}
+		if y := gatewayYAML(t, gw); !strings.Contains(y, wantDrain) {
+			t.Errorf("%s: the gateway config lacks %q", h, wantDrain)
+		}
 		checkSecretEnv(t, gw, map[string]string{
 			"GATEWAY_API_KEY":   fakeGatewayKey,
 			"HOLYSHEEP_API_KEY": fakeHolysheepKey,

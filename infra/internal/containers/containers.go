@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/pulumi/pulumi-docker/sdk/v4/go/docker"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
@@ -79,6 +80,9 @@ type Args struct {
 	GatewayEnv pulumi.StringArrayInput
 	// GPUs passes every GPU of the engine's host to the gateway.
 	GPUs bool
+	// StopGrace is how long Docker waits after SIGTERM before it kills a
+	// gateway being replaced, so that it drains (zero: Docker's default).
+	StopGrace time.Duration
 	// PublishIP is the host address the gateway and Prometheus ports are
 	// bound to: 0.0.0.0 behind a security group, 127.0.0.1 on a laptop.
 	PublishIP string
@@ -291,6 +295,12 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		WaitTimeout: pulumi.Int(180),
 		LogOpts:     logs,
 		Labels:      containerLabels(hostLabels),
+	}
+	if args.StopGrace > 0 {
+		// Without it the provider removes the old container by force
+		// (SIGKILL): every request in flight is cut and the load balancer
+		// goes on sending to a dead target until its checks fail.
+		gw.DestroyGraceSeconds = pulumi.Int(int(args.StopGrace.Round(time.Second) / time.Second))
 	}
 	if args.GPUs {
 		gw.Gpus = pulumi.String("all")

@@ -22,7 +22,8 @@ import (
 // CMD points the gateway at it.
 const Path = "/etc/relaygate/gateway.yaml"
 
-// Endpoints are the addresses that depend on where the stack runs.
+// Endpoints are the addresses that depend on where the stack runs, and how
+// the gateway stops there.
 type Endpoints struct {
 	// RedisURL is the cache and rate-limit store: the Redis container on a
 	// host's private Docker network, or the shared ElastiCache endpoint.
@@ -30,7 +31,22 @@ type Endpoints struct {
 	// SimulatorURL is the offline upstream simulator's base URL; empty when
 	// the stack does not run it.
 	SimulatorURL string
+	// Drain is how the gateway stops when its container is replaced.
+	Drain Drain
 }
+
+// Drain is a gateway's graceful stop (shutdown_delay, shutdown_timeout).
+type Drain struct {
+	// Delay: it goes on serving with /ready failing, so that a load
+	// balancer in front takes it out before it stops listening.
+	Delay time.Duration
+	// Timeout: then it waits this long for the requests in flight.
+	Timeout time.Duration
+}
+
+// Grace is how long Docker must wait after SIGTERM before it kills the
+// container, so that the drain runs to its end.
+func (d Drain) Grace() time.Duration { return d.Delay + d.Timeout + 10*time.Second }
 
 // Render returns the gateway's YAML for c.
 func Render(c *stackconfig.Config, ep Endpoints) ([]byte, error) {
@@ -52,6 +68,12 @@ func Render(c *stackconfig.Config, ep Endpoints) ([]byte, error) {
 		RateLimit: rateLimit{RPM: c.RateLimit.RPM, TPM: c.RateLimit.TPM},
 		GPU:       gpu{ExpectedCount: c.ExpectedGPUCount},
 		SLO:       slo{LatencyP95: duration(c.LatencyBudgetP95)},
+	}
+	if ep.Drain.Delay > 0 {
+		doc.ShutdownDelay = duration(ep.Drain.Delay)
+	}
+	if ep.Drain.Timeout > 0 {
+		doc.ShutdownTimeout = duration(ep.Drain.Timeout)
 	}
 	for _, u := range c.Upstreams {
 		out := upstream{Name: u.Name, BaseURL: u.BaseURL}
@@ -116,15 +138,17 @@ func toPrice(p stackconfig.Price) price {
 }
 
 type document struct {
-	Listen     string     `yaml:"listen"`
-	ClientKeys []string   `yaml:"client_keys,flow"`
-	Upstreams  []upstream `yaml:"upstreams"`
-	Models     []model    `yaml:"models"`
-	Retry      retry      `yaml:"retry"`
-	Cache      cache      `yaml:"cache"`
-	RateLimit  rateLimit  `yaml:"rate_limit"`
-	GPU        gpu        `yaml:"gpu"`
-	SLO        slo        `yaml:"slo"`
+	Listen          string     `yaml:"listen"`
+	ShutdownDelay   string     `yaml:"shutdown_delay,omitempty"`
+	ShutdownTimeout string     `yaml:"shutdown_timeout,omitempty"`
+	ClientKeys      []string   `yaml:"client_keys,flow"`
+	Upstreams       []upstream `yaml:"upstreams"`
+	Models          []model    `yaml:"models"`
+	Retry           retry      `yaml:"retry"`
+	Cache           cache      `yaml:"cache"`
+	RateLimit       rateLimit  `yaml:"rate_limit"`
+	GPU             gpu        `yaml:"gpu"`
+	SLO             slo        `yaml:"slo"`
 }
 
 type upstream struct {

@@ -82,9 +82,11 @@ func config(t *testing.T, target string, overrides map[string]string) *stackconf
 // gatewayShape is the SPEC's gateway config, decoded strictly: a key the
 // gateway does not know fails the test the way it would fail the gateway.
 type gatewayShape struct {
-	Listen     string   `yaml:"listen"`
-	ClientKeys []string `yaml:"client_keys"`
-	Upstreams  []struct {
+	Listen          string   `yaml:"listen"`
+	ShutdownDelay   string   `yaml:"shutdown_delay"`
+	ShutdownTimeout string   `yaml:"shutdown_timeout"`
+	ClientKeys      []string `yaml:"client_keys"`
+	Upstreams       []struct {
 		Name           string `yaml:"name"`
 		BaseURL        string `yaml:"base_url"`
 		APIKey         string `yaml:"api_key"`
@@ -159,11 +161,14 @@ func golden(t *testing.T, name string, got []byte) {
 func TestRenderAWSHost(t *testing.T) {
 	t.Parallel()
 	c := config(t, "aws", nil)
-	b, err := Render(c, Endpoints{RedisURL: "redis://redis:6379/0"})
+	b, err := Render(c, Endpoints{RedisURL: "redis://redis:6379/0", Drain: Drain{Delay: 35 * time.Second, Timeout: time.Minute}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "aws-host.yaml", b)
+	if !strings.Contains(string(b), "shutdown_delay: 35s\nshutdown_timeout: 1m\n") {
+		t.Errorf("the drain is not in the rendered config:\n%s", b)
+	}
 	g := decode(t, b)
 
 	if g.Listen != ":8000" {

@@ -8,6 +8,7 @@ package loadbalancer
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/lb"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/route53"
@@ -16,6 +17,17 @@ import (
 
 // HealthPath is the gateway endpoint the target group checks.
 const HealthPath = "/ready"
+
+// The target group's health check: a target failing it UnhealthyThreshold
+// times, HealthCheckInterval apart, gets no new requests.
+const (
+	HealthCheckInterval = 10 * time.Second
+	UnhealthyThreshold  = 3
+)
+
+// DrainDelay is how long a gateway must go on serving with /ready failing
+// before it stops listening, so that the load balancer has taken it out.
+const DrainDelay = HealthCheckInterval*UnhealthyThreshold + 5*time.Second
 
 // Args configures a Balancer.
 type Args struct {
@@ -110,10 +122,10 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			Port:               pulumi.String("traffic-port"),
 			Protocol:           pulumi.String("HTTP"),
 			Matcher:            pulumi.String("200"),
-			Interval:           pulumi.Int(10),
+			Interval:           pulumi.Int(int(HealthCheckInterval / time.Second)),
 			Timeout:            pulumi.Int(5),
 			HealthyThreshold:   pulumi.Int(2),
-			UnhealthyThreshold: pulumi.Int(3),
+			UnhealthyThreshold: pulumi.Int(UnhealthyThreshold),
 		},
 		Tags: tags,
 	}, parent)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ec2"
 	"github.com/pulumi/pulumi-docker/sdk/v4/go/docker"
@@ -209,6 +210,7 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 			RedisMaxMemory:  hostRedisMaxMemory,
 			PrometheusImage: cfg.PrometheusImage,
 			PrometheusFiles: promFiles,
+			StopGrace:       drain(cfg).Grace(),
 			// A replaced instance (new AMI, user data or key) is a bare
 			// host behind the same provider: this makes every Docker
 			// resource on it differ, so all of them are created again there.
@@ -316,9 +318,24 @@ func deployLocal(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Out
 // known (the managed Redis's endpoint only exists after it is created).
 func renderGatewayConfig(cfg *stackconfig.Config, redisURL pulumi.StringOutput, simulatorURL string) pulumi.StringOutput {
 	return redisURL.ApplyT(func(url string) (string, error) {
-		b, err := gatewayconfig.Render(cfg, gatewayconfig.Endpoints{RedisURL: url, SimulatorURL: simulatorURL})
+		b, err := gatewayconfig.Render(cfg, gatewayconfig.Endpoints{RedisURL: url, SimulatorURL: simulatorURL, Drain: drain(cfg)})
 		return string(b), err
 	}).(pulumi.StringOutput)
+}
+
+// drainTimeout is how long a replaced gateway waits for its requests in
+// flight: most completions, though not the longest streams (upstream
+// timeouts go to minutes), which the client's retry must cover.
+const drainTimeout = 60 * time.Second
+
+// drain is how a stack's gateways stop: behind the load balancer they
+// first wait for it to take them out (their /ready fails meanwhile).
+func drain(cfg *stackconfig.Config) gatewayconfig.Drain {
+	d := gatewayconfig.Drain{Timeout: drainTimeout}
+	if cfg.LoadBalancer {
+		d.Delay = loadbalancer.DrainDelay
+	}
+	return d
 }
 
 // gatewayEnv is the gateway container's environment: the values the
