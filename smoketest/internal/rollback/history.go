@@ -112,6 +112,26 @@ const ReuseImageKey = "relaygate:reuseImage"
 
 const imageTagKey = "relaygate:imageTag"
 
+// accessKeys are the operator's own settings, not the deployment's: the
+// network that may reach the hosts and the key that logs in. Whoever ran
+// the update being restored (a colleague on a laptop) may have had others,
+// and restoring theirs would lock out whoever rolls back (CI on its runner)
+// and, for a different key, replace every host. A rollback keeps them as
+// they are, and they do not make two configurations differ.
+var accessKeys = []string{"relaygate:operatorCidr", "relaygate:sshPublicKey"}
+
+// keepAccess makes cfg hold the access settings current has (or lack them
+// where current does).
+func keepAccess(cfg, current map[string]ConfigValue) {
+	for _, k := range accessKeys {
+		if v, ok := current[k]; ok {
+			cfg[k] = v
+		} else {
+			delete(cfg, k)
+		}
+	}
+}
+
 // restored is the configuration a rollback writes: the target's, with
 // reuseImage on whatever the target had, since the target itself was most
 // likely a deploy that built its image.
@@ -138,6 +158,9 @@ func sameConfig(a, b map[string]ConfigValue) bool {
 		keys[k] = true
 	}
 	delete(keys, ReuseImageKey)
+	for _, k := range accessKeys {
+		delete(keys, k)
+	}
 	for k := range keys {
 		va, inA := a[k]
 		vb, inB := b[k]

@@ -73,6 +73,7 @@ func run(ctx context.Context, s Stack, after int, out io.Writer) (*Plan, error) 
 	if err != nil {
 		return nil, fmt.Errorf("read the configuration of stack %s: %w", s.Name(), err)
 	}
+	keepAccess(plan.Config, current)
 	fmt.Fprint(out, plan.Describe(current))
 
 	var remove []string

@@ -286,3 +286,30 @@ func TestRunRefusesACodeOnlyDeploy(t *testing.T) {
 		t.Errorf("a refused rollback changed config %d times and ran up %d times", s.setCalls, len(s.upMsgs))
 	}
 }
+
+// TestRunKeepsTheOperatorsAccess: the update restored was run by someone
+// else (a laptop's /32, another SSH key). Restoring their access would lock
+// out whoever rolls back and, for the key, replace every host: the current
+// values stay.
+func TestRunKeepsTheOperatorsAccess(t *testing.T) {
+	str := func(v string) *string { return &v }
+	h := loadHistory(t, "failed-last.json")
+	h[1].Config["relaygate:operatorCidr"] = ConfigValue{Value: str("198.51.100.7/32")} // v6, from a laptop
+	h[1].Config["relaygate:sshPublicKey"] = ConfigValue{Value: str("ssh-ed25519 AAAAlaptop")}
+	now := copyConfig(h[0].Config)
+	now["relaygate:operatorCidr"] = ConfigValue{Value: str("203.0.113.0/28")} // CI's runners
+	s := &recordedStack{history: h, config: now}
+	var out bytes.Buffer
+	if _, err := Run(t.Context(), s, &out); err != nil {
+		t.Fatal(err)
+	}
+	if v := s.set["relaygate:operatorCidr"].Value; v == nil || *v != "203.0.113.0/28" {
+		t.Errorf("operatorCidr written as %v, want the current 203.0.113.0/28", v)
+	}
+	if _, ok := s.set["relaygate:sshPublicKey"]; ok {
+		t.Error("wrote update 6's sshPublicKey; the stack has none set now")
+	}
+	if slices.Contains(s.removed, "relaygate:operatorCidr") || strings.Contains(out.String(), "operatorCidr") {
+		t.Errorf("the rollback touched operatorCidr: removed %v\n%s", s.removed, out.String())
+	}
+}
