@@ -16,9 +16,11 @@
 # configuration in the stack history names its image and a rollback restores
 # it. The registry's tags are immutable, so each build needs a tag of its
 # own: unset, it is the short commit, plus -dirty-<hash of the uncommitted
-# changes> when the tree has any (CI sets the commit and the run attempt). A
-# deploy always builds: it sets reuseImage to false, which a rollback leaves
-# on (the rollback deploys the old image from the registry). SMOKE_REPORT,
+# changes> when the tree has any, plus the time (CI sets the commit, the run
+# and its attempt). A deploy always builds: it sets reuseImage to false,
+# which a rollback leaves on (the rollback deploys the old image from the
+# registry). The time keeps a second deploy of one commit, after a rollback
+# dropped the image from the stack, from pushing a tag the registry has. SMOKE_REPORT,
 # when set, is where the smoke test's JSON report goes; SMOKE_WAIT_READY
 # (default 2m) is how long the smoke test first waits for the gateway's
 # /ready, since behind a load balancer replaced containers take traffic only
@@ -110,7 +112,7 @@ if [[ -z "$stack" ]]; then
 	exit 2
 fi
 need_pulumi
-IMAGE_TAG="${IMAGE_TAG:-$(image_tag)}"
+IMAGE_TAG="${IMAGE_TAG:-$(image_tag)-$(date -u +%Y%m%d%H%M%S)}"
 
 # Built before anything changes, so a compile error never strands a
 # half-deployed stack without its rollback.
