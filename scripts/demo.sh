@@ -30,6 +30,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Installed first: on a machine run by systemd, the packages' own services
+# would otherwise hold the ports checked below (install-tools stops them).
+bash scripts/install-tools.sh demo
+
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$GATEWAY_PORT" "$SIM_PORT" "$REDIS_PORT" "$PROM_PORT"; do
 	if port_busy "$p"; then
@@ -48,7 +52,6 @@ wait_http() {
 	exit 1
 }
 
-bash scripts/install-tools.sh demo
 go build -o bin/smoketest ./smoketest/cmd/smoketest
 rm -rf "$DEMO_DIR" && mkdir -p "$DEMO_DIR/redis" "$DEMO_DIR/prometheus"
 

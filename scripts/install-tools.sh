@@ -30,6 +30,21 @@ if ((${#need_pkgs[@]})); then
 	echo "install-tools: apt-get install ${need_pkgs[*]}" >&2
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+	# On a machine run by systemd the packages start their own services
+	# (Prometheus on :9090, Redis on :6379), which would take the ports
+	# the demo and the tests start their own servers on. Only the services
+	# of packages installed just now are stopped, and kept from starting
+	# at boot.
+	if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+		for svc in "${need_pkgs[@]}"; do
+			case "$svc" in
+			prometheus | redis-server) ;;
+			nginx-light) svc=nginx ;;
+			*) continue ;;
+			esac
+			$sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
+		done
+	fi
 fi
 
 if [[ "$mode" != test ]]; then
