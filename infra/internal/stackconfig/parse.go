@@ -48,7 +48,8 @@ var (
 	unixUserRE    = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
 	nodeTypeRE    = regexp.MustCompile(`^cache\.[a-z0-9]+\.[a-z0-9]+$`)
 	acmARNRE      = regexp.MustCompile(`^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[A-Za-z0-9-]+$`)
-	sshKeyTypesRE = regexp.MustCompile(`^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) [A-Za-z0-9+/=]+( .*)?$`)
+	// EC2 imports RSA and ED25519 public keys only.
+	sshKeyTypesRE = regexp.MustCompile(`^(ssh-ed25519|ssh-rsa) [A-Za-z0-9+/=]+( .*)?$`)
 	// domainNameRE is a fully qualified host name of two labels or more,
 	// lower case, without a trailing dot or a wildcard.
 	domainNameRE = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$`)
@@ -114,8 +115,13 @@ func Parse(src Source, stack string) (*Config, error) {
 		}
 		p.validateHosts(c)
 		c.VPCCIDR = p.cidr("vpcCidr", vpc)
-		if c.VPCCIDR.IsValid() && (c.VPCCIDR.Bits() < 16 || c.VPCCIDR.Bits() > 24) {
+		switch {
+		case !c.VPCCIDR.IsValid():
+		case c.VPCCIDR.Bits() < 16 || c.VPCCIDR.Bits() > 24:
 			p.fail("vpcCidr", "%s: use a /16 to /24 network so that every subnet fits", c.VPCCIDR)
+		case c.LoadBalancer && c.VPCCIDR.Bits() > 23:
+			// 16 subnets of a /24 are /28s; a load balancer needs /27s.
+			p.fail("vpcCidr", "%s: with loadBalancer use a /16 to /23 network: an Application Load Balancer needs subnets of /27 or larger", c.VPCCIDR)
 		}
 		for i, s := range allowed {
 			if pfx := p.cidr(fmt.Sprintf("allowedCidrs[%d]", i), s); pfx.IsValid() {
@@ -247,7 +253,7 @@ func (p *parser) validateHosts(c *Config) {
 		// Do not echo it: it is a private key in a plain-text file.
 		p.fail("sshPublicKey", "holds a private key; remove it from the stack file, rotate that key, and set the .pub file's content")
 	case !sshKeyTypesRE.MatchString(c.SSHPublicKey):
-		p.fail("sshPublicKey", "is not an OpenSSH public key line (ssh-ed25519 AAAA... comment)")
+		p.fail("sshPublicKey", "is not an OpenSSH ssh-ed25519 or ssh-rsa public key line (ssh-ed25519 AAAA... comment), the types EC2 imports")
 	}
 	if !imageRefRE.MatchString(c.CUDATestImage) {
 		p.fail("cudaTestImage", "%q is not an image reference such as nvidia/cuda:12.4.1-base-ubuntu22.04", c.CUDATestImage)
