@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 
 	"github.com/relaygate/relaygate/service/internal/cache"
@@ -90,10 +91,32 @@ func (a *App) Handler() http.Handler { return a.Gateway }
 // GPU settings are fixed at start; a change to them is logged as needing a
 // restart rather than half-applied.
 func (a *App) Reload(cfg *config.Config) {
-	if cfg.Cache != a.cfg.Cache || cfg.RateLimit != a.cfg.RateLimit || cfg.GPU != a.cfg.GPU {
-		a.log.Warn("config reload: cache, rate_limit and gpu settings take effect only after a restart")
+	// What was bound or built at start keeps its running value, so that
+	// the gateway's view agrees with what runs: a new admin.listen would
+	// otherwise take /metrics off the main listener with no admin
+	// listener started, and a new rate_limit would be half applied.
+	var restart []string
+	keep := func(name string, changed bool, carry func()) {
+		if changed {
+			restart = append(restart, name)
+			carry()
+		}
+	}
+	old := a.cfg
+	keep("listen", cfg.Listen != old.Listen, func() { cfg.Listen = old.Listen })
+	keep("admin.listen", cfg.Admin.Listen != old.Admin.Listen, func() { cfg.Admin.Listen = old.Admin.Listen })
+	keep("shutdown_delay", cfg.ShutdownDelay != old.ShutdownDelay, func() { cfg.ShutdownDelay = old.ShutdownDelay })
+	keep("shutdown_timeout", cfg.ShutdownTimeout != old.ShutdownTimeout, func() { cfg.ShutdownTimeout = old.ShutdownTimeout })
+	keep("log.level", cfg.Log.Level != old.Log.Level, func() { cfg.Log.Level = old.Log.Level })
+	keep("cache", cfg.Cache != old.Cache, func() { cfg.Cache = old.Cache })
+	keep("rate_limit", cfg.RateLimit != old.RateLimit, func() { cfg.RateLimit = old.RateLimit })
+	keep("gpu", cfg.GPU != old.GPU, func() { cfg.GPU = old.GPU })
+	if len(restart) > 0 {
+		a.log.Warn("config reload: these settings take effect only after a restart; their running values are kept",
+			"settings", strings.Join(restart, ", "))
 	}
 	a.Gateway.Reload(cfg)
+	a.cfg = cfg
 }
 
 // Close stops the GPU monitor and closes the Redis clients.

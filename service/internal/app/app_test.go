@@ -321,3 +321,28 @@ func TestPrometheusScrapesTheGateway(t *testing.T) {
 		t.Errorf("Prometheus read %v, want one series at 3", v)
 	}
 }
+
+// TestReloadKeepsWhatNeedsARestart: listeners are bound at start. A reload
+// that moves admin.listen must not take /metrics off the main listener
+// while no admin listener runs: the running value is kept until a restart.
+func TestReloadKeepsWhatNeedsARestart(t *testing.T) {
+	redis := testenv.StartRedis(t)
+	s := newStack(t, redis.URL, "", nil)
+	metricsCode := func() int {
+		resp, err := http.Get(s.gw.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := metricsCode(); code != 200 {
+		t.Fatalf("/metrics = %d before the reload", code)
+	}
+	cfg := *s.app.cfg
+	cfg.Admin.Listen = "127.0.0.1:19999"
+	s.app.Reload(&cfg)
+	if code := metricsCode(); code != 200 {
+		t.Errorf("/metrics = %d after a reload that set admin.listen; no admin listener runs until a restart", code)
+	}
+}
