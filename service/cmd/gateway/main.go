@@ -112,7 +112,7 @@ func run(configPath string, sigs <-chan os.Signal, started func(net.Addr)) error
 				// The admin listener goes last, so /metrics covers the drain.
 				defer admin.Close()
 			}
-			return shutdown(log, gw, srv, cfg.ShutdownDelay.D(), cfg.ShutdownTimeout.D(), sig)
+			return shutdown(log, gw, srv, cfg.ShutdownDelay.D(), cfg.ShutdownTimeout.D(), sig, sigs)
 		}
 	}
 }
@@ -127,20 +127,48 @@ func reload(log *slog.Logger, a *app.App, path string) {
 	log.Info("config reloaded", "config", path, "models", len(cfg.Models), "upstreams", len(cfg.Upstreams))
 }
 
-func shutdown(log *slog.Logger, gw *gateway.Server, srv *http.Server, delay, timeout time.Duration, sig os.Signal) error {
+// shutdown drains the gateway after sig. A second SIGTERM or SIGINT on
+// sigs ends the wait at once and cuts what is still running: an operator
+// pressing Ctrl-C again means it.
+func shutdown(log *slog.Logger, gw *gateway.Server, srv *http.Server, delay, timeout time.Duration, sig os.Signal, sigs <-chan os.Signal) error {
 	log.Info("shutting down: finishing requests in flight", "signal", sig.String(), "delay", delay.String(), "deadline", timeout.String())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				if s == syscall.SIGHUP {
+					continue // no reload while draining
+				}
+				log.Warn("second signal: cutting the requests still in flight", "signal", s.String())
+				cancel()
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	gw.Drain()
 	if delay > 0 {
 		// Still serving, with /ready failing and Connection: close on
 		// every answer, while load balancers notice.
-		time.Sleep(delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
+	sctx, scancel := context.WithTimeout(ctx, timeout)
+	defer scancel()
+	if err := srv.Shutdown(sctx); err != nil {
 		_ = srv.Close()
-		if errors.Is(err, context.DeadlineExceeded) {
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
 			return fmt.Errorf("shutdown: requests still running after %s were cut", timeout)
+		case errors.Is(err, context.Canceled):
+			return errors.New("shutdown: a second signal cut the requests still running")
 		}
 		return fmt.Errorf("shutdown: %w", err)
 	}

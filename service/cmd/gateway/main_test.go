@@ -159,3 +159,39 @@ func TestBrokenConfigFailsAtStart(t *testing.T) {
 		t.Fatalf("err = %v, want line 3 and the unknown key", err)
 	}
 }
+
+// TestSecondSignalCutsTheDrain: while the gateway waits for a stream in
+// flight, a second SIGTERM (Ctrl-C pressed again) ends the wait at once.
+func TestSecondSignalCutsTheDrain(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done() // never ends by itself
+	}))
+	defer up.Close()
+	cfgPath := filepath.Join(t.TempDir(), "gateway.yaml")
+	writeConfig(t, cfgPath, up.URL, "m") // shutdown_timeout: 30s
+	addr, sigs, done := startGateway(t, cfgPath)
+
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}`))
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if line, _ := bufio.NewReader(resp.Body).ReadString('\n'); !strings.HasPrefix(line, "data: ") {
+		t.Fatalf("first line %q", line)
+	}
+	sigs <- syscall.SIGTERM
+	sigs <- syscall.SIGTERM // the channel holds one: this one waits for the drain to take it
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "second signal") {
+			t.Errorf("exit error %v, want the second signal named", err)
+		}
+	case <-time.After(20 * time.Second): // below the 30s shutdown_timeout
+		t.Fatal("the gateway went on waiting for its stream after a second signal")
+	}
+}
