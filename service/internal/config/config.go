@@ -180,7 +180,10 @@ func (c *Config) applyDefaults() {
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		setDur(&u.Timeout, DefaultTimeout)
-		setDur(&u.ConnectTimeout, DefaultConnectTimeout)
+		// A default never contradicts what the file says: with only
+		// `timeout: 5s`, connecting may take those 5s, not a 10s default
+		// the loader would then refuse as longer than the timeout.
+		setDur(&u.ConnectTimeout, min(DefaultConnectTimeout, u.Timeout.D()))
 		if u.MaxIdleConns == 0 {
 			u.MaxIdleConns = DefaultMaxIdleConns
 		}
@@ -189,7 +192,7 @@ func (c *Config) applyDefaults() {
 		c.Retry.Attempts = DefaultAttempts
 	}
 	setDur(&c.Retry.BackoffMin, DefaultBackoffMin)
-	setDur(&c.Retry.BackoffMax, DefaultBackoffMax)
+	setDur(&c.Retry.BackoffMax, max(DefaultBackoffMax, c.Retry.BackoffMin.D()))
 	if c.CircuitBreaker.Failures == 0 {
 		c.CircuitBreaker.Failures = DefaultBreakerFailures
 	}

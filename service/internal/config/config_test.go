@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 func env(vars map[string]string) func(string) (string, bool) {
@@ -53,6 +54,22 @@ func TestParseAppliesDefaultsAndExpandsEnv(t *testing.T) {
 	}
 	if u.Disabled != "" || len(cfg.Warnings) != 0 {
 		t.Errorf("unexpected disabled/warnings: %q %q", u.Disabled, cfg.Warnings)
+	}
+}
+
+// TestDefaultsFitWhatTheFileSays: a default never contradicts a value
+// the file sets, so the loader never refuses a key the user did not write.
+func TestDefaultsFitWhatTheFileSays(t *testing.T) {
+	doc := strings.Replace(minimal, "    api_key:", "    timeout: 5s\n    api_key:", 1) + "retry: {backoff_min: 15s}\n"
+	cfg, err := Parse([]byte(doc), env(map[string]string{"RELAY_KEY": "k"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Upstreams[0].ConnectTimeout.D(); got != 5*time.Second {
+		t.Errorf("connect_timeout = %s, want the 5s timeout", got)
+	}
+	if got := cfg.Retry.BackoffMax.D(); got != 15*time.Second {
+		t.Errorf("backoff_max = %s, want backoff_min's 15s", got)
 	}
 }
 
