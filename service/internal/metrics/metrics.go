@@ -220,25 +220,57 @@ func (m *Metrics) model(name string) *modelSeries {
 // Prepare creates a model's series at zero for each upstream of its route,
 // so that Prometheus sees them before their first increment: increase()
 // cannot count what happened before a series' first scrape.
+// The failures are prepared too: the first 502 of an outage, or the first
+// fallback, would otherwise start its series, and reports and alerts
+// (increase, rate) would never count it.
 func (m *Metrics) Prepare(model string, upstreams []string) {
 	m.model(model)
+	for _, code := range []int{499, 502, 504} {
+		m.requestCounter(model, NoUpstream, code)
+	}
+	var real []string
 	for _, u := range upstreams {
-		k := requestKey{model, u, 200}
-		if _, ok := m.requestSeries.Load(k); !ok {
-			m.requestSeries.LoadOrStore(k, m.requests.WithLabelValues(model, u, "200"))
-		}
+		m.requestCounter(model, u, 200)
 		m.cost.WithLabelValues(model, u)
+		if u == CacheUpstream {
+			continue
+		}
+		m.requestCounter(model, u, 499)
+		for _, res := range []string{"success", "error", "timeout"} {
+			m.attemptCounter(u, res)
+		}
+		real = append(real, u)
+	}
+	// A fallback goes from an upstream to any later one (those between
+	// may be disabled or skipped).
+	for i, from := range real {
+		for _, to := range real[i+1:] {
+			m.fallbacks.WithLabelValues(from, to)
+		}
 	}
 }
 
-// Request counts one answered request and its total duration.
-func (m *Metrics) Request(model, upstream string, code int, seconds float64) {
+func (m *Metrics) requestCounter(model, upstream string, code int) prometheus.Counter {
 	k := requestKey{model, upstream, code}
 	c, ok := m.requestSeries.Load(k)
 	if !ok {
 		c, _ = m.requestSeries.LoadOrStore(k, m.requests.WithLabelValues(model, upstream, strconv.Itoa(code)))
 	}
-	c.(prometheus.Counter).Inc()
+	return c.(prometheus.Counter)
+}
+
+func (m *Metrics) attemptCounter(upstream, result string) prometheus.Counter {
+	k := attemptKey{upstream, result}
+	c, ok := m.upstreamSeries.Load(k)
+	if !ok {
+		c, _ = m.upstreamSeries.LoadOrStore(k, m.upstreamAttempts.WithLabelValues(upstream, result))
+	}
+	return c.(prometheus.Counter)
+}
+
+// Request counts one answered request and its total duration.
+func (m *Metrics) Request(model, upstream string, code int, seconds float64) {
+	m.requestCounter(model, upstream, code).Inc()
 	o, ok := m.durationSeries.Load(model)
 	if !ok {
 		o, _ = m.durationSeries.LoadOrStore(model, m.duration.WithLabelValues(model))
@@ -297,12 +329,7 @@ func (m *Metrics) Fallback(from, to string) { m.fallbacks.WithLabelValues(from, 
 
 // UpstreamAttempt counts one attempt at an upstream by its result.
 func (m *Metrics) UpstreamAttempt(upstream, result string) {
-	k := attemptKey{upstream, result}
-	c, ok := m.upstreamSeries.Load(k)
-	if !ok {
-		c, _ = m.upstreamSeries.LoadOrStore(k, m.upstreamAttempts.WithLabelValues(upstream, result))
-	}
-	c.(prometheus.Counter).Inc()
+	m.attemptCounter(upstream, result).Inc()
 }
 
 // UpstreamUp sets whether an upstream takes traffic.

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
@@ -139,3 +140,43 @@ func counterSum(t *testing.T, m *Metrics, name string) float64 {
 }
 
 func near(a, b float64) bool { return a-b < 1e-12 && b-a < 1e-12 }
+
+// TestPrepareCreatesFailureSeries: increase() and rate() cannot count what
+// happened before a series' first scrape, so the first 502 of an outage, or
+// the first fallback, must land in a series that already exists at zero.
+func TestPrepareCreatesFailureSeries(t *testing.T) {
+	m := New()
+	m.Prepare("m", []string{"relay", "official", CacheUpstream})
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, mf := range mfs {
+		for _, metric := range mf.GetMetric() {
+			var labels []string
+			for _, lp := range metric.GetLabel() {
+				labels = append(labels, lp.GetName()+"="+lp.GetValue())
+			}
+			have[mf.GetName()+"{"+strings.Join(labels, ",")+"}"] = true
+		}
+	}
+	for _, want := range []string{
+		"relaygate_requests_total{code=502,model=m,upstream=none}",
+		"relaygate_requests_total{code=504,model=m,upstream=none}",
+		"relaygate_requests_total{code=499,model=m,upstream=relay}",
+		"relaygate_requests_total{code=200,model=m,upstream=cache}",
+		"relaygate_upstream_requests_total{result=error,upstream=relay}",
+		"relaygate_upstream_requests_total{result=timeout,upstream=official}",
+		"relaygate_fallbacks_total{from=relay,to=official}",
+	} {
+		if !have[want] {
+			t.Errorf("no series %s before any request", want)
+		}
+	}
+	for s := range have {
+		if strings.Contains(s, "upstream_requests_total") && strings.Contains(s, "upstream=cache") || strings.Contains(s, "fallbacks_total") && strings.Contains(s, "cache") {
+			t.Errorf("series %s: the cache is no upstream to attempt or fall back to", s)
+		}
+	}
+}
