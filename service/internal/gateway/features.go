@@ -110,13 +110,17 @@ func (x *exchange) fromCache(body []byte, req *request) bool {
 		h.Set("Cache-Control", "no-cache")
 		x.w.WriteHeader(http.StatusOK)
 		x.ttft = time.Since(x.start)
-		_, _ = x.w.Write(replay)
+		if x.writeAll(replay) != nil {
+			x.status, x.errMsg = 499, "client went away"
+		}
 		return true
 	}
 	h.Set("Content-Type", e.ContentType)
 	h.Set("Content-Length", strconv.Itoa(len(e.Body)))
 	x.w.WriteHeader(http.StatusOK)
-	_, _ = x.w.Write(e.Body)
+	if x.writeAll(e.Body) != nil {
+		x.status, x.errMsg = 499, "client went away"
+	}
 	return true
 }
 

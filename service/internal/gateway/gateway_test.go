@@ -6,9 +6,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -1135,4 +1137,47 @@ func TestClientLeavingAfterTheAnswerIsStillCharged(t *testing.T) {
 	if got := metricValue(t, m, "relaygate_cost_usd_total", map[string]string{"model": "m", "upstream": "a"}); math.Abs(got-0.002) > 1e-12 {
 		t.Errorf("cost %v, want 0.002", got)
 	}
+}
+
+// TestClientThatStopsReading: a client that takes no more bytes (its
+// receive window shut, or gone without closing) must not hold the handler
+// and the upstream stream for ever: after stream_idle_timeout without
+// progress the gateway gives up on it and cancels the upstream request.
+func TestClientThatStopsReading(t *testing.T) {
+	cancelled := make(chan struct{})
+	up := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		event := []byte("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"" + strings.Repeat("x", 32<<10) + "\"}}]}\n\n")
+		for {
+			if _, err := w.Write(event); err != nil {
+				break
+			}
+			w.(http.Flusher).Flush()
+			if r.Context().Err() != nil {
+				break
+			}
+		}
+		<-r.Context().Done()
+		close(cancelled)
+	})
+	gw, _, m := newGateway(t, gwOpts{attempts: 1, idle: "300ms"}, up)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(gw.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", testClientKey, len(body), body)
+	// … and never reads a byte.
+	select {
+	case <-cancelled:
+	case <-time.After(60 * time.Second): // a failure guard, far above the 300ms
+		t.Fatal("the upstream request was never cancelled: the handler waits on a client that reads nothing")
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if metricValue(t, m, "relaygate_inflight_requests", nil) == 0 {
+			return
+		}
+	}
+	t.Errorf("relaygate_inflight_requests = %v after the client was given up", metricValue(t, m, "relaygate_inflight_requests", nil))
 }

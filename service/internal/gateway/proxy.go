@@ -399,7 +399,7 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 	x.w.WriteHeader(resp.StatusCode)
 	x.status, x.upstream, x.committed = resp.StatusCode, u.Name, true
 	x.answered = resp.StatusCode < 300
-	if _, err := x.w.Write(data); err != nil {
+	if err := x.writeAll(data); err != nil {
 		x.clientGone = true
 		return route.Attempt{}
 	}
@@ -407,6 +407,36 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 		x.store(data, ct, u.Name)
 	}
 	return route.Attempt{}
+}
+
+// clientWriteChunk is how much of an answer one write deadline covers.
+const clientWriteChunk = 64 << 10
+
+// writeAll writes a whole answer to the client, giving it
+// stream_idle_timeout to take each piece of it. A client that stops reading,
+// or vanished without closing its connection, would otherwise hold the
+// handler, its buffers and a count in relaygate_inflight_requests until the
+// kernel gives up on it: minutes, or never for a client that keeps its
+// receive window shut.
+func (x *exchange) writeAll(b []byte) error {
+	rc := http.NewResponseController(x.w)
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+	idle := x.st.cfg.StreamIdleTimeout.D()
+	for len(b) > 0 {
+		n := min(len(b), clientWriteChunk)
+		_ = rc.SetWriteDeadline(time.Now().Add(idle))
+		if _, err := x.w.Write(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	// What the response buffers still hold goes out under the deadline
+	// too, not after the handler returns with none.
+	_ = rc.SetWriteDeadline(time.Now().Add(idle))
+	if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return err
+	}
+	return nil
 }
 
 // replayAsStream answers a stream request that the upstream answered with
@@ -427,7 +457,7 @@ func (x *exchange) replayAsStream(u *route.Upstream, resp *http.Response, data [
 	x.w.WriteHeader(http.StatusOK)
 	x.status, x.upstream, x.committed, x.answered = http.StatusOK, u.Name, true, true
 	x.ttft = time.Since(x.start)
-	if _, err := x.w.Write(events); err != nil {
+	if err := x.writeAll(events); err != nil {
 		x.clientGone = true
 		return route.Attempt{}
 	}

@@ -63,6 +63,10 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 	defer timer.Stop()
 	rc := http.NewResponseController(x.w)
 	defer func() { x.s.metrics.UpstreamDuration(u.Name, time.Since(t0).Seconds()) }()
+	// Each write to the client gets the same idle time (see writeAll);
+	// the deadline is cleared before the handler returns, or the rest of
+	// the response would be refused by an expired one.
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 
 	x.upstreamWait += time.Since(t0) // waiting for the headers
 	filled, committed := 0, false
@@ -85,6 +89,7 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 				x.commitStream(u, resp)
 				committed = true
 			}
+			_ = rc.SetWriteDeadline(time.Now().Add(idle))
 			werr := x.writeEvents(buf[:end], usageAdded)
 			done := hasDone(buf[:end])
 			filled = copy(buf, buf[end:filled])
