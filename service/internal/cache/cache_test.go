@@ -377,3 +377,42 @@ func TestNew(t *testing.T) {
 		})
 	}
 }
+
+// TestFullRedisStillServesHits: a Redis at its maxmemory under noeviction
+// refuses writes (OOM) but answers reads. Its refusals must not switch the
+// cache off: what it holds is still served, and the log says so once.
+func TestFullRedisStillServesHits(t *testing.T) {
+	srv := testenv.StartRedis(t)
+	c, logs := newTestCache(t, srv.URL, time.Hour, time.Second)
+	ctx := testContext(t)
+	key := KeyPrefix + "kept"
+	if err := c.Set(ctx, key, Entry{Body: []byte("x")}); err != nil {
+		t.Fatalf("Set: %v", err)
+	}
+	opt, err := redis.ParseURL(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if err := c.Set(ctx, fmt.Sprintf("%sfull-%d", KeyPrefix, i), Entry{Body: []byte("y")}); err == nil || !strings.Contains(err.Error(), "OOM") {
+			t.Fatalf("Set into a full Redis: %v, want its OOM refusal", err)
+		}
+		if _, res, err := c.Get(ctx, key); res != ResultHit {
+			t.Fatalf("Get after refusal %d: %s, %v; a full Redis still serves what it holds", i, res, err)
+		}
+	}
+	if n := strings.Count(logs.String(), "redis refused a command"); n != 1 {
+		t.Errorf("%d refusal lines logged for 5 refusals, want 1:\n%s", n, logs.String())
+	}
+	if strings.Contains(logs.String(), "unavailable") {
+		t.Errorf("a full Redis was logged as unavailable:\n%s", logs.String())
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // ErrSkipped is returned, wrapped with the last failure, for calls the Guard
@@ -72,6 +74,8 @@ type Guard struct {
 	lastLog   time.Time // when the last outage line was written
 	unlogged  int       // failures since that line
 	downSince time.Time
+	// lastRefusal is when the last error reply of Redis's own was logged.
+	lastRefusal time.Time
 }
 
 // New returns a Guard that starts closed.
@@ -126,6 +130,7 @@ func (g *Guard) Do(ctx context.Context, call func(ctx context.Context) error) er
 	timedOut := callCtx.Err() != nil
 	cancel()
 
+	var reply redis.Error
 	switch {
 	case err == nil:
 		g.succeeded()
@@ -133,6 +138,15 @@ func (g *Guard) Do(ctx context.Context, call func(ctx context.Context) error) er
 	case ctx.Err() != nil:
 		// The caller gave up (client went away, shutdown); Redis may be fine.
 		g.abandoned(probe)
+		return err
+	case !timedOut && errors.As(err, &reply):
+		// Redis answered, with an error of its own: OOM when it is full
+		// under noeviction, READONLY on a replica. It is up, and reads
+		// still work, so the Guard stays closed (opening it would stop
+		// every cache read to spare failing writes); the refusal is
+		// logged once per interval.
+		g.succeeded()
+		g.refused(err)
 		return err
 	}
 	if timedOut {
@@ -181,6 +195,17 @@ func (g *Guard) succeeded() {
 	g.unlogged = 0
 	// Log the next outage at once, however soon it comes.
 	g.lastLog = time.Time{}
+}
+
+func (g *Guard) refused(err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.now()
+	if !g.lastRefusal.IsZero() && now.Sub(g.lastRefusal) < g.logInterval {
+		return
+	}
+	g.lastRefusal = now
+	g.logger.Warn("redis refused a command", "component", g.name, "err", err.Error())
 }
 
 func (g *Guard) abandoned(probe bool) {
