@@ -44,10 +44,10 @@ var (
 	imageTagRE     = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 	// imageRefRE is deliberately narrow: cudaTestImage is written into the
 	// host's user data, so it must not be able to carry shell syntax.
-	imageRefRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/:@-]*$`)
-	unixUserRE    = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
-	nodeTypeRE    = regexp.MustCompile(`^cache\.[a-z0-9]+\.[a-z0-9]+$`)
-	acmARNRE      = regexp.MustCompile(`^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[A-Za-z0-9-]+$`)
+	imageRefRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/:@-]*$`)
+	unixUserRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	nodeTypeRE = regexp.MustCompile(`^cache\.[a-z0-9]+\.[a-z0-9]+$`)
+	acmARNRE   = regexp.MustCompile(`^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[A-Za-z0-9-]+$`)
 	// EC2 imports RSA and ED25519 public keys only.
 	sshKeyTypesRE = regexp.MustCompile(`^(ssh-ed25519|ssh-rsa) [A-Za-z0-9+/=]+( .*)?$`)
 	// domainNameRE is a fully qualified host name of two labels or more,
