@@ -228,3 +228,17 @@ func metricValue(t *testing.T, m *metrics.Metrics, name string, labels map[strin
 	t.Helper()
 	return testenv.MetricValue(t, m.Registry, name, labels)
 }
+
+// waitMetric waits for a series to reach want: a request's metrics are
+// recorded as its handler ends, which can be just after the client has read
+// the whole answer. The deadline is a failure guard, not a latency bound.
+func waitMetric(t *testing.T, m *metrics.Metrics, name string, labels map[string]string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for metricValue(t, m, name, labels) != want && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := metricValue(t, m, name, labels); got != want {
+		t.Errorf("%s%v = %v, want %v", name, labels, got, want)
+	}
+}
