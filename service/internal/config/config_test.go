@@ -160,6 +160,10 @@ func TestBrokenConfigs(t *testing.T) {
 		{"unknown nested key", strings.Replace(minimal, "    api_key:", "    timout: 5s\n    api_key:", 1), nil, []string{"line 5", "upstreams[0]", `unknown key "timout"`}},
 		{"duration without unit", strings.Replace(minimal, "    api_key:", "    timeout: 30\n    api_key:", 1), nil, []string{"line 5", "not a duration"}},
 		{"wrong type", minimal + "retry: {attempts: many}\n", nil, []string{"line 10", "attempts"}},
+		// Several keys on one line: the one named is the one whose value
+		// the message quotes, not the line's last.
+		{"wrong type in a flow mapping", minimal + "rate_limit: {rpm: many, tpm: 5}\n", nil, []string{"line 10: rate_limit.rpm: cannot unmarshal"}},
+		{"bad duration in a flow mapping", minimal + "retry: {attempts: 3, backoff_min: 200, backoff_max: 10s}\n", nil, []string{"line 10: retry.backoff_min: \"200\" is not a duration"}},
 		{"route to an unknown upstream", strings.Replace(minimal, "route: [relay]", "route: [relay, openai]", 1), nil, []string{"line 8", "models[0].route[1]", `"openai" is not defined`}},
 		{"missing base_url", strings.Replace(minimal, "    base_url: https://relay.example/v1\n", "", 1), nil, []string{"upstreams[0].base_url", "is required"}},
 		{"base_url not http", strings.Replace(minimal, "https://relay.example/v1", "ftp://relay.example", 1), nil, []string{"line 4", "not an absolute http(s) URL"}},

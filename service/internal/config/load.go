@@ -187,30 +187,56 @@ var (
 	quotedValue = regexp.MustCompile("`[^`]*`")
 )
 
+// keyAt is a value's key path, found by its line.
+type keyAt struct {
+	path  string
+	value *yaml.Node
+}
+
 // withKeys rewrites a decoding error so each "line N:" also names the key
-// at that line: yaml's own messages give only the line.
+// at that line: yaml's own messages give only the line. A line of a flow
+// mapping (`retry: {attempts: 3, backoff_min: 200}`) holds several keys:
+// the one meant is the one whose value the message quotes.
 func (l *loader) withKeys(err error) error {
-	paths := map[int]string{}
+	keys := map[int][]keyAt{}
 	var walk func(n *yaml.Node, path string)
 	walk = func(n *yaml.Node, path string) {
 		switch n.Kind {
 		case yaml.MappingNode:
 			for i := 0; i+1 < len(n.Content); i += 2 {
 				p := joinPath(path, n.Content[i].Value)
-				paths[n.Content[i+1].Line] = p
-				walk(n.Content[i+1], p)
+				v := n.Content[i+1]
+				keys[v.Line] = append(keys[v.Line], keyAt{p, v})
+				walk(v, p)
 			}
 		case yaml.SequenceNode:
 			for i, c := range n.Content {
 				p := fmt.Sprintf("%s[%d]", path, i)
-				if _, ok := paths[c.Line]; !ok || c.Kind == yaml.ScalarNode {
-					paths[c.Line] = p
+				if len(keys[c.Line]) == 0 || c.Kind == yaml.ScalarNode {
+					keys[c.Line] = append(keys[c.Line], keyAt{p, c})
 				}
 				walk(c, p)
 			}
 		}
 	}
 	walk(l.root, "")
+	pathAt := func(line int, msg string) (string, bool) {
+		cands := keys[line]
+		if len(cands) == 0 {
+			return "", false
+		}
+		var quoted []string
+		for _, k := range cands {
+			if k.value.Kind == yaml.ScalarNode &&
+				(strings.Contains(msg, "`"+k.value.Value+"`") || strings.Contains(msg, strconv.Quote(k.value.Value))) {
+				quoted = append(quoted, k.path)
+			}
+		}
+		if len(quoted) > 0 {
+			return strings.Join(quoted, " or "), true
+		}
+		return cands[len(cands)-1].path, true
+	}
 	lines := strings.Split(strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:\n"), "\n")
 	for i, line := range lines {
 		m := lineRef.FindStringSubmatchIndex(line)
@@ -227,7 +253,7 @@ func (l *loader) withKeys(err error) error {
 			// environment and may well be a secret.
 			rest = quotedValue.ReplaceAllLiteralString(rest, "(the value of its ${VAR})")
 		}
-		if p, ok := paths[n]; ok {
+		if p, ok := pathAt(n, rest); ok {
 			rest = p + ": " + rest
 		}
 		lines[i] = line[:m[1]] + rest
