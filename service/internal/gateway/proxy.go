@@ -417,26 +417,31 @@ const clientWriteChunk = 64 << 10
 // or vanished without closing its connection, would otherwise hold the
 // handler, its buffers and a count in relaygate_inflight_requests until the
 // kernel gives up on it: minutes, or never for a client that keeps its
-// receive window shut.
+// receive window shut. The last deadline stays set for what net/http
+// writes after the handler returns (ServeHTTP clears it for the next
+// request on the connection); nothing is flushed here, so the answer's
+// last bytes still leave after the request has been counted.
 func (x *exchange) writeAll(b []byte) error {
-	rc := http.NewResponseController(x.w)
-	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	idle := x.st.cfg.StreamIdleTimeout.D()
 	for len(b) > 0 {
 		n := min(len(b), clientWriteChunk)
-		_ = rc.SetWriteDeadline(time.Now().Add(idle))
+		setWriteDeadline(x.w, time.Now().Add(idle))
 		if _, err := x.w.Write(b[:n]); err != nil {
 			return err
 		}
 		b = b[n:]
 	}
-	// What the response buffers still hold goes out under the deadline
-	// too, not after the handler returns with none.
-	_ = rc.SetWriteDeadline(time.Now().Add(idle))
-	if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
-		return err
-	}
 	return nil
+}
+
+// writeDeadliner is net/http's own ResponseWriter. A ResponseController
+// would find it too, but costs an allocation per request.
+type writeDeadliner interface{ SetWriteDeadline(time.Time) error }
+
+func setWriteDeadline(w http.ResponseWriter, t time.Time) {
+	if d, ok := w.(writeDeadliner); ok {
+		_ = d.SetWriteDeadline(t)
+	}
 }
 
 // replayAsStream answers a stream request that the upstream answered with

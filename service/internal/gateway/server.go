@@ -173,6 +173,9 @@ func (s *Server) Drain() { s.draining.Store(true) }
 // ServeHTTP routes by exact path; the API is small and fixed, and a switch
 // costs nothing per request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// A write deadline the connection's previous answer left (writeAll)
+	// must not cut this one.
+	setWriteDeadline(w, time.Time{})
 	if s.draining.Load() {
 		// Ask keep-alive clients to reconnect, to a gateway that is staying.
 		w.Header()["Connection"] = hdrClose

@@ -63,10 +63,7 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 	defer timer.Stop()
 	rc := http.NewResponseController(x.w)
 	defer func() { x.s.metrics.UpstreamDuration(u.Name, time.Since(t0).Seconds()) }()
-	// Each write to the client gets the same idle time (see writeAll);
-	// the deadline is cleared before the handler returns, or the rest of
-	// the response would be refused by an expired one.
-	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+	// Each write to the client gets the same idle time (see writeAll).
 
 	x.upstreamWait += time.Since(t0) // waiting for the headers
 	filled, committed := 0, false
@@ -89,7 +86,7 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 				x.commitStream(u, resp)
 				committed = true
 			}
-			_ = rc.SetWriteDeadline(time.Now().Add(idle))
+			setWriteDeadline(x.w, time.Now().Add(idle))
 			werr := x.writeEvents(buf[:end], usageAdded)
 			done := hasDone(buf[:end])
 			filled = copy(buf, buf[end:filled])
@@ -115,6 +112,7 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 				return route.Attempt{Err: errors.New("stream ended before its first event"), Retryable: true}
 			}
 			if filled > 0 { // a last event without its blank line: pass it as it came
+				setWriteDeadline(x.w, time.Now().Add(idle))
 				_ = x.writeEvents(buf[:filled], usageAdded)
 				_ = rc.Flush()
 			}
