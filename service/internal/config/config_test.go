@@ -108,6 +108,12 @@ func TestEnvValueNotQuotedInErrors(t *testing.T) {
 	if strings.Contains(err.Error(), key[:5]) || !strings.Contains(err.Error(), "client_keys") {
 		t.Errorf("error %q: want the key named and no part of its value", err)
 	}
+	// The same for a value the gateway's own decoders quote.
+	doc := strings.Replace(minimal, "    api_key:", "    timeout: ${UPSTREAM_TIMEOUT}\n    api_key:", 1)
+	_, err = Parse([]byte(doc), env(map[string]string{"RELAY_KEY": "k", "UPSTREAM_TIMEOUT": key}))
+	if err == nil || strings.Contains(err.Error(), key[:5]) || !strings.Contains(err.Error(), "upstreams[0].timeout") {
+		t.Errorf("error %v: want the key named and no part of its value", err)
+	}
 }
 
 func TestUnsetUpstreamKeyDisablesTheUpstream(t *testing.T) {

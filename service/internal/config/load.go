@@ -184,7 +184,9 @@ func expandedTag(v string) string {
 
 var (
 	lineRef     = regexp.MustCompile(`line (\d+): `)
-	quotedValue = regexp.MustCompile("`[^`]*`")
+	// quotedValue is a value as yaml (`…`) or the Duration decoder ("…")
+	// quotes it in a message.
+	quotedValue = regexp.MustCompile("`[^`]*`|\"(?:[^\"\\\\]|\\\\.)*\"")
 )
 
 // keyAt is a value's key path, found by its line.
