@@ -183,7 +183,7 @@ func expandedTag(v string) string {
 }
 
 var (
-	lineRef     = regexp.MustCompile(`line (\d+): `)
+	lineRef = regexp.MustCompile(`line (\d+): `)
 	// quotedValue is a value as yaml (`…`) or the Duration decoder ("…")
 	// quotes it in a message.
 	quotedValue = regexp.MustCompile("`[^`]*`|\"(?:[^\"\\\\]|\\\\.)*\"")
