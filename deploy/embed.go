@@ -21,8 +21,19 @@ var HostBootstrap string
 // to it: rules and targets relative to the file. The rules' unit tests
 // (*.rules.test.yml) are left out; they are for promtool, not for Prometheus.
 //
-//go:embed prometheus/prometheus.yml prometheus/rules/*.rules.yml prometheus/targets/*.json
+//go:embed prometheus/prometheus.yml prometheus/rules/*.rules.yml prometheus/targets/*.json prometheus/alertmanagers/*.json
 var prometheusDir embed.FS
+
+// AlertmanagerConfig is Alertmanager's configuration
+// (prometheus/alertmanager.yml), with AlertWebhookPlaceholder where the
+// stack's secret webhook URL goes.
+//
+//go:embed prometheus/alertmanager.yml
+var AlertmanagerConfig string
+
+// AlertWebhookPlaceholder is the URL in AlertmanagerConfig that the stack's
+// alertWebhookUrl replaces.
+const AlertWebhookPlaceholder = "http://127.0.0.1:9/alert-webhook-url-placeholder"
 
 // PrometheusFiles returns the Prometheus configuration files keyed by their
 // path relative to the configuration directory, e.g. "prometheus.yml" and

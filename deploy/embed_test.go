@@ -54,6 +54,13 @@ func TestPrometheusFilesMatchTheirConfig(t *testing.T) {
 				Files []string `yaml:"files"`
 			} `yaml:"file_sd_configs"`
 		} `yaml:"scrape_configs"`
+		Alerting struct {
+			Alertmanagers []struct {
+				FileSD []struct {
+					Files []string `yaml:"files"`
+				} `yaml:"file_sd_configs"`
+			} `yaml:"alertmanagers"`
+		} `yaml:"alerting"`
 	}
 	if err := yaml.Unmarshal([]byte(files["prometheus.yml"]), &cfg); err != nil {
 		t.Fatalf("prometheus.yml: %v", err)
@@ -62,6 +69,11 @@ func TestPrometheusFilesMatchTheirConfig(t *testing.T) {
 	patterns = append(patterns, cfg.RuleFiles...)
 	for _, sc := range cfg.ScrapeConfigs {
 		for _, sd := range sc.FileSD {
+			patterns = append(patterns, sd.Files...)
+		}
+	}
+	for _, am := range cfg.Alerting.Alertmanagers {
+		for _, sd := range am.FileSD {
 			patterns = append(patterns, sd.Files...)
 		}
 	}
@@ -94,4 +106,14 @@ func keys(m map[string]string) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// TestAlertmanagerConfigHasItsPlaceholder: the program swaps the stack's
+// webhook URL for the placeholder; a config edited without it would send
+// alerts nowhere.
+func TestAlertmanagerConfigHasItsPlaceholder(t *testing.T) {
+	t.Parallel()
+	if n := strings.Count(AlertmanagerConfig, AlertWebhookPlaceholder); n != 1 {
+		t.Fatalf("alertmanager.yml holds the placeholder %d times, want once", n)
+	}
 }

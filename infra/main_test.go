@@ -926,3 +926,64 @@ func intValue(t *testing.T, s string) int {
 	}
 	return n
 }
+
+// TestAlertsGoToTheWebhook: with alertWebhookUrl, each host runs an
+// Alertmanager beside Prometheus, Prometheus sends its alerts there, and the
+// webhook URL (its token included) stays secret. Without it, Prometheus
+// has no Alertmanager and no Alertmanager runs.
+func TestAlertsGoToTheWebhook(t *testing.T) {
+	t.Parallel()
+	const hook = "https://hooks.example.com/services/T000/B000/s3cr3t-token"
+	d, err := run(t, "prod", "aws", map[string]setting{"relaygate:alertWebhookUrl": {value: hook, secret: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		h := fmt.Sprintf("relaygate-prod-host-%d", i)
+		am := d.named(t, typeContainer, h+"-alertmanager")
+		if !am.Inputs["uploads"].ContainsSecrets() {
+			t.Errorf("%s: the Alertmanager config, which holds the webhook's token, is not secret", h)
+		}
+		if c := getString(t, am, "uploads", 0, "content"); !strings.Contains(c, "url: '"+hook+"'") || strings.Contains(c, "placeholder") {
+			t.Errorf("%s: the Alertmanager config does not send to the webhook:\n%s", h, c)
+		}
+		if img := getString(t, d.named(t, typeRemoteImage, h+"-alertmanager"), "name"); img != d.values["relaygate:alertmanagerImage"] || img == "" {
+			t.Errorf("%s: pulls Alertmanager %q, want the configured %q", h, img, d.values["relaygate:alertmanagerImage"])
+		}
+		prom := d.named(t, typeContainer, h+"-prometheus")
+		found := false
+		for j := range items(t, prom, "uploads") {
+			if getString(t, prom, "uploads", j, "file") == "/etc/prometheus/alertmanagers/alertmanager.json" {
+				found = true
+				if c := getString(t, prom, "uploads", j, "content"); !strings.Contains(c, `"alertmanager:9093"`) {
+					t.Errorf("%s: Prometheus's Alertmanager list is %s", h, c)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s: Prometheus is not told about the Alertmanager", h)
+		}
+	}
+	for _, o := range d.outputs {
+		if s, ok := o.Value.(string); ok && strings.Contains(s, "s3cr3t-token") {
+			t.Error("an output carries the webhook URL")
+		}
+	}
+
+	plain, err := run(t, "dev", "aws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range plain.ofType(typeContainer) {
+		if strings.HasSuffix(c.Name, "-alertmanager") {
+			t.Errorf("%s runs without alertWebhookUrl", c.Name)
+		}
+	}
+	prom := plain.named(t, typeContainer, "relaygate-dev-host-0-prometheus")
+	for j := range items(t, prom, "uploads") {
+		if getString(t, prom, "uploads", j, "file") == "/etc/prometheus/alertmanagers/alertmanager.json" &&
+			strings.TrimSpace(getString(t, prom, "uploads", j, "content")) != "[]" {
+			t.Errorf("Prometheus is given an Alertmanager although none runs")
+		}
+	}
+}

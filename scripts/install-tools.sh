@@ -19,6 +19,7 @@ command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 if [[ "$mode" == test ]]; then
 	command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
+	command -v amtool >/dev/null 2>&1 || need_pkgs+=(prometheus-alertmanager)
 fi
 if [[ "${WITH_NGINX:-0}" == 1 ]] && ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
 	need_pkgs+=(nginx-light)
@@ -31,14 +32,14 @@ if ((${#need_pkgs[@]})); then
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 	# On a machine run by systemd the packages start their own services
-	# (Prometheus on :9090, Redis on :6379), which would take the ports
+	# (Prometheus on :9090, Redis on :6379, Alertmanager on :9093), which would take the ports
 	# the demo and the tests start their own servers on. Only the services
 	# of packages installed just now are stopped, and kept from starting
 	# at boot.
 	if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
 		for svc in "${need_pkgs[@]}"; do
 			case "$svc" in
-			prometheus | redis-server) ;;
+			prometheus | redis-server | prometheus-alertmanager) ;;
 			nginx-light) svc=nginx ;;
 			*) continue ;;
 			esac

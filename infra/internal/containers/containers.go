@@ -29,7 +29,14 @@ const (
 	SimulatorHost  = "upstream-sim"
 	SimulatorPort  = 9000
 	prometheusHost = "prometheus"
+	// AlertmanagerHost is Alertmanager on the private network.
+	AlertmanagerHost = "alertmanager"
+	alertmanagerPort = 9093
 )
+
+// AlertmanagerTargets is Prometheus's file_sd list of Alertmanagers
+// (prometheus.yml reads alertmanagers/*.json) when one runs beside it.
+var AlertmanagerTargets = fmt.Sprintf("[{\"targets\": [\"%s:%d\"]}]\n", AlertmanagerHost, alertmanagerPort)
 
 // LocalRedisURL is the gateway's cache when Redis runs beside it.
 var LocalRedisURL = fmt.Sprintf("redis://%s:6379/0", RedisHost)
@@ -102,16 +109,30 @@ type Args struct {
 	// Simulator starts the offline upstream simulator from the gateway
 	// image. Only the local stack may set it.
 	Simulator bool
+
+	// Alertmanager, when set, runs beside Prometheus and takes its alerts;
+	// PrometheusFiles must then point Prometheus at it
+	// ("alertmanagers/alertmanager.json" holding AlertmanagerTargets).
+	Alertmanager *Alertmanager
+}
+
+// Alertmanager is the container that sends the alerts on.
+type Alertmanager struct {
+	Image string
+	// Config is alertmanager.yml, a secret: its receiver's URL carries the
+	// webhook's token.
+	Config pulumi.StringInput
 }
 
 // Stack is the component.
 type Stack struct {
 	pulumi.ResourceState
 
-	Gateway    *docker.Container
-	Redis      *docker.Container
-	Prometheus *docker.Container
-	Simulator  *docker.Container
+	Gateway      *docker.Container
+	Redis        *docker.Container
+	Prometheus   *docker.Container
+	Simulator    *docker.Container
+	Alertmanager *docker.Container
 }
 
 // New deploys the containers.
@@ -365,6 +386,54 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	}, replace...)
 	if err != nil {
 		return nil, fmt.Errorf("containers %s: prometheus: %w", name, err)
+	}
+
+	if am := args.Alertmanager; am != nil {
+		amImage, err := pull("alertmanager", pulumi.String(am.Image))
+		if err != nil {
+			return nil, err
+		}
+		// Silences and notification state survive a new container.
+		amVol, err := docker.NewVolume(ctx, name+"-alertmanager", &docker.VolumeArgs{
+			Name:   pulumi.String(args.Prefix + "-alertmanager-data"),
+			Labels: volumeLabels(hostLabels),
+		}, replace...)
+		if err != nil {
+			return nil, fmt.Errorf("containers %s: alertmanager volume: %w", name, err)
+		}
+		amOpts := append(slices.Clone(replace), pulumi.AdditionalSecretOutputs([]string{"uploads"}))
+		s.Alertmanager, err = docker.NewContainer(ctx, name+"-alertmanager", &docker.ContainerArgs{
+			Name:  pulumi.String(args.Prefix + "-alertmanager"),
+			Image: amImage,
+			Command: pulumi.ToStringArray([]string{
+				"--config.file=/etc/alertmanager/alertmanager.yml",
+				"--storage.path=/alertmanager",
+			}),
+			Uploads: docker.ContainerUploadArray{docker.ContainerUploadArgs{
+				File:    pulumi.String("/etc/alertmanager/alertmanager.yml"),
+				Content: am.Config,
+			}},
+			Volumes: docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
+				VolumeName: amVol.Name, ContainerPath: pulumi.String("/alertmanager"),
+			}},
+			NetworksAdvanced: attach(AlertmanagerHost),
+			Healthcheck: &docker.ContainerHealthcheckArgs{
+				Tests: pulumi.ToStringArray([]string{"CMD", "wget", "-q", "-O", "/dev/null",
+					fmt.Sprintf("http://127.0.0.1:%d/-/ready", alertmanagerPort)}),
+				Interval: pulumi.String("15s"),
+				Timeout:  pulumi.String("5s"),
+				Retries:  pulumi.Int(3),
+			},
+			Restart:     pulumi.String("unless-stopped"),
+			MustRun:     pulumi.Bool(true),
+			Wait:        pulumi.Bool(true),
+			WaitTimeout: pulumi.Int(120),
+			LogOpts:     logs,
+			Labels:      containerLabels(hostLabels),
+		}, amOpts...)
+		if err != nil {
+			return nil, fmt.Errorf("containers %s: alertmanager: %w", name, err)
+		}
 	}
 
 	return s, ctx.RegisterResourceOutputs(s, pulumi.Map{

@@ -53,6 +53,7 @@ func config(t *testing.T, target string, overrides map[string]string) *stackconf
 		"relaygate:imageRetainCount":   "10",
 		"relaygate:redisImage":         "redis:7.4-alpine",
 		"relaygate:prometheusImage":    "prom/prometheus:v3.5.0",
+		"relaygate:alertmanagerImage":  "prom/alertmanager:v0.28.1",
 		"relaygate:localGpu":           "false",
 		"relaygate:upstreamSimulator":  "false",
 		"relaygate:latencyBudgetP95Ms": "1500",

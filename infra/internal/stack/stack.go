@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ec2"
@@ -174,7 +175,7 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 		redisURL = cache.URL
 	}
 	gatewayYAML := renderGatewayConfig(cfg, redisURL, "")
-	promFiles, err := deploy.PrometheusFiles()
+	promFiles, alertmanager, err := alerting(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -210,6 +211,7 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 			RedisMaxMemory:  hostRedisMaxMemory,
 			PrometheusImage: cfg.PrometheusImage,
 			PrometheusFiles: promFiles,
+			Alertmanager:    alertmanager,
 			StopGrace:       drain(cfg).Grace(),
 			// A replaced instance (new AMI, user data or key) is a bare
 			// host behind the same provider: this makes every Docker
@@ -281,7 +283,7 @@ func deployLocal(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Out
 	if cfg.UpstreamSimulator {
 		simURL = containers.SimulatorURL
 	}
-	promFiles, err := deploy.PrometheusFiles()
+	promFiles, alertmanager, err := alerting(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -298,6 +300,7 @@ func deployLocal(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Out
 		RedisMaxMemory:  localRedisMaxMemory,
 		PrometheusImage: cfg.PrometheusImage,
 		PrometheusFiles: promFiles,
+		Alertmanager:    alertmanager,
 		Simulator:       cfg.UpstreamSimulator,
 	}); err != nil {
 		return nil, err
@@ -321,6 +324,22 @@ func renderGatewayConfig(cfg *stackconfig.Config, redisURL pulumi.StringOutput, 
 		b, err := gatewayconfig.Render(cfg, gatewayconfig.Endpoints{RedisURL: url, SimulatorURL: simulatorURL, Drain: drain(cfg)})
 		return string(b), err
 	}).(pulumi.StringOutput)
+}
+
+// alerting returns the Prometheus files for a stack and, with
+// alertWebhookUrl, the Alertmanager beside Prometheus that posts its alerts
+// to that webhook. Without it, alerts show only in Prometheus.
+func alerting(cfg *stackconfig.Config) (map[string]string, *containers.Alertmanager, error) {
+	files, err := deploy.PrometheusFiles()
+	if err != nil || !cfg.AlertWebhookURL.IsSet() {
+		return files, nil, err
+	}
+	files["alertmanagers/alertmanager.json"] = containers.AlertmanagerTargets
+	config := cfg.AlertWebhookURL.Output().ApplyT(func(url string) string {
+		// The placeholder sits in single quotes in the YAML.
+		return strings.Replace(deploy.AlertmanagerConfig, deploy.AlertWebhookPlaceholder, strings.ReplaceAll(url, "'", "''"), 1)
+	}).(pulumi.StringOutput)
+	return files, &containers.Alertmanager{Image: cfg.AlertmanagerImage, Config: config}, nil
 }
 
 // drainTimeout is how long a replaced gateway waits for its requests in

@@ -86,10 +86,11 @@ type Config struct {
 	// stack's ECR repository, or on the local engine) instead of building
 	// this checkout: a rollback must run the old image, not the current
 	// source under the old tag.
-	ReuseImage       bool
-	ImageRetainCount int
-	RedisImage       string
-	PrometheusImage  string
+	ReuseImage        bool
+	ImageRetainCount  int
+	RedisImage        string
+	PrometheusImage   string
+	AlertmanagerImage string
 
 	// Local target.
 	LocalGPU          bool
@@ -108,6 +109,9 @@ type Config struct {
 	// UpstreamKeys maps an upstream's key variable (HOLYSHEEP_API_KEY) to
 	// its value, for the keys the stack sets.
 	UpstreamKeys map[string]Secret
+	// AlertWebhookURL is where Alertmanager sends the alerts; unset, no
+	// Alertmanager runs and alerts show only in Prometheus.
+	AlertWebhookURL Secret
 
 	// Warnings are problems that do not stop a deploy, e.g. a local stack
 	// without a key for one of its upstreams.

@@ -24,10 +24,10 @@ var Keys = []string{
 	"amiNamePattern", "amiOwner", "sshUser", "sshPublicKey", "cudaTestImage",
 	"vpcCidr", "allowedCidrs", "operatorCidr",
 	"loadBalancer", "managedRedis", "redisNodeType", "tlsCertificateArn", "domainName", "hostedZoneId", "deletionProtection",
-	"imageTag", "reuseImage", "imageRetainCount", "redisImage", "prometheusImage",
+	"imageTag", "reuseImage", "imageRetainCount", "redisImage", "prometheusImage", "alertmanagerImage",
 	"localGpu", "upstreamSimulator",
 	"latencyBudgetP95Ms", "upstreams", "models", "retry", "cacheTtl", "rateLimit",
-	"gatewayApiKey",
+	"gatewayApiKey", "alertWebhookUrl",
 }
 
 // GatewayAPIKeyEnv is the variable the gateway's client_keys entry expands.
@@ -95,6 +95,7 @@ func Parse(src Source, stack string) (*Config, error) {
 	c.ImageRetainCount = p.int("imageRetainCount")
 	c.RedisImage = p.str("redisImage")
 	c.PrometheusImage = p.str("prometheusImage")
+	c.AlertmanagerImage = p.str("alertmanagerImage")
 	c.LocalGPU = p.bool("localGpu")
 	c.UpstreamSimulator = p.bool("upstreamSimulator")
 	latencyMs := p.int("latencyBudgetP95Ms")
@@ -104,6 +105,14 @@ func Parse(src Source, stack string) (*Config, error) {
 	cacheTTL := p.str("cacheTtl")
 	p.json("rateLimit", &c.RateLimit)
 	c.GatewayAPIKey = p.secret("gatewayApiKey")
+	c.AlertWebhookURL = p.optionalSecret("alertWebhookUrl")
+	if c.AlertWebhookURL.IsSet() {
+		// The URL is a secret (webhooks carry their token in it): the
+		// message says what is wrong, never what it is.
+		if u, err := url.Parse(c.AlertWebhookURL.value); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			p.fail("alertWebhookUrl", "is not an absolute http(s) URL (its value is not shown: it is a secret)")
+		}
+	}
 
 	if aws {
 		c.Region, _ = src.Lookup("aws:region")
@@ -191,6 +200,9 @@ func Parse(src Source, stack string) (*Config, error) {
 
 	if !imageRefRE.MatchString(c.RedisImage) {
 		p.fail("redisImage", "%q is not an image reference such as redis:7.4-alpine", c.RedisImage)
+	}
+	if !imageRefRE.MatchString(c.AlertmanagerImage) {
+		p.fail("alertmanagerImage", "%q is not an image reference such as prom/alertmanager:v0.28.1", c.AlertmanagerImage)
 	}
 	if !imageRefRE.MatchString(c.PrometheusImage) {
 		p.fail("prometheusImage", "%q is not an image reference such as prom/prometheus:v3.5.0", c.PrometheusImage)
@@ -502,6 +514,19 @@ func (p *parser) secret(key string) Secret {
 		p.fail(key, "is not set; run `pulumi config set --secret %s <value>`", key)
 		return Secret{}
 	case !p.src.IsSecret(fullKey(key)):
+		p.fail(key, "is stored in plain text in the stack file; remove it, rotate it, and run `pulumi config set --secret %s <value>`", key)
+		return Secret{}
+	}
+	return Secret{value: v}
+}
+
+// optionalSecret is secret for a key a stack may leave unset.
+func (p *parser) optionalSecret(key string) Secret {
+	v, ok := p.src.Lookup(fullKey(key))
+	if !ok || v == "" {
+		return Secret{}
+	}
+	if !p.src.IsSecret(fullKey(key)) {
 		p.fail(key, "is stored in plain text in the stack file; remove it, rotate it, and run `pulumi config set --secret %s <value>`", key)
 		return Secret{}
 	}

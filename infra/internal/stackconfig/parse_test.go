@@ -54,6 +54,7 @@ func awsValues() map[string]string {
 		"relaygate:imageRetainCount":   "10",
 		"relaygate:redisImage":         "redis:7.4-alpine",
 		"relaygate:prometheusImage":    "prom/prometheus:v3.5.0",
+		"relaygate:alertmanagerImage":  "prom/alertmanager:v0.28.1",
 		"relaygate:localGpu":           "false",
 		"relaygate:upstreamSimulator":  "false",
 		"relaygate:latencyBudgetP95Ms": "1500",
@@ -99,7 +100,7 @@ func localValues() map[string]string {
 
 func source(values map[string]string) mapSource {
 	secrets := map[string]bool{}
-	for _, k := range []string{"relaygate:gatewayApiKey", "relaygate:holysheepApiKey", "relaygate:openaiApiKey"} {
+	for _, k := range []string{"relaygate:gatewayApiKey", "relaygate:holysheepApiKey", "relaygate:openaiApiKey", "relaygate:alertWebhookUrl"} {
 		if _, ok := values[k]; ok {
 			secrets[k] = true
 		}
@@ -330,6 +331,10 @@ func TestParseRejects(t *testing.T) {
 			[]string{"relaygate:gatewayApiKey: is 9 characters; use at least 16"}},
 		{"upstream key in plain text", awsValues(), []string{"relaygate:openaiApiKey"},
 			[]string{"relaygate:openaiApiKey: is stored in plain text"}},
+		{"alert webhook in plain text", with(awsValues(), "relaygate:alertWebhookUrl", "https://hooks.example.com/T000/B000/XXXX"), []string{"relaygate:alertWebhookUrl"},
+			[]string{"relaygate:alertWebhookUrl: is stored in plain text"}},
+		{"alert webhook not a URL", with(awsValues(), "relaygate:alertWebhookUrl", "hooks.example.com/T000/B000/XXXX"), nil,
+			[]string{"relaygate:alertWebhookUrl: is not an absolute http(s) URL (its value is not shown"}},
 		{"upstream key missing on aws", without(awsValues(), "relaygate:openaiApiKey"), nil,
 			[]string{"relaygate:openaiApiKey: is not set but upstream openai needs it"}},
 		{"local with nothing to serve", with(localValues(), "relaygate:upstreamSimulator", "false",
