@@ -370,13 +370,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			Ip:       pulumi.String(args.PublishIP),
 		}},
 		NetworksAdvanced: attach(prometheusHost),
-		Healthcheck: &docker.ContainerHealthcheckArgs{
-			Tests: pulumi.ToStringArray([]string{"CMD", "wget", "-q", "-O", "/dev/null",
-				fmt.Sprintf("http://127.0.0.1:%d/-/ready", stackconfig.PrometheusPort)}),
-			Interval: pulumi.String("15s"),
-			Timeout:  pulumi.String("5s"),
-			Retries:  pulumi.Int(3),
-		},
+		Healthcheck: readyCheck(stackconfig.PrometheusPort),
 		Restart:     pulumi.String("unless-stopped"),
 		MustRun:     pulumi.Bool(true),
 		Wait:        pulumi.Bool(true),
@@ -417,13 +411,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 				VolumeName: amVol.Name, ContainerPath: pulumi.String("/alertmanager"),
 			}},
 			NetworksAdvanced: attach(AlertmanagerHost),
-			Healthcheck: &docker.ContainerHealthcheckArgs{
-				Tests: pulumi.ToStringArray([]string{"CMD", "wget", "-q", "-O", "/dev/null",
-					fmt.Sprintf("http://127.0.0.1:%d/-/ready", alertmanagerPort)}),
-				Interval: pulumi.String("15s"),
-				Timeout:  pulumi.String("5s"),
-				Retries:  pulumi.Int(3),
-			},
+			Healthcheck: readyCheck(alertmanagerPort),
 			Restart:     pulumi.String("unless-stopped"),
 			MustRun:     pulumi.Bool(true),
 			Wait:        pulumi.Bool(true),
@@ -440,6 +428,18 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		"gateway":    s.Gateway.Name,
 		"prometheus": s.Prometheus.Name,
 	})
+}
+
+// readyCheck is the health check of Prometheus and Alertmanager: their
+// images have busybox's wget, and both answer /-/ready.
+func readyCheck(port int) *docker.ContainerHealthcheckArgs {
+	return &docker.ContainerHealthcheckArgs{
+		Tests: pulumi.ToStringArray([]string{"CMD", "wget", "-q", "-O", "/dev/null",
+			fmt.Sprintf("http://127.0.0.1:%d/-/ready", port)}),
+		Interval: pulumi.String("15s"),
+		Timeout:  pulumi.String("5s"),
+		Retries:  pulumi.Int(3),
+	}
 }
 
 // withLabel is labels plus one more, leaving labels as it was.
