@@ -370,13 +370,13 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			Ip:       pulumi.String(args.PublishIP),
 		}},
 		NetworksAdvanced: attach(prometheusHost),
-		Healthcheck: readyCheck(stackconfig.PrometheusPort),
-		Restart:     pulumi.String("unless-stopped"),
-		MustRun:     pulumi.Bool(true),
-		Wait:        pulumi.Bool(true),
-		WaitTimeout: pulumi.Int(120),
-		LogOpts:     logs,
-		Labels:      containerLabels(hostLabels),
+		Healthcheck:      readyCheck(stackconfig.PrometheusPort),
+		Restart:          pulumi.String("unless-stopped"),
+		MustRun:          pulumi.Bool(true),
+		Wait:             pulumi.Bool(true),
+		WaitTimeout:      pulumi.Int(120),
+		LogOpts:          logs,
+		Labels:           containerLabels(hostLabels),
 	}, replace...)
 	if err != nil {
 		return nil, fmt.Errorf("containers %s: prometheus: %w", name, err)
@@ -411,13 +411,13 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 				VolumeName: amVol.Name, ContainerPath: pulumi.String("/alertmanager"),
 			}},
 			NetworksAdvanced: attach(AlertmanagerHost),
-			Healthcheck: readyCheck(alertmanagerPort),
-			Restart:     pulumi.String("unless-stopped"),
-			MustRun:     pulumi.Bool(true),
-			Wait:        pulumi.Bool(true),
-			WaitTimeout: pulumi.Int(120),
-			LogOpts:     logs,
-			Labels:      containerLabels(hostLabels),
+			Healthcheck:      readyCheck(alertmanagerPort),
+			Restart:          pulumi.String("unless-stopped"),
+			MustRun:          pulumi.Bool(true),
+			Wait:             pulumi.Bool(true),
+			WaitTimeout:      pulumi.Int(120),
+			LogOpts:          logs,
+			Labels:           containerLabels(hostLabels),
 		}, amOpts...)
 		if err != nil {
 			return nil, fmt.Errorf("containers %s: alertmanager: %w", name, err)
