@@ -193,6 +193,18 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		}
 		return img.ImageId, nil
 	}
+	// volume is a named volume of the engine, its data kept across new
+	// containers.
+	volume := func(what string) (*docker.Volume, error) {
+		v, err := docker.NewVolume(ctx, name+"-"+what, &docker.VolumeArgs{
+			Name:   pulumi.String(args.Prefix + "-" + what + "-data"),
+			Labels: volumeLabels(hostLabels),
+		}, replace...)
+		if err != nil {
+			return nil, fmt.Errorf("containers %s: %s volume: %w", name, what, err)
+		}
+		return v, nil
+	}
 	var gatewayDeps []pulumi.Resource
 
 	if args.RunRedis {
@@ -200,12 +212,9 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		if err != nil {
 			return nil, err
 		}
-		vol, err := docker.NewVolume(ctx, name+"-redis", &docker.VolumeArgs{
-			Name:   pulumi.String(args.Prefix + "-redis-data"),
-			Labels: volumeLabels(hostLabels),
-		}, replace...)
+		vol, err := volume("redis")
 		if err != nil {
-			return nil, fmt.Errorf("containers %s: redis volume: %w", name, err)
+			return nil, err
 		}
 		s.Redis, err = docker.NewContainer(ctx, name+"-redis", &docker.ContainerArgs{
 			Name:  pulumi.String(args.Prefix + "-redis"),
@@ -337,12 +346,9 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	if err != nil {
 		return nil, err
 	}
-	promVol, err := docker.NewVolume(ctx, name+"-prometheus", &docker.VolumeArgs{
-		Name:   pulumi.String(args.Prefix + "-prometheus-data"),
-		Labels: volumeLabels(hostLabels),
-	}, replace...)
+	promVol, err := volume("prometheus")
 	if err != nil {
-		return nil, fmt.Errorf("containers %s: prometheus volume: %w", name, err)
+		return nil, err
 	}
 	var uploads docker.ContainerUploadArray
 	for _, rel := range slices.Sorted(maps.Keys(args.PrometheusFiles)) {
@@ -388,12 +394,9 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			return nil, err
 		}
 		// Silences and notification state survive a new container.
-		amVol, err := docker.NewVolume(ctx, name+"-alertmanager", &docker.VolumeArgs{
-			Name:   pulumi.String(args.Prefix + "-alertmanager-data"),
-			Labels: volumeLabels(hostLabels),
-		}, replace...)
+		amVol, err := volume("alertmanager")
 		if err != nil {
-			return nil, fmt.Errorf("containers %s: alertmanager volume: %w", name, err)
+			return nil, err
 		}
 		amOpts := append(slices.Clone(replace), pulumi.AdditionalSecretOutputs([]string{"uploads"}))
 		s.Alertmanager, err = docker.NewContainer(ctx, name+"-alertmanager", &docker.ContainerArgs{
