@@ -821,12 +821,7 @@ func TestStreaming(t *testing.T) {
 		})
 		b := newFakeUpstream(t, func(n int, w http.ResponseWriter, r *http.Request) { writeSSE(w, r, 2, 0) })
 		gw, _, _ := newGateway(t, gwOpts{attempts: 3}, a, b)
-		req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
-		req.Header.Set("Authorization", "Bearer "+testClientKey)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := openStream(t, gw.URL, `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
 		events, rerr := readSSE(resp.Body)
 		resp.Body.Close()
 		if rerr == nil {
@@ -929,12 +924,7 @@ func TestClientHangingUpAfterDoneIsSuccess(t *testing.T) {
 				<-r.Context().Done() // the upstream keeps its end open a while
 			})
 			gw, _, m := newGateway(t, gwOpts{}, up)
-			req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
-			req.Header.Set("Authorization", "Bearer "+testClientKey)
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
+			resp := openStream(t, gw.URL, `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
 			rd := bufio.NewReader(resp.Body)
 			for {
 				line, err := rd.ReadString('\n')
@@ -973,12 +963,7 @@ func TestDoneInContentIsNotTheEnd(t *testing.T) {
 		cutConnection(w)
 	})
 	gw, _, m := newGateway(t, gwOpts{attempts: 1}, up)
-	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
-	req.Header.Set("Authorization", "Bearer "+testClientKey)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := openStream(t, gw.URL, `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
 	events, rerr := readSSE(resp.Body)
 	resp.Body.Close()
 	if rerr == nil || len(events) < 2 || !strings.Contains(events[len(events)-1], "stream_interrupted") {
@@ -1034,12 +1019,7 @@ func TestStreamProbeClosesTheBreakerAtItsFirstEvent(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond) // past the cool-down; only a lower bound matters
 
-	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
-	req.Header.Set("Authorization", "Bearer "+testClientKey)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := openStream(t, gw.URL, `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
 	defer resp.Body.Close()
 	if _, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil {
 		t.Fatalf("reading the probe's first event: %v", err)
@@ -1059,12 +1039,7 @@ func TestStreamAnsweredWhole(t *testing.T) {
 	t.Run("a chat completion becomes events", func(t *testing.T) {
 		a := newFakeUpstream(t, okCompletion)
 		gw, _, m := newGateway(t, gwOpts{}, a)
-		req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(streamReq))
-		req.Header.Set("Authorization", "Bearer "+testClientKey)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := openStream(t, gw.URL, streamReq)
 		events, err := readSSE(resp.Body)
 		resp.Body.Close()
 		if err != nil || resp.Header.Get("Content-Type") != "text/event-stream" {
@@ -1100,12 +1075,7 @@ func TestClientLeavingAfterTheAnswerIsStillCharged(t *testing.T) {
 		<-r.Context().Done() // no [DONE] before the client leaves
 	})
 	gw, _, m := newGateway(t, gwOpts{}, up)
-	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`))
-	req.Header.Set("Authorization", "Bearer "+testClientKey)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := openStream(t, gw.URL, `{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`)
 	rd := bufio.NewReader(resp.Body)
 	for {
 		line, err := rd.ReadString('\n')

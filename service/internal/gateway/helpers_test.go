@@ -242,3 +242,16 @@ func waitMetric(t *testing.T, m *metrics.Metrics, name string, labels map[string
 		t.Errorf("%s%v = %v, want %v", name, labels, got, want)
 	}
 }
+
+// openStream posts a stream request with the test client's key and returns
+// the answer, its body unread.
+func openStream(t *testing.T, gwURL, body string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, gwURL+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+testClientKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
