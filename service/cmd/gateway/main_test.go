@@ -30,6 +30,24 @@ func writeConfig(t *testing.T, path, upstream string, models ...string) {
 	}
 }
 
+// streamInFlight opens a stream through the gateway at addr and reads its
+// first event; the rest is the caller's to read (closed at the test's end).
+func streamInFlight(t *testing.T, addr string) *bufio.Reader {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}`))
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	rd := bufio.NewReader(resp.Body)
+	if line, _ := rd.ReadString('\n'); !strings.HasPrefix(line, "data: ") {
+		t.Fatalf("first line %q", line)
+	}
+	return rd
+}
+
 // startGateway runs the command's loop in-process with a signal channel
 // the test controls.
 func startGateway(t *testing.T, cfgPath string) (addr string, sigs chan os.Signal, done chan error) {
@@ -63,17 +81,7 @@ func TestSIGTERMFinishesStreamsInFlight(t *testing.T) {
 	writeConfig(t, cfgPath, up.URL, "m")
 	addr, sigs, done := startGateway(t, cfgPath)
 
-	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}`))
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	rd := bufio.NewReader(resp.Body)
-	if line, _ := rd.ReadString('\n'); !strings.HasPrefix(line, "data: ") {
-		t.Fatalf("first line %q", line)
-	}
+	rd := streamInFlight(t, addr)
 
 	sigs <- syscall.SIGTERM
 	// New connections are refused once the listener closes …
@@ -174,16 +182,7 @@ func TestSecondSignalCutsTheDrain(t *testing.T) {
 	writeConfig(t, cfgPath, up.URL, "m") // shutdown_timeout: 30s
 	addr, sigs, done := startGateway(t, cfgPath)
 
-	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(`{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}]}`))
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if line, _ := bufio.NewReader(resp.Body).ReadString('\n'); !strings.HasPrefix(line, "data: ") {
-		t.Fatalf("first line %q", line)
-	}
+	streamInFlight(t, addr)
 	sigs <- syscall.SIGTERM
 	sigs <- syscall.SIGTERM // the channel holds one: this one waits for the drain to take it
 	select {
