@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -477,10 +476,7 @@ func (x *exchange) replayAsStream(u *route.Upstream, resp *http.Response, data [
 // clients' SDKs can parse.
 func clientErrorBody(u *route.Upstream, code int, data []byte, ct string) ([]byte, string) {
 	if gjson.GetBytes(data, "error").IsObject() {
-		if key := strings.TrimPrefix(u.Auth, "Bearer "); len(key) >= 4 && bytes.Contains(data, []byte(key)) {
-			data = bytes.ReplaceAll(data, []byte(key), []byte("[redacted]"))
-		}
-		return data, ct
+		return []byte(redactKey(string(data), u)), ct
 	}
 	gist := strings.TrimSpace(redactKey(sanitizePath(string(data[:min(len(data), 200)])), u))
 	if gist != "" {

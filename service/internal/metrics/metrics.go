@@ -228,7 +228,7 @@ func (m *Metrics) Prepare(model string, upstreams []string) {
 	for _, code := range []int{499, 502, 504} {
 		m.requestCounter(model, NoUpstream, code)
 	}
-	var real []string
+	var ups []string // the real upstreams, the cache left out
 	for _, u := range upstreams {
 		m.requestCounter(model, u, 200)
 		m.cost.WithLabelValues(model, u)
@@ -239,12 +239,12 @@ func (m *Metrics) Prepare(model string, upstreams []string) {
 		for _, res := range []string{"success", "error", "timeout"} {
 			m.attemptCounter(u, res)
 		}
-		real = append(real, u)
+		ups = append(ups, u)
 	}
 	// A fallback goes from an upstream to any later one (those between
 	// may be disabled or skipped).
-	for i, from := range real {
-		for _, to := range real[i+1:] {
+	for i, from := range ups {
+		for _, to := range ups[i+1:] {
 			m.fallbacks.WithLabelValues(from, to)
 		}
 	}
