@@ -120,8 +120,10 @@ bin="$(mktemp -d)"
 trap 'rm -rf "$bin"' EXIT
 go build -o "$bin/" ./smoketest/cmd/smoketest ./smoketest/cmd/rollback
 
-# The stack's newest update before this deploy: after a failure, the
-# rollback goes ahead only if `up` recorded a newer one.
+# The number of the stack's newest update before this deploy (its version on
+# Pulumi Cloud; on a self-managed backend, whose updates all have version 0,
+# the count of updates in the history): after a failure, the rollback goes
+# ahead only if `up` recorded another update.
 if ! before="$("$bin/rollback" -stack "$stack" -print-version)"; then
 	echo "deploy: cannot read the update history of stack $stack (see above); nothing was changed" >&2
 	exit 1
@@ -134,7 +136,7 @@ rollback() {
 	case "$rc" in
 	0) echo "deploy: FAILED, and stack $stack was rolled back; the output above says what was wrong" >&2 ;;
 	3) echo "deploy: FAILED, and the deploy changed nothing on stack $stack: \`pulumi up\` stopped before it recorded an update," \
-		"so the stack is still on update $before and nothing was rolled back; the errors above say why" >&2 ;;
+		"so the stack is still on the update it had before and nothing was rolled back; the errors above say why" >&2 ;;
 	*) echo "deploy: FAILED, and the ROLLBACK of stack $stack did not complete: it needs a person now (see above)" >&2 ;;
 	esac
 	exit 1

@@ -13,14 +13,19 @@
 // and runs the smoke test against the result. It refuses, changing nothing,
 // when there is nothing to roll back to.
 //
-// -print-version prints the version of the stack's newest update (0 for a
+// -print-version prints the number of the stack's newest update (0 for a
 // stack with none) and changes nothing: a deploy notes it before its `up`.
-// -after N then rolls back only when the history holds an update newer than
-// N; when it holds none, the failed `up` never changed the stack, which is
-// still on its last good update, and rollback changes nothing and exits 3.
+// On Pulumi Cloud that is the update's version; a self-managed backend
+// (`pulumi login --local`, file://, s3://) gives every update version 0, and
+// there it is the count of updates in the history, which only grows (the
+// rollback names such updates "#N", counted from the oldest, with their
+// start time). -after N then rolls back only when the history's newest
+// update number is above N; when it is not, the failed `up` never changed
+// the stack, which is still on its last good update, and rollback changes
+// nothing and exits 3.
 //
 // Exit status: 0 rolled back and healthy (or, with -print-version, the
-// version printed), 1 refused, failed, or rolled back but the smoke test
+// number printed), 1 refused, failed, or rolled back but the smoke test
 // still fails, 2 bad usage, 3 with -after: nothing recorded after N,
 // nothing rolled back.
 package main
@@ -51,10 +56,11 @@ const (
 )
 
 // stack is what the command needs of a stack: the rollback's part, the
-// newest version for -print-version and the outputs for the smoke test.
+// newest update's number for -print-version (rollback.LatestNumber) and the
+// outputs for the smoke test.
 type stack interface {
 	rollback.Stack
-	LatestVersion(ctx context.Context) (int, error)
+	LatestNumber(ctx context.Context) (int, error)
 	Outputs(ctx context.Context) (map[string]any, error)
 }
 
@@ -76,8 +82,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	dir := fs.String("C", ".", "directory in the Pulumi project (Pulumi.yaml is looked up from here)")
 	skipSmoke := fs.Bool("skip-smoke", false, "do not smoke-test the stack after rolling back")
 	jsonOut := fs.String("json", "", "write the smoke test's report as JSON to this file")
-	printVersion := fs.Bool("print-version", false, "print the version of the stack's newest update (0: none) and change nothing")
-	after := fs.Int("after", -1, "roll back only if the stack recorded an update newer than this version (the -print-version from before a failed `up`); otherwise change nothing and exit 3")
+	printVersion := fs.Bool("print-version", false, "print the number of the stack's newest update (0: none; its version, or on a self-managed backend the count of updates) and change nothing")
+	after := fs.Int("after", -1, "roll back only if the stack recorded an update after this one (the -print-version from before a failed `up`); otherwise change nothing and exit 3")
 	waitReady := fs.Duration("wait-ready", smoketest.DefaultDeployWaitReady, "before the smoke test, wait up to this long for the gateway's /ready to answer 200 (0: do not wait)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -86,11 +92,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Visit(func(f *flag.Flag) { afterSet = afterSet || f.Name == "after" })
 	switch {
 	case *stackName == "" || fs.NArg() > 0:
-		fmt.Fprintln(stderr, "rollback: usage: rollback -stack NAME [-after VERSION | -print-version]")
+		fmt.Fprintln(stderr, "rollback: usage: rollback -stack NAME [-after NUMBER | -print-version]")
 		fs.Usage()
 		return exitUsage
 	case afterSet && *after < 0:
-		fmt.Fprintf(stderr, "rollback: -after %d: a version is 0 (no update yet) or more\n", *after)
+		fmt.Fprintf(stderr, "rollback: -after %d: give what -print-version printed, 0 (no update yet) or more\n", *after)
 		return exitUsage
 	case afterSet && *printVersion:
 		fmt.Fprintln(stderr, "rollback: -print-version changes nothing; it does not go with -after")
@@ -118,7 +124,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	if *printVersion {
-		v, err := st.LatestVersion(ctx)
+		v, err := st.LatestNumber(ctx)
 		if err != nil {
 			fmt.Fprintf(stderr, "rollback: the newest update of stack %s: %v\n", *stackName, err)
 			return 1
@@ -143,8 +149,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case err != nil:
 		fmt.Fprintf(stderr, "rollback: FAILED: %v\n", err)
 		if plan != nil {
-			fmt.Fprintf(stderr, "rollback: stack %s may be half-way between updates %d and %d: fix the cause above and run `make rollback STACK=%s` again, "+
-				"or `pulumi up` it by hand\n", *stackName, plan.Current.Version, plan.Target.Version, *stackName)
+			fmt.Fprintf(stderr, "rollback: stack %s may be half-way between %s and %s: fix the cause above and run `make rollback STACK=%s` again, "+
+				"or `pulumi up` it by hand\n", *stackName, plan.Current.Label(), plan.Target.Label(), *stackName)
 		}
 		return 1
 	}
@@ -172,11 +178,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if !rep.Passed {
-		fmt.Fprintf(stderr, "rollback: stack %s is back on update %d's configuration but still fails the smoke test: the fault is not in what the deploy changed; "+
-			"see the checks above\n", *stackName, plan.Target.Version)
+		fmt.Fprintf(stderr, "rollback: stack %s is back on the configuration of %s but still fails the smoke test: the fault is not in what the deploy changed; "+
+			"see the checks above\n", *stackName, plan.Target.Label())
 		return 1
 	}
-	fmt.Fprintf(stdout, "rollback: stack %s rolled back to update %d and passes the smoke test\n", *stackName, plan.Target.Version)
+	fmt.Fprintf(stdout, "rollback: stack %s rolled back to %s and passes the smoke test\n", *stackName, plan.Target.Label())
 	return 0
 }
 

@@ -46,8 +46,8 @@ func (s *recorded) SetConfig(context.Context, map[string]rollback.ConfigValue, [
 	return nil
 }
 func (s *recorded) Up(context.Context, string) error { s.ups++; return nil }
-func (s *recorded) LatestVersion(context.Context) (int, error) {
-	return rollback.LatestVersion(s.history), nil
+func (s *recorded) LatestNumber(context.Context) (int, error) {
+	return rollback.LatestNumber(s.history), nil
 }
 func (s *recorded) Outputs(context.Context) (map[string]any, error) {
 	return nil, errors.New("no outputs in recorded history")
@@ -114,4 +114,54 @@ func TestDeployGate(t *testing.T) {
 			t.Errorf("exit %d with %d ups, stderr %q; want a refusal (1) and no up", code, s.ups, errOut.String())
 		}
 	})
+}
+
+// TestDeployGateOnADIYBackend is the deploy gate on the real history of a
+// file:// backend, whose updates all have version 0: -print-version prints
+// the count of updates, and -after compares with it.
+func TestDeployGateOnADIYBackend(t *testing.T) {
+	for _, tc := range []struct {
+		name, fixture string
+		args          []string
+		wantCode      int
+		wantOut       string // stdout, exactly, when set
+		wantErr       string // in stderr
+		wantInOut     string // in stdout
+		wantUps       int
+	}{
+		{name: "print-version before a deploy: the count of updates", fixture: "diy-up-failed-unrecorded.json",
+			args: []string{"-print-version"}, wantOut: "2\n"},
+		{name: "print-version after a recorded failed update", fixture: "diy-failed-last.json",
+			args: []string{"-print-version"}, wantOut: "3\n"},
+		{name: "up failed in its preview: exit 3, nothing rolled back", fixture: "diy-up-failed-unrecorded.json",
+			args: []string{"-after", "2"}, wantCode: exitNothingApplied,
+			wantErr: "nothing rolled back: no update was recorded on stack dev after update #2 of 2026-12-03T10:06:30.000Z"},
+		{name: "up recorded a failed update: rolled back to the update before it", fixture: "diy-failed-last.json",
+			args: []string{"-after", "2", "-skip-smoke"}, wantUps: 1,
+			wantInOut: "rollback: configuration of update #2 of 2026-12-03T10:06:30.000Z restored"},
+		{name: "make rollback after a rollback goes further back", fixture: "diy-after-rollback.json",
+			args: []string{"-skip-smoke"}, wantUps: 1,
+			wantInOut: "rollback: configuration of update #1 of 2026-12-03T10:06:26.000Z restored"},
+		{name: "a third rollback: refused, naming the updates by time", fixture: "diy-after-two-rollbacks.json",
+			args: []string{"-skip-smoke"}, wantCode: 1,
+			wantErr: "rollback: refused: nothing to roll back to: stack dev has no successful update before update #5 of 2026-12-03T10:10:07.000Z"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := replay(t, tc.fixture)
+			var out, errOut bytes.Buffer
+			code := run(append([]string{"-stack", "dev"}, tc.args...), &out, &errOut)
+			if code != tc.wantCode || s.ups != tc.wantUps {
+				t.Errorf("exit %d with %d ups, want %d with %d; stderr %q", code, s.ups, tc.wantCode, tc.wantUps, errOut.String())
+			}
+			if tc.wantOut != "" && out.String() != tc.wantOut {
+				t.Errorf("stdout %q, want %q", out.String(), tc.wantOut)
+			}
+			if !strings.Contains(out.String(), tc.wantInOut) {
+				t.Errorf("stdout %q, want it to contain %q", out.String(), tc.wantInOut)
+			}
+			if !strings.Contains(errOut.String(), tc.wantErr) {
+				t.Errorf("stderr %q, want it to contain %q", errOut.String(), tc.wantErr)
+			}
+		})
+	}
 }

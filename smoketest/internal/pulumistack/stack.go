@@ -22,8 +22,11 @@ import (
 )
 
 // historyPageSize and historyMaxPages bound how much history a rollback
-// reads: the CLI's default page is only 10 updates, which a run of failed
-// deploys can fill.
+// reads from a backend that numbers its updates (Pulumi Cloud): the CLI's
+// default page is only 10 updates, which a run of failed deploys can fill.
+// A self-managed backend's history, whose updates all have version 0, is
+// read to its end: its updates are numbered by their place in it, counted
+// from the oldest (rollback.Update.Number).
 const (
 	historyPageSize = 100
 	historyMaxPages = 5
@@ -86,38 +89,62 @@ func (s *Stack) Outputs(ctx context.Context) (map[string]any, error) {
 // workspace's CLI. auto.Stack.History would parse it into UpdateSummary,
 // which drops the objectValue of structured config that restoring needs.
 func (s *Stack) History(ctx context.Context) ([]rollback.Update, error) {
+	return s.history(ctx, true)
+}
+
+// history reads the stack's history page by page, newest first: up to
+// historyMaxPages where updates have versions, all of it where they have
+// none (a self-managed backend), since there an update's number is its
+// place counted from the oldest.
+func (s *Stack) history(ctx context.Context, showSecrets bool) ([]rollback.Update, error) {
 	var all []rollback.Update
-	for page := 1; page <= historyMaxPages; page++ {
-		stdout, err := s.run(ctx, "stack", "history", "--json", "--show-secrets",
-			"--page-size", strconv.Itoa(historyPageSize), "--page", strconv.Itoa(page))
-		if err != nil {
-			return nil, err
-		}
-		h, err := rollback.ParseHistory([]byte(stdout))
+	for page := 1; ; page++ {
+		h, err := s.historyPage(ctx, historyPageSize, page, showSecrets)
 		if err != nil {
 			return nil, err
 		}
 		all = append(all, h...)
-		if len(h) < historyPageSize {
-			break
+		versioned := slices.ContainsFunc(all, func(u rollback.Update) bool { return u.Version != 0 })
+		if len(h) < historyPageSize || (versioned && page >= historyMaxPages) {
+			return all, nil
 		}
 	}
-	return all, nil
 }
 
-// LatestVersion is the version of the stack's newest operation, 0 when it
-// has none: what a deploy notes before its `up` (rollback.RunAfter). It
-// reads one history entry and decrypts nothing.
-func (s *Stack) LatestVersion(ctx context.Context) (int, error) {
-	stdout, err := s.run(ctx, "stack", "history", "--json", "--page-size", "1", "--page", "1")
+func (s *Stack) historyPage(ctx context.Context, size, page int, showSecrets bool) ([]rollback.Update, error) {
+	args := []string{"stack", "history", "--json", "--page-size", strconv.Itoa(size), "--page", strconv.Itoa(page)}
+	if showSecrets {
+		args = append(args, "--show-secrets")
+	}
+	stdout, err := s.run(ctx, args...)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	h, err := rollback.ParseHistory([]byte(stdout))
 	if err != nil {
+		return nil, fmt.Errorf("page %d of the history of stack %s: %w", page, s.Name(), err)
+	}
+	return h, nil
+}
+
+// LatestNumber is rollback.LatestNumber of the stack's history, 0 when it
+// has none: what a deploy notes before its `up` (rollback.RunAfter). It
+// decrypts nothing. Where updates have versions it reads one entry, the
+// newest; on a self-managed backend (version 0) it counts the whole
+// history.
+func (s *Stack) LatestNumber(ctx context.Context) (int, error) {
+	newest, err := s.historyPage(ctx, 1, 1, false)
+	if err != nil {
 		return 0, err
 	}
-	return rollback.LatestVersion(h), nil
+	if len(newest) == 0 || newest[0].Version != 0 {
+		return rollback.LatestNumber(newest), nil
+	}
+	all, err := s.history(ctx, false)
+	if err != nil {
+		return 0, err
+	}
+	return rollback.LatestNumber(all), nil
 }
 
 // Config returns the stack's configuration as its stack file has it now,

@@ -2,12 +2,15 @@ package pulumistack
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/blang/semver"
 	"github.com/pulumi/pulumi/sdk/v3/go/auto"
@@ -127,5 +130,104 @@ func TestSetConfigKeepsSecretsOffTheCommandLine(t *testing.T) {
 		if viaStdin[k] != v {
 			t.Errorf("secret %s went in as %q on stdin, want %q", k, viaStdin[k], v)
 		}
+	}
+}
+
+// historyCLI answers `pulumi stack history --json` from n updates, newest
+// first, as the CLI pages them: versions n..1 where versioned (Pulumi
+// Cloud), every version 0 otherwise (a self-managed backend).
+type historyCLI struct {
+	fakeCLI
+	n         int
+	versioned bool
+}
+
+func (f *historyCLI) Run(ctx context.Context, dir string, stdin io.Reader, out, errs []io.Writer, env []string, args ...string) (string, string, int, error) {
+	if len(args) < 2 || args[0] != "stack" || args[1] != "history" {
+		return f.fakeCLI.Run(ctx, dir, stdin, out, errs, env, args...)
+	}
+	f.calls = append(f.calls, cliCall{args: args})
+	size, page := 10, 1
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
+		case "--page-size":
+			size, _ = strconv.Atoi(args[i+1])
+		case "--page":
+			page, _ = strconv.Atoi(args[i+1])
+		}
+	}
+	h := []map[string]any{}
+	for i := (page - 1) * size; i < min(page*size, f.n); i++ {
+		version := 0
+		if f.versioned {
+			version = f.n - i
+		}
+		h = append(h, map[string]any{"version": version, "kind": "update", "result": "succeeded",
+			"startTime": time.Unix(int64(1e9-i), 0).UTC().Format("2006-01-02T15:04:05.000Z07:00"), "config": map[string]any{}})
+	}
+	b, err := json.Marshal(h)
+	return string(b), "", 0, err
+}
+
+func historyStack(t *testing.T, cli *historyCLI) *Stack {
+	t.Helper()
+	ws, err := auto.NewLocalWorkspace(t.Context(), auto.Pulumi(cli), auto.WorkDir(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := auto.SelectStack(t.Context(), "local", ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli.calls = nil
+	return &Stack{stack: st, Progress: io.Discard}
+}
+
+// TestHistoryAndLatestNumber: on a self-managed backend every update has
+// version 0 and is numbered by its place in the history, so the history is
+// read to its end, past the pages a Pulumi Cloud history is cut at, and
+// -print-version's number is the count of updates. Neither decrypts.
+func TestHistoryAndLatestNumber(t *testing.T) {
+	const beyondCap = historyPageSize*historyMaxPages + 120
+	for _, tc := range []struct {
+		name        string
+		cli         *historyCLI
+		wantLen     int // of History
+		wantLatest  int
+		wantLatestN int // history commands LatestNumber runs
+	}{
+		{"Pulumi Cloud", &historyCLI{n: beyondCap, versioned: true}, historyPageSize * historyMaxPages, beyondCap, 1},
+		{"self-managed backend", &historyCLI{n: beyondCap}, beyondCap, beyondCap, 1 + beyondCap/historyPageSize + 1},
+		{"self-managed backend, a full last page", &historyCLI{n: 2 * historyPageSize}, 2 * historyPageSize, 2 * historyPageSize, 1 + 3},
+		{"no updates yet", &historyCLI{}, 0, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := historyStack(t, tc.cli)
+			h, err := s.History(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(h) != tc.wantLen {
+				t.Errorf("History read %d updates, want %d", len(h), tc.wantLen)
+			}
+			for _, c := range tc.cli.calls {
+				if !slices.Contains(c.args, "--show-secrets") {
+					t.Errorf("History ran %q without --show-secrets", c.args)
+				}
+			}
+			tc.cli.calls = nil
+			latest, err := s.LatestNumber(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if latest != tc.wantLatest || len(tc.cli.calls) != tc.wantLatestN {
+				t.Errorf("LatestNumber = %d after %d history commands, want %d after %d", latest, len(tc.cli.calls), tc.wantLatest, tc.wantLatestN)
+			}
+			for _, c := range tc.cli.calls {
+				if slices.Contains(c.args, "--show-secrets") {
+					t.Errorf("LatestNumber decrypts: %q", c.args)
+				}
+			}
+		})
 	}
 }

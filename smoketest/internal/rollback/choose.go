@@ -50,15 +50,14 @@ type Plan struct {
 //     After a failed update an identical configuration is kept, since `up`
 //     with the last good configuration repairs a half-applied stack.
 func Choose(stack string, history []Update) (*Plan, error) {
-	h := append([]Update(nil), history...)
-	sortNewestFirst(h)
+	h := numbered(history)
 	var current *Update
 	for i := range h {
 		switch h[i].Kind {
 		case KindDestroy:
 			if current == nil {
-				return nil, fmt.Errorf("%w: stack %s was destroyed in update %d; deploy it with `make up STACK=%s`",
-					ErrNothingToRollBack, stack, h[i].Version, stack)
+				return nil, fmt.Errorf("%w: stack %s was destroyed in %s; deploy it with `make up STACK=%s`",
+					ErrNothingToRollBack, stack, h[i].Label(), stack)
 			}
 		case KindUpdate:
 			if current == nil {
@@ -73,47 +72,48 @@ func Choose(stack string, history []Update) (*Plan, error) {
 		return nil, fmt.Errorf("%w: stack %s has never been updated", ErrNothingToRollBack, stack)
 	}
 	if current.Result == ResultInProgress {
-		return nil, fmt.Errorf("update %d of stack %s is still running: wait for it (or, if it died, `pulumi cancel` and `pulumi refresh`), then roll back",
-			current.Version, stack)
+		return nil, fmt.Errorf("%s of stack %s is still running: wait for it (or, if it died, `pulumi cancel` and `pulumi refresh`), then roll back",
+			current.Label(), stack)
 	}
 
-	bad := map[int]string{current.Version: "the current update"}
+	// bad holds, by Number, the updates not to return to and why.
+	bad := map[int]string{current.Number: "the current update"}
 	if from, _, ok := current.rollback(); ok {
-		bad[from] = fmt.Sprintf("reverted by the rollback in update %d", current.Version)
+		bad[from] = "reverted by the rollback in " + current.Label()
 	}
 	plan := &Plan{Stack: stack, Current: *current}
 	var older []string
 	for _, u := range h {
-		if u.Version >= current.Version || u.Kind != KindUpdate {
+		if u.Number >= current.Number || u.Kind != KindUpdate {
 			continue
 		}
 		if from, to, ok := u.rollback(); ok {
 			if _, seen := bad[from]; !seen {
-				bad[from] = fmt.Sprintf("reverted by the rollback in update %d", u.Version)
+				bad[from] = "reverted by the rollback in " + u.Label()
 			}
 			// A rollback that was itself reverted condemns the
 			// configuration it restored, too: a third rollback must not
 			// bring back what the second took away.
-			if why, reverted := bad[u.Version]; reverted && u.Result == ResultSucceeded {
+			if why, reverted := bad[u.Number]; reverted && u.Result == ResultSucceeded {
 				if _, seen := bad[to]; !seen {
-					bad[to] = fmt.Sprintf("restored by update %d, which was %s", u.Version, why)
+					bad[to] = fmt.Sprintf("restored by %s, which was %s", u.Label(), why)
 				}
 			}
 		}
-		older = append(older, fmt.Sprintf("v%d %s", u.Version, orUnknown(u.Result)))
+		older = append(older, u.short()+" "+orUnknown(u.Result))
 		if u.Result != ResultSucceeded {
 			continue
 		}
-		if why, isBad := bad[u.Version]; isBad {
-			plan.Skipped = append(plan.Skipped, fmt.Sprintf("v%d: %s", u.Version, why))
+		if why, isBad := bad[u.Number]; isBad {
+			plan.Skipped = append(plan.Skipped, u.short()+": "+why)
 			continue
 		}
 		if current.Result == ResultSucceeded && sameConfig(u.Config, current.Config) {
-			if _, to, ok := current.rollback(); ok && to == u.Version {
-				plan.Skipped = append(plan.Skipped, fmt.Sprintf("v%d: same configuration as the current update", u.Version))
+			if _, to, ok := current.rollback(); ok && to == u.Number {
+				plan.Skipped = append(plan.Skipped, u.short()+": same configuration as the current update")
 				continue
 			}
-			return nil, codeOnly(stack, *current, u)
+			return nil, codeOnly(stack, h, *current, u)
 		}
 		plan.Target = u
 		plan.Config = restored(u.Config)
@@ -123,10 +123,10 @@ func Choose(stack string, history []Update) (*Plan, error) {
 		return plan, nil
 	}
 	if len(older) == 0 {
-		return nil, fmt.Errorf("%w: update %d is the first update of stack %s", ErrNothingToRollBack, current.Version, stack)
+		return nil, fmt.Errorf("%w: %s is the first update of stack %s", ErrNothingToRollBack, current.Label(), stack)
 	}
-	why := fmt.Sprintf("stack %s has no successful update before update %d to go back to (older: %s)",
-		stack, current.Version, strings.Join(older, ", "))
+	why := fmt.Sprintf("stack %s has no successful update before %s to go back to (older: %s)",
+		stack, current.Label(), strings.Join(older, ", "))
 	if len(plan.Skipped) > 0 {
 		why += "; passed over: " + strings.Join(plan.Skipped, "; ")
 	}
@@ -135,29 +135,42 @@ func Choose(stack string, history []Update) (*Plan, error) {
 
 // codeOnly is the refusal for a successful current update whose
 // configuration equals that of target, the update a rollback would return
-// to.
-func codeOnly(stack string, current, target Update) error {
+// to; h is the numbered history.
+func codeOnly(stack string, h []Update, current, target Update) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "update %d of stack %s", current.Version, stack)
+	fmt.Fprintf(&b, "%s of stack %s", current.Label(), stack)
 	if _, to, ok := current.rollback(); ok {
-		fmt.Fprintf(&b, " (a rollback to update %d)", to)
+		fmt.Fprintf(&b, " (a rollback to %s)", labelOf(h, to))
 	}
-	fmt.Fprintf(&b, " has the same configuration as update %d before it", target.Version)
+	fmt.Fprintf(&b, " has the same configuration as %s before it", target.Label())
 	if tag, ok := current.Config[imageTagKey]; ok && tag.Value != nil && !tag.Secret {
 		fmt.Fprintf(&b, " (image tag %q)", *tag.Value)
 	}
 	was, now := shortCommit(target.gitHead()), shortCommit(current.gitHead())
 	switch {
 	case was != "" && now != "" && was != now:
-		fmt.Fprintf(&b, "; it ran commit %s where update %d ran %s", now, target.Version, was)
+		fmt.Fprintf(&b, "; it ran commit %s where update %s ran %s", now, number(target), was)
 	case was != "" && was == now:
 		fmt.Fprintf(&b, "; both ran commit %s", now)
 	}
 	fmt.Fprintf(&b, ": what it changed is code, not configuration (the Pulumi program, or an image rebuilt under the same tag), "+
 		"if anything. A rollback restores an older configuration and still runs this checkout's program, so it cannot undo that, "+
-		"and restoring a configuration older than update %d would move the stack two deploys back while running the new code. "+
-		"Revert the commit and deploy again (`make deploy STACK=%s`)", target.Version, stack)
+		"and restoring a configuration older than update %s would move the stack two deploys back while running the new code. "+
+		"Revert the commit and deploy again (`make deploy STACK=%s`)", number(target), stack)
 	return fmt.Errorf("%w: %s", ErrNothingToRollBack, b.String())
+}
+
+// labelOf is the Label of the update numbered n in the numbered history h.
+func labelOf(h []Update, n int) string {
+	for _, u := range h {
+		if u.Number == n {
+			return u.Label()
+		}
+	}
+	if len(h) > 0 && h[0].Version == 0 {
+		return fmt.Sprintf("update #%d", n)
+	}
+	return fmt.Sprintf("update %d", n)
 }
 
 func shortCommit(sha string) string {
@@ -178,8 +191,8 @@ func (p *Plan) restorable() error {
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("update %d's values of %s could not be decrypted: read the history with the stack's secrets provider "+
-			"(PULUMI_CONFIG_PASSPHRASE, or log in to the backend that holds the stack)", p.Target.Version, strings.Join(missing, ", "))
+		return fmt.Errorf("in %s, the values of %s could not be decrypted: read the history with the stack's secrets provider "+
+			"(PULUMI_CONFIG_PASSPHRASE, or log in to the backend that holds the stack)", p.Target.Label(), strings.Join(missing, ", "))
 	}
 	return nil
 }
@@ -231,11 +244,11 @@ func (p *Plan) Changes(current map[string]ConfigValue) []Change {
 // Describe is the plan in a few lines for the operator.
 func (p *Plan) Describe(current map[string]ConfigValue) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "rollback of stack %s: from update %d (%s, %s) to update %d (%s, %s)\n",
-		p.Stack, p.Current.Version, orUnknown(p.Current.Result), p.Current.StartTime,
-		p.Target.Version, p.Target.Result, p.Target.StartTime)
-	if p.Target.Message != "" {
-		fmt.Fprintf(&b, "  update %d was: %s\n", p.Target.Version, oneLine(p.Target.Message))
+	fmt.Fprintf(&b, "rollback of stack %s: from update %s (%s, %s) to update %s (%s, %s)\n",
+		p.Stack, number(p.Current), orUnknown(p.Current.Result), p.Current.StartTime,
+		number(p.Target), p.Target.Result, p.Target.StartTime)
+	if msg := p.Target.message(); msg != "" {
+		fmt.Fprintf(&b, "  update %s was: %s\n", number(p.Target), oneLine(msg))
 	}
 	for _, s := range p.Skipped {
 		fmt.Fprintf(&b, "  passed over %s\n", s)

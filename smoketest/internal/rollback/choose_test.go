@@ -4,6 +4,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -25,8 +27,9 @@ func TestChoose(t *testing.T) {
 	cases := []struct {
 		name    string
 		history func(t *testing.T) []Update
-		// wantTarget is the version chosen; 0 means Choose must refuse
-		// with wantErr in its message.
+		// wantTarget is the Number of the update chosen (its version, or
+		// on a DIY backend its place from the oldest); 0 means Choose must
+		// refuse with wantErr in its message.
 		wantTarget  int
 		wantCurrent int
 		wantImage   string
@@ -81,7 +84,7 @@ func TestChoose(t *testing.T) {
 				// v16 reverted the rollback v15 (v13's configuration failed
 				// too) and restored v12; v11 is an older good deploy.
 				v16 := Update{Version: 16, Kind: KindUpdate, Result: ResultSucceeded,
-					Message: Message("dev", 15, 12), Config: restored(h[3].Config)}
+					Message: Message("dev", h[0], h[3]), Config: restored(h[3].Config)}
 				v11 := h[3]
 				v11.Version, v11.Message, v11.Config = 11, "deploy sha-01d011", copyConfig(h[3].Config)
 				tag := "sha-01d011"
@@ -197,13 +200,76 @@ func TestChoose(t *testing.T) {
 			},
 			wantErr: "relaygate:gatewayApiKey, relaygate:holysheepApiKey could not be decrypted",
 		},
+		{
+			name: "a rollback's message as the Automation API records it, in quotes",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "after-rollback.json")
+				h[0].Message = strconv.Quote(h[0].Message) // v15, `up --message=%q`
+				return h
+			},
+			wantTarget: 12, wantCurrent: 15, wantImage: "sha-900d12",
+			wantSkipped: []string{"v14: reverted by the rollback in update 15", "v13: same configuration as the current update"},
+		},
+		// The diy-*.json histories are real: a file:// backend, where every
+		// update has version 0, recorded by the Pulumi CLI v3.274.1 (see
+		// testdata/README.md). Updates are numbered from the oldest, #1.
+		{
+			name:       "DIY backend: failed last update: back to the success before it",
+			history:    fixture("diy-failed-last.json"),
+			wantTarget: 2, wantCurrent: 3, wantImage: "sha-2",
+		},
+		{
+			name:       "DIY backend: after a real rollback, past the update it restored",
+			history:    fixture("diy-after-rollback.json"),
+			wantTarget: 1, wantCurrent: 4, wantImage: "sha-1",
+			wantSkipped: []string{"#2 of 2026-12-03T10:06:30.000Z: same configuration as the current update"},
+		},
+		{
+			name:    "DIY backend: a third rollback does not return to what the second took away",
+			history: fixture("diy-after-two-rollbacks.json"),
+			wantErr: "stack dev has no successful update before update #5 of 2026-12-03T10:10:07.000Z to go back to " +
+				"(older: #4 of 2026-12-03T10:09:14.000Z succeeded, #3 of 2026-12-03T10:06:45.000Z failed, " +
+				"#2 of 2026-12-03T10:06:30.000Z succeeded, #1 of 2026-12-03T10:06:26.000Z succeeded); " +
+				"passed over: #4 of 2026-12-03T10:09:14.000Z: reverted by the rollback in update #5 of 2026-12-03T10:10:07.000Z; " +
+				"#2 of 2026-12-03T10:06:30.000Z: restored by update #4 of 2026-12-03T10:09:14.000Z, " +
+				"which was reverted by the rollback in update #5 of 2026-12-03T10:10:07.000Z; " +
+				"#1 of 2026-12-03T10:06:26.000Z: same configuration as the current update",
+			nothing: true,
+		},
+		{
+			name: "DIY backend: first update of the stack",
+			history: func(t *testing.T) []Update {
+				return loadHistory(t, "diy-failed-last.json")[2:]
+			},
+			wantErr: "update #1 of 2026-12-03T10:06:26.000Z is the first update of stack dev", nothing: true,
+		},
+		{
+			name: "DIY backend: nothing succeeded before the current update",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "diy-failed-last.json")
+				h[1].Result, h[2].Result = ResultFailed, ResultFailed
+				return h
+			},
+			wantErr: "no successful update before update #3 of 2026-12-03T10:06:45.000Z to go back to " +
+				"(older: #2 of 2026-12-03T10:06:30.000Z failed, #1 of 2026-12-03T10:06:26.000Z failed)",
+			nothing: true,
+		},
+		{
+			name: "DIY backend: secrets read without the secrets provider",
+			history: func(t *testing.T) []Update {
+				h := loadHistory(t, "diy-failed-last.json")
+				h[1].Config["histprobe:k"] = ConfigValue{Secret: true}
+				return h
+			},
+			wantErr: "in update #2 of 2026-12-03T10:06:30.000Z, the values of histprobe:k could not be decrypted",
+		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			plan, err := Choose("dev", tc.history(t))
 			if tc.wantTarget == 0 {
 				if err == nil {
-					t.Fatalf("Choose chose update %d, want a refusal", plan.Target.Version)
+					t.Fatalf("Choose chose %s, want a refusal", plan.Target.Label())
 				}
 				if !strings.Contains(err.Error(), tc.wantErr) {
 					t.Errorf("error %q, want it to contain %q", err, tc.wantErr)
@@ -216,20 +282,31 @@ func TestChoose(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if plan.Target.Version != tc.wantTarget || plan.Current.Version != tc.wantCurrent {
-				t.Errorf("from v%d to v%d, want from v%d to v%d", plan.Current.Version, plan.Target.Version, tc.wantCurrent, tc.wantTarget)
+			if plan.Target.Number != tc.wantTarget || plan.Current.Number != tc.wantCurrent {
+				t.Errorf("from %s to %s, want from %d to %d", plan.Current.Label(), plan.Target.Label(), tc.wantCurrent, tc.wantTarget)
 			}
-			if got := *plan.Target.Config["relaygate:imageTag"].Value; got != tc.wantImage {
+			if got := imageTag(plan.Target.Config); got != tc.wantImage {
 				t.Errorf("target imageTag %q, want %q", got, tc.wantImage)
 			}
-			if v := plan.Config[ReuseImageKey].Value; v == nil || *v != "true" || *plan.Config["relaygate:imageTag"].Value != tc.wantImage {
-				t.Errorf("the plan writes reuseImage %v, imageTag %v; want true and the target's tag", v, plan.Config["relaygate:imageTag"].Value)
+			if v := plan.Config[ReuseImageKey].Value; v == nil || *v != "true" || imageTag(plan.Config) != tc.wantImage {
+				t.Errorf("the plan writes reuseImage %v, imageTag %q; want true and the target's tag", v, imageTag(plan.Config))
 			}
 			if strings.Join(plan.Skipped, "|") != strings.Join(tc.wantSkipped, "|") {
 				t.Errorf("skipped %q, want %q", plan.Skipped, tc.wantSkipped)
 			}
 		})
 	}
+}
+
+// imageTag is the value of the imageTag key of cfg, whatever the project
+// (relaygate:, or histprobe: in the recorded DIY histories).
+func imageTag(cfg map[string]ConfigValue) string {
+	for k, v := range cfg {
+		if strings.HasSuffix(k, ":imageTag") && v.Value != nil {
+			return *v.Value
+		}
+	}
+	return ""
 }
 
 func fixture(name string) func(*testing.T) []Update {
@@ -254,6 +331,79 @@ func TestParseHistoryKeepsStructuredConfig(t *testing.T) {
 	}
 	if _, err := ParseHistory([]byte(`{"version":1}`)); err == nil {
 		t.Error("ParseHistory accepted an object; the CLI prints a list")
+	}
+}
+
+// TestNumbered: an update's Number is its version where the backend gives
+// versions, and on a DIY backend, whose every version is 0, its place from
+// the oldest, so that it is the same however much history has been added
+// since; Label names it for the operator either way.
+func TestNumbered(t *testing.T) {
+	for _, tc := range []struct {
+		fixture     string
+		wantNumbers []int
+		wantLabel   string // of the newest
+	}{
+		{"several-successes.json", []int{12, 11, 10, 9, 8}, "update 12"},
+		{"diy-up-failed-unrecorded.json", []int{2, 1}, "update #2 of 2026-12-03T10:06:30.000Z"},
+		{"diy-after-two-rollbacks.json", []int{5, 4, 3, 2, 1}, "update #5 of 2026-12-03T10:10:07.000Z"},
+	} {
+		t.Run(tc.fixture, func(t *testing.T) {
+			h := numbered(loadHistory(t, tc.fixture))
+			var got []int
+			for _, u := range h {
+				got = append(got, u.Number)
+			}
+			if !slices.Equal(got, tc.wantNumbers) {
+				t.Errorf("numbers %v, want %v", got, tc.wantNumbers)
+			}
+			if l := h[0].Label(); l != tc.wantLabel {
+				t.Errorf("newest is %q, want %q", l, tc.wantLabel)
+			}
+		})
+	}
+	// A DIY update keeps its number as the history grows.
+	h := numbered(loadHistory(t, "diy-after-two-rollbacks.json"))
+	older := numbered(loadHistory(t, "diy-failed-last.json"))
+	for i, u := range older {
+		if grown := h[len(h)-len(older)+i]; grown.Number != u.Number || grown.StartTime != u.StartTime {
+			t.Errorf("%s became %s two updates later", u.Label(), grown.Label())
+		}
+	}
+}
+
+// TestRollbackMessage: a rollback's message names the updates so that a
+// later rollback finds them again, also in the quotes the Automation API
+// puts around it, and on a DIY backend by their number from the oldest.
+func TestRollbackMessage(t *testing.T) {
+	cloud := numbered(loadHistory(t, "failed-last.json"))
+	diy := numbered(loadHistory(t, "diy-failed-last.json"))
+	for _, tc := range []struct {
+		from, to         Update
+		want             string
+		wantFrom, wantTo int
+	}{
+		{cloud[0], cloud[1], "rollback of dev: v7 -> v6 (restores the configuration of update 6)", 7, 6},
+		{diy[0], diy[1], "rollback of dev: #3 -> #2 (restores the configuration of update #2 of 2026-12-03T10:06:30.000Z)", 3, 2},
+	} {
+		msg := Message("dev", tc.from, tc.to)
+		if msg != tc.want {
+			t.Errorf("Message = %q, want %q", msg, tc.want)
+		}
+		for _, recorded := range []string{msg, strconv.Quote(msg)} {
+			from, to, ok := Update{Message: recorded}.rollback()
+			if !ok || from != tc.wantFrom || to != tc.wantTo {
+				t.Errorf("rollback() of %s = %d, %d, %v; want %d, %d", recorded, from, to, ok, tc.wantFrom, tc.wantTo)
+			}
+		}
+	}
+	// The real message, as the CLI recorded it through the Automation API.
+	h := loadHistory(t, "diy-after-rollback.json")
+	if from, to, ok := h[0].rollback(); !ok || from != 3 || to != 2 {
+		t.Errorf("rollback() of the recorded %s = %d, %d, %v; want 3, 2", h[0].Message, from, to, ok)
+	}
+	if _, _, ok := (Update{Message: `"deploy sha-1"`}).rollback(); ok {
+		t.Error("a deploy's message read as a rollback's")
 	}
 }
 

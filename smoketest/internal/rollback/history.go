@@ -12,14 +12,21 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 )
 
 // Update is one entry of `pulumi stack history --json --show-secrets`. It
 // follows the CLI's JSON rather than auto.UpdateSummary, which drops
 // objectValue, the parsed form of structured config (lists, maps) that
 // restoring needs.
+//
+// Pulumi Cloud numbers a stack's updates (version 1, 2, …); a self-managed
+// ("DIY") backend (`pulumi login --local`, file://, s3://) gives every
+// update version 0. Number is what identifies an update on either: see
+// [Update.Number].
 type Update struct {
 	Version         int                    `json:"version"`
 	Kind            string                 `json:"kind"`
@@ -30,6 +37,15 @@ type Update struct {
 	Config          map[string]ConfigValue `json:"config"`
 	Result          string                 `json:"result,omitempty"`
 	ResourceChanges map[string]int         `json:"resourceChanges,omitempty"`
+
+	// Number identifies the update in its stack's history: its Version
+	// where the backend numbers updates, and on a backend that does not
+	// (every Version 0), its place in the history, 1 for the oldest. A
+	// stack's history only grows at its newest end, so that place is as
+	// stable as a version (unless someone deletes history files by hand),
+	// and it is the version Pulumi Cloud would have given the update.
+	// Choose and LatestNumber set it (see numbered).
+	Number int `json:"-"`
 }
 
 // ConfigValue is one configuration value as the CLI prints it, both in the
@@ -67,22 +83,97 @@ func ParseHistory(b []byte) ([]Update, error) {
 	return h, nil
 }
 
+// sortNewestFirst orders a history by version, newest first. A history
+// without versions keeps its order, which is the CLI's: newest first (a
+// self-managed backend lists its history files by name, which is the time
+// each was written).
 func sortNewestFirst(h []Update) {
 	sort.SliceStable(h, func(i, j int) bool { return h[i].Version > h[j].Version })
 }
 
-// Message is the update message a rollback's `up` carries. Choose reads it
-// back to know which update a later rollback must not return to.
-func Message(stack string, from, to int) string {
-	return fmt.Sprintf("rollback of %s: v%d -> v%d (restores the configuration of update %d)", stack, from, to, to)
+// numbered returns a copy of a stack's whole history, newest first, with
+// each update's Number set: its version, or where the backend gives none
+// (every version 0), its place counted from the oldest.
+func numbered(history []Update) []Update {
+	h := append([]Update(nil), history...)
+	sortNewestFirst(h)
+	versioned := slices.ContainsFunc(h, func(u Update) bool { return u.Version != 0 })
+	for i := range h {
+		h[i].Number = h[i].Version
+		if !versioned {
+			h[i].Number = len(h) - i
+		}
+	}
+	return h
 }
 
-var messageRE = regexp.MustCompile(`^rollback of \S+: v(\d+) -> v(\d+)\b`)
+// Label names the update for the operator: "update 7" where the backend
+// numbers updates; on a self-managed backend, whose `pulumi stack history`
+// shows every update as version 0, "update #3 of <start time>", #3 being
+// its place in the history counted from the oldest.
+func (u Update) Label() string {
+	switch {
+	case u.Version != 0:
+		return fmt.Sprintf("update %d", u.Version)
+	case u.Number != 0:
+		return fmt.Sprintf("update #%d of %s", u.Number, u.StartTime)
+	default:
+		return "the update of " + u.StartTime
+	}
+}
 
-// rollback returns, if u is a rollback's update, the version it reverted
-// and the one whose configuration it restored.
+// number is the update's number where its start time is shown or was
+// already named: "7", or "#3" on a backend without versions.
+func number(u Update) string {
+	if u.Version == 0 {
+		return fmt.Sprintf("#%d", u.Number)
+	}
+	return strconv.Itoa(u.Version)
+}
+
+// ref is the update in a rollback's message and in lists: "v7", or "#3"
+// on a backend without versions.
+func (u Update) ref() string {
+	if u.Version == 0 {
+		return fmt.Sprintf("#%d", u.Number)
+	}
+	return fmt.Sprintf("v%d", u.Version)
+}
+
+// short is ref with, on a backend without versions, the start time that
+// tells the operator which update it is.
+func (u Update) short() string {
+	if u.Version == 0 {
+		return fmt.Sprintf("#%d of %s", u.Number, u.StartTime)
+	}
+	return u.ref()
+}
+
+// Message is the update message a rollback's `up` carries. Choose reads it
+// back to know which update a later rollback must not return to. from and
+// to are numbered updates of one history.
+func Message(stack string, from, to Update) string {
+	return fmt.Sprintf("rollback of %s: %s -> %s (restores the configuration of %s)", stack, from.ref(), to.ref(), to.Label())
+}
+
+var messageRE = regexp.MustCompile(`^rollback of \S+: [v#](\d+) -> [v#](\d+)\b`)
+
+// message is the update's message as it was given. The Automation API passes
+// `up --message=%q`, with Go quoting, and the CLI records the quotes: the
+// history holds a rollback's message as "\"rollback of dev: …\"".
+func (u Update) message() string {
+	if len(u.Message) >= 2 && strings.HasPrefix(u.Message, `"`) && strings.HasSuffix(u.Message, `"`) {
+		if m, err := strconv.Unquote(u.Message); err == nil {
+			return m
+		}
+	}
+	return u.Message
+}
+
+// rollback returns, if u is a rollback's update, the numbers of the update
+// it reverted and of the one whose configuration it restored.
 func (u Update) rollback() (from, to int, ok bool) {
-	m := messageRE.FindStringSubmatch(u.Message)
+	m := messageRE.FindStringSubmatch(u.message())
 	if m == nil {
 		return 0, 0, false
 	}
@@ -91,16 +182,18 @@ func (u Update) rollback() (from, to int, ok bool) {
 	return from, to, err1 == nil && err2 == nil
 }
 
-// LatestVersion is the version of the newest operation in a history, of
-// any kind (update, refresh, destroy…), or 0 for a stack with none.
-// Versions only grow, so a deploy that notes it before its `up` can tell
-// afterwards whether the `up` recorded anything (see [RunAfter]).
-func LatestVersion(history []Update) int {
-	latest := 0
-	for _, u := range history {
-		latest = max(latest, u.Version)
+// LatestNumber is the [Update.Number] of the newest operation in a stack's
+// whole history, of any kind (update, refresh, destroy…), or 0 for a stack
+// with none: its version where the backend numbers updates, and on a
+// self-managed backend, whose versions are all 0, the count of operations
+// in the history. Either only grows, so a deploy that notes it before its
+// `up` can tell afterwards whether the `up` recorded anything (see
+// [RunAfter]).
+func LatestNumber(history []Update) int {
+	if len(history) == 0 {
+		return 0
 	}
-	return latest
+	return numbered(history)[0].Number
 }
 
 // gitHead is the commit the update ran from, as the CLI records it, or "".

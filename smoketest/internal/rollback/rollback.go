@@ -12,7 +12,8 @@ import (
 type Stack interface {
 	Name() string
 	// History returns the update history, newest first, with secret
-	// values decrypted.
+	// values decrypted: all of it where the updates have no versions (a
+	// self-managed backend), since Choose then numbers them by their place.
 	History(ctx context.Context) ([]Update, error)
 	// Config returns the configuration the stack has now (its
 	// Pulumi.<stack>.yaml, which may differ from the last update's).
@@ -24,9 +25,9 @@ type Stack interface {
 }
 
 // ErrNothingApplied is returned (wrapped) by [RunAfter] when the stack's
-// history holds nothing newer than the version the deploy noted before its
-// `up`: the `up` failed before it changed the stack, so there is nothing to
-// undo.
+// history holds nothing newer than the [LatestNumber] the deploy noted
+// before its `up`: the `up` failed before it changed the stack, so there is
+// nothing to undo.
 var ErrNothingApplied = errors.New("no update was recorded")
 
 // Run chooses the update to return to, writes its configuration back (with
@@ -38,15 +39,16 @@ func Run(ctx context.Context, s Stack, out io.Writer) (*Plan, error) {
 }
 
 // RunAfter is Run for a deploy whose `up` or smoke test failed, given
-// after, the stack's [LatestVersion] noted before that `up`. When the
-// history holds no operation newer than after, the `up` stopped before it
-// recorded an update (the program did not compile, the configuration was
+// after, the stack's [LatestNumber] noted before that `up` (on Pulumi Cloud
+// the newest version, on a self-managed backend the count of updates). When
+// the history holds no operation newer than after, the `up` stopped before
+// it recorded an update (the program did not compile, the configuration was
 // invalid, the preview failed): the stack is still on its last good update,
 // and rolling back would revert that one instead. RunAfter then changes
 // nothing and returns an error wrapping ErrNothingApplied.
 func RunAfter(ctx context.Context, s Stack, after int, out io.Writer) (*Plan, error) {
 	if after < 0 {
-		return nil, fmt.Errorf("rollback after update %d: versions start at 0 (a stack with no history)", after)
+		return nil, fmt.Errorf("rollback after update %d: update numbers start at 0 (a stack with no history)", after)
 	}
 	return run(ctx, s, after, out)
 }
@@ -57,13 +59,13 @@ func run(ctx context.Context, s Stack, after int, out io.Writer) (*Plan, error) 
 	if err != nil {
 		return nil, fmt.Errorf("read the history of stack %s: %w", s.Name(), err)
 	}
-	if latest := LatestVersion(history); after >= 0 && latest <= after {
-		what := fmt.Sprintf("its newest is still update %d", latest)
-		if latest == 0 {
-			what = "it has none"
+	if h := numbered(history); after >= 0 && (len(h) == 0 || h[0].Number <= after) {
+		what := "it has none"
+		if len(h) > 0 {
+			what = "its newest is still " + h[0].Label()
 		}
-		return nil, fmt.Errorf("%w on stack %s after update %d (%s): the failed `up` stopped before it changed the stack, "+
-			"which is still on the update it had; nothing to roll back", ErrNothingApplied, s.Name(), after, what)
+		return nil, fmt.Errorf("%w on stack %s after %s: %s, so the failed `up` stopped before it changed the stack, "+
+			"which is still on the update it had; nothing to roll back", ErrNothingApplied, s.Name(), labelOf(h, after), what)
 	}
 	plan, err := Choose(s.Name(), history)
 	if err != nil {
@@ -83,14 +85,14 @@ func run(ctx context.Context, s Stack, after int, out io.Writer) (*Plan, error) 
 		}
 	}
 	if err := s.SetConfig(ctx, plan.Config, remove); err != nil {
-		return plan, fmt.Errorf("restore the configuration of update %d on stack %s: %w", plan.Target.Version, s.Name(), err)
+		return plan, fmt.Errorf("restore the configuration of %s on stack %s: %w", plan.Target.Label(), s.Name(), err)
 	}
-	fmt.Fprintf(out, "rollback: configuration of update %d restored; running `pulumi up` on stack %s\n", plan.Target.Version, s.Name())
-	msg := Message(s.Name(), plan.Current.Version, plan.Target.Version)
+	fmt.Fprintf(out, "rollback: configuration of %s restored; running `pulumi up` on stack %s\n", plan.Target.Label(), s.Name())
+	msg := Message(s.Name(), plan.Current, plan.Target)
 	if err := s.Up(ctx, msg); err != nil {
-		return plan, fmt.Errorf("pulumi up of stack %s with the configuration of update %d: %w", s.Name(), plan.Target.Version, err)
+		return plan, fmt.Errorf("pulumi up of stack %s with the configuration of %s: %w", s.Name(), plan.Target.Label(), err)
 	}
-	fmt.Fprintf(out, "rollback: stack %s is back on the configuration of update %d. Pulumi.%s.yaml now holds it: "+
-		"commit it, or the next deploy from the branch brings the bad configuration back\n", s.Name(), plan.Target.Version, s.Name())
+	fmt.Fprintf(out, "rollback: stack %s is back on the configuration of %s. Pulumi.%s.yaml now holds it: "+
+		"commit it, or the next deploy from the branch brings the bad configuration back\n", s.Name(), plan.Target.Label(), s.Name())
 	return plan, nil
 }

@@ -53,8 +53,8 @@ func TestRunRestoresTheTargetConfigurationAndRunsUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if plan.Target.Version != 6 {
-		t.Fatalf("rolled back to v%d, want v6", plan.Target.Version)
+	if plan.Target.Number != 6 {
+		t.Fatalf("rolled back to %s, want update 6", plan.Target.Label())
 	}
 	// Update 6's configuration, with reuseImage on so that `up` deploys
 	// its image instead of building the current checkout under its tag.
@@ -198,13 +198,21 @@ func TestRunAfter(t *testing.T) {
 		applied    bool   // the refusal is not ErrNothingApplied
 	}{
 		{name: "up failed before recording an update", history: loadHistory(t, "up-failed-unrecorded.json"), after: 6,
-			wantErr: "no update was recorded on stack dev after update 6 (its newest is still update 6): the failed `up` stopped before it changed the stack"},
+			wantErr: "no update was recorded on stack dev after update 6: its newest is still update 6, so the failed `up` stopped before it changed the stack"},
 		{name: "up recorded a failed update", history: loadHistory(t, "failed-last.json"), after: 6, wantTarget: 6},
 		{name: "the smoke test failed after a successful up", history: loadHistory(t, "several-successes.json"), after: 11, wantTarget: 10},
 		{name: "a stack whose first up failed before recording", history: nil, after: 0,
-			wantErr: "no update was recorded on stack dev after update 0 (it has none)"},
+			wantErr: "no update was recorded on stack dev after update 0: it has none"},
 		{name: "a stack whose first update failed: nothing to roll back to", history: loadHistory(t, "first-update.json"), after: 0,
 			wantErr: "update 1 is the first update of stack dev", applied: true},
+		// DIY backend: after is the count of updates -print-version saw.
+		{name: "DIY backend: up failed in its preview, recording nothing", history: loadHistory(t, "diy-up-failed-unrecorded.json"), after: 2,
+			wantErr: "no update was recorded on stack dev after update #2 of 2026-12-03T10:06:30.000Z: " +
+				"its newest is still update #2 of 2026-12-03T10:06:30.000Z, so the failed `up` stopped before it changed the stack"},
+		{name: "DIY backend: up recorded a failed update", history: loadHistory(t, "diy-failed-last.json"), after: 2, wantTarget: 2},
+		{name: "DIY backend: the smoke test failed after a successful up", history: loadHistory(t, "diy-failed-last.json")[1:], after: 1, wantTarget: 1},
+		{name: "DIY backend: a stack whose first update failed", history: loadHistory(t, "diy-failed-last.json")[2:], after: 0,
+			wantErr: "update #1 of 2026-12-03T10:06:26.000Z is the first update of stack dev", applied: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &recordedStack{history: tc.history}
@@ -217,8 +225,8 @@ func TestRunAfter(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if plan.Target.Version != tc.wantTarget || len(s.upMsgs) != 1 {
-					t.Errorf("rolled back to v%d with %d ups, want v%d with one", plan.Target.Version, len(s.upMsgs), tc.wantTarget)
+				if plan.Target.Number != tc.wantTarget || len(s.upMsgs) != 1 {
+					t.Errorf("rolled back to %s with %d ups, want update %d with one", plan.Target.Label(), len(s.upMsgs), tc.wantTarget)
 				}
 				return
 			}
@@ -252,24 +260,72 @@ func TestRunWithoutAfterStillRollsBackTheNewest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if plan.Current.Version != 6 || plan.Target.Version != 5 {
-		t.Errorf("from v%d to v%d, want from v6 to v5", plan.Current.Version, plan.Target.Version)
+	if plan.Current.Number != 6 || plan.Target.Number != 5 {
+		t.Errorf("from %s to %s, want from update 6 to update 5", plan.Current.Label(), plan.Target.Label())
 	}
 }
 
-func TestLatestVersion(t *testing.T) {
-	for name, want := range map[string]int{"several-successes.json": 12, "up-failed-unrecorded.json": 6, "first-update.json": 1} {
-		if got := LatestVersion(loadHistory(t, name)); got != want {
-			t.Errorf("LatestVersion(%s) = %d, want %d", name, got, want)
+// TestLatestNumber: what -print-version prints, the version of the newest
+// update on Pulumi Cloud and the count of updates on a DIY backend, whose
+// versions are all 0; either grows by one with each recorded update.
+func TestLatestNumber(t *testing.T) {
+	for name, want := range map[string]int{
+		"several-successes.json": 12, "up-failed-unrecorded.json": 6, "first-update.json": 1,
+		"diy-up-failed-unrecorded.json": 2, "diy-failed-last.json": 3, "diy-after-two-rollbacks.json": 5,
+	} {
+		if got := LatestNumber(loadHistory(t, name)); got != want {
+			t.Errorf("LatestNumber(%s) = %d, want %d", name, got, want)
 		}
 	}
 	// A refresh or destroy counts: it is the newest operation either way.
 	h := append([]Update{{Version: 13, Kind: "refresh", Result: ResultSucceeded}}, loadHistory(t, "several-successes.json")...)
-	if got := LatestVersion(h); got != 13 {
-		t.Errorf("LatestVersion with a newer refresh = %d, want 13", got)
+	if got := LatestNumber(h); got != 13 {
+		t.Errorf("LatestNumber with a newer refresh = %d, want 13", got)
 	}
-	if got := LatestVersion(nil); got != 0 {
-		t.Errorf("LatestVersion(nil) = %d, want 0", got)
+	diy := append([]Update{{Kind: "refresh", Result: ResultSucceeded, StartTime: "2026-12-03T10:07:00.000Z"}}, loadHistory(t, "diy-failed-last.json")...)
+	if got := LatestNumber(diy); got != 4 {
+		t.Errorf("LatestNumber of a DIY history with a newer refresh = %d, want 4", got)
+	}
+	if got := LatestNumber(nil); got != 0 {
+		t.Errorf("LatestNumber(nil) = %d, want 0", got)
+	}
+}
+
+// TestRunOnADIYBackend: on the real history of a file:// backend, a
+// rollback after a failed update restores the last good update's
+// configuration and tells the operator which update that is by its start
+// time, there being no versions.
+func TestRunOnADIYBackend(t *testing.T) {
+	h := loadHistory(t, "diy-failed-last.json")
+	s := &recordedStack{history: h, config: copyConfig(h[0].Config)}
+	var out bytes.Buffer
+	plan, err := Run(t.Context(), s, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := restored(h[1].Config)
+	if !reflect.DeepEqual(s.set, want) {
+		t.Errorf("restored config differs from that of update #2 with reuseImage on:\n got %v\nwant %v", s.set, want)
+	}
+	wantMsg := "rollback of dev: #3 -> #2 (restores the configuration of update #2 of 2026-12-03T10:06:30.000Z)"
+	if len(s.upMsgs) != 1 || s.upMsgs[0] != wantMsg {
+		t.Errorf("up messages %q, want one %q", s.upMsgs, wantMsg)
+	}
+	for _, want := range []string{
+		"rollback of stack dev: from update #3 (failed, 2026-12-03T10:06:45.000Z) to update #2 (succeeded, 2026-12-03T10:06:30.000Z)",
+		"update #2 was: deploy sha-2",
+		`config histprobe:imageTag: "sha-3" -> "sha-2"`,
+		"stack dev is back on the configuration of update #2 of 2026-12-03T10:06:30.000Z",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), `"v"`) {
+		t.Error("output shows the secret value")
+	}
+	if plan.Current.Label() != "update #3 of 2026-12-03T10:06:45.000Z" {
+		t.Errorf("current update %q", plan.Current.Label())
 	}
 }
 
