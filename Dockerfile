@@ -1,4 +1,9 @@
-# syntax=docker/dockerfile:1
+# No `# syntax=` line: the engine's built-in Dockerfile frontend runs this
+# file, cache mounts included. With one, pulumi-docker's build fails on a
+# Docker 20.10 engine (the frontend image cannot read the build context the
+# provider uploads once: "failed to load cache key ... context not found"),
+# and it needs the frontend image from a registry. A test in
+# infra/internal/stack keeps it out.
 #
 # The Relaygate image: gateway, upstream-sim and gpu-probe, built from
 # ./service/cmd/... . The infra program builds it for linux/amd64 and runs the

@@ -1,14 +1,14 @@
 package main
 
 // The harness runs the real program against Pulumi's mock engine, fed with a
-// stack's real Pulumi.<stack>.yaml merged with Pulumi.yaml the way the CLI
-// merges them, plus the values an operator sets with `pulumi config set`.
+// stack's real Pulumi.<stack>.yaml plus the values an operator sets with
+// `pulumi config set`, validated and merged with Pulumi.yaml by the CLI's own
+// code (cliConfig).
 
 import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -33,6 +33,7 @@ const (
 	fakeHolysheepKey = "test-holysheep-key-94f2"
 	fakeOpenAIKey    = "test-openai-key-1a7e3c"
 	fakeOperatorCIDR = "203.0.113.7/32"
+	fakeRunnerCIDR   = "198.18.0.9/32"
 	fakePublicKey    = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHarnessKeyNotARealKey0000000000000000 ops@example"
 	fakeAMI          = "ami-0123456789abcdef0"
 	fakeECRPassword  = "test-ecr-password-77aa"
@@ -52,7 +53,7 @@ type setting struct {
 func operatorSettings(target string) map[string]setting {
 	s := map[string]setting{"relaygate:gatewayApiKey": {value: fakeGatewayKey, secret: true}}
 	if target == "aws" {
-		s["relaygate:operatorCidr"] = setting{value: fakeOperatorCIDR}
+		s["relaygate:operatorCidrs"] = setting{value: `["` + fakeOperatorCIDR + `", "` + fakeRunnerCIDR + `"]`}
 		s["relaygate:sshPublicKey"] = setting{value: fakePublicKey}
 		s["relaygate:holysheepApiKey"] = setting{value: fakeHolysheepKey, secret: true}
 		s["relaygate:openaiApiKey"] = setting{value: fakeOpenAIKey, secret: true}
@@ -81,104 +82,54 @@ func loadProject(t *testing.T) *workspace.Project {
 }
 
 // stackConfig returns the configuration the engine would hand the program
-// for stack: the stack file, the operator's settings, then Pulumi.yaml's
-// defaults, checked the way the CLI checks them before it runs a program.
+// for stack, as plain text with its secret keys: cliConfig's, the CLI's own
+// validation and merge of the stack file, the operator's settings and
+// Pulumi.yaml's defaults. The error is the CLI's refusal.
 func stackConfig(t *testing.T, stackName string, settings map[string]setting) (map[string]string, []string, error) {
 	t.Helper()
-	proj := loadProject(t)
-	sink := diag.DefaultSink(io.Discard, io.Discard, diag.FormatOptions{Color: colors.Never})
-	ps, err := workspace.LoadProjectStack(sink, proj, filepath.Join(repoRoot(t), fmt.Sprintf("Pulumi.%s.yaml", stackName)))
+	ps, err := workspace.LoadProjectStack(diag.DefaultSink(io.Discard, io.Discard, diag.FormatOptions{Color: colors.Never}),
+		loadProject(t), filepath.Join(repoRoot(t), "Pulumi."+stackName+".yaml"))
 	if err != nil {
 		t.Fatalf("Pulumi.%s.yaml: %v", stackName, err)
 	}
-
+	cfg, crypter, err := cliConfig(t, stackName, withCommittedSecrets(ps.Config, settings))
+	if err != nil {
+		return nil, nil, err
+	}
+	plain, err := cfg.Decrypt(crypter)
+	if err != nil {
+		t.Fatalf("Pulumi.%s.yaml: %v", stackName, err)
+	}
 	values := map[string]string{}
-	secret := map[string]bool{}
-	for k, v := range ps.Config {
-		if v.Secure() {
-			t.Errorf("Pulumi.%s.yaml commits an encrypted value for %s; secrets are set per operator", stackName, k)
-		}
-		s, err := v.Value(config.NopDecrypter)
-		if err != nil {
-			t.Fatalf("Pulumi.%s.yaml: %s: %v", stackName, k, err)
-		}
-		values[k.String()] = s
-	}
-	for k, s := range settings {
-		if s.unset {
-			delete(values, k)
-			delete(secret, k)
-			continue
-		}
-		values[k] = s.value
-		secret[k] = s.secret
-	}
-
-	ns := string(proj.Name)
-	var missing []string
-	for _, key := range slices.Sorted(maps.Keys(proj.Config)) {
-		typ := proj.Config[key]
-		full := key
-		if !strings.Contains(key, ":") {
-			full = ns + ":" + key
-		}
-		v, ok := values[full]
-		if !ok {
-			switch {
-			case typ.Default != nil:
-				values[full] = configText(t, typ.Default)
-			case typ.Value != nil:
-				values[full] = configText(t, typ.Value)
-			default:
-				missing = append(missing, key)
-			}
-			continue
-		}
-		if typ.Secret && !secret[full] {
-			return nil, nil, fmt.Errorf("Stack '%s' with configuration key '%s' must be encrypted as it's secret", stackName, key)
-		}
-		if typ.IsExplicitlyTyped() {
-			var content any = v
-			if *typ.Type == "array" || *typ.Type == "object" {
-				if err := json.Unmarshal([]byte(v), &content); err != nil {
-					return nil, nil, fmt.Errorf("Stack '%s' key '%s': %w", stackName, key, err)
-				}
-			}
-			if !workspace.ValidateConfigValue(*typ.Type, typ.Items, content) {
-				return nil, nil, fmt.Errorf("Stack '%s' with configuration key '%s' must be of type '%s'",
-					stackName, key, workspace.InferFullTypeName(*typ.Type, typ.Items))
-			}
-		}
-	}
-	if len(missing) > 0 {
-		return nil, nil, fmt.Errorf("Stack '%s' is missing configuration values %v", stackName, missing)
+	for k, v := range plain {
+		values[k.String()] = v
 	}
 	var secretKeys []string
-	for k, s := range secret {
-		if s {
-			secretKeys = append(secretKeys, k)
-		}
+	for _, k := range cfg.SecureKeys() {
+		secretKeys = append(secretKeys, k.String())
 	}
+	slices.Sort(secretKeys)
 	return values, secretKeys, nil
 }
 
-// configText writes a project default the way the CLI passes it on:
-// scalars as text, lists and maps as JSON.
-func configText(t *testing.T, v any) string {
-	t.Helper()
-	switch v.(type) {
-	case string, bool, int, int64, float64:
-		return fmt.Sprintf("%v", v)
+// committedSecret stands for a secret committed encrypted in a stack file
+// (`secure: ...`, written by `pulumi config set --secret`), whose stack's
+// secrets provider a test cannot decrypt with. It passes every secret's
+// format check: a key of 16 characters or more without spaces, and an
+// http(s) URL.
+const committedSecret = "https://committed-secret.invalid/placeholder"
+
+// withCommittedSecrets is settings plus, for each encrypted value of the
+// stack file that settings neither set nor unset, that value set and secret
+// as committedSecret.
+func withCommittedSecrets(stackFile config.Map, settings map[string]setting) map[string]setting {
+	out := maps.Clone(settings)
+	for k, v := range stackFile {
+		if _, ok := out[k.String()]; !ok && v.Secure() {
+			out[k.String()] = setting{value: committedSecret, secret: true}
+		}
 	}
-	simple, err := workspace.SimplifyMarshalledValue(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := json.Marshal(simple)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return out
 }
 
 // recorded is one resource the program registered.
@@ -269,7 +220,12 @@ func (e *engine) NewResource(args pulumi.MockResourceArgs) (string, resource.Pro
 	case "aws:ec2/keyPair:KeyPair":
 		set("keyName", args.Name+"-generated")
 	case "command:remote:Command":
-		set("stdout", "relaygate: host ready")
+		if create := str("create"); strings.Contains(create, "docker image inspect") {
+			// A pull on a host answers the image ID.
+			set("stdout", "sha256:"+digest(create)+"\n")
+		} else {
+			set("stdout", "relaygate: host ready")
+		}
 	}
 	return id, outs, nil
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pulumi/pulumi/sdk/v3/go/common/resource/config"
 	"gopkg.in/yaml.v3"
 
 	"github.com/relaygate/relaygate/infra/internal/stackconfig"
@@ -57,6 +58,23 @@ func TestProjectDeclaresEveryKeyTheProgramReads(t *testing.T) {
 	if !slices.Equal(declared, read) {
 		t.Errorf("Pulumi.yaml declares %v\nthe program reads %v", declared, read)
 	}
+	for _, k := range stackconfig.OptionalSecretKeys {
+		if _, ok := proj.Config[k]; ok {
+			t.Errorf("Pulumi.yaml declares the optional secret %s: the CLI would then demand it in every stack", k)
+		}
+	}
+	for k := range stackconfig.RenamedKeys {
+		if _, ok := proj.Config[k]; ok {
+			t.Errorf("Pulumi.yaml still declares %s, which the program no longer reads", k)
+		}
+	}
+	for k, typ := range proj.Config {
+		// The CLI merges a default as plain text, then refuses it for a
+		// secret key ("must be encrypted as it's secret").
+		if typ.Secret && (typ.Default != nil || typ.Value != nil) {
+			t.Errorf("Pulumi.yaml gives the secret %s a default, which the CLI refuses in every stack that does not set it", k)
+		}
+	}
 	if !proj.Config["gatewayApiKey"].Secret {
 		t.Error("gatewayApiKey is not declared secret: true")
 	}
@@ -65,27 +83,141 @@ func TestProjectDeclaresEveryKeyTheProgramReads(t *testing.T) {
 	}
 }
 
-// TestStackFilesHoldNoSecrets reads the committed stack files as text: no
-// secret-looking key may be there at all, encrypted or not.
+// secretish matches the config keys that hold secrets.
+var secretish = regexp.MustCompile(`(?i)(api_?key|token|password|secret|private|webhook)`)
+
+// plainSecrets lists, as dotted paths, the values of a stack file under a
+// secret-looking key that are not encrypted. An encrypted value is what
+// `pulumi config set --secret` writes, a map {secure: <ciphertext>}; in a
+// structured value (`--secret --path`) every leaf must be one.
+func plainSecrets(stackFile []byte) ([]string, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(stackFile, &doc); err != nil {
+		return nil, err
+	}
+	if len(doc.Content) == 0 {
+		return nil, nil
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: a stack file is a map", root.Line)
+	}
+	var found []string
+	var walk func(path string, n *yaml.Node, secret bool)
+	walk = func(path string, n *yaml.Node, secret bool) {
+		switch {
+		case n.Kind == yaml.AliasNode:
+			walk(path, n.Alias, secret)
+		case n.Kind == yaml.MappingNode && len(n.Content) == 2 && n.Content[0].Value == "secure":
+			if v := n.Content[1]; v.Kind != yaml.ScalarNode || v.Value == "" {
+				found = append(found, path)
+			}
+		case n.Kind == yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i].Value
+				walk(strings.TrimPrefix(path+"."+k, "."), n.Content[i+1], secret || secretish.MatchString(k))
+			}
+		case n.Kind == yaml.SequenceNode:
+			for i, e := range n.Content {
+				walk(fmt.Sprintf("%s[%d]", path, i), e, secret)
+			}
+		case secret:
+			found = append(found, path)
+		}
+	}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == "config" {
+			walk("", root.Content[i+1], false)
+		}
+	}
+	return found, nil
+}
+
+func TestPlainSecrets(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, file string
+		want       []string
+	}{
+		{"plain API key", "config:\n  relaygate:openaiApiKey: sk-plain\n", []string{"relaygate:openaiApiKey"}},
+		{"encrypted API key", "config:\n  relaygate:openaiApiKey:\n    secure: AAABAJb0ciphertext\n", nil},
+		{"plain webhook", "config:\n  relaygate:alertWebhookUrl: https://hooks.example.com/T0/B0/x\n", []string{"relaygate:alertWebhookUrl"}},
+		{"encrypted webhook", "config:\n  relaygate:alertWebhookUrl: {secure: AAABAKc1}\n", nil},
+		{"empty plain token", "config:\n  relaygate:apiToken: \"\"\n", []string{"relaygate:apiToken"}},
+		{"empty ciphertext", "config:\n  relaygate:gatewayApiKey: {secure: \"\"}\n", []string{"relaygate:gatewayApiKey"}},
+		{"secure beside another field", "config:\n  relaygate:gatewayApiKey: {secure: AAAB, plain: x}\n", []string{"relaygate:gatewayApiKey.secure", "relaygate:gatewayApiKey.plain"}},
+		{"plain leaf of a structured secret", "config:\n  relaygate:dbPassword: {primary: {secure: AAAB}, replica: hunter2}\n", []string{"relaygate:dbPassword.replica"}},
+		{"plain secret nested in a value", "config:\n  relaygate:upstreams:\n    - name: x\n      token: t0k3n\n", []string{"relaygate:upstreams[0].token"}},
+		{"encrypted list items", "config:\n  relaygate:tokens:\n    - secure: AAAB\n    - secure: AAAC\n", nil},
+		{"a private key", "config:\n  relaygate:sshPrivateKey: |\n    -----BEGIN OPENSSH PRIVATE KEY-----\n", []string{"relaygate:sshPrivateKey"}},
+		{"ordinary values", "config:\n  aws:region: us-east-1\n  relaygate:sshPublicKey: ssh-ed25519 AAAA ops\n  relaygate:allowedCidrs: []\n", nil},
+		{"secret-looking text outside config", "encryptionsalt: v1:abc\nsecretsprovider: passphrase\nconfig: {}\n", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := plainSecrets([]byte(tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("plainSecrets = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestStackFilesHoldNoSecrets reads the committed stack files: a secret
+// may be there only encrypted, as `pulumi config set --secret` writes it.
 func TestStackFilesHoldNoSecrets(t *testing.T) {
 	t.Parallel()
-	secretish := regexp.MustCompile(`(?i)(api_?key|token|password|secret|private)`)
+	files, err := filepath.Glob(filepath.Join(repoRoot(t), "Pulumi.*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, stack := range []string{"dev", "prod", "local"} {
-		b, err := os.ReadFile(filepath.Join(repoRoot(t), "Pulumi."+stack+".yaml"))
+		if !slices.Contains(files, filepath.Join(repoRoot(t), "Pulumi."+stack+".yaml")) {
+			t.Errorf("Pulumi.%s.yaml is missing", stack)
+		}
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var f struct {
-			Config map[string]any `yaml:"config"`
+		found, err := plainSecrets(b)
+		if err != nil {
+			t.Fatalf("%s: %v", filepath.Base(f), err)
 		}
-		if err := yaml.Unmarshal(b, &f); err != nil {
-			t.Fatalf("Pulumi.%s.yaml: %v", stack, err)
+		for _, k := range found {
+			t.Errorf("%s holds %s in plain text; remove it, rotate it, and set it with `pulumi config set --secret`", filepath.Base(f), k)
 		}
-		for k := range f.Config {
-			if secretish.MatchString(k) {
-				t.Errorf("Pulumi.%s.yaml sets %s; set it with `pulumi config set --secret` instead of committing it", stack, k)
-			}
-		}
+	}
+}
+
+// TestCommittedSecretsReachTheProgram: a secret committed encrypted that
+// the operator's settings do not cover is set and secret, and the
+// operator's settings win over the committed ones.
+func TestCommittedSecretsReachTheProgram(t *testing.T) {
+	t.Parallel()
+	key := func(k string) config.Key { return config.MustMakeKey("relaygate", k) }
+	stackFile := config.Map{
+		key("alertWebhookUrl"): config.NewSecureValue("AAABAcommitted"),
+		key("gatewayApiKey"):   config.NewSecureValue("AAABBcommitted"),
+		key("openaiApiKey"):    config.NewSecureValue("AAABCcommitted"),
+		key("instanceType"):    config.NewValue("g5.xlarge"),
+	}
+	got := withCommittedSecrets(stackFile, map[string]setting{
+		"relaygate:gatewayApiKey": {value: fakeGatewayKey, secret: true},
+		"relaygate:openaiApiKey":  {unset: true},
+	})
+	want := map[string]setting{
+		"relaygate:alertWebhookUrl": {value: committedSecret, secret: true},
+		"relaygate:gatewayApiKey":   {value: fakeGatewayKey, secret: true},
+		"relaygate:openaiApiKey":    {unset: true},
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("withCommittedSecrets = %+v, want %+v", got, want)
 	}
 }
 
@@ -414,8 +546,11 @@ func TestBrokenConfigFails(t *testing.T) {
 		changes map[string]setting
 		want    string
 	}{
-		{"missing operator network", "dev", map[string]setting{"relaygate:operatorCidr": {unset: true}}, "relaygate:operatorCidr: is not set"},
-		{"bad CIDR", "dev", map[string]setting{"relaygate:operatorCidr": {value: "198.51.100.7/33"}}, "relaygate:operatorCidr: \"198.51.100.7/33\" is not a CIDR block"},
+		{"missing operator networks", "dev", map[string]setting{"relaygate:operatorCidrs": {unset: true}}, "relaygate:operatorCidrs: is empty"},
+		{"bad CIDR", "dev", map[string]setting{"relaygate:operatorCidrs": {value: `["198.51.100.7/33"]`}}, "relaygate:operatorCidrs[0]: \"198.51.100.7/33\" is not a CIDR block"},
+		{"operator network open to the world", "prod", map[string]setting{"relaygate:operatorCidrs": {value: `["` + fakeOperatorCIDR + `", "0.0.0.0/0"]`}}, "relaygate:operatorCidrs[1]: is 0.0.0.0/0"},
+		{"the old single operator network", "dev", map[string]setting{"relaygate:operatorCidr": {value: fakeOperatorCIDR}}, "relaygate:operatorCidr: is no longer read; it was replaced by operatorCidrs"},
+		{"alert webhook in plain text", "dev", map[string]setting{"relaygate:alertWebhookUrl": {value: "https://hooks.example.com/T0/B0/" + fakeHolysheepKey}}, "relaygate:alertWebhookUrl: is stored in plain text"},
 		{"bad allowed CIDR", "prod", map[string]setting{"relaygate:allowedCidrs": {value: `["10.0.0.0/8","everyone"]`}}, "relaygate:allowedCidrs[1]"},
 		{"zero hosts", "prod", map[string]setting{"relaygate:hostCount": {value: "0"}}, "relaygate:hostCount: must be at least 1, got 0"},
 		{"upstream key missing", "prod", map[string]setting{"relaygate:openaiApiKey": {unset: true}}, "relaygate:openaiApiKey: is not set"},
@@ -456,18 +591,31 @@ func TestBrokenConfigFails(t *testing.T) {
 	}
 }
 
-// TestCLIRefusesPlainGatewayKey checks the project schema's secret: true,
-// through the harness's reading of it.
-func TestCLIRefusesPlainGatewayKey(t *testing.T) {
+// TestCLIRefuses: what the project schema makes the CLI refuse before the
+// program runs.
+func TestCLIRefuses(t *testing.T) {
 	t.Parallel()
-	s := operatorSettings("local")
-	s["relaygate:gatewayApiKey"] = setting{value: fakeGatewayKey}
-	if _, _, err := stackConfig(t, "local", s); err == nil || !strings.Contains(err.Error(), "'gatewayApiKey' must be encrypted") {
-		t.Errorf("a plain-text gatewayApiKey got past the project schema: %v", err)
+	tests := []struct {
+		name, stack, target string
+		changes             map[string]setting
+		want                string
+	}{
+		{"plain gateway key", "local", "local", map[string]setting{"relaygate:gatewayApiKey": {value: fakeGatewayKey}},
+			"'gatewayApiKey' must be encrypted"},
+		{"missing gateway key", "local", "local", map[string]setting{"relaygate:gatewayApiKey": {unset: true}},
+			"is missing configuration value 'gatewayApiKey'"},
+		{"operator networks as one string", "dev", "aws", map[string]setting{"relaygate:operatorCidrs": {value: fakeOperatorCIDR}},
+			"'operatorCidrs' must be of type 'array<string>'"},
 	}
-	s["relaygate:gatewayApiKey"] = setting{unset: true}
-	if _, _, err := stackConfig(t, "local", s); err == nil || !strings.Contains(err.Error(), "gatewayApiKey") {
-		t.Errorf("a missing gatewayApiKey got past the project schema: %v", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := operatorSettings(tt.target)
+			maps.Copy(s, tt.changes)
+			if _, _, err := stackConfig(t, tt.stack, s); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("got %v, want an error containing %q", err, tt.want)
+			}
+		})
 	}
 }
 
@@ -601,9 +749,9 @@ func checkInstanceBound(t *testing.T, d *deployment, hosts int, managedRedis boo
 	}
 	// Per host: network, volumes (Redis unless managed, Prometheus),
 	// containers (gateway, Prometheus, Redis unless managed) and pulls.
-	want := map[string]int{typeNetwork: 1, typeVolume: 2, typeContainer: 3, typeRemoteImage: 3}
+	want := map[string]int{typeNetwork: 1, typeVolume: 2, typeContainer: 3, typeRemoteImage: 2}
 	if managedRedis {
-		want = map[string]int{typeNetwork: 1, typeVolume: 1, typeContainer: 2, typeRemoteImage: 2}
+		want = map[string]int{typeNetwork: 1, typeVolume: 1, typeContainer: 2, typeRemoteImage: 1}
 	}
 	for i, id := range ids {
 		h := fmt.Sprintf("relaygate-%s-host-%d", d.stack, i)
@@ -674,7 +822,7 @@ func ingressRules(t *testing.T, sg recorded) []rule {
 
 // checkSecurityGroups: with the committed stack files (no public client
 // network) nothing is open to the internet, and SSH and Prometheus are open
-// to the operator's network only.
+// to the operator's and the deploy runner's networks only.
 func checkSecurityGroups(t *testing.T, d *deployment) {
 	t.Helper()
 	for _, sg := range d.ofType(typeSecurityGroup) {
@@ -682,8 +830,8 @@ func checkSecurityGroups(t *testing.T, d *deployment) {
 			if slices.Contains(r.cidrs, "0.0.0.0/0") {
 				t.Errorf("%s opens %d to 0.0.0.0/0", sg.Name, r.from)
 			}
-			if (r.from == 22 || r.from == 9090) && !slices.Equal(r.cidrs, []string{fakeOperatorCIDR}) {
-				t.Errorf("%s opens %d to %v, want only the operator's %s", sg.Name, r.from, r.cidrs, fakeOperatorCIDR)
+			if operators := []string{fakeOperatorCIDR, fakeRunnerCIDR}; (r.from == 22 || r.from == 9090) && !slices.Equal(r.cidrs, operators) {
+				t.Errorf("%s opens %d to %v, want only operatorCidrs %v", sg.Name, r.from, r.cidrs, operators)
 			}
 		}
 		for i := range items(t, sg, "egress") {
@@ -773,13 +921,19 @@ func checkHostContainers(t *testing.T, d *deployment, hosts int, managedRedis bo
 	ref := d.outputs["imageRef"].Value.(string)
 	for i := range hosts {
 		h := fmt.Sprintf("relaygate-%s-host-%d", d.stack, i)
-		pull := d.named(t, typeRemoteImage, h+"-gateway")
-		if getString(t, pull, "name") != ref {
-			t.Errorf("%s pulls %s, want the digest %s", h, getString(t, pull, "name"), ref)
+		// The host pulls with its own instance role, over SSH, and the
+		// gateway runs the image ID that pull answered.
+		pull := d.named(t, typeReady, h+"-pull-gateway")
+		script := getString(t, pull, "create")
+		if !strings.Contains(script, "ref='"+ref+"'") || !strings.Contains(script, "docker pull") {
+			t.Errorf("%s does not pull the digest %s:\n%s", h, ref, script)
+		}
+		if tr := getStrings(t, pull, "triggers"); len(tr) != 2 || tr[0] != ref || !strings.HasPrefix(tr[1], "i-") {
+			t.Errorf("%s: pull triggers %v, want the reference and the instance", h, tr)
 		}
 		gw := d.named(t, typeContainer, h+"-gateway")
-		if img := getString(t, gw, "image"); img != "sha256:"+digest(ref) {
-			t.Errorf("%s: gateway image %s is not the pulled digest", h, img)
+		if img := getString(t, gw, "image"); img != "sha256:"+digest(script) {
+			t.Errorf("%s: gateway image %s is not the pulled image", h, img)
 		}
 		if !strings.Contains(gw.Provider, h+"-docker") {
 			t.Errorf("%s: gateway deployed through %q, not the host's provider", h, gw.Provider)

@@ -54,14 +54,12 @@ func TestReuseImageOnAWS(t *testing.T) {
 			// Each host pulls that reference and runs what it pulled.
 			checkHostContainers(t, d, hosts, stack == "prod")
 
-			// The hosts still get ECR credentials to pull with.
+			// The hosts pull with their own role: no registry token sits in
+			// a provider's configuration, where a fresh one would show as a
+			// change on every run.
 			for _, p := range d.ofType(typeDockerProv) {
-				if !strings.Contains(p.Name, "-host-") {
-					continue
-				}
-				auth := items(t, p, "registryAuth")
-				if len(auth) != 1 || !strings.HasSuffix(getString(t, p, "registryAuth", 0, "address"), ".amazonaws.com") {
-					t.Errorf("%s: registry auth %v, want the ECR registry's", p.Name, auth)
+				if auth := items(t, p, "registryAuth"); len(auth) != 0 {
+					t.Errorf("%s: registry auth %v in the provider", p.Name, auth)
 				}
 			}
 		})

@@ -77,9 +77,11 @@ type Args struct {
 
 	// GatewayImage is the image reference by digest (or local image ID).
 	GatewayImage pulumi.StringInput
-	// PullGateway pulls GatewayImage from its registry first (hosts); a
-	// locally built image is already on the engine.
-	PullGateway bool
+	// PullGateway, when set, puts GatewayImage on the engine first and
+	// returns the image ID the gateway runs (hosts, which pull from a
+	// private registry with their own credentials); unset, the image is
+	// already on the engine (a locally built one).
+	PullGateway func(ref pulumi.StringInput) (pulumi.StringOutput, error)
 	// GatewayConfig is the YAML uploaded to gatewayconfig.Path.
 	GatewayConfig pulumi.StringInput
 	// GatewayEnv is "NAME=value" entries, the secrets among them already
@@ -87,6 +89,10 @@ type Args struct {
 	GatewayEnv pulumi.StringArrayInput
 	// GPUs passes every GPU of the engine's host to the gateway.
 	GPUs bool
+	// GatewayAfter is what the gateway waits for besides its own Redis: in
+	// a rolling deploy, the previous host's new gateway in service, so that
+	// this host's old gateway is only removed then.
+	GatewayAfter []pulumi.Resource
 	// StopGrace is how long Docker waits after SIGTERM before it kills a
 	// gateway being replaced, so that it drains (zero: Docker's default).
 	StopGrace time.Duration
@@ -250,9 +256,9 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	}
 
 	gatewayImage := args.GatewayImage.ToStringOutput()
-	if args.PullGateway {
-		if gatewayImage, err = pull("gateway", args.GatewayImage); err != nil {
-			return nil, err
+	if args.PullGateway != nil {
+		if gatewayImage, err = args.PullGateway(args.GatewayImage); err != nil {
+			return nil, fmt.Errorf("containers %s: pulling the gateway image: %w", name, err)
 		}
 	}
 	// The gateway and simulator only open sockets: they need no capability
@@ -290,6 +296,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	}
 
 	gwOpts := slices.Clone(replace)
+	gatewayDeps = append(gatewayDeps, args.GatewayAfter...)
 	if len(gatewayDeps) > 0 {
 		gwOpts = append(gwOpts, pulumi.DependsOn(gatewayDeps))
 	}

@@ -40,7 +40,7 @@ func config(t *testing.T, target string, overrides map[string]string) *stackconf
 		"relaygate:cudaTestImage":      "nvidia/cuda:12.4.1-base-ubuntu22.04",
 		"relaygate:vpcCidr":            "10.40.0.0/16",
 		"relaygate:allowedCidrs":       `[]`,
-		"relaygate:operatorCidr":       "203.0.113.7/32",
+		"relaygate:operatorCidrs":      `["203.0.113.7/32"]`,
 		"relaygate:loadBalancer":       "false",
 		"relaygate:managedRedis":       "false",
 		"relaygate:redisNodeType":      "cache.t4g.small",

@@ -62,6 +62,10 @@ type Balancer struct {
 	DNSName pulumi.StringOutput
 	// URL is the gateway's base URL for clients.
 	URL pulumi.StringOutput
+	// TargetGroupARN is the group every gateway is a target of.
+	TargetGroupARN pulumi.StringOutput
+	// Attachments are the targets, in Args.Targets order.
+	Attachments []*lb.TargetGroupAttachment
 }
 
 // ListenerPorts are the ports clients connect to, for the security group.
@@ -132,14 +136,17 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	if err != nil {
 		return nil, fmt.Errorf("load balancer %s: target group: %w", name, err)
 	}
+	b.TargetGroupARN = tg.Arn
 	for i, id := range args.Targets {
-		if _, err := lb.NewTargetGroupAttachment(ctx, fmt.Sprintf("%s-%d", name, i), &lb.TargetGroupAttachmentArgs{
+		att, err := lb.NewTargetGroupAttachment(ctx, fmt.Sprintf("%s-%d", name, i), &lb.TargetGroupAttachmentArgs{
 			TargetGroupArn: tg.Arn,
 			TargetId:       id,
 			Port:           pulumi.Int(args.TargetPort),
-		}, parent); err != nil {
+		}, parent)
+		if err != nil {
 			return nil, fmt.Errorf("load balancer %s: attaching target %d: %w", name, i, err)
 		}
+		b.Attachments = append(b.Attachments, att)
 	}
 
 	forward := lb.ListenerDefaultActionArray{lb.ListenerDefaultActionArgs{

@@ -40,8 +40,9 @@ type Args struct {
 	PrivateSubnets bool
 	// ClientCIDRs may call the gateway (or the load balancer's listeners).
 	ClientCIDRs []netip.Prefix
-	// OperatorCIDR may reach SSH and Prometheus on the hosts.
-	OperatorCIDR netip.Prefix
+	// OperatorCIDRs may reach SSH and Prometheus on the hosts: the
+	// operators' networks and the deploy runner's.
+	OperatorCIDRs []netip.Prefix
 	// GatewayPort is the port the gateway listens on on each host.
 	GatewayPort int
 	// PrometheusPort is Prometheus's port on each host.
@@ -170,8 +171,8 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 
 	// Every client network, plus the operator's so the smoke test can run
 	// from there.
-	clients := cidrStrings(append(slices.Clone(args.ClientCIDRs), args.OperatorCIDR))
-	operator := pulumi.StringArray{pulumi.String(args.OperatorCIDR.String())}
+	clients := cidrStrings(append(slices.Clone(args.ClientCIDRs), args.OperatorCIDRs...))
+	operator := cidrStrings(args.OperatorCIDRs)
 	webEgress := ec2.SecurityGroupEgressArray{
 		tcpEgress(443, pulumi.StringArray{pulumi.String("0.0.0.0/0")}, "HTTPS: upstream APIs, registries, package mirrors"),
 		tcpEgress(80, pulumi.StringArray{pulumi.String("0.0.0.0/0")}, "HTTP: Ubuntu package mirrors"),
@@ -188,7 +189,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		}
 		lb, err := ec2.NewSecurityGroup(ctx, name+"-lb", &ec2.SecurityGroupArgs{
 			VpcId:       vpc.ID(),
-			Description: pulumi.String("Relaygate load balancer: listeners open to the gateway's clients"),
+			Description: pulumi.String("Relaygate load balancer: listeners open to the gateway clients"),
 			Ingress:     lbIngress,
 			// The targets are in this VPC; the VPC's block avoids a cycle
 			// with the host group, which admits this group by ID.

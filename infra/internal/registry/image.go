@@ -65,9 +65,6 @@ type GatewayImage struct {
 	// in the repository (repo@sha256:…), or for a local image its image ID
 	// (sha256:…), whether built now or found by Reuse.
 	Ref pulumi.StringOutput
-	// RegistryAuth lets a Docker provider on a host pull from the
-	// repository; empty for local images.
-	RegistryAuth docker.ProviderRegistryAuthArrayOutput
 	// RepositoryURL is empty for local images.
 	RepositoryURL pulumi.StringOutput
 }
@@ -103,7 +100,6 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 // under Tag, and a local rollback returns to the old image only when each
 // deploy used its own imageTag.
 func (g *GatewayImage) local(ctx *pulumi.Context, name string, args Args) error {
-	g.RegistryAuth = docker.ProviderRegistryAuthArray{}.ToProviderRegistryAuthArrayOutput()
 	g.RepositoryURL = pulumi.String("").ToStringOutput()
 	image := LocalName(args.Tag)
 
@@ -197,13 +193,6 @@ func (g *GatewayImage) pushed(ctx *pulumi.Context, name string, args Args) error
 	password := pulumi.ToSecret(creds.Password()).(pulumi.StringOutput)
 	server := creds.ProxyEndpoint().ApplyT(registryHost).(pulumi.StringOutput)
 	g.RepositoryURL = repo.RepositoryUrl
-	g.RegistryAuth = docker.ProviderRegistryAuthArray{
-		docker.ProviderRegistryAuthArgs{
-			Address:  server,
-			Username: user,
-			Password: password,
-		},
-	}.ToProviderRegistryAuthArrayOutput()
 
 	if args.Reuse {
 		// A plain invoke by the repository's name, which the program sets:

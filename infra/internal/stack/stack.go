@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ec2"
+	"github.com/pulumi/pulumi-command/sdk/go/command/remote"
 	"github.com/pulumi/pulumi-docker/sdk/v4/go/docker"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 
@@ -116,7 +117,7 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 		Zones:          zones,
 		PrivateSubnets: cfg.ManagedRedis,
 		ClientCIDRs:    cfg.AllowedCIDRs,
-		OperatorCIDR:   cfg.OperatorCIDR,
+		OperatorCIDRs:  cfg.OperatorCIDRs,
 		GatewayPort:    stackconfig.GatewayPort,
 		PrometheusPort: stackconfig.PrometheusPort,
 		ListenerPorts:  listeners,
@@ -180,57 +181,15 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 		return nil, err
 	}
 
-	for i, host := range fleet.Hosts {
-		hostName := fmt.Sprintf("%s-host-%d", name, i)
-		provider, err := docker.NewProvider(ctx, hostName+"-docker", &docker.ProviderArgs{
-			Host: host.DockerHost,
-			// The operator's ssh client and agent authenticate. A new host
-			// has a new key: trust it on first use, refuse a changed one.
-			SshOpts: pulumi.ToStringArray([]string{
-				"-o", "StrictHostKeyChecking=accept-new",
-				"-o", "ConnectTimeout=30",
-				"-o", "ServerAliveInterval=15",
-			}),
-			RegistryAuth: image.RegistryAuth,
-		}, pulumi.Parent(host), pulumi.DependsOn([]pulumi.Resource{host.Ready}))
-		if err != nil {
-			return nil, fmt.Errorf("%s: docker provider: %w", hostName, err)
-		}
-		if _, err := containers.New(ctx, hostName, containers.Args{
-			Prefix:          "relaygate",
-			Provider:        provider,
-			DependsOn:       []pulumi.Resource{host.Ready},
-			GatewayImage:    image.Ref,
-			PullGateway:     true,
-			GatewayConfig:   gatewayYAML,
-			GatewayEnv:      gatewayEnv(cfg),
-			GPUs:            true,
-			PublishIP:       "0.0.0.0",
-			RunRedis:        !cfg.ManagedRedis,
-			RedisImage:      cfg.RedisImage,
-			RedisMaxMemory:  hostRedisMaxMemory,
-			PrometheusImage: cfg.PrometheusImage,
-			PrometheusFiles: promFiles,
-			Alertmanager:    alertmanager,
-			StopGrace:       drain(cfg).Grace(),
-			// A replaced instance (new AMI, user data or key) is a bare
-			// host behind the same provider: this makes every Docker
-			// resource on it differ, so all of them are created again there.
-			InstanceID: host.Instance.ID().ToStringOutput(),
-			Instance:   host.Instance,
-		}, pulumi.Parent(host)); err != nil {
-			return nil, err
-		}
-	}
-
 	first := fleet.Hosts[0].PublicIP
 	gatewayURL := pulumi.Sprintf("http://%s:%d", first, stackconfig.GatewayPort)
+	var alb *loadbalancer.Balancer
 	if cfg.LoadBalancer {
 		var targets []pulumi.StringInput
 		for _, h := range fleet.Hosts {
 			targets = append(targets, h.Instance.ID().ToStringOutput())
 		}
-		alb, err := loadbalancer.New(ctx, name, loadbalancer.Args{
+		alb, err = loadbalancer.New(ctx, name, loadbalancer.Args{
 			Tags:               tags,
 			VpcID:              net.VpcID.ToStringOutput(),
 			SubnetIDs:          net.PublicSubnetIDs,
@@ -246,6 +205,81 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 			return nil, err
 		}
 		gatewayURL = alb.URL
+	}
+
+	// Behind the load balancer the gateways are replaced one host at a time:
+	// each host's gateway waits for the previous host's new one to be in
+	// service, so at most one of them is out at any moment.
+	var previous []pulumi.Resource
+	for i, host := range fleet.Hosts {
+		hostName := fmt.Sprintf("%s-host-%d", name, i)
+		provider, err := docker.NewProvider(ctx, hostName+"-docker", &docker.ProviderArgs{
+			Host: host.DockerHost,
+			// The operator's ssh client and agent authenticate. A new host
+			// has a new key: trust it on first use, refuse a changed one.
+			SshOpts: pulumi.ToStringArray([]string{
+				"-o", "StrictHostKeyChecking=accept-new",
+				"-o", "ConnectTimeout=30",
+				"-o", "ServerAliveInterval=15",
+			}),
+			// Configuring the provider pings the daemon over SSH otherwise
+			// (terraform-provider-docker's providerConfigure), so a preview,
+			// which diffs without the daemon, would need the hosts' key.
+			// The host's Ready check has already seen Docker run a GPU
+			// container, and every real operation still reaches it.
+			DisableDockerDaemonCheck: pulumi.Bool(true),
+		}, pulumi.Parent(host), pulumi.DependsOn([]pulumi.Resource{host.Ready}),
+			// A replaced instance is a new engine at a new address. Updated in
+			// place (a provider's changed host is an update for the bridge),
+			// the provider would send the old containers' deletes to the new,
+			// empty host. Replaced with its instance, the old provider, still
+			// pointed at the old host, deletes them there before that host
+			// is terminated, and everything on it is created anew.
+			pulumi.ReplaceWith([]pulumi.Resource{host.Instance}))
+		if err != nil {
+			return nil, fmt.Errorf("%s: docker provider: %w", hostName, err)
+		}
+		run, err := containers.New(ctx, hostName, containers.Args{
+			Prefix:          "relaygate",
+			Provider:        provider,
+			DependsOn:       []pulumi.Resource{host.Ready},
+			GatewayImage:    image.Ref,
+			PullGateway:     pullOnHost(ctx, hostName, host, cfg.SSHUser, cfg.Region),
+			GatewayConfig:   gatewayYAML,
+			GatewayEnv:      gatewayEnv(cfg),
+			GPUs:            true,
+			PublishIP:       "0.0.0.0",
+			RunRedis:        !cfg.ManagedRedis,
+			RedisImage:      cfg.RedisImage,
+			RedisMaxMemory:  hostRedisMaxMemory,
+			PrometheusImage: cfg.PrometheusImage,
+			PrometheusFiles: promFiles,
+			Alertmanager:    alertmanager,
+			StopGrace:       drain(cfg).Grace(),
+			// A replaced instance (new AMI, user data or key) is a bare
+			// host behind the same provider: this makes every Docker
+			// resource on it differ, so all of them are created again there.
+			InstanceID:   host.Instance.ID().ToStringOutput(),
+			Instance:     host.Instance,
+			GatewayAfter: previous,
+		}, pulumi.Parent(host))
+		if err != nil {
+			return nil, err
+		}
+		if alb != nil {
+			inService, err := loadbalancer.WaitInService(ctx, hostName+"-in-service", loadbalancer.InServiceArgs{
+				Region:         cfg.Region,
+				TargetGroupARN: alb.TargetGroupARN,
+				InstanceID:     host.Instance.ID().ToStringOutput(),
+				Port:           stackconfig.GatewayPort,
+				Trigger:        run.Gateway.ID(),
+				After:          []pulumi.Resource{run.Gateway, alb.Attachments[i]},
+			}, pulumi.Parent(host), pulumi.DeletedWith(host.Instance))
+			if err != nil {
+				return nil, err
+			}
+			previous = []pulumi.Resource{inService}
+		}
 	}
 
 	return &Outputs{
@@ -315,6 +349,35 @@ func deployLocal(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Out
 		Hosts:              pulumi.ToStringArray([]string{"127.0.0.1"}).ToStringArrayOutput(),
 		InstanceIDs:        pulumi.ToStringArray([]string{}).ToStringArrayOutput(),
 	}, nil
+}
+
+// pullOnHost pulls the gateway image on a host with the host's own instance
+// role (AmazonEC2ContainerRegistryReadOnly) and answers its image ID. Given
+// to the host's Docker provider instead (registryAuth), the ECR token, new
+// on every run, would make every preview and up update each provider.
+func pullOnHost(ctx *pulumi.Context, hostName string, host *gpuhost.Host, sshUser, region string) func(pulumi.StringInput) (pulumi.StringOutput, error) {
+	return func(ref pulumi.StringInput) (pulumi.StringOutput, error) {
+		cmd, err := remote.NewCommand(ctx, hostName+"-pull-gateway", &remote.CommandArgs{
+			Connection: remote.ConnectionArgs{
+				Host:           host.PublicIP,
+				User:           pulumi.String(sshUser),
+				DialErrorLimit: pulumi.Int(10),
+				PerDialTimeout: pulumi.Int(10),
+			},
+			// ref is repo@sha256:…; the registry is its host part.
+			Create: pulumi.Sprintf(`set -eu
+ref='%s'
+aws ecr get-login-password --region '%s' | docker login --username AWS --password-stdin "${ref%%%%/*}" >/dev/null
+docker pull --quiet "$ref" >/dev/null
+docker image inspect --format '{{.Id}}' "$ref"
+`, ref, region),
+			Triggers: pulumi.Array{ref, host.Instance.ID()},
+		}, pulumi.Parent(host), pulumi.DependsOn([]pulumi.Resource{host.Ready}), pulumi.DeletedWith(host.Instance))
+		if err != nil {
+			return pulumi.StringOutput{}, err
+		}
+		return cmd.Stdout.ApplyT(strings.TrimSpace).(pulumi.StringOutput), nil
+	}
 }
 
 // renderGatewayConfig renders the gateway's YAML once the Redis address is

@@ -1,8 +1,10 @@
 package stack
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -72,5 +74,50 @@ func TestSourceFrom(t *testing.T) {
 	}
 	if _, err := SourceFrom(workdir, root); err == nil {
 		t.Error("a root without a Dockerfile was accepted")
+	}
+}
+
+// directiveRE is a Dockerfile parser directive (Dockerfile reference,
+// "Parser directives": `# directive=value`, only before the first other
+// line).
+var directiveRE = regexp.MustCompile(`^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=`)
+
+// TestDockerfileNeedsNoFrontendImage keeps the `# syntax=` directive out of
+// the Dockerfile: with it, the build the Docker provider runs fails on a
+// Docker 20.10 engine (a real `pulumi up` of the local stack showed it), and
+// it needs the frontend image from a registry.
+func TestDockerfileNeedsNoFrontendImage(t *testing.T) {
+	t.Parallel()
+	check := func(dockerfile string) error {
+		for _, line := range strings.Split(dockerfile, "\n") {
+			m := directiveRE.FindStringSubmatch(line)
+			if m == nil {
+				return nil
+			}
+			if strings.EqualFold(m[1], "syntax") {
+				return fmt.Errorf("the Dockerfile names a frontend image: %q", line)
+			}
+		}
+		return nil
+	}
+	for _, tc := range []struct {
+		text string
+		ok   bool
+	}{
+		{"# syntax=docker/dockerfile:1\nFROM scratch\n", false},
+		{"#escape=`\n# Syntax = docker/dockerfile:1.7\nFROM scratch\n", false},
+		{"# a comment\n# syntax=docker/dockerfile:1\nFROM scratch\n", true}, // not a directive after a comment
+		{"FROM scratch\n", true},
+	} {
+		if err := check(tc.text); (err == nil) != tc.ok {
+			t.Errorf("%q: error %v, want ok=%t", tc.text, err, tc.ok)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join("..", "..", "..", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := check(string(b)); err != nil {
+		t.Error(err)
 	}
 }

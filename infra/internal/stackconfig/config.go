@@ -65,7 +65,9 @@ type Config struct {
 	// Network (aws).
 	VPCCIDR      netip.Prefix
 	AllowedCIDRs []netip.Prefix
-	OperatorCIDR netip.Prefix
+	// OperatorCIDRs reach SSH and Prometheus: the operators' networks and
+	// the deploy runner's.
+	OperatorCIDRs []netip.Prefix
 
 	// Scale-out pieces (aws).
 	LoadBalancer       bool

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"net/url"
 	"regexp"
@@ -22,12 +23,25 @@ import (
 var Keys = []string{
 	"target", "instanceType", "hostCount", "expectedGpuCount", "rootVolumeGb",
 	"amiNamePattern", "amiOwner", "sshUser", "sshPublicKey", "cudaTestImage",
-	"vpcCidr", "allowedCidrs", "operatorCidr",
+	"vpcCidr", "allowedCidrs", "operatorCidrs",
 	"loadBalancer", "managedRedis", "redisNodeType", "tlsCertificateArn", "domainName", "hostedZoneId", "deletionProtection",
 	"imageTag", "reuseImage", "imageRetainCount", "redisImage", "prometheusImage", "alertmanagerImage",
 	"localGpu", "upstreamSimulator",
 	"latencyBudgetP95Ms", "upstreams", "models", "retry", "cacheTtl", "rateLimit",
-	"gatewayApiKey", "alertWebhookUrl",
+	"gatewayApiKey",
+}
+
+// OptionalSecretKeys are secrets a stack may leave unset. They are not
+// declared in Pulumi.yaml: the CLI merges a declared default as plain text
+// and then refuses it for a `secret: true` key ("must be encrypted as it's
+// secret", pkg/workspace/config.go), and a declared key without a default is
+// required in every stack. The program insists that a set one is encrypted.
+var OptionalSecretKeys = []string{"alertWebhookUrl"}
+
+// RenamedKeys are keys an older stack file may still hold, with what
+// replaced them.
+var RenamedKeys = map[string]string{
+	"operatorCidr": "operatorCidrs, a list (e.g. [\"203.0.113.7/32\", \"<the deploy runner's address>/32\"])",
 }
 
 // GatewayAPIKeyEnv is the variable the gateway's client_keys entry expands.
@@ -80,9 +94,14 @@ func Parse(src Source, stack string) (*Config, error) {
 	c.SSHPublicKey = strings.TrimSpace(p.str("sshPublicKey"))
 	c.CUDATestImage = p.str("cudaTestImage")
 	vpc := p.str("vpcCidr")
-	var allowed []string
+	var allowed, operators []string
 	p.json("allowedCidrs", &allowed)
-	operator := p.str("operatorCidr")
+	p.json("operatorCidrs", &operators)
+	for _, old := range slices.Sorted(maps.Keys(RenamedKeys)) {
+		if _, ok := src.Lookup(fullKey(old)); ok {
+			p.fail(old, "is no longer read; it was replaced by %s", RenamedKeys[old])
+		}
+	}
 	c.LoadBalancer = p.bool("loadBalancer")
 	c.ManagedRedis = p.bool("managedRedis")
 	c.RedisNodeType = p.str("redisNodeType")
@@ -140,10 +159,19 @@ func Parse(src Source, stack string) (*Config, error) {
 				}
 			}
 		}
-		if operator == "" {
-			p.fail("operatorCidr", "is not set; it is the only network allowed to reach SSH and Prometheus, e.g. 203.0.113.7/32")
-		} else if c.OperatorCIDR = p.cidr("operatorCidr", operator); c.OperatorCIDR.IsValid() && c.OperatorCIDR.Bits() == 0 {
-			p.fail("operatorCidr", "is %s, which would open SSH and Prometheus to the whole internet; use your own address, e.g. 203.0.113.7/32", c.OperatorCIDR)
+		if len(operators) == 0 {
+			p.fail("operatorCidrs", "is empty; list the networks allowed to reach SSH and Prometheus: yours and the deploy runner's, e.g. [\"203.0.113.7/32\"]")
+		}
+		for i, s := range operators {
+			k := fmt.Sprintf("operatorCidrs[%d]", i)
+			pfx := p.cidr(k, s)
+			switch {
+			case !pfx.IsValid():
+			case pfx.Bits() == 0:
+				p.fail(k, "is %s, which would open SSH and Prometheus to the whole internet; use your own address, e.g. 203.0.113.7/32", pfx)
+			default:
+				c.OperatorCIDRs = append(c.OperatorCIDRs, pfx)
+			}
 		}
 		if !imageTagRE.MatchString(c.ImageTag) {
 			p.fail("imageTag", "%q is not a valid image tag", c.ImageTag)

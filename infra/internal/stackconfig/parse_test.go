@@ -3,6 +3,7 @@ package stackconfig
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,7 +42,7 @@ func awsValues() map[string]string {
 		"relaygate:cudaTestImage":      "nvidia/cuda:12.4.1-base-ubuntu22.04",
 		"relaygate:vpcCidr":            "10.40.0.0/16",
 		"relaygate:allowedCidrs":       `["198.51.100.0/24"]`,
-		"relaygate:operatorCidr":       "203.0.113.7/32",
+		"relaygate:operatorCidrs":      `["203.0.113.7/32","198.18.0.9/32"]`,
 		"relaygate:loadBalancer":       "false",
 		"relaygate:managedRedis":       "false",
 		"relaygate:redisNodeType":      "cache.t4g.small",
@@ -89,7 +90,7 @@ func localValues() map[string]string {
 	delete(v, "relaygate:openaiApiKey")
 	v["relaygate:target"] = "local"
 	v["relaygate:sshPublicKey"] = ""
-	v["relaygate:operatorCidr"] = ""
+	v["relaygate:operatorCidrs"] = "[]"
 	v["relaygate:allowedCidrs"] = "[]"
 	v["relaygate:expectedGpuCount"] = "0"
 	v["relaygate:upstreamSimulator"] = "true"
@@ -119,8 +120,8 @@ func TestParseValidStacks(t *testing.T) {
 			if c.Target != TargetAWS || c.Region != "us-east-1" || c.HostCount != 1 || c.InstanceType != "g5.xlarge" {
 				t.Errorf("target/region/hosts/type = %s/%s/%d/%s", c.Target, c.Region, c.HostCount, c.InstanceType)
 			}
-			if want := netip.MustParsePrefix("203.0.113.7/32"); c.OperatorCIDR != want {
-				t.Errorf("operator CIDR = %s, want %s", c.OperatorCIDR, want)
+			if want := []netip.Prefix{netip.MustParsePrefix("203.0.113.7/32"), netip.MustParsePrefix("198.18.0.9/32")}; !slices.Equal(c.OperatorCIDRs, want) {
+				t.Errorf("operator CIDRs = %v, want %v", c.OperatorCIDRs, want)
 			}
 			if len(c.AllowedCIDRs) != 1 || c.AllowedCIDRs[0].String() != "198.51.100.0/24" {
 				t.Errorf("allowed CIDRs = %v", c.AllowedCIDRs)
@@ -239,14 +240,24 @@ func TestParseRejects(t *testing.T) {
 			[]string{"relaygate:hostCount: must be at least 1, got 0"}},
 		{"host count not a number", with(awsValues(), "relaygate:hostCount", "three"), nil,
 			[]string{"relaygate:hostCount: must be a whole number"}},
-		{"bad operator CIDR", with(awsValues(), "relaygate:operatorCidr", "203.0.113.7/33"), nil,
-			[]string{"relaygate:operatorCidr: \"203.0.113.7/33\" is not a CIDR block"}},
-		{"operator CIDR with host bits", with(awsValues(), "relaygate:operatorCidr", "203.0.113.7/24"), nil,
-			[]string{"did you mean 203.0.113.0/24"}},
-		{"operator CIDR open to the world", with(awsValues(), "relaygate:operatorCidr", "0.0.0.0/0"), nil,
-			[]string{"relaygate:operatorCidr: is 0.0.0.0/0"}},
-		{"operator CIDR unset", with(awsValues(), "relaygate:operatorCidr", ""), nil,
-			[]string{"relaygate:operatorCidr: is not set"}},
+		{"bad operator CIDR", with(awsValues(), "relaygate:operatorCidrs", `["203.0.113.7/33"]`), nil,
+			[]string{"relaygate:operatorCidrs[0]: \"203.0.113.7/33\" is not a CIDR block"}},
+		{"operator CIDR with host bits", with(awsValues(), "relaygate:operatorCidrs", `["203.0.113.7/32","198.18.0.9/24"]`), nil,
+			[]string{"relaygate:operatorCidrs[1]: \"198.18.0.9/24\" has host bits set; did you mean 198.18.0.0/24"}},
+		{"operator CIDR open to the world", with(awsValues(), "relaygate:operatorCidrs", `["203.0.113.7/32","0.0.0.0/0"]`), nil,
+			[]string{"relaygate:operatorCidrs[1]: is 0.0.0.0/0"}},
+		{"IPv6 operator CIDR", with(awsValues(), "relaygate:operatorCidrs", `["2001:db8::/64"]`), nil,
+			[]string{"relaygate:operatorCidrs[0]: \"2001:db8::/64\": only IPv4"}},
+		{"no operator CIDR", with(awsValues(), "relaygate:operatorCidrs", `[]`), nil,
+			[]string{"relaygate:operatorCidrs: is empty"}},
+		{"operator CIDRs not a list", with(awsValues(), "relaygate:operatorCidrs", `"203.0.113.7/32"`), nil,
+			[]string{"relaygate:operatorCidrs: json: cannot unmarshal"}},
+		{"operator CIDRs missing", without(awsValues(), "relaygate:operatorCidrs"), nil,
+			[]string{"relaygate:operatorCidrs: is not set"}},
+		{"the old single operator CIDR", with(awsValues(), "relaygate:operatorCidr", "203.0.113.7/32"), nil,
+			[]string{"relaygate:operatorCidr: is no longer read; it was replaced by operatorCidrs"}},
+		{"the old single operator CIDR on local", with(localValues(), "relaygate:operatorCidr", ""), nil,
+			[]string{"relaygate:operatorCidr: is no longer read"}},
 		{"bad allowed CIDR", with(awsValues(), "relaygate:allowedCidrs", `["198.51.100.0/24","nope"]`), nil,
 			[]string{"relaygate:allowedCidrs[1]: \"nope\""}},
 		{"IPv6 allowed CIDR", with(awsValues(), "relaygate:allowedCidrs", `["2001:db8::/32"]`), nil,
@@ -347,8 +358,8 @@ func TestParseRejects(t *testing.T) {
 			[]string{"relaygate:hostCount: the local target runs one gateway"}},
 		{"local with cloud pieces", with(localValues(), "relaygate:managedRedis", "true"), nil,
 			[]string{"relaygate:target: local creates no cloud resources"}},
-		{"every problem at once", with(awsValues(), "relaygate:hostCount", "0", "relaygate:operatorCidr", "x", "relaygate:imageTag", "bad tag"), nil,
-			[]string{"relaygate:hostCount", "relaygate:operatorCidr", "relaygate:imageTag"}},
+		{"every problem at once", with(awsValues(), "relaygate:hostCount", "0", "relaygate:operatorCidrs", `["x"]`, "relaygate:imageTag", "bad tag"), nil,
+			[]string{"relaygate:hostCount", "relaygate:operatorCidrs[0]", "relaygate:imageTag"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,295 @@
+package main
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	pkgengine "github.com/pulumi/pulumi/pkg/v3/engine"
+	"github.com/pulumi/pulumi/pkg/v3/resource/deploy"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
+)
+
+// TestCLIAcceptsTheCommittedStacks runs the CLI's own config validation
+// (pkg/v3/workspace) on each committed stack with what the README has an
+// operator set, as `pulumi preview` does before it runs anything.
+func TestCLIAcceptsTheCommittedStacks(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		stack   string
+		changes map[string]setting
+	}{
+		{"dev", nil},
+		{"prod", nil},
+		{"local", nil},
+		{"dev", map[string]setting{"relaygate:alertWebhookUrl": {value: "https://hooks.example.com/T0/B0/x", secret: true}}},
+	} {
+		if _, _, err := cliConfig(t, tc.stack, withOperator(tc.stack, tc.changes)); err != nil {
+			t.Errorf("stack %s %v: the CLI refuses it: %v", tc.stack, tc.changes, err)
+		}
+	}
+}
+
+// TestFirstUp is the first `pulumi up` (preview, then update) of each stack
+// on an empty state, through the real engine and the real program.
+func TestFirstUp(t *testing.T) {
+	t.Parallel()
+	for _, stack := range []string{"dev", "prod", "local"} {
+		t.Run(stack, func(t *testing.T) {
+			t.Parallel()
+			r := newStackRun(t, stack, nil)
+			events := r.up()
+			created := 0
+			for _, s := range stepsOf(events) {
+				if strings.HasPrefix(s, "create ") {
+					created++
+				}
+			}
+			if created == 0 {
+				t.Fatalf("nothing created: %v", diags(events))
+			}
+			for _, d := range diags(events) {
+				if strings.HasPrefix(d, "error") {
+					t.Errorf("%s", d)
+				}
+			}
+			// A second up with nothing changed changes nothing.
+			again := r.up()
+			for _, s := range stepsOf(again) {
+				if !strings.HasPrefix(s, string(deploy.OpSame)) && !strings.HasPrefix(s, "read ") {
+					t.Errorf("second up of %s: %s", stack, s)
+				}
+			}
+		})
+	}
+}
+
+// TestHostReplacement replaces the GPU host of dev (a new SSH key, and
+// `pulumi up --replace` of the instance): the new, empty host gets every
+// container, and no delete of an old container is sent to it.
+func TestHostReplacement(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		change func(r *stackRun) []string
+	}{
+		{"new ssh key", func(r *stackRun) []string {
+			r.set("sshPublicKey", setting{value: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRotatedKeyNotARealKey000000000000000000 ops@example"})
+			return nil
+		}},
+		{"--replace", func(r *stackRun) []string { return []string{typeInstance + "::relaygate-dev-host-0"} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := newStackRun(t, "dev", nil)
+			r.up()
+			old := r.hostEngines()
+			replace := tc.change(r)
+			r.world.record("=== change")
+			r.up(replace...)
+			now := r.hostEngines()
+			if len(old) != 1 || len(now) != 1 || old[0] == now[0] {
+				t.Fatalf("host engines before %v, after %v: the instance was not replaced", old, now)
+			}
+			calls := r.world.calls()
+			after := slices.Index(calls, "=== change")
+			for _, c := range calls[after:] {
+				if strings.HasPrefix(c, "delete ") && strings.HasSuffix(c, " on "+now[0]) {
+					t.Errorf("a delete went to the new host: %s", c)
+				}
+			}
+			objs := r.world.objects(now[0])
+			for _, want := range []string{"container relaygate-gateway", "container relaygate-redis", "container relaygate-prometheus", "network relaygate"} {
+				if !slices.Contains(objs, want) {
+					t.Errorf("the new host lacks %s; it has %v\ncalls:\n%s", want, objs, strings.Join(calls[after:], "\n"))
+				}
+			}
+		})
+	}
+}
+
+// TestRollingProdUpdate deploys a new gateway image to prod's three hosts:
+// the engine replaces one host's gateway at a time, each only once the
+// previous host's new gateway is in service behind the load balancer, so
+// at least two of three serve throughout.
+func TestRollingProdUpdate(t *testing.T) {
+	t.Parallel()
+	r := newStackRun(t, "prod", nil)
+	r.up()
+	hosts := len(r.hostEngines())
+	r.world.record("=== change")
+	r.set("imageTag", setting{value: "prod-2"})
+	r.up()
+	calls := r.world.calls()
+	calls = calls[slices.Index(calls, "=== change"):]
+
+	serving := hosts
+	var order []string
+	least := serving
+	for _, c := range calls {
+		switch {
+		case strings.HasPrefix(c, "delete Container ") && strings.Contains(c, "-gateway on "):
+			serving--
+			order = append(order, c)
+		case strings.HasPrefix(c, "create Container ") && strings.Contains(c, "-gateway on "):
+			serving++
+			order = append(order, c)
+		case strings.HasPrefix(c, "create Command ") && strings.Contains(c, "-in-service"):
+			order = append(order, c)
+		}
+		least = min(least, serving)
+	}
+	t.Logf("order the engine took:\n%s", strings.Join(order, "\n"))
+	if least < hosts-1 {
+		t.Errorf("at one point only %d of %d gateways were up", least, hosts)
+	}
+	var want []string
+	for i := range hosts {
+		want = append(want,
+			fmt.Sprintf("delete Container relaygate-prod-host-%d-gateway", i),
+			fmt.Sprintf("create Container relaygate-prod-host-%d-gateway", i),
+			fmt.Sprintf("create Command relaygate-prod-host-%d-in-service", i))
+	}
+	var got []string
+	for _, o := range order {
+		got = append(got, strings.Split(o, " on ")[0])
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("gateway steps:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestPreviewNeedsNoSSHKey is a pull request's preview of dev and prod after
+// a deploy: it runs without the hosts' SSH key (which would give pull
+// request code root on the hosts) and reaches no host.
+func TestPreviewNeedsNoSSHKey(t *testing.T) {
+	t.Parallel()
+	for _, stack := range []string{"dev", "prod"} {
+		t.Run(stack, func(t *testing.T) {
+			t.Parallel()
+			r := newStackRun(t, stack, nil)
+			r.up()
+			r.world.mu.Lock()
+			r.world.sshAgent = false
+			r.world.contacted = nil
+			r.world.mu.Unlock()
+			r.set("latencyBudgetP95Ms", setting{value: "1200"})
+			events, err := r.op(pkgengine.Update, true)
+			if err != nil {
+				t.Fatalf("preview without the SSH key: %v\n%v", err, diags(events))
+			}
+			if len(r.world.contacted) > 0 {
+				t.Errorf("the preview reached %v", r.world.contacted)
+			}
+			changed := false
+			for _, s := range stepsOf(events) {
+				changed = changed || strings.Contains(s, "-gateway")
+			}
+			if !changed {
+				t.Errorf("the preview shows no change to the gateways: %v", stepsOf(events))
+			}
+		})
+	}
+}
+
+// awsSecurityGroupText is the character set AWS accepts in a security
+// group's description and in each rule's description (EC2 API Reference:
+// CreateSecurityGroup, GroupDescription; IpRange and UserIdGroupPair,
+// Description): "a-z, A-Z, 0-9, spaces, and ._-:/()#,@[]+=&;{}!$*", up to
+// 255 characters.
+var awsSecurityGroupText = regexp.MustCompile(`^[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{0,255}$`)
+
+// TestAWSAcceptsTheDescriptions checks every security group and rule
+// description the program sends, in every AWS stack, against AWS's
+// documented character set: one AWS refuses fails the first `up` half-way.
+func TestAWSAcceptsTheDescriptions(t *testing.T) {
+	t.Parallel()
+	for _, stack := range []string{"dev", "prod"} {
+		t.Run(stack, func(t *testing.T) {
+			t.Parallel()
+			r := newStackRun(t, stack, nil)
+			if _, err := r.op(pkgengine.Update, true); err != nil {
+				t.Fatal(err)
+			}
+			checked := 0
+			for _, e := range r.lastPlan {
+				if e.Type != pkgengine.ResourcePreEvent {
+					continue
+				}
+				m := e.Payload().(pkgengine.ResourcePreEventPayload).Metadata
+				if m.Type != typeSecurityGroup || m.New == nil {
+					continue
+				}
+				in := m.New.Inputs
+				texts := []string{in["description"].StringValue()}
+				for _, dir := range []string{"ingress", "egress"} {
+					if v, ok := in[resource.PropertyKey(dir)]; ok && v.IsArray() {
+						for _, rule := range v.ArrayValue() {
+							if d, ok := rule.ObjectValue()["description"]; ok && d.IsString() {
+								texts = append(texts, d.StringValue())
+							}
+						}
+					}
+				}
+				for _, text := range texts {
+					checked++
+					if !awsSecurityGroupText.MatchString(text) {
+						t.Errorf("%s: AWS refuses the description %q", m.URN.Name(), text)
+					}
+				}
+			}
+			if checked == 0 {
+				t.Fatal("no security group description was checked")
+			}
+		})
+	}
+}
+
+// TestRollback is what smoketest/cmd/rollback does after a bad deploy: the
+// previous update's configuration again, with reuseImage on, and `up`. The
+// image that update deployed comes back from the registry by digest; the
+// current checkout is not built, and the image resource leaves the state
+// without deleting anything in the registry.
+func TestRollback(t *testing.T) {
+	t.Parallel()
+	for _, stack := range []string{"dev", "local"} {
+		t.Run(stack, func(t *testing.T) {
+			t.Parallel()
+			r := newStackRun(t, stack, nil)
+			r.set("imageTag", setting{value: "good"})
+			r.up()
+			r.set("imageTag", setting{value: "bad"})
+			r.up()
+			r.world.record("=== rollback")
+			r.set("imageTag", setting{value: "good"})
+			r.set("reuseImage", setting{value: "true"})
+			r.up()
+			calls := r.world.calls()
+			calls = calls[slices.Index(calls, "=== rollback"):]
+			for _, c := range calls {
+				if strings.HasPrefix(c, "create Image ") || strings.HasPrefix(c, "update Image ") {
+					t.Errorf("the rollback built an image: %s", c)
+				}
+			}
+			if !slices.ContainsFunc(calls, func(c string) bool {
+				return strings.HasPrefix(c, "create Container ") && strings.Contains(c, "-gateway")
+			}) {
+				t.Errorf("the rollback did not replace the gateway:\n%s", strings.Join(calls, "\n"))
+			}
+			for _, res := range r.snap.Resources {
+				if string(res.URN.Type()) == typeImage {
+					t.Errorf("the image %s is still in the state", res.URN.Name())
+				}
+			}
+			// A later deploy with reuseImage off builds again.
+			r.set("reuseImage", setting{value: "false"})
+			r.set("imageTag", setting{value: "fixed"})
+			r.up()
+			if !slices.ContainsFunc(r.world.calls(), func(c string) bool { return strings.HasPrefix(c, "create Image ") && len(c) > 0 }) {
+				t.Error("the deploy after the rollback built nothing")
+			}
+		})
+	}
+}
