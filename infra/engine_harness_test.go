@@ -384,3 +384,18 @@ func (r *stackRun) hostEngines() []string {
 	slices.Sort(out)
 	return out
 }
+
+// instanceAMI is the AMI of the stack's one live instance.
+func (r *stackRun) instanceAMI() string {
+	r.t.Helper()
+	ami := ""
+	for _, res := range r.snap.Resources {
+		if string(res.URN.Type()) == typeInstance && !res.Delete {
+			if ami != "" {
+				r.t.Fatalf("more than one instance in %s", r.name)
+			}
+			ami = res.Inputs["ami"].StringValue()
+		}
+	}
+	return ami
+}

@@ -293,3 +293,46 @@ func TestRollback(t *testing.T) {
 		})
 	}
 }
+
+// TestHostAMI: a newer AMI published since the host was created replaces
+// nothing; a replaced host, for a new key or by `pulumi up --replace`, gets
+// the newest match: the engine's step generator checks a replacement's
+// inputs again without ignoreChanges. A pinned amiId is exactly what runs.
+func TestHostAMI(t *testing.T) {
+	t.Parallel()
+	r := newStackRun(t, "dev", nil)
+	r.up()
+	const newer, newest = "ami-0fedcba9876543210", "ami-0aaaabbbbccccdddd"
+	publish := func(ami string) {
+		r.world.mu.Lock()
+		r.world.newestAMI = ami
+		r.world.mu.Unlock()
+	}
+	publish(newer)
+	if steps := stepsOf(r.up()); slices.ContainsFunc(steps, func(s string) bool { return strings.Contains(s, "Instance") && !strings.HasPrefix(s, "same") }) {
+		t.Errorf("a newer AMI changed the host: %v", steps)
+	}
+	if got := r.instanceAMI(); got != fakeAMI {
+		t.Errorf("host runs %s, want the one it was created with, %s", got, fakeAMI)
+	}
+	r.set("sshPublicKey", setting{value: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRotatedKeyNotARealKey000000000000000000 ops@example"})
+	r.up()
+	if got := r.instanceAMI(); got != newer {
+		t.Errorf("the host replaced for its key runs %s, want the newest match %s", got, newer)
+	}
+	publish(newest)
+	r.up(typeInstance + "::relaygate-dev-host-0")
+	if got := r.instanceAMI(); got != newest {
+		t.Errorf("after --replace the host runs %s, want the newest match %s", got, newest)
+	}
+	r.set("amiId", setting{value: newer})
+	r.up()
+	if got := r.instanceAMI(); got != newer {
+		t.Errorf("with amiId %s the host runs %s", newer, got)
+	}
+	publish("ami-0123123123123123f")
+	r.up(typeInstance + "::relaygate-dev-host-0")
+	if got := r.instanceAMI(); got != newer {
+		t.Errorf("with amiId %s pinned, --replace gave %s", newer, got)
+	}
+}

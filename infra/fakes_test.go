@@ -45,13 +45,15 @@ type world struct {
 	sshAgent bool
 	// contacted are the ssh:// engines a provider reached.
 	contacted []string
+	// newestAMI is what the AMI lookup answers.
+	newestAMI string
 	// instances maps an instance ID to its Docker engine.
 	instances map[string]string
 	n         int
 }
 
 func newWorld() *world {
-	return &world{engines: map[string]map[string]bool{localEngine: {}}, sshAgent: true, instances: map[string]string{}}
+	return &world{engines: map[string]map[string]bool{localEngine: {}}, sshAgent: true, instances: map[string]string{}, newestAMI: fakeAMI}
 }
 
 func (w *world) record(format string, args ...any) {
@@ -488,7 +490,10 @@ func (w *world) invoke(tok string, args resource.PropertyMap) (resource.Property
 		id := "sha256:" + fakeDigest("built "+name)
 		return resource.NewPropertyMapFromMap(map[string]any{"id": id, "name": name, "repoDigest": id}), nil
 	case "aws:ec2/getAmi:getAmi":
-		return resource.NewPropertyMapFromMap(map[string]any{"id": fakeAMI, "name": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20250101"}), nil
+		w.mu.Lock()
+		ami := w.newestAMI
+		w.mu.Unlock()
+		return resource.NewPropertyMapFromMap(map[string]any{"id": ami, "name": "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20250101"}), nil
 	case "aws:index/getPartition:getPartition":
 		return resource.NewPropertyMapFromMap(map[string]any{"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com"}), nil
 	case "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":

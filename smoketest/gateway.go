@@ -315,7 +315,7 @@ func (r *runner) reachError(ctx context.Context, what string, err error) (detail
 	case errors.Is(err, context.DeadlineExceeded) || (netTimeout && ctx.Err() != nil):
 		return fmt.Sprintf("%s did not answer in time (%v)", what, err),
 			"the host may be down or a firewall drops the traffic: check that the instances run (instanceIds), that your address is in " +
-				"allowedCidrs/operatorCidr, and the container's log on the host"
+				"allowedCidrs/operatorCidrs, and the container's log on the host"
 	case errors.Is(err, context.Canceled):
 		return "interrupted", "the smoke test was interrupted; run it again"
 	case errors.Is(err, syscall.ECONNREFUSED):
@@ -330,7 +330,7 @@ func (r *runner) reachError(ctx context.Context, what string, err error) (detail
 			"the certificate does not match the URL or is not trusted: check tlsCertificateArn and that the URL uses the certificate's name"
 	case netTimeout:
 		return fmt.Sprintf("%s did not answer in time (%v)", what, err),
-			"a firewall may drop the traffic: your address must be in allowedCidrs/operatorCidr"
+			"a firewall may drop the traffic: your address must be in allowedCidrs/operatorCidrs"
 	default:
 		return fmt.Sprintf("cannot reach %s: %v", what, err),
 			"check the URL in the stack outputs and that the host is up and reachable from here"

@@ -72,7 +72,7 @@ func (r *runner) prometheus() (promv1.API, error) {
 	return promv1.NewAPI(c), nil
 }
 
-const prometheusReachHint = "; Prometheus is open only to operatorCidr: run the smoke test from there"
+const prometheusReachHint = "; Prometheus is open only to operatorCidrs: run the smoke test from there"
 
 func (r *runner) checkPrometheusTarget(ctx context.Context, s *Step) {
 	prom, err := r.prometheus()

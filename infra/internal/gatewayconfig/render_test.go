@@ -35,6 +35,7 @@ func config(t *testing.T, target string, overrides map[string]string) *stackconf
 		"relaygate:rootVolumeGb":       "200",
 		"relaygate:amiNamePattern":     "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
 		"relaygate:amiOwner":           "amazon",
+		"relaygate:amiId":              "",
 		"relaygate:sshUser":            "ubuntu",
 		"relaygate:sshPublicKey":       "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyForRenderTests ops",
 		"relaygate:cudaTestImage":      "nvidia/cuda:12.4.1-base-ubuntu22.04",

@@ -37,6 +37,10 @@ type Args struct {
 	// AMINamePattern and AMIOwner select the most recent NVIDIA-driver AMI.
 	AMINamePattern string
 	AMIOwner       string
+	// AMIID, when set, is the AMI every host runs, exactly: changing it
+	// replaces the hosts. Empty, the lookup's newest match is used for a new
+	// host, which keeps it (see NewFleet).
+	AMIID string
 
 	// SubnetIDs are spread over round-robin, one availability zone each.
 	SubnetIDs       pulumi.StringArrayInput
@@ -56,8 +60,9 @@ type Fleet struct {
 	// PublicIPs and InstanceIDs are in host order.
 	PublicIPs   pulumi.StringArrayOutput
 	InstanceIDs pulumi.StringArrayOutput
-	// AMIID is the image the lookup chose on this run. Running hosts keep
-	// the image they were created from (see NewFleet).
+	// AMIID is the pinned AMI, or the one the lookup chose on this run;
+	// with a looked-up one, running hosts keep the image they were created
+	// from (see NewFleet).
 	AMIID string
 }
 
@@ -108,11 +113,22 @@ func NewFleet(ctx *pulumi.Context, name string, args Args, opts ...pulumi.Resour
 		return m
 	}
 
-	ami, err := ec2.LookupAmi(ctx, AMIQuery(args.AMINamePattern, args.AMIOwner), parent)
-	if err != nil {
-		return nil, fmt.Errorf("gpu fleet %s: looking up an AMI named %q owned by %s: %w", name, args.AMINamePattern, args.AMIOwner, err)
+	f.AMIID = args.AMIID
+	if f.AMIID == "" {
+		ami, err := ec2.LookupAmi(ctx, AMIQuery(args.AMINamePattern, args.AMIOwner), parent)
+		if err != nil {
+			return nil, fmt.Errorf("gpu fleet %s: looking up an AMI named %q owned by %s: %w", name, args.AMINamePattern, args.AMIOwner, err)
+		}
+		f.AMIID = ami.Id
 	}
-	f.AMIID = ami.Id
+	// A newer AMI matching the pattern is published every few weeks; it must
+	// not replace the hosts as a side effect of an unrelated deploy, so a
+	// looked-up AMI is ignored once a host runs. Pulumi keeps an ignored
+	// input on a replacement too, so a pinned amiId is how hosts move on.
+	var amiOpts []pulumi.ResourceOption
+	if args.AMIID == "" {
+		amiOpts = append(amiOpts, pulumi.IgnoreChanges([]string{"ami"}))
+	}
 
 	partition, err := aws.GetPartition(ctx, nil, parent)
 	if err != nil {
@@ -181,7 +197,7 @@ func NewFleet(ctx *pulumi.Context, name string, args Args, opts ...pulumi.Resour
 		}).(pulumi.StringOutput)
 
 		inst, err := ec2.NewInstance(ctx, hostName, &ec2.InstanceArgs{
-			Ami:                      pulumi.String(ami.Id),
+			Ami:                      pulumi.String(f.AMIID),
 			InstanceType:             pulumi.String(args.InstanceType),
 			SubnetId:                 subnet,
 			VpcSecurityGroupIds:      pulumi.StringArray{args.SecurityGroupID},
@@ -208,11 +224,7 @@ func NewFleet(ctx *pulumi.Context, name string, args Args, opts ...pulumi.Resour
 				Tags:                tags(fmt.Sprintf("host-%d-root", i)),
 			},
 			Tags: tags(fmt.Sprintf("host-%d", i)),
-		}, pulumi.Parent(h),
-			// A newer AMI is published every few weeks; picking it up must
-			// be a deliberate `pulumi up --replace`, not a side effect of
-			// the next unrelated deploy.
-			pulumi.IgnoreChanges([]string{"ami"}))
+		}, append([]pulumi.ResourceOption{pulumi.Parent(h)}, amiOpts...)...)
 		if err != nil {
 			return nil, fmt.Errorf("gpu host %s: instance: %w", hostName, err)
 		}
@@ -254,7 +266,7 @@ func NewFleet(ctx *pulumi.Context, name string, args Args, opts ...pulumi.Resour
 	if err := ctx.RegisterResourceOutputs(f, pulumi.Map{
 		"publicIps":   f.PublicIPs,
 		"instanceIds": f.InstanceIDs,
-		"amiId":       pulumi.String(ami.Id),
+		"amiId":       pulumi.String(f.AMIID),
 	}); err != nil {
 		return nil, err
 	}

@@ -150,6 +150,7 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 		RootVolumeGB:    cfg.RootVolumeGB,
 		AMINamePattern:  cfg.AMINamePattern,
 		AMIOwner:        cfg.AMIOwner,
+		AMIID:           cfg.AMIID,
 		SubnetIDs:       net.PublicSubnetIDs,
 		SecurityGroupID: net.HostSecurityGroupID.ToStringOutput(),
 		SSHUser:         cfg.SSHUser,

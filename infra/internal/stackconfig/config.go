@@ -58,9 +58,11 @@ type Config struct {
 	RootVolumeGB     int
 	AMINamePattern   string
 	AMIOwner         string
-	SSHUser          string
-	SSHPublicKey     string
-	CUDATestImage    string
+	// AMIID pins the hosts' AMI; empty, the newest AMINamePattern match.
+	AMIID         string
+	SSHUser       string
+	SSHPublicKey  string
+	CUDATestImage string
 
 	// Network (aws).
 	VPCCIDR      netip.Prefix

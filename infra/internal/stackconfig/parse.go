@@ -22,7 +22,7 @@ import (
 // ones its upstreams use.
 var Keys = []string{
 	"target", "instanceType", "hostCount", "expectedGpuCount", "rootVolumeGb",
-	"amiNamePattern", "amiOwner", "sshUser", "sshPublicKey", "cudaTestImage",
+	"amiNamePattern", "amiId", "amiOwner", "sshUser", "sshPublicKey", "cudaTestImage",
 	"vpcCidr", "allowedCidrs", "operatorCidrs",
 	"loadBalancer", "managedRedis", "redisNodeType", "tlsCertificateArn", "domainName", "hostedZoneId", "deletionProtection",
 	"imageTag", "reuseImage", "imageRetainCount", "redisImage", "prometheusImage", "alertmanagerImage",
@@ -68,6 +68,8 @@ var (
 	// lower case, without a trailing dot or a wildcard.
 	domainNameRE = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$`)
 	hostedZoneRE = regexp.MustCompile(`^Z[A-Z0-9]{1,31}$`)
+	// amiIDRE: EC2 image IDs are ami- and 8 or 17 hexadecimal digits.
+	amiIDRE = regexp.MustCompile(`^ami-([0-9a-f]{8}|[0-9a-f]{17})$`)
 )
 
 // Parse reads every key from src and validates the whole configuration for
@@ -90,6 +92,7 @@ func Parse(src Source, stack string) (*Config, error) {
 	c.RootVolumeGB = p.int("rootVolumeGb")
 	c.AMINamePattern = p.str("amiNamePattern")
 	c.AMIOwner = p.str("amiOwner")
+	c.AMIID = strings.TrimSpace(p.str("amiId"))
 	c.SSHUser = p.str("sshUser")
 	c.SSHPublicKey = strings.TrimSpace(p.str("sshPublicKey"))
 	c.CUDATestImage = p.str("cudaTestImage")
@@ -279,6 +282,9 @@ func (p *parser) validateHosts(c *Config) {
 	}
 	if strings.TrimSpace(c.AMINamePattern) == "" {
 		p.fail("amiNamePattern", "is empty; it selects the NVIDIA-driver AMI, e.g. \"Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *\"")
+	}
+	if c.AMIID != "" && !amiIDRE.MatchString(c.AMIID) {
+		p.fail("amiId", "%q is not an AMI ID such as ami-0123456789abcdef0", c.AMIID)
 	}
 	if c.AMIOwner == "" {
 		p.fail("amiOwner", "is empty; use \"amazon\" for AWS's own AMIs or an account ID")

@@ -210,8 +210,10 @@ const imageTagKey = "relaygate:imageTag"
 // the update being restored (a colleague on a laptop) may have had others,
 // and restoring theirs would lock out whoever rolls back (CI on its runner)
 // and, for a different key, replace every host. A rollback keeps them as
-// they are, and they do not make two configurations differ.
-var accessKeys = []string{"relaygate:operatorCidr", "relaygate:sshPublicKey"}
+// they are, and they do not make two configurations differ. operatorCidr
+// is the key operatorCidrs replaced: an update from before the change must
+// not bring it back (the program refuses it).
+var accessKeys = []string{"relaygate:operatorCidrs", "relaygate:sshPublicKey", "relaygate:operatorCidr"}
 
 // keepAccess makes cfg hold the access settings current has (or lack them
 // where current does).

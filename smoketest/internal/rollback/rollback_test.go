@@ -350,22 +350,22 @@ func TestRunRefusesACodeOnlyDeploy(t *testing.T) {
 func TestRunKeepsTheOperatorsAccess(t *testing.T) {
 	str := func(v string) *string { return &v }
 	h := loadHistory(t, "failed-last.json")
-	h[1].Config["relaygate:operatorCidr"] = ConfigValue{Value: str("198.51.100.7/32")} // v6, from a laptop
+	h[1].Config["relaygate:operatorCidrs"] = ConfigValue{Value: str(`["198.51.100.7/32"]`)} // v6, from a laptop
 	h[1].Config["relaygate:sshPublicKey"] = ConfigValue{Value: str("ssh-ed25519 AAAAlaptop")}
 	now := copyConfig(h[0].Config)
-	now["relaygate:operatorCidr"] = ConfigValue{Value: str("203.0.113.0/28")} // CI's runners
+	now["relaygate:operatorCidrs"] = ConfigValue{Value: str(`["203.0.113.0/28"]`)} // CI's runners
 	s := &recordedStack{history: h, config: now}
 	var out bytes.Buffer
 	if _, err := Run(t.Context(), s, &out); err != nil {
 		t.Fatal(err)
 	}
-	if v := s.set["relaygate:operatorCidr"].Value; v == nil || *v != "203.0.113.0/28" {
+	if v := s.set["relaygate:operatorCidrs"].Value; v == nil || *v != `["203.0.113.0/28"]` {
 		t.Errorf("operatorCidr written as %v, want the current 203.0.113.0/28", v)
 	}
 	if _, ok := s.set["relaygate:sshPublicKey"]; ok {
 		t.Error("wrote update 6's sshPublicKey; the stack has none set now")
 	}
-	if slices.Contains(s.removed, "relaygate:operatorCidr") || strings.Contains(out.String(), "operatorCidr") {
+	if slices.Contains(s.removed, "relaygate:operatorCidrs") || strings.Contains(out.String(), "operatorCidr") {
 		t.Errorf("the rollback touched operatorCidr: removed %v\n%s", s.removed, out.String())
 	}
 }
