@@ -93,29 +93,37 @@ func cliConfig(t *testing.T, stackName string, settings map[string]setting) (con
 	}
 	crypter := config.NewSymmetricCrypterFromPassphrase(testPassphrase, []byte("relaygate-salt16"))
 	for k, s := range settings {
-		key, err := config.ParseKey(k)
-		if err != nil {
-			t.Fatalf("%s: %v", k, err)
-		}
-		switch {
-		case s.unset:
-			delete(ps.Config, key)
-		case s.secret:
-			ct, err := crypter.EncryptValue(context.Background(), s.value)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ps.Config[key] = config.NewSecureValue(ct)
-		case strings.HasPrefix(s.value, "[") || strings.HasPrefix(s.value, "{"):
-			// What `pulumi config set --path 'k[0]' v` stores: a structured value.
-			ps.Config[key] = config.NewObjectValue(s.value)
-		default:
-			ps.Config[key] = config.NewValue(s.value)
-		}
+		applySetting(t, ps.Config, crypter, k, s)
 	}
 	err = pkgworkspace.ValidateStackConfigAndApplyProjectConfig(
 		context.Background(), stackName, proj, esc.Value{}, ps.Config, crypter, crypter)
 	return ps.Config, crypter, err
+}
+
+// applySetting is `pulumi config set [--secret] key value` (or `config rm`)
+// on a stack's configuration: a secret is stored as ciphertext, a value
+// that starts as a JSON list or object as a structured value (what
+// `--path 'k[0]'` stores).
+func applySetting(t *testing.T, cfg config.Map, crypter config.Crypter, k string, s setting) {
+	t.Helper()
+	key, err := config.ParseKey(k)
+	if err != nil {
+		t.Fatalf("%s: %v", k, err)
+	}
+	switch {
+	case s.unset:
+		delete(cfg, key)
+	case s.secret:
+		ct, err := crypter.EncryptValue(context.Background(), s.value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg[key] = config.NewSecureValue(ct)
+	case strings.HasPrefix(s.value, "[") || strings.HasPrefix(s.value, "{"):
+		cfg[key] = config.NewObjectValue(s.value)
+	default:
+		cfg[key] = config.NewValue(s.value)
+	}
 }
 
 // engineLog is the engine service a program sends its log lines to
@@ -252,27 +260,10 @@ func withOperator(stackName string, changes map[string]setting) map[string]setti
 // set changes one setting, as `pulumi config set` would, and revalidates.
 func (r *stackRun) set(key string, s setting) {
 	r.t.Helper()
-	k := config.MustMakeKey("relaygate", key)
-	if strings.Contains(key, ":") {
-		var err error
-		if k, err = config.ParseKey(key); err != nil {
-			r.t.Fatal(err)
-		}
+	if !strings.Contains(key, ":") {
+		key = "relaygate:" + key
 	}
-	switch {
-	case s.unset:
-		delete(r.cfg, k)
-	case s.secret:
-		ct, err := r.crypter.EncryptValue(context.Background(), s.value)
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		r.cfg[k] = config.NewSecureValue(ct)
-	case strings.HasPrefix(s.value, "[") || strings.HasPrefix(s.value, "{"):
-		r.cfg[k] = config.NewObjectValue(s.value)
-	default:
-		r.cfg[k] = config.NewValue(s.value)
-	}
+	applySetting(r.t, r.cfg, r.crypter, key, s)
 	if err := pkgworkspace.ValidateStackConfigAndApplyProjectConfig(
 		context.Background(), r.name, loadProject(r.t), esc.Value{}, r.cfg, r.crypter, r.crypter); err != nil {
 		r.t.Fatalf("the Pulumi CLI refuses %s after setting %s: %v", r.name, key, err)

@@ -336,3 +336,41 @@ func TestHostAMI(t *testing.T) {
 		t.Errorf("with amiId %s pinned, --replace gave %s", newer, got)
 	}
 }
+
+// TestHostKeysAreFiledByInstance: the Docker provider's ssh files each
+// host's key under its instance, so a replaced host that gets an address an
+// earlier host had is trusted on first use instead of refused.
+func TestHostKeysAreFiledByInstance(t *testing.T) {
+	t.Parallel()
+	r := newStackRun(t, "prod", nil)
+	r.up()
+	ids := map[string]bool{}
+	for _, res := range r.snap.Resources {
+		if string(res.URN.Type()) == typeInstance {
+			ids[string(res.ID)] = true
+		}
+	}
+	n := 0
+	for _, res := range r.snap.Resources {
+		if string(res.URN.Type()) != typeDockerProv || !strings.Contains(res.URN.Name(), "-host-") {
+			continue
+		}
+		n++
+		var opts []string
+		for _, v := range res.Inputs["sshOpts"].ArrayValue() {
+			opts = append(opts, v.StringValue())
+		}
+		alias := ""
+		for i, o := range opts {
+			if i > 0 && opts[i-1] == "-o" && strings.HasPrefix(o, "HostKeyAlias=relaygate-") {
+				alias = strings.TrimPrefix(o, "HostKeyAlias=relaygate-")
+			}
+		}
+		if !ids[alias] || !slices.Contains(opts, "StrictHostKeyChecking=accept-new") {
+			t.Errorf("%s: ssh options %v do not file the host key under its instance (%v)", res.URN.Name(), opts, ids)
+		}
+	}
+	if n != 3 {
+		t.Fatalf("%d host providers, want 3", n)
+	}
+}

@@ -331,26 +331,30 @@ func (w *world) reach(engine string) error {
 // dockerCreate puts an object on an engine; Docker refuses a name in use
 // ("Conflict. The container name ... is already in use").
 func (w *world) dockerCreate(engine, typ, name string, in resource.PropertyMap) error {
-	if err := w.reach(engine); err != nil {
-		return err
-	}
-	obj := dockerObject(typ, in)
-	if obj == "" {
+	return w.onEngine(engine, typ, in, func(objs map[string]bool, obj string) error {
+		if objs[obj] {
+			return fmt.Errorf("Error response from daemon: Conflict. The %s name is already in use (%s on %s)", obj, name, engine)
+		}
+		objs[obj] = true
 		return nil
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	objs := w.engines[engine]
-	if objs[obj] {
-		return fmt.Errorf("Error response from daemon: Conflict. The %s name is already in use (%s on %s)", obj, name, engine)
-	}
-	objs[obj] = true
-	return nil
+	})
 }
 
 // dockerDelete removes an object; Docker answers a missing one with "No
 // such container", which the provider reports as a failed delete.
 func (w *world) dockerDelete(engine, typ string, in resource.PropertyMap) error {
+	return w.onEngine(engine, typ, in, func(objs map[string]bool, obj string) error {
+		if !objs[obj] {
+			return fmt.Errorf("Error response from daemon: No such %s on %s", obj, engine)
+		}
+		delete(objs, obj)
+		return nil
+	})
+}
+
+// onEngine reaches an engine and, for an object Docker names, runs change
+// on the engine's objects.
+func (w *world) onEngine(engine, typ string, in resource.PropertyMap, change func(objs map[string]bool, obj string) error) error {
 	if err := w.reach(engine); err != nil {
 		return err
 	}
@@ -360,11 +364,7 @@ func (w *world) dockerDelete(engine, typ string, in resource.PropertyMap) error 
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !w.engines[engine][obj] {
-		return fmt.Errorf("Error response from daemon: No such %s on %s", obj, engine)
-	}
-	delete(w.engines[engine], obj)
-	return nil
+	return change(w.engines[engine], obj)
 }
 
 // terminate takes an instance's Docker engine away with it.

@@ -218,11 +218,15 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 			Host: host.DockerHost,
 			// The operator's ssh client and agent authenticate. A new host
 			// has a new key: trust it on first use, refuse a changed one.
-			SshOpts: pulumi.ToStringArray([]string{
-				"-o", "StrictHostKeyChecking=accept-new",
-				"-o", "ConnectTimeout=30",
-				"-o", "ServerAliveInterval=15",
-			}),
+			// Its key is filed under the instance, not the address: a
+			// public IP comes back to another instance after a
+			// replacement, whose new key accept-new would refuse.
+			SshOpts: pulumi.StringArray{
+				pulumi.String("-o"), pulumi.String("StrictHostKeyChecking=accept-new"),
+				pulumi.String("-o"), pulumi.Sprintf("HostKeyAlias=relaygate-%s", host.Instance.ID()),
+				pulumi.String("-o"), pulumi.String("ConnectTimeout=30"),
+				pulumi.String("-o"), pulumi.String("ServerAliveInterval=15"),
+			},
 			// Configuring the provider pings the daemon over SSH otherwise
 			// (terraform-provider-docker's providerConfigure), so a preview,
 			// which diffs without the daemon, would need the hosts' key.
