@@ -9,7 +9,9 @@
 // restores the chosen update's configuration (its imageTag among it: the
 // image is already in the registry) into Pulumi.<stack>.yaml with
 // reuseImage set to true, so that `pulumi up` deploys that image and builds
-// nothing, runs `pulumi up`, waits for the gateway's /ready (-wait-ready)
+// nothing (a value that is Pulumi.yaml's default stays out of the stack
+// file, where the stack file does not set it, so that it stays a default),
+// runs `pulumi up`, waits for the gateway's /ready (-wait-ready)
 // and runs the smoke test against the result. It refuses, changing nothing,
 // when there is nothing to roll back to.
 //
@@ -72,7 +74,18 @@ var openStack = func(ctx context.Context, name, projectDir string, progress io.W
 		return nil, err
 	}
 	st.Progress = progress
-	return st, nil
+	return projectStack{Stack: st, dir: projectDir}, nil
+}
+
+// projectStack is a stack of the project in dir, whose Pulumi.yaml and
+// stack file tell the rollback which values are defaults.
+type projectStack struct {
+	*pulumistack.Stack
+	dir string
+}
+
+func (s projectStack) ConfigFiles(context.Context) (rollback.ConfigFiles, error) {
+	return rollback.LoadConfigFiles(s.dir, s.Name())
 }
 
 func run(args []string, stdout, stderr io.Writer) int {

@@ -42,6 +42,9 @@ func (s *recorded) History(context.Context) ([]rollback.Update, error) {
 func (s *recorded) Config(context.Context) (map[string]rollback.ConfigValue, error) {
 	return s.history[0].Config, nil
 }
+func (s *recorded) ConfigFiles(context.Context) (rollback.ConfigFiles, error) {
+	return rollback.ConfigFiles{}, nil
+}
 func (s *recorded) SetConfig(context.Context, map[string]rollback.ConfigValue, []string) error {
 	return nil
 }

@@ -17,8 +17,11 @@ type Plan struct {
 	Stack   string
 	Current Update
 	Target  Update
-	// Config is what the rollback writes back: Target's configuration
-	// with reuseImage on, so that `up` builds nothing.
+	// Config is the configuration the rollback restores: Target's
+	// configuration with reuseImage on, so that `up` builds nothing. Like
+	// the history, it is the merged configuration, the project's defaults
+	// included; Run writes into the stack file only what it must hold
+	// (ConfigFiles.Split).
 	Config map[string]ConfigValue
 	// Skipped explains each newer successful update passed over.
 	Skipped []string

@@ -15,9 +15,14 @@ type Stack interface {
 	// values decrypted: all of it where the updates have no versions (a
 	// self-managed backend), since Choose then numbers them by their place.
 	History(ctx context.Context) ([]Update, error)
-	// Config returns the configuration the stack has now (its
-	// Pulumi.<stack>.yaml, which may differ from the last update's).
+	// Config returns the configuration the stack has now, as `pulumi
+	// config --json` shows it: its Pulumi.<stack>.yaml (which may differ
+	// from the last update's) merged over the project's defaults.
 	Config(ctx context.Context) (map[string]ConfigValue, error)
+	// ConfigFiles tells which keys of that configuration the stack file
+	// sets and what the project's defaults are ([LoadConfigFiles]), so
+	// that a restored default stays a default.
+	ConfigFiles(ctx context.Context) (ConfigFiles, error)
 	// SetConfig writes every value in cfg and removes the keys in remove.
 	SetConfig(ctx context.Context, cfg map[string]ConfigValue, remove []string) error
 	// Up deploys the stack with the given update message.
@@ -75,16 +80,18 @@ func run(ctx context.Context, s Stack, after int, out io.Writer) (*Plan, error) 
 	if err != nil {
 		return nil, fmt.Errorf("read the configuration of stack %s: %w", s.Name(), err)
 	}
+	files, err := s.ConfigFiles(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the configuration files of stack %s: %w", s.Name(), err)
+	}
 	keepAccess(plan.Config, current)
+	files.Effective(plan.Config, current)
 	fmt.Fprint(out, plan.Describe(current))
 
-	var remove []string
-	for _, k := range sortedKeys(current) {
-		if _, keep := plan.Config[k]; !keep {
-			remove = append(remove, k)
-		}
-	}
-	if err := s.SetConfig(ctx, plan.Config, remove); err != nil {
+	// The history holds the merged configuration, defaults included: only
+	// what the stack file must hold is written (see ConfigFiles.Split).
+	write, remove := files.Split(plan.Config, current)
+	if err := s.SetConfig(ctx, write, remove); err != nil {
 		return plan, fmt.Errorf("restore the configuration of %s on stack %s: %w", plan.Target.Label(), s.Name(), err)
 	}
 	fmt.Fprintf(out, "rollback: configuration of %s restored; running `pulumi up` on stack %s\n", plan.Target.Label(), s.Name())

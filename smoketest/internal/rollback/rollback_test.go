@@ -15,6 +15,7 @@ import (
 type recordedStack struct {
 	history []Update
 	config  map[string]ConfigValue
+	files   ConfigFiles
 	upErr   error
 
 	setCalls int
@@ -29,6 +30,9 @@ func (s *recordedStack) History(context.Context) ([]Update, error) {
 }
 func (s *recordedStack) Config(context.Context) (map[string]ConfigValue, error) {
 	return s.config, nil
+}
+func (s *recordedStack) ConfigFiles(context.Context) (ConfigFiles, error) {
+	return s.files, nil
 }
 func (s *recordedStack) SetConfig(_ context.Context, cfg map[string]ConfigValue, remove []string) error {
 	s.setCalls++
