@@ -121,7 +121,11 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 	req.objectStart = root.Index + 1
 	var hasMessages, hasInput bool
 	var typeErr *apiError
+	keys := keySet{read: readKeys}
 	root.ForEach(func(key, v gjson.Result) bool {
+		if typeErr = keys.add(key.Str); typeErr != nil {
+			return false
+		}
 		switch key.Str {
 		case "model":
 			if v.Type != gjson.String {
@@ -143,15 +147,22 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 				return false
 			}
 			req.streamOptionsStart, req.streamOptionsEnd = v.Index, v.Index+len(v.Raw)
-			// The last of duplicate keys is the one most JSON parsers
-			// (the upstream's among them) keep.
+			// Duplicate and case-variant include_usage keys are refused
+			// (keySet), so the upstream reads the one read here.
 			req.includeUsage = false
+			opts := keySet{read: streamOptionKeys}
 			v.ForEach(func(k, val gjson.Result) bool {
+				if typeErr = opts.add(k.Str); typeErr != nil {
+					return false
+				}
 				if k.Str == "include_usage" {
 					req.includeUsage = val.Type == gjson.True
 				}
 				return true
 			})
+			if typeErr != nil {
+				return false
+			}
 		case "temperature":
 			req.temperatureZero = v.Type == gjson.Number && v.Num == 0
 		case "messages":
