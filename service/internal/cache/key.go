@@ -1,21 +1,27 @@
 package cache
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"strconv"
 	"strings"
+
+	"github.com/tidwall/gjson"
 )
 
 // KeyPrefix starts every cache key; the version changes when the canonical
-// form does, so old entries are never read with a new meaning.
-const KeyPrefix = "relaygate:cache:v1:"
+// form does, so old entries are never read with a new meaning. v2: the
+// scope joined the key, and strings and duplicate keys are kept exactly
+// (v1 decoded lone surrogates to U+FFFD and kept the last of duplicate
+// keys, so different prompts could share an entry).
+const KeyPrefix = "relaygate:cache:v2:"
+
+// maxKeyNesting bounds how deeply a body Key canonicalises may nest, as
+// encoding/json does: validation and the walk recurse once per level.
+const maxKeyNesting = 10000
 
 // ignoredFields do not change the answer, so requests differing only in them
 // share an entry:
@@ -34,8 +40,13 @@ var ignoredFields = []string{
 }
 
 // Key returns the cache key for a request to path with the given JSON body,
-// or ok=false when the request must not be cached. err is set when the body
-// is not a JSON object.
+// in scope, or ok=false when the request must not be cached. err is set when
+// the body is not a JSON object or scope is not a scope id.
+//
+// scope partitions the cache: an entry is only ever read under the scope it
+// was stored in (the gateway passes "global", or one per client key), so
+// neither the answer nor its Age crosses it. It must be non-empty and
+// without ':'.
 //
 // A request is cacheable when its answer is meant to be reproducible:
 //   - temperature is 0 (any spelling: 0, 0.0, -0, 0e3). An absent or null
@@ -44,42 +55,43 @@ var ignoredFields = []string{
 //   - or the endpoint does no sampling (embeddings);
 //   - or force is true: the client asked for caching explicitly.
 //
-// The key is KeyPrefix plus the hex SHA-256 of the endpoint and the canonical
-// body: object keys sorted, whitespace and string escapes normalised by
-// re-encoding, numbers normalised (1, 1.0 and 1e0 are one number), and
-// ignoredFields removed. /chat/completions/stream keys as /chat/completions,
-// since it is the same request, streamed.
-func Key(path string, body []byte, force bool) (key string, ok bool, err error) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	var req map[string]any
-	if err := dec.Decode(&req); err != nil {
-		return "", false, fmt.Errorf("cache key: request body is not a JSON object: %w", err)
+// The key is KeyPrefix, the scope, and the hex SHA-256 of the endpoint and
+// the canonical body (see canonical). /chat/completions/stream keys as
+// /chat/completions, since it is the same request, streamed.
+func Key(scope, path string, body []byte, force bool) (key string, ok bool, err error) {
+	if scope == "" || strings.IndexByte(scope, ':') >= 0 {
+		return "", false, fmt.Errorf("cache key: scope %q is not a scope id", scope)
 	}
-	if req == nil {
-		return "", false, errors.New("cache key: request body is null, not a JSON object")
+	if tooDeep(body, maxKeyNesting) || !gjson.ValidBytes(body) {
+		return "", false, errors.New("cache key: request body is not valid JSON")
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return "", false, errors.New("cache key: request body has data after the JSON object")
+	root := gjson.ParseBytes(body)
+	if !root.IsObject() {
+		return "", false, errors.New("cache key: request body is not a JSON object")
 	}
-
 	endpoint := canonicalEndpoint(path)
-	if !force && !deterministic(endpoint, req) {
+	if !force && !deterministic(endpoint, root) {
 		return "", false, nil
 	}
-	for _, f := range ignoredFields {
-		delete(req, f)
-	}
-	canonical, err := json.Marshal(normaliseNumbers(req))
-	if err != nil {
-		return "", false, fmt.Errorf("cache key: encode canonical body: %w", err)
+
+	c := canonPool.Get().(*canonicaliser)
+	c.buf = append(c.buf[:0], endpoint...)
+	c.buf = append(c.buf, 0)
+	c.object(root, true)
+	sum := sha256.Sum256(c.buf)
+	if cap(c.buf) <= maxPooledCanon {
+		canonPool.Put(c)
 	}
 
-	h := sha256.New()
-	h.Write([]byte(endpoint))
-	h.Write([]byte{0})
-	h.Write(canonical)
-	return KeyPrefix + hex.EncodeToString(h.Sum(nil)), true, nil
+	var b strings.Builder
+	b.Grow(len(KeyPrefix) + len(scope) + 1 + 2*len(sum))
+	b.WriteString(KeyPrefix)
+	b.WriteString(scope)
+	b.WriteByte(':')
+	var hx [2 * sha256.Size]byte
+	hex.Encode(hx[:], sum[:])
+	b.Write(hx[:])
+	return b.String(), true, nil
 }
 
 // canonicalEndpoint maps the paths that name the same operation to one.
@@ -91,37 +103,25 @@ func canonicalEndpoint(path string) string {
 	return p
 }
 
-func deterministic(endpoint string, req map[string]any) bool {
+// deterministic reports whether the request asks for a reproducible
+// answer. Of duplicate temperature keys the last counts, as with most
+// parsers (the gateway refuses such bodies before asking).
+func deterministic(endpoint string, req gjson.Result) bool {
 	if strings.HasSuffix(endpoint, "/embeddings") {
 		return true
 	}
-	t, ok := req["temperature"].(json.Number)
-	if !ok {
+	var t gjson.Result
+	req.ForEach(func(k, v gjson.Result) bool {
+		if k.Str == "temperature" {
+			t = v
+		}
+		return true
+	})
+	if t.Type != gjson.Number {
 		return false // absent, null, or not a number: the upstream's default (1) applies
 	}
-	f, err := t.Float64()
+	f, err := strconv.ParseFloat(t.Raw, 64)
 	return err == nil && f == 0
-}
-
-// normaliseNumbers rewrites every number in v to one spelling per value, so
-// json.Marshal (which sorts object keys) yields one encoding per request.
-func normaliseNumbers(v any) any {
-	switch v := v.(type) {
-	case map[string]any:
-		for k, x := range v {
-			v[k] = normaliseNumbers(x)
-		}
-		return v
-	case []any:
-		for i, x := range v {
-			v[i] = normaliseNumbers(x)
-		}
-		return v
-	case json.Number:
-		return json.Number(canonicalNumber(string(v)))
-	default:
-		return v
-	}
 }
 
 // canonicalNumber spells a JSON number one way per value. Integers keep their

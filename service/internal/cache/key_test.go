@@ -6,6 +6,7 @@ import (
 )
 
 const (
+	testScope = "test"
 	chatPath  = "/v1/chat/completions"
 	embedPath = "/v1/embeddings"
 	baseBody  = `{"model":"gpt-4.1","messages":[{"role":"user","content":"hi"}],"temperature":0}`
@@ -13,7 +14,7 @@ const (
 
 func mustKey(t *testing.T, path, body string, force bool) string {
 	t.Helper()
-	key, ok, err := Key(path, []byte(body), force)
+	key, ok, err := Key(testScope, path, []byte(body), force)
 	if err != nil {
 		t.Fatalf("Key(%s, %s): %v", path, body, err)
 	}
@@ -121,10 +122,10 @@ func TestKeyCacheability(t *testing.T) {
 		{"two objects", chatPath, `{"temperature":0} {}`, false, false, true},
 		{"trailing garbage", chatPath, `{"temperature":0}}`, false, false, true},
 	}
-	keyShape := regexp.MustCompile(`^relaygate:cache:v1:[0-9a-f]{64}$`)
+	keyShape := regexp.MustCompile(`^relaygate:cache:v2:test:[0-9a-f]{64}$`)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			key, ok, err := Key(tt.path, []byte(tt.body), tt.force)
+			key, ok, err := Key(testScope, tt.path, []byte(tt.body), tt.force)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
 			}

@@ -103,7 +103,23 @@ type Cache struct {
 	RedisURL string   `yaml:"redis_url"`
 	TTL      Duration `yaml:"ttl"`
 	Timeout  Duration `yaml:"timeout"`
+	// Scope is who shares cached answers (CacheScopeKey, the default, and
+	// the others): a cached answer, and its Age, never crosses it.
+	Scope string `yaml:"scope"`
 }
+
+// Cache scopes. A shared answer tells its reader what someone else asked
+// and when (Age), so sharing across client keys is an explicit choice.
+const (
+	// CacheScopeKey: each client key has a cache of its own.
+	CacheScopeKey = "key"
+	// CacheScopeTeam: the keys of one team share. Until keys belong to
+	// teams (keys: [{name, team, …}]), a key is a team of its own, so
+	// team is key: it never shares more than the operator chose.
+	CacheScopeTeam = "team"
+	// CacheScopeGlobal: every client shares one cache.
+	CacheScopeGlobal = "global"
+)
 
 // RateLimit is per client key; 0 turns a limit off.
 type RateLimit struct {
@@ -199,6 +215,9 @@ func (c *Config) applyDefaults() {
 	setDur(&c.CircuitBreaker.Cooldown, DefaultBreakerCooldown)
 	setDur(&c.Cache.TTL, DefaultCacheTTL)
 	setDur(&c.Cache.Timeout, DefaultCacheTimeout)
+	if c.Cache.Scope == "" {
+		c.Cache.Scope = CacheScopeKey
+	}
 	setDur(&c.GPU.Interval, DefaultGPUInterval)
 	if c.Log.Level == "" {
 		c.Log.Level = "info"

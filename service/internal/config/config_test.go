@@ -46,6 +46,7 @@ func TestParseAppliesDefaultsAndExpandsEnv(t *testing.T) {
 		{"circuit_breaker.failures", cfg.CircuitBreaker.Failures, DefaultBreakerFailures},
 		{"stream_idle_timeout", cfg.StreamIdleTimeout.D(), DefaultStreamIdleTimeout},
 		{"log.requests", *cfg.Log.Requests, true},
+		{"cache.scope", cfg.Cache.Scope, CacheScopeKey},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -182,6 +183,7 @@ func TestBrokenConfigs(t *testing.T) {
 		{"backoff_max below min", minimal + "retry: {backoff_min: 2s, backoff_max: 1s}\n", nil, []string{"retry.backoff_max", "shorter"}},
 		{"rate limit without redis", minimal + "rate_limit: {rpm: 10}\n", nil, []string{"rate_limit", "cache.redis_url"}},
 		{"bad redis url", minimal + "cache: {redis_url: \"http://x\"}\n", nil, []string{"cache.redis_url"}},
+		{"unknown cache scope", minimal + "cache: {redis_url: \"redis://127.0.0.1:6379/0\", scope: everyone}\n", nil, []string{"line 10: cache.scope", `"everyone"`, "use key"}},
 		{"bad listen", minimal + "listen: \"8000\"\n", nil, []string{"listen", "host:port"}},
 		{"not yaml", "upstreams: [\n", nil, []string{"not valid YAML"}},
 		{"empty file", "", nil, []string{"empty"}},
@@ -199,6 +201,19 @@ func TestBrokenConfigs(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCacheScopes: each scope the docs name loads as written.
+func TestCacheScopes(t *testing.T) {
+	for _, scope := range []string{CacheScopeKey, CacheScopeTeam, CacheScopeGlobal} {
+		cfg, err := Parse([]byte(minimal+"cache: {redis_url: \"redis://127.0.0.1:6379/0\", scope: "+scope+"}\n"), env(map[string]string{"RELAY_KEY": "k"}))
+		if err != nil {
+			t.Fatalf("scope %s: %v", scope, err)
+		}
+		if cfg.Cache.Scope != scope {
+			t.Errorf("scope %s loaded as %q", scope, cfg.Cache.Scope)
+		}
 	}
 }
 

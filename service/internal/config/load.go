@@ -485,6 +485,11 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 			l.fail("cache.redis_url", "cannot be read unambiguously: percent-encode special characters ('#', '/', '?', '@') in the password")
 		}
 	}
+	switch c.Cache.Scope {
+	case CacheScopeKey, CacheScopeTeam, CacheScopeGlobal:
+	default:
+		l.fail("cache.scope", "%q: use key (each client key its own cache), team or global (every client shares)", c.Cache.Scope)
+	}
 	if c.RateLimit.RPM < 0 || c.RateLimit.TPM < 0 {
 		l.fail("rate_limit", "limits must not be negative")
 	}

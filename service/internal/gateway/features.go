@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/relaygate/relaygate/service/internal/cache"
+	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 )
 
@@ -57,6 +58,18 @@ func (x *exchange) chargeTokens() {
 	_ = x.s.limiter.AddTokens(context.WithoutCancel(x.r.Context()), x.client, x.prompt+x.completion)
 }
 
+// cacheScope is the cache partition this request reads and writes
+// (config cache.scope): "global", or one per client key. Keys do not
+// belong to teams yet, so under scope team each key is a team of its own.
+// Without client_keys every client is the one client "open", so every
+// scope shares.
+func (x *exchange) cacheScope() string {
+	if x.st.cfg.Cache.Scope == config.CacheScopeGlobal {
+		return "global"
+	}
+	return "key." + x.client
+}
+
 // fromCache answers the request from the cache when it may and can. It
 // leaves x.cacheKey set on a miss, so the upstream's answer is stored.
 func (x *exchange) fromCache(body []byte, req *request) bool {
@@ -70,7 +83,7 @@ func (x *exchange) fromCache(body []byte, req *request) bool {
 		x.s.metrics.Cache(string(cache.ResultBypass))
 		return false
 	}
-	key, ok, err := cache.Key(x.ep.upstreamPath(), body, force)
+	key, ok, err := cache.Key(x.cacheScope(), x.ep.upstreamPath(), body, force)
 	if err != nil || !ok {
 		x.s.metrics.Cache(string(cache.ResultBypass))
 		return false

@@ -1,0 +1,87 @@
+package gateway
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/relaygate/relaygate/service/internal/cache"
+	"github.com/relaygate/relaygate/service/internal/metrics"
+	"github.com/relaygate/relaygate/service/internal/testenv"
+)
+
+// TestCacheScope: with two client keys and a real Redis, a cached answer
+// (and its Age) reaches the other key only under cache.scope global; the
+// default keeps each key's cache its own.
+func TestCacheScope(t *testing.T) {
+	rds := testenv.StartRedis(t)
+	const otherKey = "sk-test-other-client-key-9876543"
+	tests := []struct {
+		scope  string // "" leaves it to the default
+		shared bool
+	}{
+		{"", false},
+		{"key", false},
+		{"team", false}, // no teams yet: each key is a team of its own
+		{"global", true},
+	}
+	for i, tt := range tests {
+		name := tt.scope
+		if name == "" {
+			name = "default"
+		}
+		t.Run(name, func(t *testing.T) {
+			up := newFakeUpstream(t, okCompletion)
+			scope := ""
+			if tt.scope != "" {
+				scope = ", scope: " + tt.scope
+			}
+			cfg := gatewayConfig(t, gwOpts{noAuth: true, extra: fmt.Sprintf("client_keys: [%q, %q]\ncache: {redis_url: %q, ttl: 1h%s}\n",
+				testClientKey, otherKey, rds.URL, scope)}, up)
+			c, err := cache.New(cache.Options{URL: rds.URL, TTL: time.Hour, Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = c.Close() })
+			m := metrics.New()
+			srv := httptest.NewServer(New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m, Cache: c}))
+			t.Cleanup(srv.Close)
+
+			// One prompt per subtest: they share the Redis.
+			body := fmt.Sprintf(`{"model":"m","messages":[{"role":"user","content":"scope %d"}],"temperature":0}`, i)
+			first := post(t, srv.URL, "/v1/chat/completions", body)
+			if first.status != http.StatusOK || first.header.Get("X-Cache") != "MISS" {
+				t.Fatalf("first request: %d X-Cache %q", first.status, first.header.Get("X-Cache"))
+			}
+			// The answer is stored after the client has it, before the
+			// request is counted: wait for the count, not for a time.
+			waitMetric(t, m, "relaygate_requests_total", map[string]string{"model": "m", "upstream": "a", "code": "200"}, 1)
+
+			same := post(t, srv.URL, "/v1/chat/completions", body)
+			if same.header.Get("X-Cache") != "HIT" {
+				t.Fatalf("the same key again: X-Cache %q, want HIT", same.header.Get("X-Cache"))
+			}
+			other := post(t, srv.URL, "/v1/chat/completions", body, "Authorization", "Bearer "+otherKey)
+			if other.status != http.StatusOK {
+				t.Fatalf("other key: %d %s", other.status, other.body)
+			}
+			want, wantCalls := "MISS", int32(2)
+			if tt.shared {
+				want, wantCalls = "HIT", 1
+			}
+			if got := other.header.Get("X-Cache"); got != want {
+				t.Errorf("the other key: X-Cache %q, want %q (Age %q)", got, want, other.header.Get("Age"))
+			}
+			if !tt.shared && other.header.Get("Age") != "" {
+				t.Errorf("the other key learns the age of someone else's request: Age %q", other.header.Get("Age"))
+			}
+			if n := up.calls.Load(); n != wantCalls {
+				t.Errorf("the upstream was asked %d times, want %d", n, wantCalls)
+			}
+		})
+	}
+}
