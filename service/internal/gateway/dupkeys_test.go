@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -90,5 +92,46 @@ func TestDuplicateModelNeverReachesAnUpstream(t *testing.T) {
 	}
 	if n := up.calls.Load(); n != 0 {
 		t.Fatalf("the upstream was asked %d times", n)
+	}
+}
+
+// topLevelKeys lists a JSON object's keys in order, duplicates included,
+// as encoding/json decodes them.
+func topLevelKeys(t *testing.T, b []byte) []string {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		t.Fatalf("not an object: %v %v", tok, err)
+	}
+	var keys []string
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, tok.(string))
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return keys
+}
+
+// checkNoAmbiguousKeys fails when an accepted body has a top-level key
+// twice or one of readKeys in another case.
+func checkNoAmbiguousKeys(t *testing.T, body []byte) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, k := range topLevelKeys(t, body) {
+		if seen[k] {
+			t.Fatalf("accepted a body with %q twice: %q", k, body)
+		}
+		seen[k] = true
+		for _, r := range readKeys {
+			if k != r && strings.EqualFold(k, r) {
+				t.Fatalf("accepted a body with %q beside the %q the gateway reads: %q", k, r, body)
+			}
+		}
 	}
 }

@@ -61,6 +61,7 @@ func topLevel(t *testing.T, b []byte) map[string]json.RawMessage {
 // client's, with only those three changed as asked.
 func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`), "", false, false)
+	f.Add([]byte(`{"model":"m","messages":[{"role":"user","content":"hi"}],"Model":"x","stream":true,"stream":false}`), "r", false, true)
 	f.Fuzz(func(t *testing.T, body []byte, rename string, embeddings, stream bool) {
 		if !utf8.ValidString(rename) {
 			return // renames come from the YAML config, which is UTF-8
@@ -79,6 +80,7 @@ func FuzzParseRequest(f *testing.F) {
 		if !json.Valid(body) {
 			t.Fatalf("invalid JSON accepted: %q", body)
 		}
+		checkNoAmbiguousKeys(t, body)
 		in := topLevel(t, body)
 		var model string
 		if err := json.Unmarshal(body[req.modelStart:req.modelEnd], &model); err != nil || model != req.model || req.model == "" {
