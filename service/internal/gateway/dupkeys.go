@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // A body with the same key twice is read differently by different parsers:
@@ -84,10 +85,15 @@ func (s *keySet) caseVariant(k string) *apiError {
 			return nil
 		}
 	}
-	// A fold changes a byte length by at most 3× (ASCII 'k' is the
-	// 3-byte Kelvin sign), so most keys are ruled out by length alone.
+	// Most keys are ruled out cheaply: a fold changes a byte length by at
+	// most 3× (ASCII 'k' is the 3-byte Kelvin sign), and an ASCII first
+	// byte must be the name's first letter in either case (the names
+	// start with a lower-case letter).
 	for _, r := range s.read {
-		if len(k) >= len(r) && len(k) <= 3*len(r) && strings.EqualFold(k, r) {
+		if len(k) < len(r) || len(k) > 3*len(r) || k[0] < utf8.RuneSelf && k[0]|0x20 != r[0] {
+			continue
+		}
+		if strings.EqualFold(k, r) {
 			return errBadRequestParam("invalid_key_case", fmt.Sprintf(
 				"The request body has the key '%s', which differs from '%s' only in case; upstreams disagree on whether that is the same key, so the gateway refuses it. Send it as '%s'.",
 				truncate(k, 100), r, r), k)
