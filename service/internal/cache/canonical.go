@@ -33,13 +33,19 @@ type canonicaliser struct {
 	members []member
 }
 
+// member is one object member; the value is kept as its raw JSON (a view of
+// the body), a third of a gjson.Result's size for bodies of many keys.
 type member struct {
 	key string // canonical spelling, quotes included
-	val gjson.Result
+	raw string
 }
 
-// maxPooledCanon keeps a rare huge body's buffer out of the pool.
-const maxPooledCanon = 1 << 20
+// maxPooledCanon and maxPooledMembers keep a rare huge body's scratch out
+// of the pool.
+const (
+	maxPooledCanon   = 1 << 20
+	maxPooledMembers = 4096
+)
 
 var canonPool = sync.Pool{New: func() any { return &canonicaliser{buf: make([]byte, 0, 4<<10)} }}
 
@@ -69,6 +75,21 @@ func (c *canonicaliser) value(v gjson.Result) {
 	}
 }
 
+// raw appends the canonical form of a value given as its raw JSON, without
+// gjson.Parse's decoding of strings (an allocation per escaped string).
+func (c *canonicaliser) raw(raw string) {
+	switch raw[0] {
+	case '"':
+		c.buf = appendCanonicalString(c.buf, raw)
+	case '{', '[':
+		c.value(gjson.Parse(raw))
+	case 't', 'f', 'n':
+		c.buf = append(c.buf, raw...)
+	default:
+		c.buf = append(c.buf, canonicalNumber(raw)...)
+	}
+}
+
 // object appends o's canonical form; top drops ignoredFields.
 func (c *canonicaliser) object(o gjson.Result, top bool) {
 	base := len(c.members)
@@ -80,7 +101,7 @@ func (c *canonicaliser) object(o gjson.Result, top bool) {
 		if strings.IndexByte(key, '\\') >= 0 {
 			key = string(appendCanonicalString(nil, key))
 		}
-		c.members = append(c.members, member{key, v})
+		c.members = append(c.members, member{key, v.Raw})
 		return true
 	})
 	ms := c.members[base:]
@@ -94,7 +115,7 @@ func (c *canonicaliser) object(o gjson.Result, top bool) {
 		c.buf = append(c.buf, ':')
 		// c.members may grow (and move) under a nested object: index it
 		// afresh rather than through ms.
-		c.value(c.members[base+i].val)
+		c.raw(c.members[base+i].raw)
 	}
 	c.buf = append(c.buf, '}')
 	clear(c.members[base:]) // drop references into the body before pooling

@@ -8,6 +8,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/tidwall/gjson"
 )
@@ -65,7 +66,9 @@ func Key(scope, path string, body []byte, force bool) (key string, ok bool, err 
 	if tooDeep(body, maxKeyNesting) || !gjson.ValidBytes(body) {
 		return "", false, errors.New("cache key: request body is not valid JSON")
 	}
-	root := gjson.ParseBytes(body)
+	// A view of body, not a copy (gjson.ParseBytes copies); body does not
+	// change during the call, and nothing of it is kept after.
+	root := gjson.Parse(unsafe.String(unsafe.SliceData(body), len(body)))
 	if !root.IsObject() {
 		return "", false, errors.New("cache key: request body is not a JSON object")
 	}
@@ -79,7 +82,7 @@ func Key(scope, path string, body []byte, force bool) (key string, ok bool, err 
 	c.buf = append(c.buf, 0)
 	c.object(root, true)
 	sum := sha256.Sum256(c.buf)
-	if cap(c.buf) <= maxPooledCanon {
+	if cap(c.buf) <= maxPooledCanon && cap(c.members) <= maxPooledMembers {
 		canonPool.Put(c)
 	}
 
