@@ -12,6 +12,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -24,6 +25,8 @@ import (
 	"github.com/relaygate/relaygate/service/internal/app"
 	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/gateway"
+	"github.com/relaygate/relaygate/service/internal/metrics"
+	"github.com/relaygate/relaygate/service/internal/netlimit"
 )
 
 func main() {
@@ -70,29 +73,26 @@ func run(configPath string, sigs <-chan os.Signal, started func(net.Addr)) error
 	defer a.Close()
 	gw := a.Gateway
 
-	ln, err := net.Listen("tcp", cfg.Listen)
+	limits := connLimits(cfg)
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	ln, srv, err := listen(cfg, cfg.Listen, gw, limits, a.Metrics, "api", errLog)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
-	}
-	srv := &http.Server{
-		Handler:           gw,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		return err
 	}
 	log.Info("gateway listening", "addr", ln.Addr().String(), "config", configPath,
-		"models", len(cfg.Models), "upstreams", len(cfg.Upstreams), "version", version())
+		"models", len(cfg.Models), "upstreams", len(cfg.Upstreams), "version", version(),
+		"max_connections", limits.Max, "max_connections_per_ip", limits.MaxPerIP)
 
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
 	var admin *http.Server
 	if cfg.Admin.Listen != "" {
-		aln, err := net.Listen("tcp", cfg.Admin.Listen)
+		aln, asrv, err := listen(cfg, cfg.Admin.Listen, gw.AdminHandler(), limits, a.Metrics, "admin", errLog)
 		if err != nil {
-			return fmt.Errorf("listen admin %s: %w", cfg.Admin.Listen, err)
+			_ = ln.Close()
+			return err
 		}
-		admin = &http.Server{Handler: gw.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: srv.ErrorLog}
+		admin = asrv
 		go func() { serveErr <- admin.Serve(aln) }()
 		log.Info("admin endpoints (/metrics, /health details) listening", "addr", aln.Addr().String())
 	}
@@ -112,7 +112,7 @@ func run(configPath string, sigs <-chan os.Signal, started func(net.Addr)) error
 				// The admin listener goes last, so /metrics covers the drain.
 				defer admin.Close()
 			}
-			return shutdown(log, gw, srv, cfg.ShutdownDelay.D(), cfg.ShutdownTimeout.D(), sig, sigs)
+			return shutdown(log, gw, srv, ln, drainTimes{cfg.ShutdownDelay.D(), cfg.ShutdownTimeout.D(), cfg.ShutdownIdleTimeout.D()}, sig, sigs)
 		}
 	}
 }
@@ -127,11 +127,67 @@ func reload(log *slog.Logger, a *app.App, path string) {
 	log.Info("config reloaded", "config", path, "models", len(cfg.Models), "upstreams", len(cfg.Upstreams))
 }
 
+// listen opens addr for h with every phase of a connection bounded: the
+// request headers (read_header_timeout), the body (body_read_timeout, in
+// the handler), the wait for a next request (idle_timeout), and the number
+// of connections (max_connections, max_connections_per_ip).
+func listen(cfg *config.Config, addr string, h http.Handler, limits netlimit.Limits, m *metrics.Metrics, name string, errLog *stdlog.Logger) (*netlimit.Listener, *http.Server, error) {
+	inner, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen %s %s: %w", name, addr, err)
+	}
+	ln := netlimit.Wrap(inner, limits)
+	if m != nil {
+		open := m.Connections(name)
+		ln.OnOpen = func(d int) { open.Add(float64(d)) }
+		ln.OnRefuse = func(reason string) { m.ConnectionRefused(name, reason) }
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout.D(),
+		IdleTimeout:       cfg.IdleTimeout.D(),
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          errLog,
+		ConnState:         ln.ConnState,
+	}
+	return ln, srv, nil
+}
+
+// connLimits resolves max_connections: 0 is half the process's open-file
+// limit (Go raises the soft limit to the hard one at start), so that a
+// flood of clients leaves descriptors for the upstream connections their
+// requests need, for Redis, and for accepting /health.
+func connLimits(cfg *config.Config) netlimit.Limits {
+	l := netlimit.Limits{Max: cfg.MaxConnections, MaxPerIP: cfg.MaxConnectionsPerIP}
+	switch {
+	case l.Max < 0:
+		l.Max = 0 // no limit
+	case l.Max == 0:
+		var r syscall.Rlimit
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err == nil && r.Cur > 0 {
+			const reserve = 64 // log, listeners, Redis, probes
+			l.Max = int(max(min(r.Cur, 1<<22)/2, 2*reserve) - reserve)
+		}
+	}
+	return l
+}
+
+// drainTimes are a drain's settings: shutdown_delay, shutdown_timeout,
+// shutdown_idle_timeout.
+type drainTimes struct{ delay, timeout, idle time.Duration }
+
 // shutdown drains the gateway after sig. A second SIGTERM or SIGINT on
 // sigs ends the wait at once and cuts what is still running: an operator
 // pressing Ctrl-C again means it.
-func shutdown(log *slog.Logger, gw *gateway.Server, srv *http.Server, delay, timeout time.Duration, sig os.Signal, sigs <-chan os.Signal) error {
-	log.Info("shutting down: finishing requests in flight", "signal", sig.String(), "delay", delay.String(), "deadline", timeout.String())
+//
+// Keep-alive connections are not closed under their clients: every answer
+// once draining says Connection: close, so a client closes its connection
+// after its next answer, and the gateway closes one itself only once it
+// has been idle for shutdown_idle_timeout, or at the deadline. Closing an
+// idle connection at once (as http.Server.Shutdown does) races with a
+// client sending its next request on it, which then fails unread.
+func shutdown(log *slog.Logger, gw *gateway.Server, srv *http.Server, ln *netlimit.Listener, d drainTimes, sig os.Signal, sigs <-chan os.Signal) error {
+	log.Info("shutting down: finishing requests in flight", "signal", sig.String(), "delay", d.delay.String(), "deadline", d.timeout.String())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -150,23 +206,34 @@ func shutdown(log *slog.Logger, gw *gateway.Server, srv *http.Server, delay, tim
 		}
 	}()
 	gw.Drain()
-	if delay > 0 {
+	if d.delay > 0 {
 		// Still serving, with /ready failing and Connection: close on
 		// every answer, while load balancers notice.
-		t := time.NewTimer(delay)
+		t := time.NewTimer(d.delay)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
 		}
 	}
-	sctx, scancel := context.WithTimeout(ctx, timeout)
+	sctx, scancel := context.WithTimeout(ctx, d.timeout)
 	defer scancel()
+	// New connections are refused from here; srv.Serve returns an error
+	// for the closed listener, which nobody reads any more.
+	_ = ln.Close()
+	tick := time.NewTicker(min(max(d.idle/10, time.Millisecond), 50*time.Millisecond))
+	for ln.CloseIdle(d.idle) > 0 && sctx.Err() == nil {
+		select {
+		case <-tick.C:
+		case <-sctx.Done():
+		}
+	}
+	tick.Stop()
 	if err := srv.Shutdown(sctx); err != nil {
 		_ = srv.Close()
 		switch {
 		case errors.Is(err, context.DeadlineExceeded):
-			return fmt.Errorf("shutdown: requests still running after %s were cut", timeout)
+			return fmt.Errorf("shutdown: requests still running after %s were cut", d.timeout)
 		case errors.Is(err, context.Canceled):
 			return errors.New("shutdown: a second signal cut the requests still running")
 		}

@@ -25,17 +25,38 @@ type Config struct {
 	ShutdownDelay Duration `yaml:"shutdown_delay"`
 	// BodyReadTimeout bounds reading one request body, so a client that
 	// announces a body and trickles it cannot hold a handler for long.
-	BodyReadTimeout Duration       `yaml:"body_read_timeout"`
-	Upstreams       []Upstream     `yaml:"upstreams"`
-	Models          []Model        `yaml:"models"`
-	Retry           Retry          `yaml:"retry"`
-	CircuitBreaker  CircuitBreaker `yaml:"circuit_breaker"`
-	Cache           Cache          `yaml:"cache"`
-	RateLimit       RateLimit      `yaml:"rate_limit"`
-	GPU             GPU            `yaml:"gpu"`
-	SLO             SLO            `yaml:"slo"`
-	Log             Log            `yaml:"log"`
-	Admin           Admin          `yaml:"admin"`
+	BodyReadTimeout Duration `yaml:"body_read_timeout"`
+	// ReadHeaderTimeout bounds receiving a request's line and headers, so a
+	// client that connects and sends them slowly is cut off.
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+	// IdleTimeout is how long a keep-alive connection may wait for its
+	// next request. Behind a load balancer it must exceed the balancer's
+	// own idle timeout (AWS ALB: 60s), or the balancer may send on a
+	// connection the gateway is closing.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// MaxConnections bounds the client connections open at once on the
+	// listener (and, separately, on admin.listen); one beyond it is closed
+	// as it arrives. 0: half the process's open-file limit, leaving the
+	// other half for upstream and Redis connections; -1: no limit.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerIP bounds the connections one client address may
+	// hold; 0 (the default) is no limit, since behind a load balancer every
+	// client arrives from the balancer's few addresses.
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// ShutdownIdleTimeout: a draining gateway closes a keep-alive
+	// connection once it has been idle this long, rather than at once,
+	// where it would race with a client sending its next request on it.
+	ShutdownIdleTimeout Duration       `yaml:"shutdown_idle_timeout"`
+	Upstreams           []Upstream     `yaml:"upstreams"`
+	Models              []Model        `yaml:"models"`
+	Retry               Retry          `yaml:"retry"`
+	CircuitBreaker      CircuitBreaker `yaml:"circuit_breaker"`
+	Cache               Cache          `yaml:"cache"`
+	RateLimit           RateLimit      `yaml:"rate_limit"`
+	GPU                 GPU            `yaml:"gpu"`
+	SLO                 SLO            `yaml:"slo"`
+	Log                 Log            `yaml:"log"`
+	Admin               Admin          `yaml:"admin"`
 
 	// Warnings are problems that do not stop the gateway but that an
 	// operator must see, e.g. an upstream disabled because its key variable
@@ -172,15 +193,20 @@ const (
 	DefaultStreamIdleTimeout = 60 * time.Second
 	DefaultShutdownTimeout   = 30 * time.Second
 	DefaultBodyReadTimeout   = 30 * time.Second
-	DefaultAttempts          = 3
-	DefaultBackoffMin        = 200 * time.Millisecond
-	DefaultBackoffMax        = 10 * time.Second
-	DefaultBreakerFailures   = 5
-	DefaultBreakerCooldown   = 30 * time.Second
-	DefaultCacheTTL          = time.Hour
-	DefaultCacheTimeout      = 50 * time.Millisecond
-	DefaultGPUInterval       = 10 * time.Second
-	DefaultMaxIdleConns      = 256
+	// DefaultReadHeaderTimeout and DefaultIdleTimeout are what the
+	// gateway's http.Server had before they were settings.
+	DefaultReadHeaderTimeout   = 10 * time.Second
+	DefaultIdleTimeout         = 120 * time.Second
+	DefaultShutdownIdleTimeout = time.Second
+	DefaultAttempts            = 3
+	DefaultBackoffMin          = 200 * time.Millisecond
+	DefaultBackoffMax          = 10 * time.Second
+	DefaultBreakerFailures     = 5
+	DefaultBreakerCooldown     = 30 * time.Second
+	DefaultCacheTTL            = time.Hour
+	DefaultCacheTimeout        = 50 * time.Millisecond
+	DefaultGPUInterval         = 10 * time.Second
+	DefaultMaxIdleConns        = 256
 )
 
 func (c *Config) applyDefaults() {
@@ -193,6 +219,9 @@ func (c *Config) applyDefaults() {
 	setDur(&c.StreamIdleTimeout, DefaultStreamIdleTimeout)
 	setDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	setDur(&c.BodyReadTimeout, DefaultBodyReadTimeout)
+	setDur(&c.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	setDur(&c.IdleTimeout, DefaultIdleTimeout)
+	setDur(&c.ShutdownIdleTimeout, DefaultShutdownIdleTimeout)
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		setDur(&u.Timeout, DefaultTimeout)

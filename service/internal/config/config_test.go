@@ -45,6 +45,11 @@ func TestParseAppliesDefaultsAndExpandsEnv(t *testing.T) {
 		{"retry.backoff_min", cfg.Retry.BackoffMin.D(), DefaultBackoffMin},
 		{"circuit_breaker.failures", cfg.CircuitBreaker.Failures, DefaultBreakerFailures},
 		{"stream_idle_timeout", cfg.StreamIdleTimeout.D(), DefaultStreamIdleTimeout},
+		{"read_header_timeout", cfg.ReadHeaderTimeout.D(), DefaultReadHeaderTimeout},
+		{"idle_timeout", cfg.IdleTimeout.D(), DefaultIdleTimeout},
+		{"shutdown_idle_timeout", cfg.ShutdownIdleTimeout.D(), DefaultShutdownIdleTimeout},
+		{"max_connections", cfg.MaxConnections, 0},
+		{"max_connections_per_ip", cfg.MaxConnectionsPerIP, 0},
 		{"log.requests", *cfg.Log.Requests, true},
 		{"cache.scope", cfg.Cache.Scope, CacheScopeKey},
 	}
@@ -188,6 +193,9 @@ func TestBrokenConfigs(t *testing.T) {
 		{"not yaml", "upstreams: [\n", nil, []string{"not valid YAML"}},
 		{"empty file", "", nil, []string{"empty"}},
 		{"log level", minimal + "log: {level: loud}\n", nil, []string{"log.level"}},
+		{"max_connections below -1", minimal + "max_connections: -2\n", nil, []string{"line 10: max_connections", "-1 (no limit)"}},
+		{"negative max_connections_per_ip", minimal + "max_connections_per_ip: -1\n", nil, []string{"line 10: max_connections_per_ip", "negative"}},
+		{"negative idle_timeout", minimal + "idle_timeout: -1s\n", nil, []string{"line 10", "negative"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -387,6 +387,12 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 	if c.MaxBodyBytes < 1024 {
 		l.fail("max_body_bytes", "must be at least 1024, got %d", c.MaxBodyBytes)
 	}
+	if c.MaxConnections < -1 {
+		l.fail("max_connections", "must be -1 (no limit), 0 (half the open-file limit) or a positive number, got %d", c.MaxConnections)
+	}
+	if c.MaxConnectionsPerIP < 0 {
+		l.fail("max_connections_per_ip", "must not be negative (0: no limit), got %d", c.MaxConnectionsPerIP)
+	}
 	for i, k := range c.ClientKeys {
 		p := fmt.Sprintf("client_keys[%d]", i)
 		if vars, ok := unset[p]; ok {

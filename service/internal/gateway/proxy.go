@@ -50,6 +50,7 @@ type exchange struct {
 	committed       bool // the response status line has gone out
 	answered        bool // an upstream's 2xx answer went out (whole or not)
 	clientGone      bool
+	bodyRead        bool // the request body was read to its end
 	sawDone         bool // a stream's [DONE] reached the client
 	abort           bool // cut the connection: a stream broke after its first byte
 	errMsg          string
@@ -71,13 +72,18 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 
 	if r.Method != http.MethodPost {
 		x.status = http.StatusMethodNotAllowed
+		unreadBody(w, r)
 		methodNotAllowed(w, r, "POST")
 		return
 	}
-	st := s.state.Load()
+	st := s.acquire()
+	defer s.release(st)
 	x.st = st
 	client, e := st.authorize(r)
 	if e != nil {
+		// A client without a valid key gets nothing more from this
+		// connection: not its body read, nor an idle keep-alive slot.
+		w.Header()["Connection"] = hdrClose
 		x.fail(e)
 		return
 	}
@@ -88,7 +94,12 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(st.cfg.BodyReadTimeout.D()))
 	b, err := readBody(r, st.cfg.MaxBodyBytes)
-	_ = rc.SetReadDeadline(time.Time{})
+	if err == nil {
+		// The whole body is in: what is read next is net/http's watch
+		// for the client going away, which must not time out.
+		x.bodyRead = true
+		_ = rc.SetReadDeadline(time.Time{})
+	}
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
 			x.fail(&apiError{Status: http.StatusRequestEntityTooLarge, Type: typeInvalidRequest, Code: "request_too_large",
@@ -245,6 +256,11 @@ func cacheHeaderValue(result string) []string {
 // fail answers the client with e and remembers it for the log line.
 func (x *exchange) fail(e *apiError) {
 	x.status, x.errMsg = e.Status, e.Message
+	if !x.bodyRead {
+		// Refused before its body was read (no key, rate limited, too
+		// large, or the body stalled past body_read_timeout).
+		unreadBody(x.w, x.r)
+	}
 	writeError(x.w, e)
 	x.committed = true
 }

@@ -49,11 +49,15 @@ type Server struct {
 	// upMu orders writes to relaygate_upstream_up: a reload that deletes a
 	// removed upstream's series against a breaker callback, from a request
 	// still running on the old state, that would set it again.
-	upMu     sync.Mutex
-	metricsH http.Handler
-	cache    *cache.Cache
-	limiter  *ratelimit.Limiter
-	gpu      *gpu.Monitor
+	upMu sync.Mutex
+	// retMu guards retiredStates, the states replaced by a reload that
+	// requests still run on, and their dropped pools.
+	retMu         sync.Mutex
+	retiredStates []*state
+	metricsH      http.Handler
+	cache         *cache.Cache
+	limiter       *ratelimit.Limiter
+	gpu           *gpu.Monitor
 }
 
 // New builds a server for cfg.
@@ -114,6 +118,9 @@ func (s *Server) apply(cfg *config.Config) {
 		s.setUpstreamUp(u)
 	}
 	s.upMu.Unlock()
+	if prev != nil {
+		s.retire(prev, st)
+	}
 
 	if len(cfg.ClientKeys) == 0 {
 		s.log.Warn("client_keys is empty: the gateway is OPEN, anyone who can reach it can spend your upstream credit")
@@ -176,9 +183,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// A write deadline the connection's previous answer left (writeAll)
 	// must not cut this one.
 	setWriteDeadline(w, time.Time{})
-	if s.draining.Load() {
-		// Ask keep-alive clients to reconnect, to a gateway that is staying.
+	if s.draining.Load() || len(r.TransferEncoding) > 0 {
+		// Draining: ask keep-alive clients to reconnect, to a gateway that
+		// is staying. Transfer-Encoding: net/http has dropped any
+		// Content-Length sent beside it, so the handler cannot tell a
+		// plain chunked request from a smuggling attempt that RFC 9112
+		// §6.1 says must close the connection; close after both.
 		w.Header()["Connection"] = hdrClose
+	}
+	if r.Body != http.NoBody && !proxyPath(r.URL.Path) {
+		unreadBody(w, r) // no other endpoint reads a body
 	}
 	switch r.URL.Path {
 	case "/v1/chat/completions":
@@ -204,10 +218,45 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// proxyPath reports whether ServeHTTP routes path to serveProxy, the only
+// handler that reads request bodies.
+func proxyPath(path string) bool {
+	switch path {
+	case "/v1/chat/completions", "/v1/chat/completions/stream", "/v1/embeddings":
+		return true
+	}
+	return false
+}
+
+// unreadBodyGrace is how long net/http may go on reading a request body
+// the handler did not read, after the answer. net/http drains up to
+// 256 KiB of it, even on a connection it is about to close, and with no
+// deadline of its own: a client that announced a body and sent nothing
+// would hold the connection for ever. The grace lets a client that did
+// send its body have it drained, so closing does not reset the connection
+// under the answer it has yet to read.
+const unreadBodyGrace = time.Second
+
+// unreadBody prepares an answer given without reading r's body: the
+// connection closes after it (the unread bytes cannot be told from a next
+// request), and what net/http drains first takes at most unreadBodyGrace.
+// Call it before the answer's headers go out.
+func unreadBody(w http.ResponseWriter, r *http.Request) {
+	if r.Body == http.NoBody {
+		return
+	}
+	w.Header()["Connection"] = hdrClose
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(unreadBodyGrace))
+}
+
 // AdminHandler serves /metrics, the detailed /health and /ready, for the
 // separate admin listener (config admin.listen).
 func (s *Server) AdminHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.TransferEncoding) > 0 {
+			w.Header()["Connection"] = hdrClose
+		}
+		unreadBody(w, r)
 		switch r.URL.Path {
 		case "/metrics":
 			s.serveMetrics(w, r)

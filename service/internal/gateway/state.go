@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/relaygate/relaygate/service/internal/config"
@@ -27,6 +29,14 @@ type state struct {
 	// modifies header values it is given).
 	nameHeader map[*route.Upstream][]string
 	authHeader map[*route.Upstream][]string
+
+	// refs counts the requests running on this state (Server.acquire).
+	// Once a reload has retired it, the connection pools it has and the
+	// newest state does not (dropped, guarded by Server.retMu) are closed
+	// when refs falls to zero: until then its requests may still use them.
+	refs    atomic.Int64
+	retired atomic.Bool
+	dropped []http.RoundTripper
 }
 
 type model struct {
@@ -143,5 +153,80 @@ func newTransport(u *config.Upstream) *http.Transport {
 		MaxIdleConnsPerHost: u.MaxIdleConns,
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: u.ConnectTimeout.D(),
+	}
+}
+
+// acquire returns the current state, counted as in use until release. A
+// state is never gained once retired: should a reload swap it between the
+// load and the count, the count is given back and the new state taken, so
+// a retired state whose count reaches zero stays at zero.
+func (s *Server) acquire() *state {
+	for {
+		st := s.state.Load()
+		st.refs.Add(1)
+		if s.state.Load() == st {
+			return st
+		}
+		s.release(st)
+	}
+}
+
+// release ends a request's use of st.
+func (s *Server) release(st *state) {
+	if st.refs.Add(-1) == 0 && st.retired.Load() {
+		s.reap(st)
+	}
+}
+
+// retire is told that next replaced prev. Every retired state still in use
+// learns which of its connection pools next does not keep; a pool is
+// closed by whichever of the states that have it stops being used last
+// (closing one sooner is harmless: CloseIdleConnections spares
+// connections in use, and makes the pool close them once they are idle).
+// Without this a dropped pool's connections stay open until their idle
+// timeout, one set per reload.
+func (s *Server) retire(prev, next *state) {
+	keep := make(map[http.RoundTripper]bool, len(next.upstreams))
+	for _, u := range next.upstreams {
+		keep[u.Transport] = true
+	}
+	s.retMu.Lock()
+	defer s.retMu.Unlock()
+	prev.retired.Store(true)
+	s.retiredStates = append(s.retiredStates, prev)
+	inUse := s.retiredStates[:0]
+	for _, o := range s.retiredStates {
+		for _, u := range o.upstreams {
+			if !keep[u.Transport] && !slices.Contains(o.dropped, u.Transport) {
+				o.dropped = append(o.dropped, u.Transport)
+			}
+		}
+		if o.refs.Load() == 0 {
+			closeIdle(o.dropped)
+			continue
+		}
+		inUse = append(inUse, o)
+	}
+	clear(s.retiredStates[len(inUse):])
+	s.retiredStates = inUse
+}
+
+// reap closes the dropped pools of a retired state no request uses any more.
+func (s *Server) reap(st *state) {
+	s.retMu.Lock()
+	defer s.retMu.Unlock()
+	i := slices.Index(s.retiredStates, st)
+	if i < 0 || st.refs.Load() != 0 {
+		return // reaped already, or by retire
+	}
+	s.retiredStates = slices.Delete(s.retiredStates, i, i+1)
+	closeIdle(st.dropped)
+}
+
+func closeIdle(pools []http.RoundTripper) {
+	for _, rt := range pools {
+		if c, ok := rt.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
 	}
 }

@@ -56,6 +56,8 @@ type Metrics struct {
 	rateLimitErrors  prometheus.Counter
 	budget           prometheus.Gauge
 	breakerChanges   *prometheus.CounterVec
+	connections      *prometheus.GaugeVec
+	connRefused      *prometheus.CounterVec
 
 	cacheSeries    map[string]prometheus.Counter // fixed results, read-only after New
 	upstreamSeries sync.Map                      // attemptKey → prometheus.Counter, upstream → prometheus.Observer
@@ -182,6 +184,16 @@ func New() *Metrics {
 	} {
 		f(c)
 	}
+	m.connections = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "relaygate_connections",
+		Help: "Client connections open now, by listener (api, admin).",
+	}, []string{"listener"})
+	m.connRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_connections_refused_total",
+		Help: "Client connections closed as they arrived, by listener and the limit they were over (max_connections, max_connections_per_ip).",
+	}, []string{"listener", "reason"})
+	f(m.connections)
+	f(m.connRefused)
 	m.cacheSeries = map[string]prometheus.Counter{}
 	for _, res := range []string{"hit", "miss", "error", "bypass"} {
 		m.cacheSeries[res] = m.cacheRequests.WithLabelValues(res)
@@ -378,4 +390,15 @@ func (m *Metrics) CacheSaving(model string, dollars float64) {
 		s.savings.Add(dollars)
 		s.cacheSavings.Add(dollars)
 	}
+}
+
+// Connections is the open-connections gauge of one listener, resolved once:
+// it moves on every accept and close.
+func (m *Metrics) Connections(listener string) prometheus.Gauge {
+	return m.connections.WithLabelValues(listener)
+}
+
+// ConnectionRefused counts a connection closed as it arrived, over a limit.
+func (m *Metrics) ConnectionRefused(listener, reason string) {
+	m.connRefused.WithLabelValues(listener, reason).Inc()
 }

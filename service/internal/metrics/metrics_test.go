@@ -25,6 +25,8 @@ func TestSpecNames(t *testing.T) {
 	m.Fallback("relay", "official")
 	m.UpstreamUp("relay", true)
 	m.Inflight(1)
+	m.Connections("api").Inc()
+	m.ConnectionRefused("api", "max_connections")
 
 	want := []struct {
 		name   string
@@ -45,6 +47,8 @@ func TestSpecNames(t *testing.T) {
 		{"relaygate_fallbacks_total", dto.MetricType_COUNTER, []string{"from", "to"}},
 		{"relaygate_upstream_up", dto.MetricType_GAUGE, []string{"upstream"}},
 		{"relaygate_inflight_requests", dto.MetricType_GAUGE, nil},
+		{"relaygate_connections", dto.MetricType_GAUGE, []string{"listener"}},
+		{"relaygate_connections_refused_total", dto.MetricType_COUNTER, []string{"listener", "reason"}},
 	}
 	mfs, err := m.Registry.Gather()
 	if err != nil {
