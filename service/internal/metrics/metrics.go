@@ -190,7 +190,7 @@ func New() *Metrics {
 	}, []string{"listener"})
 	m.connRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "relaygate_connections_refused_total",
-		Help: "Client connections closed as they arrived, by listener and the limit they were over (max_connections, max_connections_per_ip).",
+		Help: "Client connections closed by a limit, by listener and reason: over max_connections with every connection serving a request, over max_connections_per_ip, or evicted_waiting (a connection with no request in flight closed to make room at max_connections).",
 	}, []string{"listener", "reason"})
 	f(m.connections)
 	f(m.connRefused)

@@ -4,10 +4,16 @@
 //
 // A connection beyond a limit is accepted and closed at once rather than
 // left in the kernel's backlog: blocking Accept would starve every new
-// client, /health probes included, while the slots are held.
+// client, /health probes included, while the slots are held. At
+// max_connections a new connection first makes room by closing the one
+// that has waited longest without a request in flight (idle between
+// requests, or new and still sending its headers): a flood of connections
+// that send nothing then cannot lock out clients that do, since a
+// connection serving a request is never closed to make room.
 package netlimit
 
 import (
+	"container/list"
 	"net"
 	"net/http"
 	"net/netip"
@@ -20,6 +26,9 @@ import (
 const (
 	ReasonMax      = "max_connections"
 	ReasonMaxPerIP = "max_connections_per_ip"
+	// ReasonEvicted is a waiting connection closed to make room for a
+	// new one at max_connections.
+	ReasonEvicted = "evicted_waiting"
 )
 
 // Limits are a listener's connection limits; zero turns one off.
@@ -35,14 +44,17 @@ type Listener struct {
 	inner  net.Listener
 	limits Limits
 	// OnOpen is told each change in the number of open connections, and
-	// OnRefuse each connection refused; either may be nil. Set them
-	// before the first Accept.
+	// OnRefuse each connection refused or evicted, with its reason; either
+	// may be nil. Set them before the first Accept.
 	OnOpen   func(delta int)
 	OnRefuse func(reason string)
 
 	mu    sync.Mutex
 	conns map[*conn]struct{}
 	perIP map[netip.Addr]int
+	// waiting holds the connections with no request in flight, the one
+	// waiting longest in front: the first to close at max_connections.
+	waiting list.List
 
 	closeOnce sync.Once
 	closeErr  error
@@ -72,22 +84,36 @@ func (l *Listener) Accept() (net.Conn, error) {
 			}
 		}
 		reason := ""
-		var tc *conn
+		var tc, evicted *conn
 		l.mu.Lock()
 		switch {
-		case l.limits.Max > 0 && len(l.conns) >= l.limits.Max:
-			reason = ReasonMax
 		case l.perIP != nil && ip.IsValid() && l.perIP[ip] >= l.limits.MaxPerIP:
 			reason = ReasonMaxPerIP
+		case l.limits.Max > 0 && len(l.conns) >= l.limits.Max && l.waiting.Len() == 0:
+			reason = ReasonMax // every connection is serving a request
 		default:
+			if l.limits.Max > 0 && len(l.conns) >= l.limits.Max {
+				evicted = l.waiting.Front().Value.(*conn)
+				l.detachLocked(evicted)
+			}
 			tc = &conn{Conn: c, l: l, ip: ip}
 			tc.since.Store(time.Now().UnixNano())
+			tc.wait = l.waiting.PushBack(tc)
 			l.conns[tc] = struct{}{}
 			if l.perIP != nil && ip.IsValid() {
 				l.perIP[ip]++
 			}
 		}
 		l.mu.Unlock()
+		if evicted != nil {
+			_ = evicted.Conn.Close()
+			if l.OnOpen != nil {
+				l.OnOpen(-1)
+			}
+			if l.OnRefuse != nil {
+				l.OnRefuse(ReasonEvicted)
+			}
+		}
 		if tc != nil {
 			if l.OnOpen != nil {
 				l.OnOpen(1)
@@ -122,9 +148,29 @@ func (l *Listener) Open() int {
 // ConnState records each connection's state and when it entered it; use
 // it as http.Server.ConnState.
 func (l *Listener) ConnState(c net.Conn, st http.ConnState) {
-	if tc, ok := c.(*conn); ok {
-		tc.since.Store(time.Now().UnixNano())
-		tc.state.Store(int32(st))
+	tc, ok := c.(*conn)
+	if !ok {
+		return
+	}
+	tc.since.Store(time.Now().UnixNano())
+	tc.state.Store(int32(st))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if tc.closed.Load() {
+		return // closed already: it must not come back into waiting
+	}
+	switch st {
+	case http.StateNew, http.StateIdle:
+		if tc.wait == nil {
+			tc.wait = l.waiting.PushBack(tc)
+		} else {
+			l.waiting.MoveToBack(tc.wait)
+		}
+	default:
+		if tc.wait != nil {
+			l.waiting.Remove(tc.wait)
+			tc.wait = nil
+		}
 	}
 }
 
@@ -154,9 +200,17 @@ func (l *Listener) CloseIdle(idleFor time.Duration) (open int) {
 	return open
 }
 
-func (l *Listener) release(c *conn) {
-	l.mu.Lock()
+// detachLocked stops counting c, which is closed (or about to be) and
+// reported by the caller; l.mu is held. It reports whether c was counted.
+func (l *Listener) detachLocked(c *conn) bool {
+	if !c.closed.CompareAndSwap(false, true) {
+		return false
+	}
 	delete(l.conns, c)
+	if c.wait != nil {
+		l.waiting.Remove(c.wait)
+		c.wait = nil
+	}
 	if l.perIP != nil && c.ip.IsValid() {
 		if n := l.perIP[c.ip] - 1; n > 0 {
 			l.perIP[c.ip] = n
@@ -164,10 +218,7 @@ func (l *Listener) release(c *conn) {
 			delete(l.perIP, c.ip)
 		}
 	}
-	l.mu.Unlock()
-	if l.OnOpen != nil {
-		l.OnOpen(-1)
-	}
+	return true
 }
 
 // conn counts against its listener's limits until its first Close.
@@ -175,15 +226,19 @@ type conn struct {
 	net.Conn
 	l      *Listener
 	ip     netip.Addr
-	state  atomic.Int32 // http.ConnState; StateNew (0) until told otherwise
-	since  atomic.Int64 // UnixNano of the last state change
-	closed atomic.Bool
+	state  atomic.Int32  // http.ConnState; StateNew (0) until told otherwise
+	since  atomic.Int64  // UnixNano of the last state change
+	closed atomic.Bool   // set once, under l.mu, when it stops counting
+	wait   *list.Element // in l.waiting; guarded by l.mu
 }
 
 func (c *conn) Close() error {
 	err := c.Conn.Close()
-	if c.closed.CompareAndSwap(false, true) {
-		c.l.release(c)
+	c.l.mu.Lock()
+	counted := c.l.detachLocked(c)
+	c.l.mu.Unlock()
+	if counted && c.l.OnOpen != nil {
+		c.l.OnOpen(-1)
 	}
 	return err
 }

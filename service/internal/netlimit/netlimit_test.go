@@ -100,7 +100,9 @@ func TestLimits(t *testing.T) {
 			var in []net.Conn
 			for range 2 {
 				dial(t, l)
-				in = append(in, <-accepted)
+				a := <-accepted
+				l.ConnState(a, http.StateActive) // serving: never evicted
+				in = append(in, a)
 			}
 			over := dial(t, l)
 			if !closedByPeer(t, over) {
@@ -133,6 +135,66 @@ func TestLimits(t *testing.T) {
 				t.Fatal("no connection accepted after one closed")
 			}
 		})
+	}
+}
+
+// TestEvictsWaitingAtMax: at max_connections a new connection closes the
+// one that has waited longest without a request in flight, so connections
+// that send nothing cannot lock out those that do; one serving a request
+// is never closed, and with every slot serving, the new one is refused.
+func TestEvictsWaitingAtMax(t *testing.T) {
+	l, accepted, refused := served(t, Limits{Max: 3})
+	var clients [3]net.Conn
+	var conns [3]net.Conn
+	for i := range conns {
+		clients[i] = dial(t, l)
+		conns[i] = <-accepted
+	}
+	l.ConnState(conns[0], http.StateActive) // serving a request
+	l.ConnState(conns[1], http.StateIdle)   // between requests: waiting since now
+	// conns[2] is new with no request yet, waiting since it was accepted.
+
+	// conns[2] has waited longest: the next connection closes it.
+	late := dial(t, l)
+	lateConn := <-accepted
+	if !closedByPeer(t, clients[2]) {
+		t.Fatal("the connection waiting longest was not closed to make room")
+	}
+	if got := refused.list(); len(got) != 1 || got[0] != ReasonEvicted {
+		t.Errorf("refusals %v, want one %s", got, ReasonEvicted)
+	}
+	if l.Open() != 3 {
+		t.Errorf("open = %d, want 3", l.Open())
+	}
+	// Then conns[1], idle longer than the newcomer.
+	dial(t, l)
+	second := <-accepted
+	if !closedByPeer(t, clients[1]) {
+		t.Fatal("the idle connection was not closed to make room")
+	}
+	// The serving connection and the newcomers are still open.
+	if _, err := io.WriteString(late, "x"); err != nil {
+		t.Fatal(err)
+	}
+	_ = lateConn.SetReadDeadline(time.Now().Add(guard))
+	if _, err := lateConn.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("the newcomer was closed: %v", err)
+	}
+	_ = clients[0].SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	var ne net.Error
+	if _, err := clients[0].Read(make([]byte, 1)); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Errorf("the serving connection was closed: %v", err)
+	}
+
+	// Every slot serving: the next connection is refused, none evicted.
+	l.ConnState(lateConn, http.StateActive)
+	l.ConnState(second, http.StateActive)
+	over := dial(t, l)
+	if !closedByPeer(t, over) {
+		t.Fatal("a connection over the limit was left open with every slot serving")
+	}
+	if got := refused.list(); len(got) != 3 || got[2] != ReasonMax {
+		t.Errorf("refusals %v, want the last to be %s", got, ReasonMax)
 	}
 }
 
