@@ -387,6 +387,9 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 	if c.MaxBodyBytes < 1024 {
 		l.fail("max_body_bytes", "must be at least 1024, got %d", c.MaxBodyBytes)
 	}
+	if c.BufferBudgetBytes < MinBufferBudgetBytes {
+		l.fail("buffer_budget_bytes", "must be at least %d (1 MiB), got %d", MinBufferBudgetBytes, c.BufferBudgetBytes)
+	}
 	for i, k := range c.ClientKeys {
 		p := fmt.Sprintf("client_keys[%d]", i)
 		if vars, ok := unset[p]; ok {
