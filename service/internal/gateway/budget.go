@@ -79,6 +79,20 @@ func (e *errAnswerTooLarge) Error() string {
 	return fmt.Sprintf("answer larger than the gateway's limit of %d bytes", e.limit)
 }
 
+// tryAcquire reserves n bytes if they are free now and nobody waits.
+func (b *byteBudget) tryAcquire(n int64) bool {
+	b.mu.Lock()
+	ok := b.used+n <= b.size && b.waiters.Len() == 0
+	if ok {
+		b.used += n
+	}
+	b.mu.Unlock()
+	if ok {
+		b.gauge(float64(n))
+	}
+	return ok
+}
+
 // acquire reserves n bytes, waiting while other answers hold the budget.
 // It fails with ctx's error when ctx ends first; n over the whole budget
 // can never fit, and fails at once.
@@ -193,6 +207,10 @@ type answerBuffer struct {
 // actx. Waiting in vain is errBufferBusy; the client leaving (ctx) is ctx's
 // error.
 func (a *answerBuffer) reserve(ctx, actx context.Context, n int64) error {
+	if a.budget.tryAcquire(n) { // the common case: no timer, no allocation
+		a.reserved += n
+		return nil
+	}
 	wctx, cancel := context.WithTimeout(actx, budgetWait)
 	defer cancel()
 	if err := a.budget.acquire(wctx, n); err != nil {
@@ -205,19 +223,20 @@ func (a *answerBuffer) reserve(ctx, actx context.Context, n int64) error {
 	return nil
 }
 
-// newAnswerBuffer sizes a buffer from the answer's announced length (-1:
-// none). An announced length is reserved and allocated whole at once, so
-// the answer is read without a copy; without one, the buffer starts small
-// and grows, reserving as it does.
-func (b *byteBudget) newAnswerBuffer(ctx, actx context.Context, announced int64) (*answerBuffer, error) {
-	a := &answerBuffer{budget: b}
+// init sizes the buffer from the answer's announced length (-1: none),
+// reserving it in b. An announced length is reserved and allocated whole
+// at once, so the answer is read without a copy; without one, the buffer
+// starts small and grows, reserving as it does. On success the caller
+// must release it.
+func (a *answerBuffer) init(ctx, actx context.Context, b *byteBudget, announced int64) error {
+	*a = answerBuffer{budget: b}
 	if announced >= 0 && announced+1 > maxPooledResponse {
 		if err := a.reserve(ctx, actx, announced+1); err != nil {
-			return nil, err
+			return err
 		}
 		buf := make([]byte, 0, announced+1) // +1: reading to EOF needs no growth
 		a.bp = &buf
-		return a, nil
+		return nil
 	}
 	a.bp, a.pooled = respBufPool.Get().(*[]byte), true
 	*a.bp = (*a.bp)[:0]
@@ -227,12 +246,12 @@ func (b *byteBudget) newAnswerBuffer(ctx, actx context.Context, announced int64)
 	}
 	if err := a.reserve(ctx, actx, need); err != nil {
 		respBufPool.Put(a.bp)
-		return nil, err
+		return err
 	}
 	if int64(cap(*a.bp)) < need {
 		*a.bp = make([]byte, 0, need)
 	}
-	return a, nil
+	return nil
 }
 
 // readFrom reads r to its end into the buffer, failing with errTooLarge

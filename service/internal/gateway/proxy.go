@@ -59,7 +59,9 @@ type exchange struct {
 	prompt, completion int
 	usageKnown         bool
 	// key is the answering upstream's key, removed from what it sends.
-	key []byte
+	key    []byte
+	keyStr string
+	answer answerBuffer // memory of a whole answer (budget.go)
 	// What the request could produce, to bound its usage (see usage.go).
 	reqBytes        int
 	reqBody         []byte
@@ -312,6 +314,7 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 	}
 
 	key := x.st.upstreamKey[u]
+	keyStr := x.st.upstreamKeyStr[u]
 	t0 := time.Now()
 	resp, err := u.Transport.RoundTrip(hreq)
 	if err != nil {
@@ -319,7 +322,7 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		return x.transportFailure(ctx, actx, u, err)
 	}
 	defer resp.Body.Close()
-	x.key = key
+	x.key, x.keyStr = key, keyStr
 
 	code := resp.StatusCode
 	switch {
@@ -330,7 +333,7 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		x.price = t.Price
 		return x.relayWhole(ctx, actx, u, resp, t0)
 	case route.RetryableStatus(code) || code < 200 || (code >= 300 && code < 400):
-		msg := upstreamErrorMessage(resp.Body, string(key))
+		msg := upstreamErrorMessage(resp.Body, keyStr)
 		x.waited(u, t0)
 		return route.Attempt{
 			Err:        fmt.Errorf("HTTP %d%s", code, msg),
@@ -354,7 +357,7 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		// The gateway serves the model, so a 404 means this upstream does
 		// not (a relay without it, a base_url missing its /v1); the next
 		// upstream may. The upstream itself is up.
-		msg := upstreamErrorMessage(resp.Body, string(key))
+		msg := upstreamErrorMessage(resp.Body, keyStr)
 		x.waited(u, t0)
 		return route.Attempt{Err: &errUpstreamNotFound{msg: msg}, Fallback: true, Healthy: true}
 	default:
@@ -390,7 +393,7 @@ func (x *exchange) fault(u *route.Upstream, err error, when string) error {
 	f := describeTransport(err, when)
 	x.s.log.LogAttrs(x.r.Context(), slog.LevelInfo, "upstream connection failed",
 		slog.String("request_id", x.rid), slog.String("upstream", u.Name), slog.String("error", f.msg),
-		slog.String("detail", scrubErrorText(err.Error(), string(x.st.upstreamKey[u]), 0, false)))
+		slog.String("detail", scrubErrorText(err.Error(), x.st.upstreamKeyStr[u], 0, false)))
 	return f
 }
 
@@ -420,7 +423,8 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 		x.waited(u, t0)
 		return route.Attempt{Err: &errAnswerTooLarge{limit: limit}}
 	}
-	ab, err := x.st.budget.newAnswerBuffer(ctx, actx, resp.ContentLength)
+	ab := &x.answer
+	err := ab.init(ctx, actx, x.st.budget, resp.ContentLength)
 	if err == nil {
 		defer ab.release()
 		var data []byte
@@ -448,7 +452,7 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 // key should it quote it, and caches it when it may.
 func (x *exchange) answerWhole(u *route.Upstream, resp *http.Response, data []byte) route.Attempt {
 	ct := resp.Header.Get("Content-Type")
-	if hasKeyPiece(ct, string(x.key)) {
+	if hasKeyPiece(ct, x.keyStr) {
 		ct = "application/octet-stream"
 	}
 	if resp.StatusCode < 300 {
@@ -458,7 +462,7 @@ func (x *exchange) answerWhole(u *route.Upstream, resp *http.Response, data []by
 			return x.replayAsStream(u, resp, data)
 		}
 	} else {
-		data, ct = clientErrorBody(u, string(x.key), resp.StatusCode, data, ct)
+		data, ct = clientErrorBody(u, x.keyStr, resp.StatusCode, data, ct)
 	}
 	cacheable := resp.StatusCode == http.StatusOK && x.cacheKey != "" && cacheableAnswer(x.ep, ct, data)
 	h := x.w.Header()
@@ -584,7 +588,7 @@ func clientErrorBody(u *route.Upstream, key string, code int, data []byte, ct st
 func (x *exchange) setUpstreamHeaders(u *route.Upstream, resp *http.Response) {
 	h := x.w.Header()
 	h["X-Relaygate-Upstream"] = x.st.nameHeader[u]
-	if id := resp.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && safeToken(id) && !hasKeyPiece(id, string(x.key)) {
+	if id := resp.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && safeToken(id) && !hasKeyPiece(id, x.keyStr) {
 		h.Set("X-Upstream-Request-Id", id)
 	}
 	// Server-Timing carries the gateway's own time so far and the upstream

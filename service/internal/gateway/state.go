@@ -27,8 +27,10 @@ type state struct {
 	// modifies header values it is given).
 	nameHeader map[*route.Upstream][]string
 	authHeader map[*route.Upstream][]string
-	// upstreamKey is each upstream's key, to remove from what it sends.
-	upstreamKey map[*route.Upstream][]byte
+	// upstreamKey is each upstream's key, to remove from what it sends
+	// (as bytes for answers, as a string for texts and headers).
+	upstreamKey    map[*route.Upstream][]byte
+	upstreamKeyStr map[*route.Upstream]string
 	// budget bounds the memory of all whole answers held at once; a
 	// reload keeps it unless its size changed (Server.apply).
 	budget *byteBudget
@@ -45,11 +47,12 @@ type model struct {
 // change, so a reload neither drops warm connections nor forgets failures.
 func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream, from, to route.BreakerState)) *state {
 	st := &state{
-		cfg:         cfg,
-		models:      make(map[string]*model, len(cfg.Models)),
-		nameHeader:  map[*route.Upstream][]string{},
-		authHeader:  map[*route.Upstream][]string{},
-		upstreamKey: map[*route.Upstream][]byte{},
+		cfg:            cfg,
+		models:         make(map[string]*model, len(cfg.Models)),
+		nameHeader:     map[*route.Upstream][]string{},
+		authHeader:     map[*route.Upstream][]string{},
+		upstreamKey:    map[*route.Upstream][]byte{},
+		upstreamKeyStr: map[*route.Upstream]string{},
 		policy: route.Policy{
 			Attempts:   cfg.Retry.Attempts,
 			BackoffMin: cfg.Retry.BackoffMin.D(),
@@ -94,7 +97,7 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 		st.nameHeader[u] = []string{u.Name}
 		if u.Auth != "" {
 			st.authHeader[u] = []string{u.Auth}
-			st.upstreamKey[u] = []byte(uc.APIKey)
+			st.upstreamKey[u], st.upstreamKeyStr[u] = []byte(uc.APIKey), uc.APIKey
 		}
 	}
 

@@ -146,7 +146,7 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 
 func (x *exchange) commitStream(u *route.Upstream, resp *http.Response) {
 	h := x.w.Header()
-	if ct := resp.Header.Get("Content-Type"); hasKeyPiece(ct, string(x.key)) {
+	if ct := resp.Header.Get("Content-Type"); hasKeyPiece(ct, x.keyStr) {
 		h["Content-Type"] = hdrEventStream
 	} else {
 		h.Set("Content-Type", ct)

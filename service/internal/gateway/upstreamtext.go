@@ -41,9 +41,6 @@ const (
 	errorTextLimit = 200
 )
 
-// upstreamKey is the key the gateway sends an upstream, or "" for none.
-func upstreamKey(auth string) string { return strings.TrimPrefix(auth, "Bearer ") }
-
 // redactAnswer removes every copy of key from an answer relayed as bytes.
 // It returns b itself, with no allocation, when the key is not there.
 func redactAnswer(b, key []byte) []byte {
