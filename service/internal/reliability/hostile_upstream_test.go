@@ -277,7 +277,7 @@ func hostileGateway(t testing.TB, h *hostileUpstream, attacks []string, extra st
 		models[a] = hostileRoute("hostile", a)
 	}
 	return startGateway(t, gatewaySpec{
-		upstreams: []upstreamSpec{{name: "hostile", url: h.base, key: hostileKey, timeout: "5s"}},
+		upstreams: []upstreamSpec{{name: "hostile", url: h.base, key: hostileKey}},
 		route:     []string{"hostile"},
 		models:    models,
 		attempts:  1,
@@ -667,7 +667,8 @@ func TestHostileUpstreamMemorySpike(t *testing.T) {
 	if p > 640<<20 {
 		t.Errorf("heap peaked at %d MiB for %d answers of %d MiB", p>>20, clients, large>>20)
 	}
-	if rssAfter > rssBefore+128<<20 {
+	// Under the race detector, its shadow of the heap stays resident.
+	if rssAfter > rssBefore+128<<20 && !raceEnabled {
 		t.Errorf("RSS still %d MiB after the spike, %d MiB before", rssAfter>>20, rssBefore>>20)
 	}
 }
