@@ -537,7 +537,7 @@ func (x *exchange) replayAsStream(u *route.Upstream, resp *http.Response, data [
 			what = "invalid JSON from upstream"
 		}
 		x.s.log.Info("upstream answered a stream request with a whole answer that cannot be replayed", "request_id", x.rid,
-			"upstream", u.Name, "error", err.Error())
+			"upstream", u.Name, "error", scrubErrorText(err.Error(), x.keyStr, errorTextLimit, false))
 		return route.Attempt{Err: fmt.Errorf("answered a stream request with %s, not events", what), Fallback: true}
 	}
 	h := x.w.Header()

@@ -21,6 +21,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/relaygate/relaygate/service/internal/cache"
 	"github.com/relaygate/relaygate/service/internal/testenv"
 )
 
@@ -464,6 +467,50 @@ func TestHostileUpstreamHTMLIsNotCached(t *testing.T) {
 				t.Errorf("the upstream was asked %d times, want 2 (nothing cached)", n)
 			}
 		})
+	}
+}
+
+// TestPoisonedCacheEntryIsNotServed: an HTML page already in the cache
+// (stored by a replica from before answers were checked) is not replayed;
+// the upstream's answer replaces it.
+func TestPoisonedCacheEntryIsNotServed(t *testing.T) {
+	rd := testenv.StartRedis(t)
+	h := startHostile(t)
+	gw := hostileGateway(t, h, nil, fmt.Sprintf("cache: {redis_url: %q, ttl: 1m, timeout: 1s}\n", rd.URL), nil)
+	c := newClient(t, 1)
+	det := func() *http.Request {
+		req := mustRequest(t, http.MethodPost, gw.URL+"/v1/chat/completions",
+			`{"model":"m","temperature":0,"messages":[{"role":"user","content":"poison me"}]}`)
+		req.Header.Set("Authorization", "Bearer "+clientKey)
+		return req
+	}
+	if r := do(c, det()); wholeChat(r) != nil || r.header.Get("X-Cache") != "MISS" {
+		t.Fatalf("first answer: %s (X-Cache %q)", r, r.header.Get("X-Cache"))
+	}
+	// Overwrite what was stored, wherever the cache keeps it.
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	keys, err := rdb.Keys(context.Background(), "*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("want the one stored answer in Redis: %q, %v", keys, err)
+	}
+	poison, err := cache.New(cache.Options{URL: rd.URL, TTL: time.Minute, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = poison.Close() })
+	if err := poison.Set(context.Background(), keys[0], cache.Entry{Body: []byte("<html>captive portal</html>"), ContentType: "text/html", Upstream: "hostile"}); err != nil {
+		t.Fatal(err)
+	}
+	r := do(c, det())
+	if err := wholeChat(r); err != nil || r.header.Get("X-Cache") == "HIT" {
+		t.Errorf("the poisoned entry was served (X-Cache %q): %v", r.header.Get("X-Cache"), err)
+	}
+	if n := h.count("m"); n != 2 {
+		t.Errorf("the upstream was asked %d times, want 2", n)
+	}
+	if r := do(c, det()); wholeChat(r) != nil || r.header.Get("X-Cache") != "HIT" {
+		t.Errorf("the upstream's answer did not replace the poisoned entry: %s (X-Cache %q)", r, r.header.Get("X-Cache"))
 	}
 }
 
