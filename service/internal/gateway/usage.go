@@ -24,9 +24,13 @@ import (
 //     bytes: each such reference allows maxReferenceTokens more. Never
 //     more than maxPromptTokens, above every model's context.
 //   - completion tokens: the request's max_tokens or max_completion_tokens
-//     (which include reasoning tokens) per choice, plus completionSlack;
-//     without one, maxCompletionTokens per choice, above every model's
-//     output limit. Embeddings produce none.
+//     per choice, plus completionSlack; without one, maxCompletionTokens per
+//     choice, above every model's output limit. Reasoning tokens the
+//     answer reports (completion_tokens_details.reasoning_tokens) are
+//     allowed on top, up to maxCompletionTokens per choice: OpenAI counts
+//     them within max_completion_tokens, but some servers (DeepSeek's
+//     reasoner) bound only the final answer by max_tokens. Embeddings
+//     produce none.
 const (
 	promptSlack         = 4096
 	maxReferenceTokens  = 1 << 20
@@ -53,23 +57,25 @@ func promptBound(body []byte) int64 {
 	return min(bound+int64(refs)*maxReferenceTokens, maxPromptTokens)
 }
 
-// completionBound is the most completion tokens the request could produce.
-func (x *exchange) completionBound() int64 {
+// completionBound is the most completion tokens the request could produce,
+// given the reasoning tokens the answer reports.
+func (x *exchange) completionBound(reasoning int64) int64 {
 	if x.ep == epEmbeddings {
 		return 0
 	}
-	per := int64(maxCompletionTokens)
-	if x.maxTokens > 0 {
-		per = min(x.maxTokens+completionSlack, per)
+	n := min(max(x.n, 1), maxChoices)
+	if x.maxTokens <= 0 {
+		return maxCompletionTokens * n
 	}
-	return per * min(max(x.n, 1), maxChoices)
+	per := min(x.maxTokens+completionSlack, maxCompletionTokens)
+	return per*n + min(max(reasoning, 0), maxCompletionTokens*n)
 }
 
 // believable reports whether usage is within what the request could
 // produce. The body is scanned for references only when the prompt count
 // is over the body's own size: the common case costs two comparisons.
-func (x *exchange) believable(prompt, completion int64) bool {
-	if prompt < 0 || completion < 0 || completion > x.completionBound() {
+func (x *exchange) believable(prompt, completion, reasoning int64) bool {
+	if prompt < 0 || completion < 0 || completion > x.completionBound(reasoning) {
 		return false
 	}
 	return prompt <= int64(x.reqBytes)+promptSlack || prompt <= promptBound(x.reqBody)
@@ -86,13 +92,19 @@ func (x *exchange) readUsage(data []byte) {
 	if !p.Exists() && !c.Exists() {
 		return
 	}
-	x.setUsage(p.Int(), c.Int())
+	x.setUsage(p.Int(), c.Int(), reasoningTokens(u))
+}
+
+// reasoningTokens is what a usage object says of reasoning tokens (see
+// completionBound); 0 when it says nothing.
+func reasoningTokens(u gjson.Result) int64 {
+	return u.Get("completion_tokens_details.reasoning_tokens").Int()
 }
 
 // setUsage records usage the upstream reported, unless it is beyond what
 // the request could produce (see above).
-func (x *exchange) setUsage(prompt, completion int64) {
-	if !x.believable(prompt, completion) {
+func (x *exchange) setUsage(prompt, completion, reasoning int64) {
+	if !x.believable(prompt, completion, reasoning) {
 		x.usageKnown, x.usageSuspicious = false, true
 		x.suspectUsage = [2]int64{prompt, completion}
 		return
@@ -106,7 +118,7 @@ func (x *exchange) suspicious() {
 	x.s.log.LogAttrs(x.r.Context(), slog.LevelWarn, "usage beyond what the request could produce; not counted",
 		slog.String("request_id", x.rid), slog.String("model", x.model), slog.String("upstream", x.upstream),
 		slog.Int64("prompt_tokens", x.suspectUsage[0]), slog.Int64("completion_tokens", x.suspectUsage[1]),
-		slog.Int64("completion_bound", x.completionBound()), slog.Int("request_bytes", x.reqBytes))
+		slog.Int64("max_tokens", x.maxTokens), slog.Int("request_bytes", x.reqBytes))
 }
 
 // cacheableAnswer reports whether a 200 is the endpoint's answer, so it may

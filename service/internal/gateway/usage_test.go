@@ -16,22 +16,25 @@ func TestUsageBounds(t *testing.T) {
 		ep                 endpoint
 		body               string
 		prompt, completion int64
+		reasoning          int64
 		want               bool
 	}{
-		{"honest", epChat, chat, 9, 20, true},
-		{"2^31-1 each", epChat, chat, 1<<31 - 1, 1<<31 - 1, false},
-		{"negative", epChat, chat, -1, 5, false},
-		{"prompt larger than the body could hold", epChat, chat, 100_000, 5, false},
-		{"an image by URL may cost many tokens", epChat, image, 50_000, 5, true},
-		{"but not without bound", epChat, image, maxPromptTokens + 1, 5, false},
-		{"within max_tokens", epChat, `{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`, 9, 10, true},
-		{"over max_tokens", epChat, `{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`, 9, 5000, false},
-		{"max_completion_tokens, reasoning included", epChat, `{"model":"m","max_completion_tokens":4000,"messages":[{"role":"user","content":"hi"}]}`, 9, 4000, true},
-		{"n choices of max_tokens", epChat, `{"model":"m","max_tokens":10,"n":3,"messages":[{"role":"user","content":"hi"}]}`, 9, 30, true},
-		{"no max_tokens: an output limit's worth", epChat, chat, 9, 200_000, true},
-		{"no max_tokens: not without bound", epChat, chat, 9, maxCompletionTokens + 1, false},
-		{"embeddings produce no completion", epEmbeddings, `{"model":"m","input":"hi"}`, 2, 1, false},
-		{"embeddings of token arrays", epEmbeddings, `{"model":"m","input":[[1,2,3,4]]}`, 4, 0, true},
+		{"honest", epChat, chat, 9, 20, 0, true},
+		{"2^31-1 each", epChat, chat, 1<<31 - 1, 1<<31 - 1, 0, false},
+		{"negative", epChat, chat, -1, 5, 0, false},
+		{"prompt larger than the body could hold", epChat, chat, 100_000, 5, 0, false},
+		{"an image by URL may cost many tokens", epChat, image, 50_000, 5, 0, true},
+		{"but not without bound", epChat, image, maxPromptTokens + 1, 5, 0, false},
+		{"within max_tokens", epChat, `{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`, 9, 10, 0, true},
+		{"over max_tokens", epChat, `{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`, 9, 5000, 0, false},
+		{"max_completion_tokens, reasoning included", epChat, `{"model":"m","max_completion_tokens":4000,"messages":[{"role":"user","content":"hi"}]}`, 9, 4000, 0, true},
+		{"n choices of max_tokens", epChat, `{"model":"m","max_tokens":10,"n":3,"messages":[{"role":"user","content":"hi"}]}`, 9, 30, 0, true},
+		{"no max_tokens: an output limit's worth", epChat, chat, 9, 200_000, 0, true},
+		{"no max_tokens: not without bound", epChat, chat, 9, maxCompletionTokens + 1, 0, false},
+		{"embeddings produce no completion", epEmbeddings, `{"model":"m","input":"hi"}`, 2, 1, 0, false},
+		{"embeddings of token arrays", epEmbeddings, `{"model":"m","input":[[1,2,3,4]]}`, 4, 0, 0, true},
+		{"reasoning beyond max_tokens (DeepSeek's reasoner)", epChat, `{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`, 9, 20_100, 20_000, true},
+		{"reasoning claimed without bound", epChat, `{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`, 9, 1<<31 - 1, 1<<31 - 1, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -40,7 +43,7 @@ func TestUsageBounds(t *testing.T) {
 				t.Fatal(e)
 			}
 			x := exchange{ep: tc.ep, reqBytes: len(tc.body), reqBody: []byte(tc.body), maxTokens: req.maxTokens, n: req.choices}
-			x.setUsage(tc.prompt, tc.completion)
+			x.setUsage(tc.prompt, tc.completion, tc.reasoning)
 			if x.usageKnown != tc.want || x.usageSuspicious == tc.want {
 				t.Errorf("usage %d/%d: known %t, suspicious %t; want known %t", tc.prompt, tc.completion, x.usageKnown, x.usageSuspicious, tc.want)
 			}
