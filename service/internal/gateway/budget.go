@@ -79,10 +79,11 @@ func (e *errAnswerTooLarge) Error() string {
 	return fmt.Sprintf("answer larger than the gateway's limit of %d bytes", e.limit)
 }
 
-// tryAcquire reserves n bytes if they are free now and nobody waits.
-func (b *byteBudget) tryAcquire(n int64) bool {
+// tryAcquire reserves n bytes if they are free now and nobody waits, or,
+// first, whoever waits.
+func (b *byteBudget) tryAcquire(n int64, first bool) bool {
 	b.mu.Lock()
-	ok := b.used+n <= b.size && b.waiters.Len() == 0
+	ok := b.used+n <= b.size && (first || b.waiters.Len() == 0)
 	if ok {
 		b.used += n
 	}
@@ -95,10 +96,12 @@ func (b *byteBudget) tryAcquire(n int64) bool {
 
 // acquire reserves n bytes, waiting while other answers hold the budget.
 // It fails with ctx's error when ctx ends first; n over the whole budget
-// can never fit, and fails at once.
-func (b *byteBudget) acquire(ctx context.Context, n int64) error {
+// can never fit, and fails at once. first puts the caller ahead of those
+// waiting: an answer growing as it arrives already holds budget, and
+// queued behind one that waits for that budget, both would wait in vain.
+func (b *byteBudget) acquire(ctx context.Context, n int64, first bool) error {
 	b.mu.Lock()
-	if b.used+n <= b.size && b.waiters.Len() == 0 {
+	if b.used+n <= b.size && (first || b.waiters.Len() == 0) {
 		b.used += n
 		b.mu.Unlock()
 		b.gauge(float64(n))
@@ -109,7 +112,12 @@ func (b *byteBudget) acquire(ctx context.Context, n int64) error {
 		return errBufferBusy{}
 	}
 	w := &budgetWaiter{n: n, ready: make(chan struct{})}
-	e := b.waiters.PushBack(w)
+	var e *list.Element
+	if first {
+		e = b.waiters.PushFront(w)
+	} else {
+		e = b.waiters.PushBack(w)
+	}
 	b.mu.Unlock()
 	select {
 	case <-w.ready:
@@ -205,15 +213,16 @@ type answerBuffer struct {
 
 // reserve takes n more bytes of budget, waiting at most budgetWait within
 // actx. Waiting in vain is errBufferBusy; the client leaving (ctx) is ctx's
-// error.
+// error. A buffer that already holds budget (growing) goes first.
 func (a *answerBuffer) reserve(ctx, actx context.Context, n int64) error {
-	if a.budget.tryAcquire(n) { // the common case: no timer, no allocation
+	first := a.reserved > 0
+	if a.budget.tryAcquire(n, first) { // the common case: no timer, no allocation
 		a.reserved += n
 		return nil
 	}
 	wctx, cancel := context.WithTimeout(actx, budgetWait)
 	defer cancel()
-	if err := a.budget.acquire(wctx, n); err != nil {
+	if err := a.budget.acquire(wctx, n, first); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

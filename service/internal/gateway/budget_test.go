@@ -17,17 +17,17 @@ func TestByteBudget(t *testing.T) {
 	var gauge atomic.Int64 // the gauge is told from every goroutine that acquires
 	b := newByteBudget(100, func(d float64) { gauge.Add(int64(d)) })
 	ctx := context.Background()
-	if err := b.acquire(ctx, 60); err != nil {
+	if err := b.acquire(ctx, 60, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.acquire(ctx, 101); !errors.As(err, new(errBufferBusy)) {
+	if err := b.acquire(ctx, 101, false); !errors.As(err, new(errBufferBusy)) {
 		t.Errorf("more than the whole budget: %v, want errBufferBusy at once", err)
 	}
 
 	// A waiter that does not fit waits; its context ending gives up.
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if err := b.acquire(short, 50); !errors.Is(err, context.DeadlineExceeded) {
+	if err := b.acquire(short, 50, false); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("acquire past the budget: %v, want the deadline", err)
 	}
 
@@ -35,13 +35,13 @@ func TestByteBudget(t *testing.T) {
 	// one waits behind it, though it would fit now.
 	got := make(chan string, 2)
 	go func() {
-		if b.acquire(ctx, 80) == nil {
+		if b.acquire(ctx, 80, false) == nil {
 			got <- "large"
 		}
 	}()
 	waitFor(t, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return b.waiters.Len() == 1 })
 	go func() {
-		if b.acquire(ctx, 10) == nil {
+		if b.acquire(ctx, 10, false) == nil {
 			got <- "small"
 		}
 	}()
@@ -51,7 +51,11 @@ func TestByteBudget(t *testing.T) {
 		t.Errorf("used %d: the small one went ahead of the large one", b.used)
 	}
 	b.mu.Unlock()
-	b.release(60)
+	// An answer that already holds budget and grows goes ahead of both.
+	if !b.tryAcquire(30, true) {
+		t.Error("a growing answer waited behind others for budget that is free")
+	}
+	b.release(90)
 	if a, c := <-got, <-got; a == c {
 		t.Errorf("served %s twice", a)
 	}

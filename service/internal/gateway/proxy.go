@@ -574,7 +574,9 @@ func clientErrorBody(u *route.Upstream, key string, code int, data []byte, ct st
 		}
 		return []byte(s), ct
 	}
-	gist := strings.TrimSpace(scrubErrorText(string(data), key, errorTextLimit, false))
+	// Only the start is shown: a long page is not copied whole to be cut.
+	head := data[:min(len(data), 4*errorTextLimit)]
+	gist := strings.TrimSpace(scrubErrorText(string(head), key, errorTextLimit, len(head) < len(data)))
 	if gist != "" {
 		gist = ": " + gist
 	}
