@@ -47,18 +47,17 @@ type model struct {
 // change, so a reload neither drops warm connections nor forgets failures.
 func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream, from, to route.BreakerState)) *state {
 	st := &state{
-		cfg:            cfg,
-		models:         make(map[string]*model, len(cfg.Models)),
-		nameHeader:     map[*route.Upstream][]string{},
-		authHeader:     map[*route.Upstream][]string{},
-		upstreamKey:    map[*route.Upstream][]byte{},
-		upstreamKeyStr: map[*route.Upstream]string{},
+		cfg:        cfg,
+		models:     make(map[string]*model, len(cfg.Models)),
+		nameHeader: map[*route.Upstream][]string{},
+		authHeader: map[*route.Upstream][]string{},
 		policy: route.Policy{
 			Attempts:   cfg.Retry.Attempts,
 			BackoffMin: cfg.Retry.BackoffMin.D(),
 			BackoffMax: cfg.Retry.BackoffMax.D(),
 		},
 	}
+	st.upstreamKey, st.upstreamKeyStr = map[*route.Upstream][]byte{}, map[*route.Upstream]string{}
 	for _, k := range cfg.ClientKeys {
 		st.keys = append(st.keys, sha256.Sum256([]byte(k)))
 	}
