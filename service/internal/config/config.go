@@ -58,6 +58,11 @@ type Config struct {
 	Log                 Log            `yaml:"log"`
 	Admin               Admin          `yaml:"admin"`
 
+	// BufferBudgetBytes bounds the memory that all whole (non-streamed)
+	// upstream answers being read and sent may take at once; an answer
+	// that finds it taken waits a little, then gets a 503.
+	BufferBudgetBytes int64 `yaml:"buffer_budget_bytes"`
+
 	// Warnings are problems that do not stop the gateway but that an
 	// operator must see, e.g. an upstream disabled because its key variable
 	// is unset. The loader fills it; it is not read from YAML.
@@ -207,6 +212,11 @@ const (
 	DefaultCacheTimeout        = 50 * time.Millisecond
 	DefaultGPUInterval         = 10 * time.Second
 	DefaultMaxIdleConns        = 256
+	// DefaultBufferBudgetBytes fits the largest embeddings answer (up to
+	// 192 MiB) and a few chat answers beside it.
+	DefaultBufferBudgetBytes = 256 << 20
+	// MinBufferBudgetBytes: below it, ordinary answers would queue.
+	MinBufferBudgetBytes = 1 << 20
 )
 
 func (c *Config) applyDefaults() {
@@ -222,6 +232,9 @@ func (c *Config) applyDefaults() {
 	setDur(&c.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	setDur(&c.IdleTimeout, DefaultIdleTimeout)
 	setDur(&c.ShutdownIdleTimeout, DefaultShutdownIdleTimeout)
+	if c.BufferBudgetBytes == 0 {
+		c.BufferBudgetBytes = DefaultBufferBudgetBytes
+	}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		setDur(&u.Timeout, DefaultTimeout)

@@ -393,6 +393,9 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 	if c.MaxConnectionsPerIP < 0 {
 		l.fail("max_connections_per_ip", "must not be negative (0: no limit), got %d", c.MaxConnectionsPerIP)
 	}
+	if c.BufferBudgetBytes < MinBufferBudgetBytes {
+		l.fail("buffer_budget_bytes", "must be at least %d (1 MiB), got %d", MinBufferBudgetBytes, c.BufferBudgetBytes)
+	}
 	for i, k := range c.ClientKeys {
 		p := fmt.Sprintf("client_keys[%d]", i)
 		if vars, ok := unset[p]; ok {

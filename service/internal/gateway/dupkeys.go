@@ -21,8 +21,9 @@ import (
 // streams an answer the gateway bills as a whole one, without usage).
 var readKeys = []string{
 	"model", "messages", "input", "stream", "stream_options", "temperature",
-	// Read for token estimates by the rate limiter's max-tokens accounting.
-	"max_tokens", "max_completion_tokens",
+	// Read for token estimates by the rate limiter's max-tokens accounting,
+	// and for the bound on the usage an answer may report (n choices).
+	"max_tokens", "max_completion_tokens", "n",
 }
 
 // streamOptionKeys are the keys the gateway reads inside stream_options.

@@ -38,6 +38,7 @@ func TestDuplicateKeysRefused(t *testing.T) {
 		{"Stream alone", `{"model":"m",` + msgs + `,"Stream":true}`, epChat, "invalid_key_case", "Stream"},
 		{"long s folds to s", `{"model":"m",` + msgs + `,"ſtream":true}`, epChat, "invalid_key_case", "ſtream"},
 		{"Kelvin sign folds to k", `{"model":"m",` + msgs + `,"max_to\u212aens":1}`, epChat, "invalid_key_case", "max_to\u212aens"},
+		{"N alone: the usage bound reads n", `{"model":"m",` + msgs + `,"max_tokens":5,"N":50}`, epChat, "invalid_key_case", "N"},
 		{"stream_options twice", `{"model":"m",` + msgs + `,"stream_options":{},"stream_options":{"include_usage":false}}`, epChat, "duplicate_key", "stream_options"},
 		{"include_usage twice", `{"model":"m",` + msgs + `,"stream_options":{"include_usage":true,"include_usage":false}}`, epChat, "duplicate_key", "include_usage"},
 		{"include_usage in capitals", `{"model":"m",` + msgs + `,"stream_options":{"include_usage":true,"Include_Usage":false}}`, epChat, "invalid_key_case", "Include_Usage"},

@@ -89,6 +89,11 @@ func (x *exchange) fromCache(body []byte, req *request) bool {
 		return false
 	}
 	e, res, _ := c.Get(x.r.Context(), key)
+	if res == cache.ResultHit && !cacheableAnswer(x.ep, e.ContentType, e.Body) {
+		// Stored before answers were checked (or by an older replica):
+		// not served, and replaced by the upstream's next answer.
+		res = cache.ResultMiss
+	}
 	var replay []byte
 	if res == cache.ResultHit && x.stream {
 		if replay, err = cache.StreamReplay(e.Body, req.includeUsage); err != nil {

@@ -46,6 +46,9 @@ type request struct {
 	temperatureZero bool
 	// objectStart is the offset just past the body's opening brace.
 	objectStart int
+	// maxTokens (the larger of max_tokens and max_completion_tokens, 0:
+	// unset) and choices (n) bound the usage an answer may report.
+	maxTokens, choices int64
 }
 
 // bytesToString views b as a string without copying; b must not change
@@ -165,6 +168,15 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 			}
 		case "temperature":
 			req.temperatureZero = v.Type == gjson.Number && v.Num == 0
+		case "max_tokens", "max_completion_tokens", "n":
+			// Read for usage bounds only; the upstream judges the values.
+			if v.Type == gjson.Number && v.Num >= 1 && v.Num < 1<<53 {
+				if key.Str == "n" {
+					req.choices = max(req.choices, int64(v.Num))
+				} else {
+					req.maxTokens = max(req.maxTokens, int64(v.Num))
+				}
+			}
 		case "messages":
 			if !v.IsArray() {
 				typeErr = errBadRequest("invalid_type", "Invalid type for 'messages': expected an array, but got "+typeName(v)+".")

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,12 +22,9 @@ import (
 	"github.com/relaygate/relaygate/service/internal/route"
 )
 
-const (
-	// maxResponseBytes bounds a non-streamed answer held in memory.
-	maxResponseBytes = 64 << 20
-	// maxPooledResponse keeps rare huge answers from pinning pool memory.
-	maxPooledResponse = 1 << 20
-)
+// maxPooledResponse keeps rare huge answers from pinning pool memory.
+// (The limits of whole answers are in budget.go.)
+const maxPooledResponse = 1 << 20
 
 // exchange is one client request on its way through the gateway: what the
 // log line and the metrics will say about it when it is done.
@@ -61,6 +59,16 @@ type exchange struct {
 	reference          *route.Price
 	prompt, completion int
 	usageKnown         bool
+	// key is the answering upstream's key, removed from what it sends.
+	key    []byte
+	keyStr string
+	answer answerBuffer // memory of a whole answer (budget.go)
+	// What the request could produce, to bound its usage (see usage.go).
+	reqBytes        int
+	reqBody         []byte
+	maxTokens, n    int64
+	usageSuspicious bool
+	suspectUsage    [2]int64 // prompt, completion as the upstream gave them
 }
 
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint, forceStream bool) {
@@ -123,6 +131,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	x.model, x.reference = m.name, m.reference
 	x.stream = ep == epChat && (forceStream || req.stream)
 	x.includeUsage = req.includeUsage
+	x.reqBytes, x.reqBody, x.maxTokens, x.n = len(b), b, req.maxTokens, req.choices
 	if x.fromCache(b, &req) {
 		return
 	}
@@ -145,6 +154,14 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	case errors.As(err, &ex):
 		status, code := http.StatusBadGateway, "upstream_failed"
 		msg := fmt.Sprintf("Model %s could not be served: %s.", m.name, ex.Error())
+		if failedWith[errBufferBusy](ex) {
+			// Not the upstream's fault, nor the client's: the gateway is
+			// short of memory for a moment, and says when to come back.
+			x.w.Header().Set("Retry-After", "1")
+			x.fail(&apiError{Status: http.StatusServiceUnavailable, Type: typeServer, Code: "gateway_busy",
+				Message: fmt.Sprintf("Model %s could not be served now: %s. Retry shortly.", m.name, ex.Error())})
+			return
+		}
 		switch refused, billing := refusedBy(ex); {
 		case len(refused) > 0:
 			// Whatever else failed, a refused key is what someone has to
@@ -163,11 +180,29 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 			return
 		case ex.Timeout():
 			status, code = http.StatusGatewayTimeout, "upstream_timeout"
+		case failedWith[*errAnswerTooLarge](ex):
+			code = "upstream_answer_too_large"
 		}
 		x.fail(&apiError{Status: status, Type: typeUpstream, Code: code, Message: msg})
 	default:
-		x.fail(&apiError{Status: http.StatusBadGateway, Type: typeUpstream, Code: "upstream_failed", Message: err.Error()})
+		// Run fails only as above; whatever this is, its text is not for
+		// the client.
+		s.log.Error("routing failed", "request_id", x.rid, "error", err.Error())
+		x.fail(&apiError{Status: http.StatusBadGateway, Type: typeUpstream, Code: "upstream_failed",
+			Message: fmt.Sprintf("Model %s could not be served.", m.name)})
 	}
+}
+
+// failedWith reports whether an upstream of an exhausted chain failed with
+// an error of type E.
+func failedWith[E error](ex *route.ExhaustedError) bool {
+	for _, f := range ex.Failures {
+		var e E
+		if errors.As(f.Err, &e) {
+			return true
+		}
+	}
+	return false
 }
 
 // errUpstreamRefused is an upstream's 401, 402 or 403 to the gateway's own
@@ -294,13 +329,16 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		hreq.Header["Authorization"] = a
 	}
 
+	key := x.st.upstreamKey[u]
+	keyStr := x.st.upstreamKeyStr[u]
 	t0 := time.Now()
 	resp, err := u.Transport.RoundTrip(hreq)
 	if err != nil {
 		x.waited(u, t0)
-		return transportFailure(ctx, actx, u, err)
+		return x.transportFailure(ctx, actx, u, err)
 	}
 	defer resp.Body.Close()
+	x.key, x.keyStr = key, keyStr
 
 	code := resp.StatusCode
 	switch {
@@ -311,10 +349,10 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		x.price = t.Price
 		return x.relayWhole(ctx, actx, u, resp, t0)
 	case route.RetryableStatus(code) || code < 200 || (code >= 300 && code < 400):
-		msg := upstreamErrorMessage(resp.Body)
+		msg := upstreamErrorMessage(resp.Body, keyStr)
 		x.waited(u, t0)
 		return route.Attempt{
-			Err:        fmt.Errorf("HTTP %d%s", code, redactKey(msg, u)),
+			Err:        fmt.Errorf("HTTP %d%s", code, msg),
 			Retryable:  true,
 			Timeout:    code == http.StatusGatewayTimeout || code == http.StatusRequestTimeout,
 			RetryAfter: route.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
@@ -335,9 +373,9 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		// The gateway serves the model, so a 404 means this upstream does
 		// not (a relay without it, a base_url missing its /v1); the next
 		// upstream may. The upstream itself is up.
-		msg := upstreamErrorMessage(resp.Body)
+		msg := upstreamErrorMessage(resp.Body, keyStr)
 		x.waited(u, t0)
-		return route.Attempt{Err: &errUpstreamNotFound{msg: redactKey(msg, u)}, Fallback: true, Healthy: true}
+		return route.Attempt{Err: &errUpstreamNotFound{msg: msg}, Fallback: true, Healthy: true}
 	default:
 		// The request itself is wrong (400, 413, 422 …): every upstream
 		// would say the same, so the answer goes back as it is.
@@ -353,7 +391,7 @@ func (x *exchange) waited(u *route.Upstream, t0 time.Time) {
 	x.s.metrics.UpstreamDuration(u.Name, d.Seconds())
 }
 
-func transportFailure(ctx, actx context.Context, u *route.Upstream, err error) route.Attempt {
+func (x *exchange) transportFailure(ctx, actx context.Context, u *route.Upstream, err error) route.Attempt {
 	switch {
 	case ctx.Err() != nil:
 		return route.Attempt{Err: err}
@@ -362,45 +400,87 @@ func transportFailure(ctx, actx context.Context, u *route.Upstream, err error) r
 	}
 	var ne net.Error
 	timeout := errors.As(err, &ne) && ne.Timeout()
-	return route.Attempt{Err: err, Retryable: true, Timeout: timeout}
+	return route.Attempt{Err: x.fault(u, err, beforeAnswer), Retryable: true, Timeout: timeout}
+}
+
+// fault describes a transport error for the client and /health, and logs
+// Go's own text of it (addresses and all) for the operator.
+func (x *exchange) fault(u *route.Upstream, err error, when string) error {
+	f := describeTransport(err, when)
+	x.s.log.LogAttrs(x.r.Context(), slog.LevelInfo, "upstream connection failed",
+		slog.String("request_id", x.rid), slog.String("upstream", u.Name), slog.String("error", f.msg),
+		slog.String("detail", scrubErrorText(err.Error(), x.st.upstreamKeyStr[u], 0, false)))
+	return f
 }
 
 var respBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 32<<10); return &b }}
 
+// answerLimit is the most bytes one whole answer to this endpoint may
+// have; below the budget, which an answer must fit in.
+func (x *exchange) answerLimit() int {
+	limit := int64(maxChatAnswerBytes)
+	if x.ep == epEmbeddings {
+		limit = maxEmbeddingsAnswerBytes
+	}
+	return int(min(limit, x.st.budget.size-1))
+}
+
 // relayWhole reads a whole answer before sending any of it: a connection
 // that breaks mid-body can then still be retried or fall back, and the
 // client gets one write with a Content-Length.
+//
+// Its memory comes from the process-wide budget (budget.go): an answer
+// announced larger than its endpoint's limit is refused before a byte of
+// it is read, one that finds the budget taken waits a little, then fails
+// with a 503.
 func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp *http.Response, t0 time.Time) route.Attempt {
-	bp := respBufPool.Get().(*[]byte)
-	defer func() {
-		if cap(*bp) <= maxPooledResponse {
-			respBufPool.Put(bp)
-		}
-	}()
-	data, err := readAll(resp.Body, (*bp)[:0], maxResponseBytes)
-	*bp = data
-	x.waited(u, t0)
-	if err != nil {
-		if ctx.Err() != nil {
-			return route.Attempt{Err: err}
-		}
-		if errors.Is(actx.Err(), context.DeadlineExceeded) {
-			return route.Attempt{Err: fmt.Errorf("answer not complete within timeout %s", u.Timeout), Retryable: true, Timeout: true}
-		}
-		if errors.Is(err, errTooLarge) {
-			return route.Attempt{Err: fmt.Errorf("answer larger than %d bytes", maxResponseBytes)}
-		}
-		return route.Attempt{Err: fmt.Errorf("reading answer: %w", err), Retryable: true}
+	limit := x.answerLimit()
+	if resp.ContentLength > int64(limit) {
+		x.waited(u, t0)
+		return route.Attempt{Err: &errAnswerTooLarge{limit: limit}}
 	}
+	ab := &x.answer
+	err := ab.init(ctx, actx, x.st.budget, resp.ContentLength)
+	if err == nil {
+		defer ab.release()
+		var data []byte
+		data, err = ab.readFrom(ctx, actx, resp.Body, limit)
+		if err == nil {
+			x.waited(u, t0)
+			return x.answerWhole(u, resp, data)
+		}
+	}
+	x.waited(u, t0)
+	switch {
+	case ctx.Err() != nil:
+		return route.Attempt{Err: err}
+	case errors.As(err, new(errBufferBusy)):
+		return route.Attempt{Err: err}
+	case errors.Is(actx.Err(), context.DeadlineExceeded):
+		return route.Attempt{Err: fmt.Errorf("answer not complete within timeout %s", u.Timeout), Retryable: true, Timeout: true}
+	case errors.Is(err, errTooLarge):
+		return route.Attempt{Err: &errAnswerTooLarge{limit: limit}}
+	}
+	return route.Attempt{Err: x.fault(u, err, midAnswer), Retryable: true}
+}
+
+// answerWhole sends the client an answer read whole, less the upstream's
+// key should it quote it, and caches it when it may.
+func (x *exchange) answerWhole(u *route.Upstream, resp *http.Response, data []byte) route.Attempt {
 	ct := resp.Header.Get("Content-Type")
+	if hasKeyPiece(ct, x.keyStr) {
+		ct = "application/octet-stream"
+	}
 	if resp.StatusCode < 300 {
+		data = redactAnswer(data, x.key)
 		x.readUsage(data)
 		if x.stream {
 			return x.replayAsStream(u, resp, data)
 		}
 	} else {
-		data, ct = clientErrorBody(u, resp.StatusCode, data, ct)
+		data, ct = clientErrorBody(u, x.keyStr, resp.StatusCode, data, ct)
 	}
+	cacheable := resp.StatusCode == http.StatusOK && x.cacheKey != "" && cacheableAnswer(x.ep, ct, data)
 	h := x.w.Header()
 	switch ct {
 	case "", "application/json":
@@ -418,7 +498,7 @@ func (x *exchange) relayWhole(ctx, actx context.Context, u *route.Upstream, resp
 		x.clientGone = true
 		return route.Attempt{}
 	}
-	if x.cacheKey != "" && resp.StatusCode == http.StatusOK {
+	if cacheable {
 		x.store(data, ct, u.Name)
 	}
 	return route.Attempt{}
@@ -466,8 +546,15 @@ func setWriteDeadline(w http.ResponseWriter, t time.Time) {
 func (x *exchange) replayAsStream(u *route.Upstream, resp *http.Response, data []byte) route.Attempt {
 	events, err := cache.StreamReplay(data, x.includeUsage)
 	if err != nil {
-		return route.Attempt{Err: fmt.Errorf("answered a stream request with %q, not events: %w",
-			resp.Header.Get("Content-Type"), err), Fallback: true}
+		// The parser's own words (offsets, Go's messages) are no use to
+		// the client, and the body is the upstream's to quote.
+		what := "a whole answer that is not a chat.completion"
+		if !gjson.ValidBytes(data) {
+			what = "invalid JSON from upstream"
+		}
+		x.s.log.Info("upstream answered a stream request with a whole answer that cannot be replayed", "request_id", x.rid,
+			"upstream", u.Name, "error", scrubErrorText(err.Error(), x.keyStr, errorTextLimit, false))
+		return route.Attempt{Err: fmt.Errorf("answered a stream request with %s, not events", what), Fallback: true}
 	}
 	h := x.w.Header()
 	h["Content-Type"] = hdrEventStream
@@ -490,11 +577,22 @@ func (x *exchange) replayAsStream(u *route.Upstream, resp *http.Response, data [
 // less the gateway's key should it echo it, or, for anything else (an HTML
 // page from a proxy in front of it), the gist in OpenAI's shape, which
 // clients' SDKs can parse.
-func clientErrorBody(u *route.Upstream, code int, data []byte, ct string) ([]byte, string) {
+func clientErrorBody(u *route.Upstream, key string, code int, data []byte, ct string) ([]byte, string) {
 	if gjson.GetBytes(data, "error").IsObject() {
-		return []byte(redactKey(string(data), u)), ct
+		if len(key) < minKeyForErrors || (!bytes.Contains(data, []byte(key)) && len(data) > maxFragmentScan) {
+			return data, ct
+		}
+		// Pieces of the key go too; the text stays valid JSON, since
+		// what replaces them holds no quote or backslash.
+		s := strings.ReplaceAll(string(data), key, redacted)
+		if len(s) <= maxFragmentScan {
+			s = redactKeyRuns(s, key)
+		}
+		return []byte(s), ct
 	}
-	gist := strings.TrimSpace(redactKey(sanitizePath(string(data[:min(len(data), 200)])), u))
+	// Only the start is shown: a long page is not copied whole to be cut.
+	head := data[:min(len(data), 4*errorTextLimit)]
+	gist := strings.TrimSpace(scrubErrorText(string(head), key, errorTextLimit, len(head) < len(data)))
 	if gist != "" {
 		gist = ": " + gist
 	}
@@ -508,7 +606,7 @@ func clientErrorBody(u *route.Upstream, code int, data []byte, ct string) ([]byt
 func (x *exchange) setUpstreamHeaders(u *route.Upstream, resp *http.Response) {
 	h := x.w.Header()
 	h["X-Relaygate-Upstream"] = x.st.nameHeader[u]
-	if id := resp.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && safeToken(id) {
+	if id := resp.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && safeToken(id) && !hasKeyPiece(id, x.keyStr) {
 		h.Set("X-Upstream-Request-Id", id)
 	}
 	// Server-Timing carries the gateway's own time so far and the upstream
@@ -518,77 +616,23 @@ func (x *exchange) setUpstreamHeaders(u *route.Upstream, resp *http.Response) {
 		", upstream;dur="+strconv.FormatFloat(float64(x.upstreamWait)/1e6, 'f', 3, 64))
 }
 
-// readUsage takes token counts from an answer's usage object; an answer
-// without one stays unknown rather than being estimated.
-func (x *exchange) readUsage(data []byte) {
-	u := gjson.GetBytes(data, "usage")
-	if !u.IsObject() {
-		return
-	}
-	p, c := u.Get("prompt_tokens"), u.Get("completion_tokens")
-	if !p.Exists() && !c.Exists() {
-		return
-	}
-	x.setUsage(p.Int(), c.Int())
-}
-
-// maxUsageTokens bounds believable token counts for one request; beyond
-// it (or below zero) the upstream's usage is nonsense and stays unknown
-// rather than corrupting the counters.
-const maxUsageTokens = 1 << 31
-
-func (x *exchange) setUsage(prompt, completion int64) {
-	if prompt < 0 || completion < 0 || prompt > maxUsageTokens || completion > maxUsageTokens {
-		x.usageKnown = false
-		return
-	}
-	x.prompt, x.completion, x.usageKnown = int(prompt), int(completion), true
-}
-
-// readAll appends r to dst, failing with errTooLarge past limit bytes.
-func readAll(r io.Reader, dst []byte, limit int) ([]byte, error) {
-	for {
-		if len(dst) == cap(dst) {
-			dst = append(dst, 0)[:len(dst)]
-		}
-		n, err := r.Read(dst[len(dst):cap(dst)])
-		dst = dst[:len(dst)+n]
-		if len(dst) > limit {
-			return dst, errTooLarge
-		}
-		if err == io.EOF {
-			return dst, nil
-		}
-		if err != nil {
-			return dst, err
-		}
-	}
-}
-
 // upstreamErrorMessage reads the start of an error body for the failure
 // report: OpenAI's error.message when there is one.
-func upstreamErrorMessage(r io.Reader) string {
+//
+// The key is removed from the whole of what was read before the message is
+// taken from it and cut short: a cut first would leave the key's start.
+func upstreamErrorMessage(r io.Reader, key string) string {
 	var buf [2048]byte
 	n, _ := io.ReadFull(r, buf[:])
 	if n == 0 {
 		return ""
 	}
-	msg := gjson.GetBytes(buf[:n], "error.message").String()
+	body := scrubErrorText(string(buf[:n]), key, 0, n == len(buf))
+	msg := gjson.Get(body, "error.message").String()
 	if msg == "" {
 		return ""
 	}
-	return ": " + truncate(sanitizePath(msg), 200)
-}
-
-// redactKey removes the upstream's own key from text it sent back: an
-// upstream that echoes the Authorization header it got must not leak the
-// gateway's key into an error body or a log line.
-func redactKey(s string, u *route.Upstream) string {
-	key := strings.TrimPrefix(u.Auth, "Bearer ")
-	if len(key) < 4 {
-		return s
-	}
-	return strings.ReplaceAll(s, key, "[redacted]")
+	return ": " + scrubErrorText(msg, key, errorTextLimit, false)
 }
 
 func truncate(s string, n int) string {
@@ -623,7 +667,9 @@ func (x *exchange) finish() {
 		// that hangs up once it has the answer (before the usage event,
 		// or mid-stream) has still been served, and the upstream still
 		// bills the tokens. Usage it never reported stays unknown.
-		if x.usageKnown {
+		if x.usageSuspicious {
+			x.suspicious()
+		} else if x.usageKnown {
 			cost := x.price.Cost(x.prompt, x.completion)
 			ref, hasRef := 0.0, x.reference != nil
 			if hasRef {

@@ -89,6 +89,15 @@ func (s *Server) Reload(cfg *config.Config) { s.apply(cfg) }
 func (s *Server) apply(cfg *config.Config) {
 	prev := s.state.Load()
 	st := newState(cfg, prev, s.breakerChanged)
+	size := cfg.BufferBudgetBytes
+	if size <= 0 {
+		size = config.DefaultBufferBudgetBytes
+	}
+	if prev != nil && prev.budget.size == size {
+		st.budget = prev.budget
+	} else {
+		st.budget = newByteBudget(size, s.metrics.ResponseBuffer)
+	}
 	for _, m := range st.models {
 		ups := make([]string, 0, len(m.chain)+1)
 		for _, t := range m.chain {

@@ -37,6 +37,13 @@ type state struct {
 	refs    atomic.Int64
 	retired atomic.Bool
 	dropped []http.RoundTripper
+	// upstreamKey is each upstream's key, to remove from what it sends
+	// (as bytes for answers, as a string for texts and headers).
+	upstreamKey    map[*route.Upstream][]byte
+	upstreamKeyStr map[*route.Upstream]string
+	// budget bounds the memory of all whole answers held at once; a
+	// reload keeps it unless its size changed (Server.apply).
+	budget *byteBudget
 }
 
 type model struct {
@@ -60,6 +67,7 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 			BackoffMax: cfg.Retry.BackoffMax.D(),
 		},
 	}
+	st.upstreamKey, st.upstreamKeyStr = map[*route.Upstream][]byte{}, map[*route.Upstream]string{}
 	for _, k := range cfg.ClientKeys {
 		st.keys = append(st.keys, sha256.Sum256([]byte(k)))
 	}
@@ -98,6 +106,7 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 		st.nameHeader[u] = []string{u.Name}
 		if u.Auth != "" {
 			st.authHeader[u] = []string{u.Auth}
+			st.upstreamKey[u], st.upstreamKeyStr[u] = []byte(uc.APIKey), uc.APIKey
 		}
 	}
 

@@ -87,8 +87,11 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 				committed = true
 			}
 			setWriteDeadline(x.w, time.Now().Add(idle))
-			werr := x.writeEvents(buf[:end], usageAdded)
-			done := hasDone(buf[:end])
+			// Whole events only: a key cannot straddle them (it holds no
+			// blank line), so this finds every copy the upstream sent.
+			events := redactAnswer(buf[:end], x.key)
+			werr := x.writeEvents(events, usageAdded)
+			done := hasDone(events)
 			filled = copy(buf, buf[end:filled])
 			if werr == nil {
 				werr = rc.Flush()
@@ -113,7 +116,7 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 			}
 			if filled > 0 { // a last event without its blank line: pass it as it came
 				setWriteDeadline(x.w, time.Now().Add(idle))
-				_ = x.writeEvents(buf[:filled], usageAdded)
+				_ = x.writeEvents(redactAnswer(buf[:filled], x.key), usageAdded)
 				_ = rc.Flush()
 			}
 			return route.Attempt{}
@@ -133,17 +136,21 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 			return route.Attempt{Err: fmt.Errorf("stream not complete within timeout %s", u.Timeout),
 				Retryable: true, Timeout: true, Committed: committed}
 		}
-		where := "before its first event"
+		when := beforeFirstEvent
 		if committed {
-			where = "mid-stream"
+			when = midAnswer
 		}
-		return route.Attempt{Err: fmt.Errorf("stream cut %s: %w", where, err), Retryable: true, Committed: committed}
+		return route.Attempt{Err: x.fault(u, err, when), Retryable: true, Committed: committed}
 	}
 }
 
 func (x *exchange) commitStream(u *route.Upstream, resp *http.Response) {
 	h := x.w.Header()
-	h.Set("Content-Type", resp.Header.Get("Content-Type"))
+	if ct := resp.Header.Get("Content-Type"); hasKeyPiece(ct, x.keyStr) {
+		h["Content-Type"] = hdrEventStream
+	} else {
+		h.Set("Content-Type", ct)
+	}
 	h.Set("Cache-Control", "no-cache")
 	// Tell buffering proxies in front (nginx) to pass events at once.
 	h.Set("X-Accel-Buffering", "no")
@@ -299,7 +306,7 @@ func (x *exchange) eventUsage(ev []byte) bool {
 	if !u.IsObject() {
 		return false
 	}
-	x.setUsage(u.Get("prompt_tokens").Int(), u.Get("completion_tokens").Int())
+	x.setUsage(u.Get("prompt_tokens").Int(), u.Get("completion_tokens").Int(), reasoningTokens(u))
 	return true
 }
 

@@ -58,6 +58,8 @@ type Metrics struct {
 	breakerChanges   *prometheus.CounterVec
 	connections      *prometheus.GaugeVec
 	connRefused      *prometheus.CounterVec
+	usageSuspicious  *prometheus.CounterVec
+	responseBuffer   prometheus.Gauge
 
 	cacheSeries    map[string]prometheus.Counter // fixed results, read-only after New
 	upstreamSeries sync.Map                      // attemptKey → prometheus.Counter, upstream → prometheus.Observer
@@ -78,6 +80,7 @@ type modelSeries struct {
 	promptTokens, completionTokens prometheus.Counter
 	savings, cacheSavings          prometheus.Counter
 	usageUnknown                   prometheus.Counter
+	usageSuspicious                prometheus.Counter
 }
 
 // New registers every metric on a fresh registry, with the Go runtime and
@@ -176,7 +179,16 @@ func New() *Metrics {
 		Help: "Circuit breaker state changes per upstream, by the state entered.",
 	}, []string{"upstream", "state"})
 
+	m.usageSuspicious = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_usage_suspicious_total",
+		Help: "Answers whose upstream reported more tokens than the request could produce (over its max_tokens, or a prompt larger than the request could hold); their usage is not believed, so their tokens and cost are not counted (nor in relaygate_usage_unknown_total).",
+	}, []string{"model"})
+	m.responseBuffer = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "relaygate_response_buffer_bytes",
+		Help: "Memory reserved now for whole upstream answers being read and sent, out of buffer_budget_bytes.",
+	})
 	for _, c := range []prometheus.Collector{
+		m.usageSuspicious, m.responseBuffer,
 		m.requests, m.duration, m.upstreamDuration, m.overhead, m.ttft, m.tokens,
 		m.usageUnknown, m.cost, m.savings, m.cacheSavings, m.cacheRequests, m.retries, m.fallbacks,
 		m.upstreamUp, m.upstreamAttempts, m.inflight, m.rateLimited, m.rateLimitErrors, m.breakerChanges,
@@ -224,6 +236,7 @@ func (m *Metrics) model(name string) *modelSeries {
 		savings:          m.savings.WithLabelValues(name),
 		cacheSavings:     m.cacheSavings.WithLabelValues(name),
 		usageUnknown:     m.usageUnknown.WithLabelValues(name),
+		usageSuspicious:  m.usageSuspicious.WithLabelValues(name),
 	}
 	actual, _ := m.modelSeries.LoadOrStore(name, s)
 	return actual.(*modelSeries)
@@ -323,6 +336,13 @@ func (m *Metrics) Usage(model, upstream string, prompt, completion int, cost, re
 
 // UsageUnknown counts an answer that came without usage.
 func (m *Metrics) UsageUnknown(model string) { m.model(model).usageUnknown.Inc() }
+
+// UsageSuspicious counts an answer whose usage was beyond what its request
+// could produce, and so was not counted.
+func (m *Metrics) UsageSuspicious(model string) { m.model(model).usageSuspicious.Inc() }
+
+// ResponseBuffer moves the memory reserved for whole answers by delta bytes.
+func (m *Metrics) ResponseBuffer(delta float64) { m.responseBuffer.Add(delta) }
 
 // Cache counts one cache look-up by result.
 func (m *Metrics) Cache(result string) {

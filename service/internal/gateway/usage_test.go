@@ -1,0 +1,102 @@
+package gateway
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func TestUsageBounds(t *testing.T) {
+	const chat = `{"model":"m","messages":[{"role":"user","content":"hi"}]}`
+	image := `{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}`
+	cases := []struct {
+		name               string
+		ep                 endpoint
+		body               string
+		prompt, completion int64
+		reasoning          int64
+		want               bool
+	}{
+		{"honest", epChat, chat, 9, 20, 0, true},
+		{"2^31-1 each", epChat, chat, 1<<31 - 1, 1<<31 - 1, 0, false},
+		{"negative", epChat, chat, -1, 5, 0, false},
+		{"prompt larger than the body could hold", epChat, chat, 100_000, 5, 0, false},
+		{"an image by URL may cost many tokens", epChat, image, 50_000, 5, 0, true},
+		{"but not without bound", epChat, image, maxPromptTokens + 1, 5, 0, false},
+		{"within max_tokens", epChat, `{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`, 9, 10, 0, true},
+		{"over max_tokens", epChat, `{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}`, 9, 5000, 0, false},
+		{"max_completion_tokens, reasoning included", epChat, `{"model":"m","max_completion_tokens":4000,"messages":[{"role":"user","content":"hi"}]}`, 9, 4000, 0, true},
+		{"n choices of max_tokens", epChat, `{"model":"m","max_tokens":10,"n":3,"messages":[{"role":"user","content":"hi"}]}`, 9, 30, 0, true},
+		{"no max_tokens: an output limit's worth", epChat, chat, 9, 200_000, 0, true},
+		{"no max_tokens: not without bound", epChat, chat, 9, maxCompletionTokens + 1, 0, false},
+		{"embeddings produce no completion", epEmbeddings, `{"model":"m","input":"hi"}`, 2, 1, 0, false},
+		{"embeddings of token arrays", epEmbeddings, `{"model":"m","input":[[1,2,3,4]]}`, 4, 0, 0, true},
+		{"reasoning beyond max_tokens (DeepSeek's reasoner)", epChat, `{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`, 9, 20_100, 20_000, true},
+		{"reasoning claimed without bound", epChat, `{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`, 9, 1<<31 - 1, 1<<31 - 1, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, e := parseRequest([]byte(tc.body), tc.ep)
+			if e != nil {
+				t.Fatal(e)
+			}
+			x := exchange{ep: tc.ep, reqBytes: len(tc.body), reqBody: []byte(tc.body), maxTokens: req.maxTokens, n: req.choices}
+			x.setUsage(tc.prompt, tc.completion, tc.reasoning)
+			if x.usageKnown != tc.want || x.usageSuspicious == tc.want {
+				t.Errorf("usage %d/%d: known %t, suspicious %t; want known %t", tc.prompt, tc.completion, x.usageKnown, x.usageSuspicious, tc.want)
+			}
+		})
+	}
+}
+
+// TestAbsurdUsageIsNotBilled: an answer reporting 2³¹-1 tokens adds
+// nothing to the cost and the token counts, and counts as suspicious.
+func TestAbsurdUsageIsNotBilled(t *testing.T) {
+	up := newFakeUpstream(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, strings.Replace(completionJSON, `"usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}`,
+			`"usage":{"prompt_tokens":2147483647,"completion_tokens":2147483647,"total_tokens":4294967294}`, 1))
+	})
+	srv, _, m := newGateway(t, gwOpts{}, up)
+	if res := post(t, srv.URL, "/v1/chat/completions", chatBody); res.status != http.StatusOK {
+		t.Fatalf("%d %s", res.status, res.body)
+	}
+	waitMetric(t, m, "relaygate_usage_suspicious_total", map[string]string{"model": "m"}, 1)
+	if got := metricValue(t, m, "relaygate_cost_usd_total", map[string]string{"model": "m", "upstream": "a"}); got != 0 {
+		t.Errorf("relaygate_cost_usd_total = $%.2f", got)
+	}
+	for _, kind := range []string{"prompt", "completion"} {
+		if got := metricValue(t, m, "relaygate_tokens_total", map[string]string{"model": "m", "kind": kind}); got != 0 {
+			t.Errorf("%s tokens: %v", kind, got)
+		}
+	}
+}
+
+func TestCacheableAnswer(t *testing.T) {
+	cases := []struct {
+		ep   endpoint
+		ct   string
+		body string
+		want bool
+	}{
+		{epChat, "application/json", completionJSON, true},
+		{epChat, "application/json; charset=utf-8", completionJSON, true},
+		{epChat, "text/html", completionJSON, false},
+		{epChat, "", completionJSON, false},
+		{epChat, "application/json", `<html>busy</html>`, false},
+		{epChat, "application/json", `{"object":"chat.completion","choices":[]}`, false},
+		{epChat, "application/json", `{"object":"list","data":[{"embedding":[1]}]}`, false},
+		{epChat, "application/json", completionJSON[:len(completionJSON)-1], false},
+		{epEmbeddings, "application/json", `{"object":"list","data":[{"object":"embedding","embedding":[0.1]}]}`, true},
+		{epEmbeddings, "application/json", completionJSON, false},
+	}
+	for i, tc := range cases {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			if got := cacheableAnswer(tc.ep, tc.ct, []byte(tc.body)); got != tc.want {
+				t.Errorf("cacheableAnswer(%v, %q, %.60s) = %t, want %t", tc.ep, tc.ct, tc.body, got, tc.want)
+			}
+		})
+	}
+}
