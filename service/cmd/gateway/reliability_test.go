@@ -174,6 +174,8 @@ type relOutcome struct {
 	// byte of an answer (a refused dial or a connection closed unread).
 	refused bool
 	dialErr bool
+	// closing: the answer asked the client to close its connection.
+	closing bool
 }
 
 // relDo sends request id and reads the whole answer. Streams (ids with
@@ -195,7 +197,7 @@ func relDo(c *http.Client, addr, id string, firstEvent chan<- struct{}) relOutco
 		return relOutcome{id: id, err: err, refused: true, dialErr: dial && errors.Is(err, syscall.ECONNREFUSED)}
 	}
 	defer resp.Body.Close()
-	out := relOutcome{id: id, upstream: resp.Header.Get("X-Relaygate-Upstream")}
+	out := relOutcome{id: id, upstream: resp.Header.Get("X-Relaygate-Upstream"), closing: resp.Close}
 	rd := bufio.NewReader(resp.Body)
 	var all strings.Builder
 	if stream && firstEvent != nil {
@@ -315,6 +317,12 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		o := <-held
 		if o.err != nil {
 			t.Errorf("request %s, in flight at SIGTERM, did not complete: %v", o.id, o.err)
+		}
+		if !o.closing && !strings.Contains(o.id, "stream") {
+			// A stream's headers went out before SIGTERM; a whole answer's
+			// after, so it must tell its client not to send on the
+			// connection again.
+			t.Errorf("request %s, answered while draining, did not say Connection: close", o.id)
 		}
 	}
 	select {

@@ -126,7 +126,7 @@ func (x *exchange) fromCache(body []byte, req *request) bool {
 	if x.stream {
 		h.Set("Content-Type", "text/event-stream; charset=utf-8")
 		h.Set("Cache-Control", "no-cache")
-		x.w.WriteHeader(http.StatusOK)
+		x.writeHeader(http.StatusOK)
 		x.ttft = time.Since(x.start)
 		if x.writeAll(replay) != nil {
 			x.status, x.errMsg = 499, "client went away"
@@ -135,7 +135,7 @@ func (x *exchange) fromCache(body []byte, req *request) bool {
 	}
 	h.Set("Content-Type", e.ContentType)
 	h.Set("Content-Length", strconv.Itoa(len(e.Body)))
-	x.w.WriteHeader(http.StatusOK)
+	x.writeHeader(http.StatusOK)
 	if x.writeAll(e.Body) != nil {
 		x.status, x.errMsg = 499, "client went away"
 	}

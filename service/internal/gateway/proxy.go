@@ -296,8 +296,25 @@ func (x *exchange) fail(e *apiError) {
 		// large, or the body stalled past body_read_timeout).
 		unreadBody(x.w, x.r)
 	}
+	x.closeIfDraining()
 	writeError(x.w, e)
 	x.committed = true
+}
+
+// writeHeader sends the answer's status line and headers.
+func (x *exchange) writeHeader(code int) {
+	x.closeIfDraining()
+	x.w.WriteHeader(code)
+}
+
+// closeIfDraining asks the client to close its connection after this
+// answer when a drain began while the request ran (ServeHTTP only sees
+// the requests that start after it): its client then does not send its
+// next request on a connection the drain is about to close.
+func (x *exchange) closeIfDraining() {
+	if x.s.draining.Load() {
+		x.w.Header()["Connection"] = hdrClose
+	}
 }
 
 // attempt sends the request to one upstream and, when it answers well,
@@ -491,7 +508,7 @@ func (x *exchange) answerWhole(u *route.Upstream, resp *http.Response, data []by
 	}
 	h["Content-Length"] = []string{strconv.Itoa(len(data))}
 	x.setUpstreamHeaders(u, resp)
-	x.w.WriteHeader(resp.StatusCode)
+	x.writeHeader(resp.StatusCode)
 	x.status, x.upstream, x.committed = resp.StatusCode, u.Name, true
 	x.answered = resp.StatusCode < 300
 	if err := x.writeAll(data); err != nil {
@@ -561,7 +578,7 @@ func (x *exchange) replayAsStream(u *route.Upstream, resp *http.Response, data [
 	h.Set("Cache-Control", "no-cache")
 	h["Content-Length"] = []string{strconv.Itoa(len(events))}
 	x.setUpstreamHeaders(u, resp)
-	x.w.WriteHeader(http.StatusOK)
+	x.writeHeader(http.StatusOK)
 	x.status, x.upstream, x.committed, x.answered = http.StatusOK, u.Name, true, true
 	x.ttft = time.Since(x.start)
 	if err := x.writeAll(events); err != nil {

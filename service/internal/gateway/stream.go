@@ -155,7 +155,7 @@ func (x *exchange) commitStream(u *route.Upstream, resp *http.Response) {
 	// Tell buffering proxies in front (nginx) to pass events at once.
 	h.Set("X-Accel-Buffering", "no")
 	x.setUpstreamHeaders(u, resp)
-	x.w.WriteHeader(http.StatusOK)
+	x.writeHeader(http.StatusOK)
 	x.status, x.upstream, x.committed, x.answered = http.StatusOK, u.Name, true, true
 	x.ttft = time.Since(x.start)
 	// The upstream has answered well; the route reports success only when
