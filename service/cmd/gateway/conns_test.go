@@ -257,14 +257,7 @@ func TestDrainAnswersOnIdleKeepAliveConnections(t *testing.T) {
 	}
 
 	relSignal(t, sigs, syscall.SIGTERM)
-	waitFor(t, "the listener closes", func() bool {
-		conn, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return true
-		}
-		conn.Close()
-		return false
-	})
+	waitListenerClosed(t, addr)
 	resp := send()
 	if resp.StatusCode != 200 || !resp.Close {
 		t.Errorf("while draining: status %d, Connection: close %t; want 200 with Connection: close", resp.StatusCode, resp.Close)

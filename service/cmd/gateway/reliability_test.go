@@ -231,6 +231,19 @@ func relClient(t *testing.T, conns int) *http.Client {
 	return &http.Client{Transport: tr, Timeout: relGuard}
 }
 
+// waitListenerClosed waits until addr refuses connections.
+func waitListenerClosed(t *testing.T, addr string) {
+	t.Helper()
+	waitFor(t, "the listener closes", func() bool {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return true
+		}
+		conn.Close()
+		return false
+	})
+}
+
 // TestSIGTERMUnderLoad: a gateway told to stop while clients hammer it
 // finishes every request and stream it has taken, closes its listener so
 // new requests are refused, and loses none: every request either got its
@@ -303,14 +316,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 
 	stopping.Store(true)
 	relSignal(t, sigs, syscall.SIGTERM)
-	waitFor(t, "the listener closes", func() bool {
-		conn, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return true
-		}
-		conn.Close()
-		return false
-	})
+	waitListenerClosed(t, addr)
 	close(up.release)
 
 	for range heldRequests {

@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"bytes"
 	"slices"
 	"strings"
 	"sync"
@@ -215,40 +214,4 @@ func hex4(s string) (rune, bool) {
 		r = r<<4 | rune(c)
 	}
 	return r, true
-}
-
-// tooDeep reports whether b nests arrays and objects more than limit levels
-// deep, without recursing (gjson's validation recurses once per level, so
-// a body of millions of '[' would overflow the stack). It only has to be
-// right for valid JSON; gjson refuses the rest.
-func tooDeep(b []byte, limit int) bool {
-	depth := 0
-	for i := 0; i < len(b); i++ {
-		switch b[i] {
-		case '"':
-			// Skip the string: a quote after an odd run of backslashes
-			// is escaped.
-			for {
-				j := bytes.IndexByte(b[i+1:], '"')
-				if j < 0 {
-					return false
-				}
-				i += 1 + j
-				k := i - 1
-				for b[k] == '\\' {
-					k--
-				}
-				if (i-1-k)%2 == 0 {
-					break
-				}
-			}
-		case '[', '{':
-			if depth++; depth > limit {
-				return true
-			}
-		case ']', '}':
-			depth--
-		}
-	}
-	return false
 }

@@ -11,6 +11,8 @@ import (
 	"unsafe"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/relaygate/relaygate/service/internal/jsondepth"
 )
 
 // KeyPrefix starts every cache key; the version changes when the canonical
@@ -63,7 +65,7 @@ func Key(scope, path string, body []byte, force bool) (key string, ok bool, err 
 	if scope == "" || strings.IndexByte(scope, ':') >= 0 {
 		return "", false, fmt.Errorf("cache key: scope %q is not a scope id", scope)
 	}
-	if tooDeep(body, maxKeyNesting) || !gjson.ValidBytes(body) {
+	if jsondepth.Exceeds(body, maxKeyNesting) || !gjson.ValidBytes(body) {
 		return "", false, errors.New("cache key: request body is not valid JSON")
 	}
 	// A view of body, not a copy (gjson.ParseBytes copies); body does not

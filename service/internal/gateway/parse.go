@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -9,6 +8,8 @@ import (
 	"unsafe"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/relaygate/relaygate/service/internal/jsondepth"
 )
 
 // endpoint is an API the gateway forwards.
@@ -68,49 +69,11 @@ func bytesToString(b []byte) string {
 // far above that and far below what any stack needs.
 const maxNesting = 512
 
-// nestedTooDeep reports whether b nests arrays and objects more than limit
-// levels deep. It is iterative, so it cannot overflow, and it only has to
-// be right for valid JSON: whatever else it lets through, gjson refuses at
-// or before the byte where this scan's count would go wrong.
-func nestedTooDeep(b []byte, limit int) bool {
-	depth := 0
-	for i := 0; i < len(b); i++ {
-		switch b[i] {
-		case '"':
-			// Brackets inside a string are text. Jump quote to quote
-			// (IndexByte is vectorised, and prompts are mostly strings);
-			// a quote after an odd run of backslashes is escaped.
-			for {
-				j := bytes.IndexByte(b[i+1:], '"')
-				if j < 0 {
-					return false // unterminated: not JSON, gjson refuses it
-				}
-				i += 1 + j
-				k := i - 1
-				for b[k] == '\\' { // stops at the opening quote at the latest
-					k--
-				}
-				if (i-1-k)%2 == 0 {
-					break
-				}
-			}
-		case '[', '{':
-			depth++
-			if depth > limit {
-				return true
-			}
-		case ']', '}':
-			depth--
-		}
-	}
-	return false
-}
-
 // parseRequest validates the body and reads the fields the gateway needs in
 // one pass over the top-level keys, without decoding the rest.
 func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 	req := request{streamOptionsStart: -1}
-	if nestedTooDeep(b, maxNesting) {
+	if jsondepth.Exceeds(b, maxNesting) {
 		return req, errBadRequest("nesting_too_deep", fmt.Sprintf("The request body nests arrays and objects more than %d levels deep; the gateway refuses such bodies.", maxNesting))
 	}
 	if !gjson.ValidBytes(b) || !utf8.Valid(b) {
