@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -32,9 +33,53 @@ type completion struct {
 				} `json:"function"`
 			} `json:"tool_calls"`
 		} `json:"message"`
+		Logprobs     json.RawMessage `json:"logprobs"`
 		FinishReason json.RawMessage `json:"finish_reason"`
 	} `json:"choices"`
 	Usage json.RawMessage `json:"usage"`
+}
+
+// logprobs is a choice's log probabilities: one entry per token of the
+// content and of the refusal.
+type logprobs struct {
+	Content []json.RawMessage `json:"content"`
+	Refusal []json.RawMessage `json:"refusal"`
+}
+
+// tokenTexts returns the "token" of each entry, and false when an entry
+// has none.
+func tokenTexts(entries []json.RawMessage) ([]string, bool) {
+	out := make([]string, len(entries))
+	for i, e := range entries {
+		var t struct {
+			Token *string `json:"token"`
+		}
+		if json.Unmarshal(e, &t) != nil || t.Token == nil {
+			return nil, false
+		}
+		out[i] = *t.Token
+	}
+	return out, true
+}
+
+// tokenPieces splits text into the tokens its log probabilities list, when
+// they spell it exactly; ok is false otherwise (or when there are none).
+func tokenPieces(text string, entries []json.RawMessage) (pieces []string, ok bool) {
+	if len(entries) == 0 || text == "" {
+		return nil, false
+	}
+	toks, ok := tokenTexts(entries)
+	if !ok {
+		return nil, false
+	}
+	n := 0
+	for _, t := range toks {
+		if t == "" || !strings.HasPrefix(text[n:], t) {
+			return nil, false
+		}
+		n += len(t)
+	}
+	return toks, n == len(text)
 }
 
 // chunk is one chat.completion.chunk event.
@@ -87,8 +132,12 @@ var jsonNull = json.RawMessage("null")
 // chunk carries "usage":null and a last chunk with "choices":[] carries the
 // usage. Then `data: [DONE]`. Every event is `data: <json>\n\n`.
 //
-// Log probabilities are not replayed (chunks carry "logprobs":null): they
-// belong to tokens, which the replay's pieces are not.
+// Log probabilities are replayed as OpenAI streams them: when a choice's
+// logprobs list tokens that spell its content (or refusal) exactly, that
+// text comes one token per chunk, each chunk carrying its token's entry
+// ({"content":[entry],"refusal":null}). Logprobs that do not line up with
+// the text (a token cut mid-character, a server's own shape) are carried
+// whole in the choice's first chunk after the role, never dropped.
 func StreamReplay(completionBody []byte, includeUsage bool) ([]byte, error) {
 	var c completion
 	if err := json.Unmarshal(completionBody, &c); err != nil {
@@ -122,9 +171,18 @@ func StreamReplay(completionBody []byte, includeUsage bool) ([]byte, error) {
 			Usage:             usage,
 		})
 	}
-	emitDelta := func(index int, d delta, finish json.RawMessage) {
-		emit([]chunkChoice{{Index: index, Delta: d, Logprobs: jsonNull, FinishReason: finish}}, usageNull)
+	// pending is logprobs still to be carried whole, by the next delta.
+	var pending json.RawMessage
+	emitLP := func(index int, d delta, lp, finish json.RawMessage) {
+		if lp == nil {
+			lp, pending = pending, nil
+		}
+		if lp == nil {
+			lp = jsonNull
+		}
+		emit([]chunkChoice{{Index: index, Delta: d, Logprobs: lp, FinishReason: finish}}, usageNull)
 	}
+	emitDelta := func(index int, d delta, finish json.RawMessage) { emitLP(index, d, nil, finish) }
 
 	for _, ch := range c.Choices {
 		m := ch.Message
@@ -133,15 +191,40 @@ func StreamReplay(completionBody []byte, includeUsage bool) ([]byte, error) {
 			role = "assistant"
 		}
 		empty := ""
-		emitDelta(ch.Index, delta{Role: role, Content: &empty}, jsonNull)
+		emitLP(ch.Index, delta{Role: role, Content: &empty}, jsonNull, jsonNull)
+		var lp logprobs
+		perToken := false
+		if len(ch.Logprobs) > 0 && !bytes.Equal(ch.Logprobs, jsonNull) {
+			if json.Unmarshal(ch.Logprobs, &lp) == nil {
+				_, cOK := tokenPieces(deref(m.Content), lp.Content)
+				_, rOK := tokenPieces(deref(m.Refusal), lp.Refusal)
+				// Per token only when every listed token has its place.
+				perToken = (cOK || len(lp.Content) == 0) && (rOK || len(lp.Refusal) == 0) && (cOK || rOK)
+			}
+			if !perToken {
+				pending = ch.Logprobs
+			}
+		}
 		for _, piece := range splitText(deref(m.ReasoningContent)) {
 			emitDelta(ch.Index, delta{ReasoningContent: &piece}, jsonNull)
 		}
-		for _, piece := range splitText(deref(m.Content)) {
-			emitDelta(ch.Index, delta{Content: &piece}, jsonNull)
+		if toks, ok := tokenPieces(deref(m.Content), lp.Content); perToken && ok {
+			for i := range toks {
+				emitLP(ch.Index, delta{Content: &toks[i]}, tokenLogprobs("content", lp.Content[i]), jsonNull)
+			}
+		} else {
+			for _, piece := range splitText(deref(m.Content)) {
+				emitDelta(ch.Index, delta{Content: &piece}, jsonNull)
+			}
 		}
-		for _, piece := range splitText(deref(m.Refusal)) {
-			emitDelta(ch.Index, delta{Refusal: &piece}, jsonNull)
+		if toks, ok := tokenPieces(deref(m.Refusal), lp.Refusal); perToken && ok {
+			for i := range toks {
+				emitLP(ch.Index, delta{Refusal: &toks[i]}, tokenLogprobs("refusal", lp.Refusal[i]), jsonNull)
+			}
+		} else {
+			for _, piece := range splitText(deref(m.Refusal)) {
+				emitDelta(ch.Index, delta{Refusal: &piece}, jsonNull)
+			}
 		}
 		for i, tc := range m.ToolCalls {
 			emitDelta(ch.Index, delta{ToolCalls: []toolCallDelta{{
@@ -218,6 +301,24 @@ func splitText(s string) []string {
 		pieces = append(pieces, s)
 	}
 	return pieces
+}
+
+// tokenLogprobs is one chunk's logprobs: a single token's entry under kind
+// (content or refusal), the other null, as OpenAI streams them.
+func tokenLogprobs(kind string, entry json.RawMessage) json.RawMessage {
+	other := "refusal"
+	if kind == "refusal" {
+		other = "content"
+	}
+	b := make([]byte, 0, len(entry)+40)
+	b = append(b, `{"`...)
+	b = append(b, kind...)
+	b = append(b, `":[`...)
+	b = append(b, entry...)
+	b = append(b, `],"`...)
+	b = append(b, other...)
+	b = append(b, `":null}`...)
+	return b
 }
 
 func deref(s *string) string {

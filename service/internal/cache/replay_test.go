@@ -306,3 +306,76 @@ func TestStreamReplayThroughOpenAIClient(t *testing.T) {
 		t.Fatalf("usage = %+v, want %+v", usage, want.Usage)
 	}
 }
+
+// TestStreamReplayKeepsLogprobs: a cached answer's log probabilities reach
+// a streaming client, per token when the tokens spell the text, else whole
+// in the first chunk after the role. The old replay wrote null in every
+// chunk.
+func TestStreamReplayKeepsLogprobs(t *testing.T) {
+	const tokA = `{"token":"Hel","logprob":-0.1,"bytes":[72,101,108],"top_logprobs":[]}`
+	const tokB = `{"token":"lo","logprob":-0.2,"bytes":[108,111],"top_logprobs":[]}`
+	tests := []struct {
+		name, completion string
+		// want is each chunk's logprobs after the role chunk, and the
+		// content deltas, in order.
+		wantLogprobs []string
+		wantContent  []string
+	}{
+		{
+			name:         "per token",
+			completion:   `{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"logprobs":{"content":[` + tokA + `,` + tokB + `],"refusal":null},"finish_reason":"stop"}]}`,
+			wantLogprobs: []string{`{"content":[` + tokA + `],"refusal":null}`, `{"content":[` + tokB + `],"refusal":null}`, `null`},
+			wantContent:  []string{"Hel", "lo", ""},
+		},
+		{
+			name:         "tokens not spelling the text are carried whole",
+			completion:   `{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"logprobs":{"content":[` + tokA + `],"refusal":null},"finish_reason":"stop"}]}`,
+			wantLogprobs: []string{`{"content":[` + tokA + `],"refusal":null}`, `null`},
+			wantContent:  []string{"Hi", ""},
+		},
+		{
+			name:         "refusal tokens",
+			completion:   `{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":"Hello"},"logprobs":{"content":null,"refusal":[` + tokA + `,` + tokB + `]},"finish_reason":"stop"}]}`,
+			wantLogprobs: []string{`{"refusal":[` + tokA + `],"content":null}`, `{"refusal":[` + tokB + `],"content":null}`, `null`},
+			wantContent:  []string{"", "", ""},
+		},
+		{
+			name:         "none",
+			completion:   `{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"logprobs":null,"finish_reason":"stop"}]}`,
+			wantLogprobs: []string{`null`, `null`},
+			wantContent:  []string{"Hello", ""},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sse, err := StreamReplay([]byte(tt.completion), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parseReplay(t, sse, false) // framing and go-openai decoding
+			var gotLP, gotContent []string
+			for i, ev := range strings.Split(strings.TrimSuffix(string(sse), "data: [DONE]\n\n"), "\n\n") {
+				if ev == "" || i == 0 {
+					continue // the role chunk
+				}
+				var c struct {
+					Choices []struct {
+						Delta    struct{ Content string } `json:"delta"`
+						Logprobs json.RawMessage          `json:"logprobs"`
+					} `json:"choices"`
+				}
+				if err := json.Unmarshal([]byte(strings.TrimPrefix(ev, "data: ")), &c); err != nil {
+					t.Fatal(err)
+				}
+				gotLP = append(gotLP, string(c.Choices[0].Logprobs))
+				gotContent = append(gotContent, c.Choices[0].Delta.Content)
+			}
+			if !reflect.DeepEqual(gotLP, tt.wantLogprobs) {
+				t.Errorf("logprobs per chunk:\n got %q\nwant %q", gotLP, tt.wantLogprobs)
+			}
+			if !reflect.DeepEqual(gotContent, tt.wantContent) {
+				t.Errorf("content per chunk: got %q, want %q", gotContent, tt.wantContent)
+			}
+		})
+	}
+}
