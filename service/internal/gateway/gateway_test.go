@@ -828,7 +828,13 @@ func TestStreaming(t *testing.T) {
 			t.Errorf("the stream ended cleanly; the client must see it broke")
 		}
 		if len(events) < 2 || !strings.Contains(events[len(events)-1], "stream_interrupted") {
-			t.Errorf("events = %q, want the partial event then an error event", events)
+			t.Fatalf("events = %q, want the partial event then an error event", events)
+		}
+		// The chain was not exhausted: the message names the upstream
+		// whose stream broke, not "every upstream failed".
+		msg, _, _ := openAIError(t, []byte(events[len(events)-1]))
+		if !strings.Contains(msg, "upstream a broke after it started") || strings.Contains(msg, "every upstream failed") {
+			t.Errorf("error message %q, want it to name upstream a and say its stream broke after it started", msg)
 		}
 		if a.calls.Load() != 1 || b.calls.Load() != 0 {
 			t.Errorf("calls a=%d b=%d: nothing may be retried after the first byte", a.calls.Load(), b.calls.Load())

@@ -318,9 +318,20 @@ func emptyChoices(ev []byte) bool {
 // breakStream ends a stream whose upstream failed after its first event:
 // an error event in OpenAI's shape for clients that read it, then the
 // connection is cut (in finish) so no client mistakes it for a whole answer.
+//
+// The message names the upstream that was streaming and what broke it: by
+// then the chain was not exhausted (nothing after the first event may be
+// retried), so "every upstream failed" would send whoever reads it to look
+// at the wrong thing.
 func (x *exchange) breakStream(err error) {
+	cause := err
+	var ex *route.ExhaustedError
+	if errors.As(err, &ex) && len(ex.Failures) > 0 {
+		cause = ex.Failures[len(ex.Failures)-1].Err
+	}
+	text := fmt.Sprintf("The stream from upstream %s broke after it started: %v. The answer so far is incomplete; retry the request.", x.upstream, cause)
 	msg, _ := json.Marshal(map[string]any{"error": map[string]any{
-		"message": "The upstream stream broke: " + err.Error(),
+		"message": text,
 		"type":    typeUpstream,
 		"code":    "stream_interrupted",
 	}})
@@ -328,7 +339,7 @@ func (x *exchange) breakStream(err error) {
 	_, _ = x.w.Write(msg)
 	_, _ = x.w.Write([]byte("\n\n"))
 	_ = http.NewResponseController(x.w).Flush()
-	x.errMsg = err.Error()
+	x.errMsg = text
 	// Counted as 502: the client did not get a whole answer.
 	x.status = http.StatusBadGateway
 	x.abort = true
