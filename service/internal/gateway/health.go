@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/relaygate/relaygate/service/internal/gpu"
@@ -112,6 +114,34 @@ func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(st.modelsJSON)
+}
+
+// modelsPrefix starts GET /v1/models/{id}. Ids may hold slashes
+// (deepseek-ai/DeepSeek-V3), so everything after it is the id.
+const modelsPrefix = "/v1/models/"
+
+// serveModel is GET /v1/models/{id}: the model in OpenAI's shape, or a 404
+// in OpenAI's shape (model_not_found) for an id the gateway does not serve.
+func (s *Server) serveModel(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Request-Id", requestID(r))
+	st := s.state.Load()
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		methodNotAllowed(w, r, "GET")
+		return
+	}
+	if _, e := st.authorize(r); e != nil {
+		writeError(w, e)
+		return
+	}
+	id := strings.TrimPrefix(r.URL.Path, modelsPrefix)
+	b, ok := st.modelJSON[id]
+	if !ok {
+		writeError(w, &apiError{Status: http.StatusNotFound, Type: typeInvalidRequest, Code: "model_not_found", Param: "model",
+			Message: fmt.Sprintf("The model %q does not exist on this gateway; GET /v1/models lists the models it serves.", truncate(sanitizePath(id), 100))})
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
 }
 
 func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) {

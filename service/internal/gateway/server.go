@@ -223,6 +223,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.serveMetrics(w, r)
 	default:
+		if strings.HasPrefix(r.URL.Path, modelsPrefix) {
+			s.serveModel(w, r)
+			return
+		}
 		s.notFound(w, r)
 	}
 }

@@ -24,6 +24,8 @@ type state struct {
 	upstreams  []*route.Upstream
 	policy     route.Policy
 	modelsJSON []byte
+	// modelJSON is each model's GET /v1/models/{id} answer, built once.
+	modelJSON map[string][]byte
 	// Header values built once per upstream: setting a header from a
 	// shared slice costs no allocation per request (net/http never
 	// modifies header values it is given).
@@ -59,6 +61,7 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 	st := &state{
 		cfg:        cfg,
 		models:     make(map[string]*model, len(cfg.Models)),
+		modelJSON:  make(map[string][]byte, len(cfg.Models)),
 		nameHeader: map[*route.Upstream][]string{},
 		authHeader: map[*route.Upstream][]string{},
 		policy: route.Policy{
@@ -136,7 +139,9 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 			m.reference = &route.Price{InputPerMTok: rp.InputPerMTok, OutputPerMTok: rp.OutputPerMTok}
 		}
 		st.models[m.name] = m
-		list.Data = append(list.Data, modelEntry{ID: mc.Name, Object: "model", Created: created, OwnedBy: "relaygate"})
+		entry := modelEntry{ID: mc.Name, Object: "model", Created: created, OwnedBy: "relaygate"}
+		list.Data = append(list.Data, entry)
+		st.modelJSON[mc.Name], _ = json.Marshal(entry)
 	}
 	st.modelsJSON, _ = json.Marshal(list)
 	return st
