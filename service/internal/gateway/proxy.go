@@ -171,6 +171,10 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		case len(billing) > 0:
 			code = "upstream_payment_required"
 			msg = refusalMessage(billing, "refused the gateway's account for billing (HTTP 402)", "account's credit or plan") + " " + msg
+		case x.rateLimited(m, ex):
+			return
+		case x.circuitsOpen(m, ex):
+			return
 		case notServed(ex):
 			// Every upstream that answered said it has no such model: the
 			// client hears what it would have heard from the upstream.
@@ -191,6 +195,44 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		x.fail(&apiError{Status: http.StatusBadGateway, Type: typeUpstream, Code: "upstream_failed",
 			Message: fmt.Sprintf("Model %s could not be served.", m.name)})
 	}
+}
+
+// rateLimited answers 429 when every upstream asked answered 429: that is
+// the provider's quota, which clients' SDKs wait out and retry, not an
+// outage. Retry-After is the shortest an upstream gave (1s when none did),
+// so the client comes back when the first of them may take it.
+func (x *exchange) rateLimited(m *model, ex *route.ExhaustedError) bool {
+	ok, after := ex.RateLimited()
+	if !ok {
+		return false
+	}
+	secs := retryAfterSeconds(after)
+	x.w.Header().Set("Retry-After", strconv.Itoa(secs))
+	x.fail(&apiError{Status: http.StatusTooManyRequests, Type: typeRateLimit, Code: "rate_limit_exceeded",
+		Message: fmt.Sprintf("Model %s is rate limited by its upstreams; retry after %ds: %s.", m.name, secs, ex.Error())})
+	return true
+}
+
+// circuitsOpen answers 503 when no upstream was asked because every
+// breaker is open, with Retry-After the time until the first of them lets
+// a probe through: an SDK's own retry then arrives when one may succeed.
+func (x *exchange) circuitsOpen(m *model, ex *route.ExhaustedError) bool {
+	ok, in := ex.CircuitsOpen()
+	if !ok {
+		return false
+	}
+	secs := retryAfterSeconds(in)
+	x.w.Header().Set("Retry-After", strconv.Itoa(secs))
+	x.fail(&apiError{Status: http.StatusServiceUnavailable, Type: typeServer, Code: "upstreams_unavailable",
+		Message: fmt.Sprintf("Model %s cannot be served now: the circuit of every upstream is open after repeated failures; the next probe is in %ds: %s.", m.name, secs, ex.Error())})
+	return true
+}
+
+// retryAfterSeconds is d as a Retry-After in whole seconds, rounded up, at
+// least 1 (0 would invite a retry storm) and at most a day.
+func retryAfterSeconds(d time.Duration) int {
+	secs := int((min(d, 24*time.Hour) + time.Second - 1) / time.Second)
+	return max(secs, 1)
 }
 
 // failedWith reports whether an upstream of an exhausted chain failed with
@@ -371,8 +413,9 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		return route.Attempt{
 			Err:        fmt.Errorf("HTTP %d%s", code, msg),
 			Retryable:  true,
-			Timeout:    code == http.StatusGatewayTimeout || code == http.StatusRequestTimeout,
-			RetryAfter: route.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
+			Timeout:     code == http.StatusGatewayTimeout || code == http.StatusRequestTimeout,
+			RetryAfter:  route.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
+			RateLimited: code == http.StatusTooManyRequests,
 		}
 	case code == http.StatusUnauthorized || code == http.StatusForbidden || code == http.StatusPaymentRequired:
 		// The client's key was fine; the gateway's own account with this

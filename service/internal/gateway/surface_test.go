@@ -1,14 +1,21 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
 
 	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/metrics"
@@ -94,6 +101,80 @@ models:
 			if !strings.HasPrefix(res.header.Get("Content-Type"), "application/json") {
 				t.Errorf("Content-Type %q", res.header.Get("Content-Type"))
 			}
+		})
+	}
+}
+
+// TestQuotaAndOpenCircuitsWithTheOpenAISDK: the official openai-go client
+// sees a rate limit (429 with the shortest Retry-After the upstreams gave)
+// when every upstream is rate limited, and a 503 with Retry-After set to
+// the next probe when every circuit is open, rather than a 502 outage.
+func TestQuotaAndOpenCircuitsWithTheOpenAISDK(t *testing.T) {
+	limited := func(after string) func(int, http.ResponseWriter, *http.Request) {
+		return func(_ int, w http.ResponseWriter, _ *http.Request) {
+			if after != "" {
+				w.Header().Set("Retry-After", after)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusTooManyRequests)
+			_, _ = io.WriteString(w, `{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}`)
+		}
+	}
+	down := func(_ int, w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) }
+	tests := []struct {
+		name     string
+		a, b     func(int, http.ResponseWriter, *http.Request)
+		breakerN int
+		warmup   int // requests before the one checked, to open circuits
+		status   int
+		code     string
+		// retryAfter bounds the Retry-After the client gets (0, 0: none).
+		minAfter, maxAfter int
+	}{
+		{name: "every upstream 429: the shortest Retry-After", a: limited("7"), b: limited("3"),
+			status: 429, code: "rate_limit_exceeded", minAfter: 3, maxAfter: 3},
+		{name: "429 without Retry-After still says when", a: limited(""), b: limited(""),
+			status: 429, code: "rate_limit_exceeded", minAfter: 1, maxAfter: 1},
+		{name: "an HTTP-date Retry-After", a: limited(time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)), b: limited("5"),
+			status: 429, code: "rate_limit_exceeded", minAfter: 5, maxAfter: 5},
+		{name: "429 and an outage is an outage", a: limited("3"), b: down,
+			status: 502, code: "upstream_failed"},
+		{name: "every circuit open: Retry-After is the next probe", a: down, b: down, breakerN: 1, warmup: 1,
+			status: 503, code: "upstreams_unavailable", minAfter: 3590, maxAfter: 3600},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := newFakeUpstream(t, tt.a), newFakeUpstream(t, tt.b)
+			gw, _, m := newGateway(t, gwOpts{attempts: 1, breakerN: tt.breakerN, backoff: "10s"}, a, b)
+			client := openai.NewClient(option.WithBaseURL(gw.URL+"/v1/"), option.WithAPIKey(testClientKey), option.WithMaxRetries(0))
+			params := openai.ChatCompletionNewParams{Model: "m", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}}
+			for range tt.warmup {
+				_, _ = client.Chat.Completions.New(context.Background(), params)
+			}
+			calls := a.calls.Load() + b.calls.Load()
+			_, err := client.Chat.Completions.New(context.Background(), params)
+			var apiErr *openai.Error
+			if !errors.As(err, &apiErr) {
+				t.Fatalf("err %v, want an *openai.Error", err)
+			}
+			if apiErr.StatusCode != tt.status || apiErr.Code != tt.code {
+				t.Fatalf("SDK saw %d %q (%s), want %d %q", apiErr.StatusCode, apiErr.Code, apiErr.Message, tt.status, tt.code)
+			}
+			after := apiErr.Response.Header.Get("Retry-After")
+			if tt.maxAfter == 0 {
+				if after != "" {
+					t.Errorf("Retry-After %q on a %d", after, tt.status)
+				}
+			} else if n, err := strconv.Atoi(after); err != nil || n < tt.minAfter || n > tt.maxAfter {
+				t.Errorf("Retry-After %q, want %d..%d", after, tt.minAfter, tt.maxAfter)
+			}
+			if tt.status == 429 && (apiErr.Type != typeRateLimit || !strings.Contains(apiErr.Message, "rate limited")) {
+				t.Errorf("type %q message %q", apiErr.Type, apiErr.Message)
+			}
+			if tt.status == 503 && a.calls.Load()+b.calls.Load() != calls {
+				t.Errorf("an upstream with an open circuit was called")
+			}
+			waitMetric(t, m, "relaygate_requests_total", map[string]string{"model": "m", "upstream": "none", "code": strconv.Itoa(tt.status)}, 1)
 		})
 	}
 }

@@ -62,6 +62,10 @@ type Attempt struct {
 	Timeout bool
 	// RetryAfter is the upstream's Retry-After, if it sent one.
 	RetryAfter time.Duration
+	// RateLimited: the upstream answered 429. When every upstream of a
+	// chain did, the client hears a rate limit with the shortest
+	// Retry-After, not an outage.
+	RateLimited bool
 	// Committed: bytes already reached the client, so whatever happened
 	// nothing may be retried.
 	Committed bool
@@ -83,6 +87,13 @@ type Failure struct {
 	Attempts int
 	Err      error
 	Timeout  bool
+	// RateLimited and RetryAfter are those of the upstream's last attempt.
+	RateLimited bool
+	RetryAfter  time.Duration
+	// CircuitOpen: the upstream was not asked, its breaker open; RetryIn
+	// is how long until it lets a probe through (zero: a probe is out).
+	CircuitOpen bool
+	RetryIn     time.Duration
 }
 
 func (f Failure) String() string {
@@ -111,6 +122,45 @@ func (e *ExhaustedError) Timeout() bool {
 		}
 	}
 	return len(e.Failures) > 0
+}
+
+// RateLimited reports whether every upstream that was asked answered 429
+// (the others disabled or their circuits open, at least one asked), and the
+// shortest Retry-After those that sent one gave (zero: none did).
+func (e *ExhaustedError) RateLimited() (ok bool, retryAfter time.Duration) {
+	asked := 0
+	for _, f := range e.Failures {
+		if f.Attempts == 0 {
+			continue
+		}
+		if !f.RateLimited {
+			return false, 0
+		}
+		asked++
+		if f.RetryAfter > 0 && (retryAfter == 0 || f.RetryAfter < retryAfter) {
+			retryAfter = f.RetryAfter
+		}
+	}
+	return asked > 0, retryAfter
+}
+
+// CircuitsOpen reports whether every upstream the chain has in service was
+// skipped by its open breaker, none asked, and how long until the first of
+// them lets a probe through (zero: a probe is out now).
+func (e *ExhaustedError) CircuitsOpen() (ok bool, retryIn time.Duration) {
+	open := 0
+	for _, f := range e.Failures {
+		switch {
+		case f.CircuitOpen:
+			if open == 0 || f.RetryIn < retryIn {
+				retryIn = f.RetryIn
+			}
+			open++
+		case f.Attempts > 0:
+			return false, 0
+		}
+	}
+	return open > 0, retryIn
 }
 
 // Hooks tell the caller about attempts, retries and fallbacks as they
@@ -161,6 +211,7 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 			if !ok {
 				if f.Err == nil {
 					f.Err = errCircuitOpen(u.Breaker.LastErr(), retryIn)
+					f.CircuitOpen, f.RetryIn = true, retryIn
 				}
 				break
 			}
@@ -183,6 +234,7 @@ func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.
 				return out, nil
 			}
 			f.Err, f.Timeout = a.Err, a.Timeout
+			f.RateLimited, f.RetryAfter = a.RateLimited, a.RetryAfter
 			if a.Fallback && !a.Committed {
 				// A failure (not a Release): an upstream that keeps
 				// refusing us should open its circuit, so that later

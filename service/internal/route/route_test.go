@@ -337,3 +337,78 @@ func TestExhaustedTimeout(t *testing.T) {
 		t.Error("a mix is not a timeout")
 	}
 }
+
+// TestExhaustedVerdicts: what an exhausted chain says about why, for the
+// gateway to answer 429 (every upstream asked was rate limited) or 503
+// (every circuit open) rather than 502.
+func TestExhaustedVerdicts(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1000, 0)}
+	limited := func(after time.Duration) Attempt {
+		return Attempt{Err: errors.New("HTTP 429"), Retryable: true, RateLimited: true, RetryAfter: after}
+	}
+	failed := Attempt{Err: errors.New("HTTP 503"), Retryable: true}
+	tests := []struct {
+		name string
+		// per upstream: its attempt, or nil for one whose breaker is
+		// open since openedAgo, or disabled.
+		attempts  []*Attempt
+		openedAgo []time.Duration
+		disabled  []bool
+		limited   bool
+		after     time.Duration
+		open      bool
+		retryIn   time.Duration
+	}{
+		{name: "every upstream 429: shortest Retry-After",
+			attempts: []*Attempt{ptr(limited(7 * time.Second)), ptr(limited(3 * time.Second)), ptr(limited(0))},
+			limited:  true, after: 3 * time.Second},
+		{name: "429 without Retry-After",
+			attempts: []*Attempt{ptr(limited(0))}, limited: true},
+		{name: "one 503 among the 429s is an outage",
+			attempts: []*Attempt{ptr(limited(time.Second)), &failed}},
+		{name: "429 beside an open circuit and a disabled upstream",
+			attempts: []*Attempt{nil, ptr(limited(2 * time.Second)), nil}, openedAgo: []time.Duration{10 * time.Second, 0, 0},
+			disabled: []bool{false, false, true}, limited: true, after: 2 * time.Second},
+		{name: "every circuit open: the nearest probe",
+			attempts: []*Attempt{nil, nil}, openedAgo: []time.Duration{10 * time.Second, 25 * time.Second},
+			open: true, retryIn: 5 * time.Second},
+		{name: "open circuits beside a disabled upstream",
+			attempts: []*Attempt{nil, nil}, openedAgo: []time.Duration{20 * time.Second, 0}, disabled: []bool{false, true},
+			open: true, retryIn: 10 * time.Second},
+		{name: "an open circuit beside a failure is an outage",
+			attempts: []*Attempt{nil, &failed}, openedAgo: []time.Duration{10 * time.Second, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var chain Chain
+			byName := map[string]*Attempt{}
+			for i, a := range tt.attempts {
+				u := &Upstream{Name: string(rune('a' + i)), Breaker: NewBreaker(1, 30*time.Second)}
+				u.Breaker.now = clk.now
+				if tt.disabled != nil && tt.disabled[i] {
+					u.Disabled = "off"
+				} else if a == nil {
+					u.Breaker.now = func() time.Time { return clk.t.Add(-tt.openedAgo[i]) }
+					u.Breaker.Failure(errors.New("down"), false)
+					u.Breaker.now = clk.now
+				}
+				byName[u.Name] = a
+				chain = append(chain, Target{Upstream: u})
+			}
+			_, err := chain.Run(context.Background(), Policy{Attempts: 1, BackoffMax: time.Minute}, Hooks{},
+				func(_ context.Context, t *Target) Attempt { return *byName[t.Upstream.Name] })
+			var ex *ExhaustedError
+			if !errors.As(err, &ex) {
+				t.Fatalf("err %v, want exhausted", err)
+			}
+			if ok, after := ex.RateLimited(); ok != tt.limited || after != tt.after {
+				t.Errorf("RateLimited = %v, %s; want %v, %s", ok, after, tt.limited, tt.after)
+			}
+			if ok, in := ex.CircuitsOpen(); ok != tt.open || in != tt.retryIn {
+				t.Errorf("CircuitsOpen = %v, %s; want %v, %s", ok, in, tt.open, tt.retryIn)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
