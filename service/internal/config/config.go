@@ -9,6 +9,9 @@ package config
 
 import (
 	"fmt"
+	"net/url"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -80,11 +83,54 @@ type Upstream struct {
 	ConnectTimeout Duration `yaml:"connect_timeout"`
 	// MaxIdleConns bounds the keep-alive pool to this upstream.
 	MaxIdleConns int `yaml:"max_idle_conns"`
+	// APIs are the client APIs this upstream speaks (APIChat …); a model's
+	// route for an API uses only the upstreams that speak it. Absent in
+	// the file, the loader sets DefaultAPIs(BaseURL).
+	APIs []string `yaml:"apis"`
 
 	// Disabled says why the upstream is out of every route (empty: in
 	// service). Set by the loader, not read from YAML.
 	Disabled string `yaml:"-"`
 }
+
+// The APIs an upstream may speak, as `apis:` names them.
+const (
+	APIChat        = "chat"        // POST /v1/chat/completions
+	APIEmbeddings  = "embeddings"  // POST /v1/embeddings
+	APIResponses   = "responses"   // POST /v1/responses and its follow-ups
+	APIMessages    = "messages"    // POST /v1/messages (Anthropic)
+	APICompletions = "completions" // POST /v1/completions (legacy)
+	APIModerations = "moderations" // POST /v1/moderations
+	APIImages      = "images"      // POST /v1/images/generations
+	APIAudio       = "audio"       // POST /v1/audio/speech and /transcriptions
+)
+
+// KnownAPIs lists every API name, in the order errors list them.
+var KnownAPIs = []string{APIChat, APIEmbeddings, APIResponses, APIMessages, APICompletions, APIModerations, APIImages, APIAudio}
+
+// DefaultAPIs is what an upstream without `apis:` speaks, by its base URL's
+// host: OpenAI's own API speaks all of OpenAI's APIs; Anthropic's speaks
+// Messages (its OpenAI-compatible chat layer must be asked for with
+// `apis: [chat]`: Anthropic calls it not production-ready); anything else
+// (relays, vLLM, SGLang, Ollama, other vendors' OpenAI-compatible
+// endpoints) is taken to speak what every OpenAI-compatible server does:
+// chat, embeddings and legacy completions. Anything more is declared.
+func DefaultAPIs(baseURL string) []string {
+	host := ""
+	if u, err := url.Parse(baseURL); err == nil {
+		host = strings.ToLower(u.Hostname())
+	}
+	switch host {
+	case "api.openai.com":
+		return []string{APIChat, APIEmbeddings, APIResponses, APICompletions, APIModerations, APIImages, APIAudio}
+	case "api.anthropic.com":
+		return []string{APIMessages}
+	}
+	return []string{APIChat, APIEmbeddings, APICompletions}
+}
+
+// Speaks reports whether the upstream speaks api.
+func (u *Upstream) Speaks(api string) bool { return slices.Contains(u.APIs, api) }
 
 // Model is a model name clients may ask for and the chain serving it.
 type Model struct {

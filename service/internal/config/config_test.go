@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -196,6 +197,9 @@ func TestBrokenConfigs(t *testing.T) {
 		{"max_connections below -1", minimal + "max_connections: -2\n", nil, []string{"line 10: max_connections", "-1 (no limit)"}},
 		{"negative max_connections_per_ip", minimal + "max_connections_per_ip: -1\n", nil, []string{"line 10: max_connections_per_ip", "negative"}},
 		{"negative idle_timeout", minimal + "idle_timeout: -1s\n", nil, []string{"line 10", "negative"}},
+		{"unknown API", strings.Replace(minimal, "    api_key:", "    apis: [chat, chats]\n    api_key:", 1), nil, []string{"line 5: upstreams[0].apis[1]", `unknown API "chats"`, "known APIs: chat, embeddings"}},
+		{"API listed twice", strings.Replace(minimal, "    api_key:", "    apis: [chat, chat]\n    api_key:", 1), nil, []string{"line 5: upstreams[0].apis[1]", "listed twice"}},
+		{"no API", strings.Replace(minimal, "    api_key:", "    apis: []\n    api_key:", 1), nil, []string{"line 5: upstreams[0].apis", "names no API"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -275,6 +279,13 @@ func TestShippedConfigs(t *testing.T) {
 					t.Errorf("gateway.yaml: model %s must route holysheep first with an official fallback", m)
 				}
 			}
+			for _, m := range cfg.Models {
+				for _, e := range m.Route {
+					if u, _ := cfg.Upstream(e.Upstream); !u.Speaks(APIChat) {
+						t.Errorf("gateway.yaml: model %s routes chat to %s, which does not speak it (apis: %v)", m.Name, u.Name, u.APIs)
+					}
+				}
+			}
 			for _, u := range cfg.Upstreams {
 				if strings.Contains(u.BaseURL, "127.0.0.1") {
 					t.Errorf("gateway.yaml: production config points %s at a local simulator", u.Name)
@@ -302,5 +313,39 @@ func TestInfraRenderedConfigs(t *testing.T) {
 		if _, err := Parse(data, vars); err != nil {
 			t.Errorf("%s: the gateway refuses what the Pulumi program renders: %v", filepath.Base(f), err)
 		}
+	}
+}
+
+// TestUpstreamAPIs: an upstream speaks what its apis: says, or, without
+// one, its vendor's default by the base URL's host.
+func TestUpstreamAPIs(t *testing.T) {
+	all := []string{APIChat, APIEmbeddings, APIResponses, APICompletions, APIModerations, APIImages, APIAudio}
+	tests := []struct {
+		name, baseURL, apis string
+		want                []string
+	}{
+		{"OpenAI: every OpenAI API", "https://api.openai.com/v1", "", all},
+		{"OpenAI host in another case, with a port", "https://API.OpenAI.com:443/v1", "", all},
+		{"Anthropic: messages", "https://api.anthropic.com/v1", "", []string{APIMessages}},
+		{"anything else: chat, embeddings, completions", "http://127.0.0.1:9001/v1", "", []string{APIChat, APIEmbeddings, APICompletions}},
+		{"a relay on a subdomain of a vendor is not the vendor", "https://api.openai.com.relay.example/v1", "", []string{APIChat, APIEmbeddings, APICompletions}},
+		{"declared wins over the default", "https://api.anthropic.com/v1", "apis: [chat, messages]", []string{APIChat, APIMessages}},
+		{"declared, every name", "https://relay.example/v1", "apis: [chat, embeddings, responses, messages, completions, moderations, images, audio]", KnownAPIs},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := "upstreams:\n  - name: u\n    base_url: " + tt.baseURL + "\n"
+			if tt.apis != "" {
+				doc += "    " + tt.apis + "\n"
+			}
+			doc += "models:\n  - {name: m, route: [u]}\n"
+			cfg, err := Parse([]byte(doc), env(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg.Upstreams[0].APIs; !slices.Equal(got, tt.want) {
+				t.Errorf("apis = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -436,6 +437,7 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 		if u.MaxIdleConns < 0 {
 			l.fail(p+".max_idle_conns", "must not be negative")
 		}
+		l.checkAPIs(p, u)
 	}
 
 	if len(c.Models) == 0 {
@@ -524,6 +526,30 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 	case "debug", "info", "warn", "error":
 	default:
 		l.fail("log.level", "%q: use debug, info, warn or error", c.Log.Level)
+	}
+}
+
+// checkAPIs validates an upstream's apis, or gives it its vendor's
+// default when the file has none.
+func (l *loader) checkAPIs(p string, u *Upstream) {
+	if u.APIs == nil {
+		u.APIs = DefaultAPIs(u.BaseURL)
+		return
+	}
+	if len(u.APIs) == 0 {
+		l.fail(p+".apis", "names no API; list the APIs the upstream speaks (%s), or remove the key for its default", strings.Join(KnownAPIs, ", "))
+		return
+	}
+	seen := map[string]bool{}
+	for i, a := range u.APIs {
+		ap := fmt.Sprintf("%s.apis[%d]", p, i)
+		switch {
+		case !slices.Contains(KnownAPIs, a):
+			l.fail(ap, "unknown API %q (known APIs: %s)", a, strings.Join(KnownAPIs, ", "))
+		case seen[a]:
+			l.fail(ap, "%q is listed twice", a)
+		}
+		seen[a] = true
 	}
 }
 

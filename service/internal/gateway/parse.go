@@ -9,6 +9,7 @@ import (
 
 	"github.com/tidwall/gjson"
 
+	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/jsondepth"
 )
 
@@ -19,6 +20,18 @@ const (
 	epChat endpoint = iota
 	epEmbeddings
 )
+
+// api is the config name of the API the endpoint belongs to (config.APIChat
+// …): which upstreams may serve it, and the api label of its metrics.
+func (e endpoint) api() string {
+	switch e {
+	case epChat:
+		return config.APIChat
+	case epEmbeddings:
+		return config.APIEmbeddings
+	}
+	return "unknown"
+}
 
 // upstreamPath is appended to an upstream's base URL (which ends in /v1).
 func (e endpoint) upstreamPath() string {

@@ -129,6 +129,11 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		return
 	}
 	x.model, x.reference = m.name, m.reference
+	chain := m.chainFor(ep.api())
+	if chain == nil {
+		x.fail(m.notServedFor(ep.api()))
+		return
+	}
 	x.stream = ep == epChat && (forceStream || req.stream)
 	x.includeUsage = req.includeUsage
 	x.reqBytes, x.reqBody, x.maxTokens, x.n = len(b), b, req.maxTokens, req.choices
@@ -138,7 +143,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	w.Header()["X-Cache"] = cacheHeaderValue(x.cacheResult)
 
 	hooks := route.Hooks{Retry: s.metrics.Retry, Fallback: s.metrics.Fallback, Attempt: s.recordAttempt}
-	out, err := m.chain.Run(r.Context(), st.policy, hooks, func(ctx context.Context, t *route.Target) route.Attempt {
+	out, err := chain.Run(r.Context(), st.policy, hooks, func(ctx context.Context, t *route.Target) route.Attempt {
 		return x.attempt(ctx, t, b, &req)
 	})
 	x.attempts = out.Attempts

@@ -3,6 +3,7 @@ package gateway
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"slices"
@@ -49,9 +50,29 @@ type state struct {
 }
 
 type model struct {
-	name      string
+	name string
+	// chain is the whole route; chains[api] the part of it whose upstreams
+	// speak api (config apis:), built once so a request only looks it up.
+	// An API no upstream of the route speaks has no entry.
 	chain     route.Chain
+	chains    map[string]route.Chain
 	reference *route.Price
+}
+
+// chainFor is the model's route for api: nil when none of its upstreams
+// speaks it.
+func (m *model) chainFor(api string) route.Chain { return m.chains[api] }
+
+// notServedFor is the client's error for a model whose route has no
+// upstream that speaks api: the operator's configuration, named plainly.
+func (m *model) notServedFor(api string) *apiError {
+	names := make([]string, len(m.chain))
+	for i, t := range m.chain {
+		names[i] = t.Upstream.Name
+	}
+	return &apiError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: "api_not_served", Param: "model",
+		Message: fmt.Sprintf("Model %s is not served for the %s API: none of its upstreams (%s) declares it; set apis: on an upstream.",
+			m.name, api, strings.Join(names, ", "))}
 }
 
 // newState builds routing state from cfg, reusing the upstreams (their
@@ -84,6 +105,7 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 		}
 	}
 	byName := map[string]*route.Upstream{}
+	apis := map[*route.Upstream][]string{}
 	for i := range cfg.Upstreams {
 		uc := &cfg.Upstreams[i]
 		u := &route.Upstream{
@@ -106,6 +128,7 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 		}
 		st.upstreams = append(st.upstreams, u)
 		byName[u.Name] = u
+		apis[u] = uc.APIs
 		st.nameHeader[u] = []string{u.Name}
 		if u.Auth != "" {
 			st.authHeader[u] = []string{u.Auth}
@@ -126,14 +149,18 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 	created := time.Now().Unix()
 	for i := range cfg.Models {
 		mc := &cfg.Models[i]
-		m := &model{name: mc.Name}
+		m := &model{name: mc.Name, chains: map[string]route.Chain{}}
 		for _, e := range mc.Route {
 			p := mc.PriceFor(e)
-			m.chain = append(m.chain, route.Target{
+			t := route.Target{
 				Upstream: byName[e.Upstream],
 				Model:    e.Model,
 				Price:    route.Price{InputPerMTok: p.InputPerMTok, OutputPerMTok: p.OutputPerMTok},
-			})
+			}
+			m.chain = append(m.chain, t)
+			for _, api := range apis[t.Upstream] {
+				m.chains[api] = append(m.chains[api], t)
+			}
 		}
 		if rp := mc.ReferencePrice; rp != nil {
 			m.reference = &route.Price{InputPerMTok: rp.InputPerMTok, OutputPerMTok: rp.OutputPerMTok}

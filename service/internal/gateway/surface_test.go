@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -176,5 +177,99 @@ func TestQuotaAndOpenCircuitsWithTheOpenAISDK(t *testing.T) {
 			}
 			waitMetric(t, m, "relaygate_requests_total", map[string]string{"model": "m", "upstream": "none", "code": strconv.Itoa(tt.status)}, 1)
 		})
+	}
+}
+
+// TestRoutesFollowTheAPIsUpstreamsSpeak: a model's route for an API uses
+// only the upstreams that declare it, and an API none of them speaks is a
+// 400 naming the model, the API and the upstreams.
+func TestRoutesFollowTheAPIsUpstreamsSpeak(t *testing.T) {
+	type hit struct{ upstream, path string }
+	var mu sync.Mutex
+	var hits []hit
+	serve := func(name string) *fakeUpstream {
+		return newFakeUpstream(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			hits = append(hits, hit{name, r.URL.Path})
+			mu.Unlock()
+			w.Header().Set("Content-Type", "application/json")
+			if strings.HasSuffix(r.URL.Path, "/embeddings") {
+				_, _ = io.WriteString(w, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1]}],"model":"m","usage":{"prompt_tokens":1,"total_tokens":1}}`)
+				return
+			}
+			_, _ = io.WriteString(w, completionJSON)
+		})
+	}
+	chat, emb, both := serve("chat-only"), serve("emb-only"), serve("default")
+	gw, _ := newYAMLGateway(t, fmt.Sprintf(`
+client_keys: [%q]
+upstreams:
+  - {name: chat-only, base_url: %q, apis: [chat]}
+  - {name: emb-only, base_url: %q, apis: [embeddings]}
+  - {name: default, base_url: %q}
+  - {name: anthropic, base_url: "https://api.anthropic.com/v1"}
+models:
+  - {name: mixed, route: [chat-only, emb-only]}
+  - {name: chatty, route: [chat-only]}
+  - {name: fallback, route: [chat-only, default]}
+  - {name: claude, route: [anthropic]}
+`, testClientKey, chat.URL+"/v1", emb.URL+"/v1", both.URL+"/v1"))
+	const embBody = `{"model":%q,"input":"hi"}`
+	const chatReq = `{"model":%q,"messages":[{"role":"user","content":"hi"}]}`
+	tests := []struct {
+		name, path, body string
+		status           int
+		upstream         string   // X-Relaygate-Upstream
+		msg              []string // in the error message
+	}{
+		{"chat goes to the upstream that speaks chat", "/v1/chat/completions", fmt.Sprintf(chatReq, "mixed"), 200, "chat-only", nil},
+		{"embeddings skip the chat-only upstream", "/v1/embeddings", fmt.Sprintf(embBody, "mixed"), 200, "emb-only", nil},
+		{"the default speaks embeddings", "/v1/embeddings", fmt.Sprintf(embBody, "fallback"), 200, "default", nil},
+		{"an API no upstream speaks", "/v1/embeddings", fmt.Sprintf(embBody, "chatty"), 400, "",
+			[]string{"Model chatty is not served for the embeddings API", "(chat-only)", "set apis: on an upstream"}},
+		{"Anthropic's default is messages only", "/v1/chat/completions", fmt.Sprintf(chatReq, "claude"), 400, "",
+			[]string{"Model claude is not served for the chat API", "(anthropic)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mu.Lock()
+			hits = nil
+			mu.Unlock()
+			res := post(t, gw.URL, tt.path, tt.body)
+			if res.status != tt.status {
+				t.Fatalf("status %d, want %d: %s", res.status, tt.status, res.body)
+			}
+			mu.Lock()
+			got := append([]hit(nil), hits...)
+			mu.Unlock()
+			if tt.status != 200 {
+				msg, typ, code := openAIError(t, res.body)
+				if code != "api_not_served" || typ != typeInvalidRequest {
+					t.Errorf("code %q type %q", code, typ)
+				}
+				for _, w := range tt.msg {
+					if !strings.Contains(msg, w) {
+						t.Errorf("message %q does not say %q", msg, w)
+					}
+				}
+				if len(got) != 0 {
+					t.Errorf("upstreams asked: %v", got)
+				}
+				return
+			}
+			if u := res.header.Get("X-Relaygate-Upstream"); u != tt.upstream {
+				t.Errorf("answered by %q, want %q", u, tt.upstream)
+			}
+			if len(got) != 1 || got[0].upstream != tt.upstream || got[0].path != "/v1"+strings.TrimPrefix(tt.path, "/v1") {
+				t.Errorf("upstream calls %v, want one to %s", got, tt.upstream)
+			}
+		})
+	}
+	// Every model is listed, whatever APIs it is served for.
+	res := do(t, "GET", gw.URL+"/v1/models", nil, "Authorization", "Bearer "+testClientKey)
+	for _, name := range []string{"mixed", "chatty", "fallback", "claude"} {
+		if !strings.Contains(string(res.body), `"id":"`+name+`"`) {
+			t.Errorf("/v1/models does not list %s: %s", name, res.body)
+		}
 	}
 }
