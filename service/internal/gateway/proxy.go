@@ -416,8 +416,8 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		msg := upstreamErrorMessage(resp.Body, keyStr)
 		x.waited(u, t0)
 		return route.Attempt{
-			Err:        fmt.Errorf("HTTP %d%s", code, msg),
-			Retryable:  true,
+			Err:         fmt.Errorf("HTTP %d%s", code, msg),
+			Retryable:   true,
 			Timeout:     code == http.StatusGatewayTimeout || code == http.StatusRequestTimeout,
 			RetryAfter:  route.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 			RateLimited: code == http.StatusTooManyRequests,
