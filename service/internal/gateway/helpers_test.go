@@ -106,7 +106,8 @@ type gwOpts struct {
 	noAuth    bool
 	maxBody   int
 	logBuffer *bytes.Buffer
-	backoff   string // backoff_max
+	logWriter io.Writer // a log sink safe to read while requests run
+	backoff   string    // backoff_max
 }
 
 // newGateway serves a gateway whose model "m" routes through the given
@@ -115,6 +116,9 @@ func newGateway(t *testing.T, o gwOpts, ups ...*fakeUpstream) (*httptest.Server,
 	t.Helper()
 	cfg := gatewayConfig(t, o, ups...)
 	var logw io.Writer = io.Discard
+	if o.logWriter != nil {
+		logw = o.logWriter
+	}
 	if o.logBuffer != nil {
 		logw = o.logBuffer
 	}

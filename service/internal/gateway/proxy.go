@@ -38,6 +38,7 @@ type exchange struct {
 	start time.Time
 
 	model, upstream string // metric labels: config names only
+	api             string // metric label: the endpoint's API (endpoint.api)
 	status          int
 	stream          bool
 	includeUsage    bool // the client asked for usage in its stream
@@ -72,7 +73,7 @@ type exchange struct {
 }
 
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint, forceStream bool) {
-	x := &exchange{s: s, w: w, r: r, ep: ep, start: time.Now(), rid: requestID(r),
+	x := &exchange{s: s, w: w, r: r, ep: ep, api: ep.api(), start: time.Now(), rid: requestID(r),
 		model: metrics.UnknownModel, upstream: metrics.NoUpstream, cacheResult: "BYPASS"}
 	w.Header().Set("X-Request-Id", x.rid)
 	s.metrics.Inflight(1)
@@ -129,9 +130,9 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		return
 	}
 	x.model, x.reference = m.name, m.reference
-	chain := m.chainFor(ep.api())
+	chain := m.chainFor(x.api)
 	if chain == nil {
-		x.fail(m.notServedFor(ep.api()))
+		x.fail(m.notServedFor(x.api))
 		return
 	}
 	x.stream = ep == epChat && (forceStream || req.stream)
@@ -715,12 +716,12 @@ func (x *exchange) finish() {
 	if x.status == 0 {
 		x.status = 499
 	}
-	s.metrics.Request(x.model, x.upstream, x.status, d.Seconds())
+	s.metrics.Request(x.model, x.api, x.upstream, x.status, d.Seconds())
 	if x.upstream != metrics.NoUpstream {
 		s.metrics.Overhead((d - x.upstreamWait).Seconds())
 	}
 	if x.ttft > 0 {
-		s.metrics.TTFT(x.model, x.ttft.Seconds())
+		s.metrics.TTFT(x.model, x.api, x.ttft.Seconds())
 	}
 	switch {
 	case x.upstream == metrics.CacheUpstream:
@@ -740,7 +741,7 @@ func (x *exchange) finish() {
 			if hasRef {
 				ref = x.reference.Cost(x.prompt, x.completion)
 			}
-			s.metrics.Usage(x.model, x.upstream, x.prompt, x.completion, cost, ref, hasRef)
+			s.metrics.Usage(x.model, x.api, x.upstream, x.prompt, x.completion, cost, ref, hasRef)
 			x.chargeTokens()
 		} else {
 			s.metrics.UsageUnknown(x.model)
@@ -754,6 +755,7 @@ func (x *exchange) finish() {
 		attrs := []slog.Attr{
 			slog.String("request_id", x.rid),
 			slog.String("path", x.r.URL.Path),
+			slog.String("api", x.api),
 			slog.String("model", x.model),
 			slog.String("upstream", x.upstream),
 			slog.Int("status", x.status),

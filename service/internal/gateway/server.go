@@ -99,11 +99,13 @@ func (s *Server) apply(cfg *config.Config) {
 		st.budget = newByteBudget(size, s.metrics.ResponseBuffer)
 	}
 	for _, m := range st.models {
-		ups := make([]string, 0, len(m.chain)+1)
-		for _, t := range m.chain {
-			ups = append(ups, t.Upstream.Name)
+		for api, chain := range m.chains {
+			ups := make([]string, 0, len(chain)+1)
+			for _, t := range chain {
+				ups = append(ups, t.Upstream.Name)
+			}
+			s.metrics.Prepare(m.name, api, append(ups, metrics.CacheUpstream))
 		}
-		s.metrics.Prepare(m.name, append(ups, metrics.CacheUpstream))
 	}
 	s.metrics.SetLatencyBudget(cfg.SLO.LatencyP95.D().Seconds())
 

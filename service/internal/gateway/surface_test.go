@@ -273,3 +273,68 @@ models:
 		}
 	}
 }
+
+// TestAPILabel: request metrics and the request log line carry the API of
+// the endpoint, so chat and embeddings traffic of one model can be told
+// apart.
+func TestAPILabel(t *testing.T) {
+	up := newFakeUpstream(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/embeddings") {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1]}],"model":"m","usage":{"prompt_tokens":3,"total_tokens":3}}`)
+			return
+		}
+		writeSSE(w, r, 2, 0)
+	})
+	var logs syncBuffer
+	gw, _, m := newGateway(t, gwOpts{logWriter: &logs}, up)
+	tests := []struct {
+		api, path, body string
+		tokens          float64 // prompt tokens counted for the API
+	}{
+		{"chat", "/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`, 7},
+		{"embeddings", "/v1/embeddings", `{"model":"m","input":"hi"}`, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.api, func(t *testing.T) {
+			if res := post(t, gw.URL, tt.path, tt.body); res.status != 200 {
+				t.Fatalf("status %d: %s", res.status, res.body)
+			}
+			waitMetric(t, m, "relaygate_requests_total", map[string]string{"model": "m", "api": tt.api, "upstream": "a", "code": "200"}, 1)
+			for _, name := range []string{"relaygate_request_duration_seconds", "relaygate_tokens_total"} {
+				labels := map[string]string{"model": "m", "api": tt.api}
+				want := 1.0
+				if name == "relaygate_tokens_total" {
+					labels["kind"], want = "prompt", tt.tokens
+				}
+				if got := metricValue(t, m, name, labels); got != want {
+					t.Errorf("%s%v = %v, want %v", name, labels, got, want)
+				}
+			}
+			if !strings.Contains(logs.String(), `"api":"`+tt.api+`","model":"m"`) {
+				t.Errorf("no request log line with api %s:\n%s", tt.api, logs.String())
+			}
+		})
+	}
+	if got := metricValue(t, m, "relaygate_ttft_seconds", map[string]string{"model": "m", "api": "chat"}); got != 1 {
+		t.Errorf("relaygate_ttft_seconds{api=chat} count = %v, want 1", got)
+	}
+}
+
+// syncBuffer is a log sink the handler writes while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,6 +1,7 @@
 // Package metrics defines the gateway's Prometheus metrics, with SPEC.md's
 // names. Labels come only from configuration (model and upstream names) or
-// from small fixed sets (status codes, token kinds, cache results), never
+// from small fixed sets (status codes, token kinds, cache results, the API
+// of the endpoint: chat, embeddings, responses, messages …), never
 // from what a client sends, so cardinality stays bounded. Hot-path series
 // are resolved once and cached, so recording a request costs no label
 // hashing after the first time.
@@ -64,23 +65,29 @@ type Metrics struct {
 	cacheSeries    map[string]prometheus.Counter // fixed results, read-only after New
 	upstreamSeries sync.Map                      // attemptKey → prometheus.Counter, upstream → prometheus.Observer
 	requestSeries  sync.Map                      // requestKey → prometheus.Counter
-	durationSeries sync.Map                      // model → prometheus.Observer
 	modelSeries    sync.Map                      // model → *modelSeries
+	apiSeries      sync.Map                      // apiKey → *apiSeries
 }
 
 type requestKey struct {
-	model, upstream string
-	code            int
+	model, api, upstream string
+	code                 int
+}
+
+type apiKey struct{ model, api string }
+
+// apiSeries are a model's series that also carry the API.
+type apiSeries struct {
+	duration, ttft                 prometheus.Observer
+	promptTokens, completionTokens prometheus.Counter
 }
 
 type attemptKey struct{ upstream, result string }
 
 type modelSeries struct {
-	ttft                           prometheus.Observer
-	promptTokens, completionTokens prometheus.Counter
-	savings, cacheSavings          prometheus.Counter
-	usageUnknown                   prometheus.Counter
-	usageSuspicious                prometheus.Counter
+	savings, cacheSavings prometheus.Counter
+	usageUnknown          prometheus.Counter
+	usageSuspicious       prometheus.Counter
 }
 
 // New registers every metric on a fresh registry, with the Go runtime and
@@ -92,13 +99,13 @@ func New() *Metrics {
 
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "relaygate_requests_total",
-		Help: "Client requests answered, by model, the upstream that answered (none, cache) and HTTP status.",
-	}, []string{"model", "upstream", "code"})
+		Help: "Client requests answered, by model, API (chat, embeddings, …), the upstream that answered (none, cache) and HTTP status.",
+	}, []string{"model", "api", "upstream", "code"})
 	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "relaygate_request_duration_seconds",
 		Help:    "Time from a request's arrival to the last byte of its answer.",
 		Buckets: Buckets,
-	}, []string{"model"})
+	}, []string{"model", "api"})
 	m.upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "relaygate_upstream_duration_seconds",
 		Help:    "Time spent waiting on an upstream for one attempt, body included.",
@@ -113,11 +120,11 @@ func New() *Metrics {
 		Name:    "relaygate_ttft_seconds",
 		Help:    "Time from a streamed request's arrival to its first event reaching the client.",
 		Buckets: Buckets,
-	}, []string{"model"})
+	}, []string{"model", "api"})
 	m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "relaygate_tokens_total",
-		Help: "Tokens reported by upstreams' usage, by kind (prompt, completion).",
-	}, []string{"model", "kind"})
+		Help: "Tokens reported by upstreams' usage, by API and kind (prompt, completion).",
+	}, []string{"model", "api", "kind"})
 	m.usageUnknown = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "relaygate_usage_unknown_total",
 		Help: "Answers whose upstream reported no usage (whole, or cut short after they began); their tokens and cost are not counted.",
@@ -125,7 +132,7 @@ func New() *Metrics {
 	m.cost = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "relaygate_cost_usd_total",
 		Help: "What the answered requests cost at the configured price of the upstream that answered.",
-	}, []string{"model", "upstream"})
+	}, []string{"model", "api", "upstream"})
 	m.savings = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "relaygate_savings_usd_total",
 		Help: "Reference (official) price of the answered requests minus what they cost; cache hits save it all.",
@@ -230,37 +237,51 @@ func (m *Metrics) model(name string) *modelSeries {
 		return s.(*modelSeries)
 	}
 	s := &modelSeries{
-		ttft:             m.ttft.WithLabelValues(name),
-		promptTokens:     m.tokens.WithLabelValues(name, "prompt"),
-		completionTokens: m.tokens.WithLabelValues(name, "completion"),
-		savings:          m.savings.WithLabelValues(name),
-		cacheSavings:     m.cacheSavings.WithLabelValues(name),
-		usageUnknown:     m.usageUnknown.WithLabelValues(name),
-		usageSuspicious:  m.usageSuspicious.WithLabelValues(name),
+		savings:         m.savings.WithLabelValues(name),
+		cacheSavings:    m.cacheSavings.WithLabelValues(name),
+		usageUnknown:    m.usageUnknown.WithLabelValues(name),
+		usageSuspicious: m.usageSuspicious.WithLabelValues(name),
 	}
 	actual, _ := m.modelSeries.LoadOrStore(name, s)
 	return actual.(*modelSeries)
 }
 
-// Prepare creates a model's series at zero for each upstream of its route,
-// so that Prometheus sees them before their first increment: increase()
-// cannot count what happened before a series' first scrape.
-// The failures are prepared too: the first 502 of an outage, or the first
-// fallback, would otherwise start its series, and reports and alerts
-// (increase, rate) would never count it.
-func (m *Metrics) Prepare(model string, upstreams []string) {
+func (m *Metrics) api(model, api string) *apiSeries {
+	k := apiKey{model, api}
+	if s, ok := m.apiSeries.Load(k); ok {
+		return s.(*apiSeries)
+	}
+	s := &apiSeries{
+		duration:         m.duration.WithLabelValues(model, api),
+		ttft:             m.ttft.WithLabelValues(model, api),
+		promptTokens:     m.tokens.WithLabelValues(model, api, "prompt"),
+		completionTokens: m.tokens.WithLabelValues(model, api, "completion"),
+	}
+	actual, _ := m.apiSeries.LoadOrStore(k, s)
+	return actual.(*apiSeries)
+}
+
+// Prepare creates a model's series for one API at zero for each upstream
+// of its route for that API, so that Prometheus sees them before their
+// first increment: increase() cannot count what happened before a series'
+// first scrape. The failures are prepared too: the first 502 of an outage,
+// the first 429 of a quota, or the first fallback, would otherwise start
+// its series, and reports and alerts (increase, rate) would never count it.
+// It also resolves the series a request records, once.
+func (m *Metrics) Prepare(model, api string, upstreams []string) {
 	m.model(model)
-	for _, code := range []int{499, 502, 504} {
-		m.requestCounter(model, NoUpstream, code)
+	m.api(model, api)
+	for _, code := range []int{429, 499, 502, 503, 504} {
+		m.requestCounter(model, api, NoUpstream, code)
 	}
 	var ups []string // the real upstreams, the cache left out
 	for _, u := range upstreams {
-		m.requestCounter(model, u, 200)
-		m.cost.WithLabelValues(model, u)
+		m.requestCounter(model, api, u, 200)
+		m.cost.WithLabelValues(model, api, u)
 		if u == CacheUpstream {
 			continue
 		}
-		m.requestCounter(model, u, 499)
+		m.requestCounter(model, api, u, 499)
 		for _, res := range []string{"success", "error", "timeout"} {
 			m.attemptCounter(u, res)
 		}
@@ -275,11 +296,11 @@ func (m *Metrics) Prepare(model string, upstreams []string) {
 	}
 }
 
-func (m *Metrics) requestCounter(model, upstream string, code int) prometheus.Counter {
-	k := requestKey{model, upstream, code}
+func (m *Metrics) requestCounter(model, api, upstream string, code int) prometheus.Counter {
+	k := requestKey{model, api, upstream, code}
 	c, ok := m.requestSeries.Load(k)
 	if !ok {
-		c, _ = m.requestSeries.LoadOrStore(k, m.requests.WithLabelValues(model, upstream, strconv.Itoa(code)))
+		c, _ = m.requestSeries.LoadOrStore(k, m.requests.WithLabelValues(model, api, upstream, strconv.Itoa(code)))
 	}
 	return c.(prometheus.Counter)
 }
@@ -293,14 +314,10 @@ func (m *Metrics) attemptCounter(upstream, result string) prometheus.Counter {
 	return c.(prometheus.Counter)
 }
 
-// Request counts one answered request and its total duration.
-func (m *Metrics) Request(model, upstream string, code int, seconds float64) {
-	m.requestCounter(model, upstream, code).Inc()
-	o, ok := m.durationSeries.Load(model)
-	if !ok {
-		o, _ = m.durationSeries.LoadOrStore(model, m.duration.WithLabelValues(model))
-	}
-	o.(prometheus.Observer).Observe(seconds)
+// Request counts one answered request to api and its total duration.
+func (m *Metrics) Request(model, api, upstream string, code int, seconds float64) {
+	m.requestCounter(model, api, upstream, code).Inc()
+	m.api(model, api).duration.Observe(seconds)
 }
 
 // UpstreamDuration records one attempt's wait on an upstream.
@@ -316,18 +333,19 @@ func (m *Metrics) UpstreamDuration(upstream string, seconds float64) {
 func (m *Metrics) Overhead(seconds float64) { m.overhead.Observe(seconds) }
 
 // TTFT records the time to a stream's first event.
-func (m *Metrics) TTFT(model string, seconds float64) { m.model(model).ttft.Observe(seconds) }
+func (m *Metrics) TTFT(model, api string, seconds float64) { m.api(model, api).ttft.Observe(seconds) }
 
 // Usage counts tokens, cost and savings of one answer. cost and reference
 // are in dollars; a negative saving (the route costs more than the
 // reference) is not counted, since a counter cannot go down: the cost
 // counter shows it.
-func (m *Metrics) Usage(model, upstream string, prompt, completion int, cost, reference float64, hasReference bool) {
+func (m *Metrics) Usage(model, api, upstream string, prompt, completion int, cost, reference float64, hasReference bool) {
 	s := m.model(model)
-	s.promptTokens.Add(float64(prompt))
-	s.completionTokens.Add(float64(completion))
+	a := m.api(model, api)
+	a.promptTokens.Add(float64(prompt))
+	a.completionTokens.Add(float64(completion))
 	if upstream != CacheUpstream {
-		m.cost.WithLabelValues(model, upstream).Add(cost)
+		m.cost.WithLabelValues(model, api, upstream).Add(cost)
 	}
 	if hasReference && reference > cost {
 		s.savings.Add(reference - cost)

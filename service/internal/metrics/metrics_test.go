@@ -14,12 +14,12 @@ import (
 // report query them by these names).
 func TestSpecNames(t *testing.T) {
 	m := New()
-	m.Prepare("gpt-4.1", []string{"relay", "official"})
-	m.Request("gpt-4.1", "relay", 200, 0.4)
+	m.Prepare("gpt-4.1", "chat", []string{"relay", "official"})
+	m.Request("gpt-4.1", "chat", "relay", 200, 0.4)
 	m.UpstreamDuration("relay", 0.39)
 	m.Overhead(0.00003)
-	m.TTFT("gpt-4.1", 0.2)
-	m.Usage("gpt-4.1", "relay", 100, 50, 0.0006, 0.0012, true)
+	m.TTFT("gpt-4.1", "chat", 0.2)
+	m.Usage("gpt-4.1", "chat", "relay", 100, 50, 0.0006, 0.0012, true)
 	m.Cache("hit")
 	m.Retry("relay")
 	m.Fallback("relay", "official")
@@ -33,13 +33,13 @@ func TestSpecNames(t *testing.T) {
 		typ    dto.MetricType
 		labels []string
 	}{
-		{"relaygate_requests_total", dto.MetricType_COUNTER, []string{"code", "model", "upstream"}},
-		{"relaygate_request_duration_seconds", dto.MetricType_HISTOGRAM, []string{"model"}},
+		{"relaygate_requests_total", dto.MetricType_COUNTER, []string{"api", "code", "model", "upstream"}},
+		{"relaygate_request_duration_seconds", dto.MetricType_HISTOGRAM, []string{"api", "model"}},
 		{"relaygate_upstream_duration_seconds", dto.MetricType_HISTOGRAM, []string{"upstream"}},
 		{"relaygate_overhead_seconds", dto.MetricType_HISTOGRAM, nil},
-		{"relaygate_ttft_seconds", dto.MetricType_HISTOGRAM, []string{"model"}},
-		{"relaygate_tokens_total", dto.MetricType_COUNTER, []string{"kind", "model"}},
-		{"relaygate_cost_usd_total", dto.MetricType_COUNTER, []string{"model", "upstream"}},
+		{"relaygate_ttft_seconds", dto.MetricType_HISTOGRAM, []string{"api", "model"}},
+		{"relaygate_tokens_total", dto.MetricType_COUNTER, []string{"api", "kind", "model"}},
+		{"relaygate_cost_usd_total", dto.MetricType_COUNTER, []string{"api", "model", "upstream"}},
 		{"relaygate_savings_usd_total", dto.MetricType_COUNTER, []string{"model"}},
 		{"relaygate_cache_savings_usd_total", dto.MetricType_COUNTER, []string{"model"}},
 		{"relaygate_cache_requests_total", dto.MetricType_COUNTER, []string{"result"}},
@@ -104,9 +104,9 @@ func TestSavings(t *testing.T) {
 		record                  func(m *Metrics)
 		cost, saved, cacheSaved float64
 	}{
-		{"cheaper route", func(m *Metrics) { m.Usage("m", "u", 1000, 500, 0.003, 0.01, true) }, 0.003, 0.007, 0},
-		{"no reference price", func(m *Metrics) { m.Usage("m", "u", 1000, 500, 0.003, 0, false) }, 0.003, 0, 0},
-		{"dearer route", func(m *Metrics) { m.Usage("m", "u", 1000, 500, 0.02, 0.01, true) }, 0.02, 0, 0},
+		{"cheaper route", func(m *Metrics) { m.Usage("m", "chat", "u", 1000, 500, 0.003, 0.01, true) }, 0.003, 0.007, 0},
+		{"no reference price", func(m *Metrics) { m.Usage("m", "chat", "u", 1000, 500, 0.003, 0, false) }, 0.003, 0, 0},
+		{"dearer route", func(m *Metrics) { m.Usage("m", "chat", "u", 1000, 500, 0.02, 0.01, true) }, 0.02, 0, 0},
 		{"cache hit", func(m *Metrics) { m.CacheSaving("m", 0.01) }, 0, 0.01, 0.01},
 	}
 	for _, tt := range tests {
@@ -150,7 +150,7 @@ func near(a, b float64) bool { return a-b < 1e-12 && b-a < 1e-12 }
 // the first fallback, must land in a series that already exists at zero.
 func TestPrepareCreatesFailureSeries(t *testing.T) {
 	m := New()
-	m.Prepare("m", []string{"relay", "official", CacheUpstream})
+	m.Prepare("m", "chat", []string{"relay", "official", CacheUpstream})
 	mfs, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -166,10 +166,15 @@ func TestPrepareCreatesFailureSeries(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"relaygate_requests_total{code=502,model=m,upstream=none}",
-		"relaygate_requests_total{code=504,model=m,upstream=none}",
-		"relaygate_requests_total{code=499,model=m,upstream=relay}",
-		"relaygate_requests_total{code=200,model=m,upstream=cache}",
+		"relaygate_requests_total{api=chat,code=502,model=m,upstream=none}",
+		"relaygate_requests_total{api=chat,code=504,model=m,upstream=none}",
+		"relaygate_requests_total{api=chat,code=429,model=m,upstream=none}",
+		"relaygate_requests_total{api=chat,code=503,model=m,upstream=none}",
+		"relaygate_requests_total{api=chat,code=499,model=m,upstream=relay}",
+		"relaygate_requests_total{api=chat,code=200,model=m,upstream=cache}",
+		"relaygate_request_duration_seconds{api=chat,model=m}",
+		"relaygate_ttft_seconds{api=chat,model=m}",
+		"relaygate_cost_usd_total{api=chat,model=m,upstream=relay}",
 		"relaygate_upstream_requests_total{result=error,upstream=relay}",
 		"relaygate_upstream_requests_total{result=timeout,upstream=official}",
 		"relaygate_fallbacks_total{from=relay,to=official}",
