@@ -60,6 +60,7 @@ type Config struct {
 	SLO                 SLO            `yaml:"slo"`
 	Log                 Log            `yaml:"log"`
 	Admin               Admin          `yaml:"admin"`
+	CORS                CORS           `yaml:"cors"`
 
 	// BufferBudgetBytes bounds the memory that all whole (non-streamed)
 	// upstream answers being read and sent may take at once; an answer
@@ -220,6 +221,33 @@ type Admin struct {
 	Key    string `yaml:"key"`
 }
 
+// CORS lets browser code on other origins call the API (paths under
+// /v1/). Off without allowed_origins: no CORS header is sent, and an
+// OPTIONS request is a 405 as before.
+type CORS struct {
+	// AllowedOrigins are exact origins ("https://app.example.com") or "*"
+	// for any.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+	// AllowedHeaders are request headers allowed beside the defaults
+	// (DefaultCORSHeaders).
+	AllowedHeaders []string `yaml:"allowed_headers"`
+	// MaxAge is how long a browser may cache a preflight's answer.
+	MaxAge Duration `yaml:"max_age"`
+}
+
+// DefaultCORSHeaders are the request headers a preflight always allows:
+// what the OpenAI and Anthropic SDKs send from a browser.
+var DefaultCORSHeaders = []string{
+	"Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta",
+	"anthropic-dangerous-direct-browser-access", "X-Request-Id", "X-Relaygate-Cache",
+	"OpenAI-Organization", "OpenAI-Project", "OpenAI-Beta",
+	"X-Stainless-Arch", "X-Stainless-Lang", "X-Stainless-OS", "X-Stainless-Package-Version",
+	"X-Stainless-Retry-Count", "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Timeout",
+}
+
+// Enabled reports whether CORS is on.
+func (c CORS) Enabled() bool { return len(c.AllowedOrigins) > 0 }
+
 // Log configures structured logging.
 type Log struct {
 	Level    string `yaml:"level"`
@@ -257,6 +285,7 @@ const (
 	DefaultCacheTTL            = time.Hour
 	DefaultCacheTimeout        = 50 * time.Millisecond
 	DefaultGPUInterval         = 10 * time.Second
+	DefaultCORSMaxAge          = 10 * time.Minute
 	DefaultMaxIdleConns        = 256
 	// DefaultBufferBudgetBytes fits the largest embeddings answer (up to
 	// 192 MiB) and a few chat answers beside it.
@@ -307,6 +336,9 @@ func (c *Config) applyDefaults() {
 		c.Cache.Scope = CacheScopeKey
 	}
 	setDur(&c.GPU.Interval, DefaultGPUInterval)
+	if c.CORS.Enabled() {
+		setDur(&c.CORS.MaxAge, DefaultCORSMaxAge)
+	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}

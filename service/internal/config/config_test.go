@@ -199,6 +199,11 @@ func TestBrokenConfigs(t *testing.T) {
 		{"negative idle_timeout", minimal + "idle_timeout: -1s\n", nil, []string{"line 10", "negative"}},
 		{"unknown API", strings.Replace(minimal, "    api_key:", "    apis: [chat, chats]\n    api_key:", 1), nil, []string{"line 5: upstreams[0].apis[1]", `unknown API "chats"`, "known APIs: chat, embeddings"}},
 		{"API listed twice", strings.Replace(minimal, "    api_key:", "    apis: [chat, chat]\n    api_key:", 1), nil, []string{"line 5: upstreams[0].apis[1]", "listed twice"}},
+		{"CORS origin with a path", minimal + "cors: {allowed_origins: [\"https://app.example.com/\"]}\n", nil, []string{"line 10: cors.allowed_origins[0]", "not an origin"}},
+		{"CORS origin without a scheme", minimal + "cors: {allowed_origins: [app.example.com]}\n", nil, []string{"cors.allowed_origins[0]", "scheme://host"}},
+		{"CORS header that is no header", minimal + "cors: {allowed_origins: [\"*\"], allowed_headers: [\"x y\"]}\n", nil, []string{"cors.allowed_headers[0]", "not a header name"}},
+		{"CORS settings without origins", minimal + "cors: {max_age: 1m}\n", nil, []string{"cors.allowed_origins", "CORS is off"}},
+		{"CORS max_age over a day", minimal + "cors: {allowed_origins: [\"*\"], max_age: 48h}\n", nil, []string{"cors.max_age", "over 24h"}},
 		{"no API", strings.Replace(minimal, "    api_key:", "    apis: []\n    api_key:", 1), nil, []string{"line 5: upstreams[0].apis", "names no API"}},
 	}
 	for _, tt := range tests {

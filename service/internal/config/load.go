@@ -522,6 +522,7 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 	} else if c.Admin.Key != "" && len(c.Admin.Key) < 16 {
 		l.fail("admin.key", "is %d characters; use at least 16", len(c.Admin.Key))
 	}
+	l.checkCORS(&c.CORS)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -550,6 +551,38 @@ func (l *loader) checkAPIs(p string, u *Upstream) {
 			l.fail(ap, "%q is listed twice", a)
 		}
 		seen[a] = true
+	}
+}
+
+var headerName = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+// checkCORS validates the allowed origins (each exact, as a browser sends
+// it: scheme://host[:port], no path) and headers.
+func (l *loader) checkCORS(c *CORS) {
+	if !c.Enabled() {
+		if len(c.AllowedHeaders) > 0 || c.MaxAge != 0 {
+			l.fail("cors.allowed_origins", "is empty, so CORS is off and allowed_headers and max_age do nothing; list the origins to allow (or \"*\")")
+		}
+		return
+	}
+	for i, o := range c.AllowedOrigins {
+		p := fmt.Sprintf("cors.allowed_origins[%d]", i)
+		if o == "*" {
+			continue
+		}
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+			(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(o, "/") {
+			l.fail(p, "%q is not an origin: write it as the browser sends it, scheme://host[:port] with no path (e.g. \"https://app.example.com\"), or \"*\" for any", o)
+		}
+	}
+	for i, h := range c.AllowedHeaders {
+		if !headerName.MatchString(h) {
+			l.fail(fmt.Sprintf("cors.allowed_headers[%d]", i), "%q is not a header name", h)
+		}
+	}
+	if c.MaxAge.D() > 24*time.Hour {
+		l.fail("cors.max_age", "%s is over 24h, longer than browsers keep a preflight", c.MaxAge)
 	}
 }
 

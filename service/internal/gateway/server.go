@@ -202,6 +202,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// §6.1 says must close the connection; close after both.
 		w.Header()["Connection"] = hdrClose
 	}
+	if c := s.state.Load().cors; c != nil && strings.HasPrefix(r.URL.Path, "/v1/") && c.apply(w, r) {
+		return // a CORS preflight
+	}
 	if r.Body != http.NoBody && !proxyPath(r.URL.Path) {
 		unreadBody(w, r) // no other endpoint reads a body
 	}

@@ -27,6 +27,7 @@ type state struct {
 	modelsJSON []byte
 	// modelJSON is each model's GET /v1/models/{id} answer, built once.
 	modelJSON map[string][]byte
+	cors      *corsPolicy // nil: CORS off
 	// Header values built once per upstream: setting a header from a
 	// shared slice costs no allocation per request (net/http never
 	// modifies header values it is given).
@@ -83,6 +84,7 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 		cfg:        cfg,
 		models:     make(map[string]*model, len(cfg.Models)),
 		modelJSON:  make(map[string][]byte, len(cfg.Models)),
+		cors:       newCORS(cfg.CORS),
 		nameHeader: map[*route.Upstream][]string{},
 		authHeader: map[*route.Upstream][]string{},
 		policy: route.Policy{

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -337,4 +338,84 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func TestCORS(t *testing.T) {
+	up := newFakeUpstream(t, okCompletion)
+	const app = "https://app.example.com"
+	on, _, _ := newGateway(t, gwOpts{extra: "cors: {allowed_origins: [\"" + app + "\"], allowed_headers: [X-Custom], max_age: 5m}\n"}, up)
+	anyOrigin, _, _ := newGateway(t, gwOpts{extra: "cors: {allowed_origins: [\"*\"]}\n"}, up)
+	off, _, _ := newGateway(t, gwOpts{}, up)
+	preflight := []string{"Origin", app, "Access-Control-Request-Method", "POST", "Access-Control-Request-Headers", "authorization,content-type"}
+	key := []string{"Authorization", "Bearer " + testClientKey}
+	tests := []struct {
+		name, method, path string
+		gw                 *httptest.Server
+		hdr                []string
+		body               string
+		status             int
+		want               map[string]string // header → a substring it must hold; "" must be absent
+	}{
+		{"preflight needs no key", "OPTIONS", "/v1/chat/completions", on, preflight, "", 204, map[string]string{
+			"Access-Control-Allow-Origin":  app,
+			"Access-Control-Allow-Methods": "POST",
+			"Access-Control-Max-Age":       "300",
+			"Vary":                         "Origin",
+		}},
+		{"preflight to a model id with a slash", "OPTIONS", "/v1/models/deepseek-ai/DeepSeek-V3", on, preflight, "", 204, map[string]string{
+			"Access-Control-Allow-Origin": app, "Access-Control-Allow-Methods": "GET",
+		}},
+		{"preflight from an origin not allowed", "OPTIONS", "/v1/chat/completions", on,
+			[]string{"Origin", "https://evil.example", "Access-Control-Request-Method", "POST"}, "", 204, map[string]string{
+				"Access-Control-Allow-Origin": "", "Access-Control-Allow-Headers": "", "Vary": "Origin",
+			}},
+		{"an answer carries the origin and the exposed headers", "POST", "/v1/chat/completions", on,
+			append([]string{"Origin", app}, key...), chatBody, 200, map[string]string{
+				"Access-Control-Allow-Origin":   app,
+				"Access-Control-Expose-Headers": "X-Request-Id, X-Relaygate-Upstream, X-Upstream-Request-Id, X-Cache, Retry-After",
+				"Access-Control-Allow-Methods":  "",
+			}},
+		{"an error answer too, so the page can read it", "POST", "/v1/chat/completions", on,
+			[]string{"Origin", app}, chatBody, 401, map[string]string{"Access-Control-Allow-Origin": app}},
+		{"an answer to an origin not allowed has none", "POST", "/v1/chat/completions", on,
+			append([]string{"Origin", "https://evil.example"}, key...), chatBody, 200, map[string]string{"Access-Control-Allow-Origin": ""}},
+		{"OPTIONS that is no preflight is still a 405", "OPTIONS", "/v1/chat/completions", on, []string{"Origin", app}, "", 405, map[string]string{"Allow": "POST"}},
+		{"no CORS outside the API", "OPTIONS", "/metrics", on, preflight, "", 200, map[string]string{"Access-Control-Allow-Origin": ""}},
+		{"* allows any origin, echoed", "OPTIONS", "/v1/embeddings", anyOrigin,
+			[]string{"Origin", "https://other.example", "Access-Control-Request-Method", "POST"}, "", 204, map[string]string{
+				"Access-Control-Allow-Origin": "https://other.example", "Access-Control-Max-Age": "600",
+			}},
+		{"off: a preflight is a 405 with Allow", "OPTIONS", "/v1/chat/completions", off, preflight, "", 405, map[string]string{
+			"Allow": "POST", "Access-Control-Allow-Origin": "", "Vary": "",
+		}},
+		{"off: answers carry no CORS header", "POST", "/v1/chat/completions", off, append([]string{"Origin", app}, key...), chatBody, 200, map[string]string{
+			"Access-Control-Allow-Origin": "", "Access-Control-Expose-Headers": "",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var body io.Reader
+			if tt.body != "" {
+				body = strings.NewReader(tt.body)
+			}
+			res := do(t, tt.method, tt.gw.URL+tt.path, body, tt.hdr...)
+			if res.status != tt.status {
+				t.Fatalf("status %d, want %d: %s", res.status, tt.status, res.body)
+			}
+			for h, want := range tt.want {
+				got := strings.Join(res.header.Values(h), ", ")
+				if want == "" && got != "" || !strings.Contains(got, want) {
+					t.Errorf("%s = %q, want %q", h, got, want)
+				}
+			}
+		})
+	}
+	// The preflight allows every header the SDKs send, and the configured ones.
+	res := do(t, "OPTIONS", on.URL+"/v1/messages", nil, preflight...)
+	allowed := strings.ToLower(res.header.Get("Access-Control-Allow-Headers"))
+	for _, h := range []string{"authorization", "content-type", "x-api-key", "anthropic-version", "anthropic-beta", "x-request-id", "x-relaygate-cache", "x-stainless-os", "x-custom"} {
+		if !slices.Contains(strings.Split(allowed, ", "), h) {
+			t.Errorf("Access-Control-Allow-Headers %q lacks %s", allowed, h)
+		}
+	}
 }
