@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -195,9 +196,13 @@ func TestFaultsWithoutFallback(t *testing.T) {
 			}
 			// What a failed request must be answered with: 502, or 504
 			// when every attempt was a timeout (a hang, or an injected
-			// 504 on both attempts).
+			// 504 on both attempts), or 429 when every attempt was rate
+			// limited (the provider's quota, not an outage).
 			want := map[string]bool{"502 upstream_failed": true}
+			wantType := "upstream_error"
 			switch {
+			case f.sim.FailureRate >= 1 && slices.Equal(f.sim.FailureStatuses, []int{http.StatusTooManyRequests}):
+				want, wantType = map[string]bool{"429 rate_limit_exceeded": true}, "rate_limit_error"
 			case f.kind == upstreamsim.FaultHang:
 				want = map[string]bool{"504 upstream_timeout": true}
 			case f.sim.FailureRate > 0 && f.sim.FailureRate < 1:
@@ -225,7 +230,7 @@ func TestFaultsWithoutFallback(t *testing.T) {
 					if err != nil {
 						return "not OpenAI's shape"
 					}
-					if got := fmt.Sprintf("%d %s", r.status, e.Code); !want[got] || e.Type != "upstream_error" {
+					if got := fmt.Sprintf("%d %s", r.status, e.Code); !want[got] || e.Type != wantType {
 						return got
 					}
 					return "clear error"

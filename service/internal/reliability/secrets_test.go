@@ -96,7 +96,9 @@ func TestSecretsNeverLeak(t *testing.T) {
 	}
 	good := startSim(t, simAnswer(upstreamsim.Config{APIKey: upstreamKey.value}))
 	refusing := startSim(t, simAnswer(upstreamsim.Config{APIKey: upstreamKey.value}))
-	failing := startSim(t, simAnswer(upstreamsim.Config{APIKey: upstreamKey.value, FailureRate: 1, FailureStatuses: []int{500, 429}, RetryAfter: time.Second}))
+	failing := startSim(t, simAnswer(upstreamsim.Config{APIKey: upstreamKey.value, FailureRate: 1, FailureStatuses: []int{500, 503}}))
+	// Every attempt rate limited is a 429 of its own (with Retry-After).
+	limiting := startSim(t, simAnswer(upstreamsim.Config{APIKey: upstreamKey.value, FailureRate: 1, FailureStatuses: []int{429}, RetryAfter: time.Second}))
 	hanging := startSim(t, simAnswer(upstreamsim.Config{APIKey: upstreamKey.value, HangRate: 1}))
 	cutting := startSim(t, simAnswer(upstreamsim.Config{APIKey: upstreamKey.value, CutRate: 1, CutAfterChunks: 2}))
 
@@ -106,11 +108,12 @@ func TestSecretsNeverLeak(t *testing.T) {
 				{name: "good", url: good.base, key: upstreamKey.value},
 				{name: "refusing", url: refusing.base, key: refusedUpstreamKey.value},
 				{name: "failing", url: failing.base, key: upstreamKey.value},
+				{name: "limiting", url: limiting.base, key: upstreamKey.value},
 				{name: "hanging", url: hanging.base, key: upstreamKey.value, timeout: "200ms"},
 				{name: "cutting", url: cutting.base, key: upstreamKey.value},
 			},
 			route:  []string{"good"},
-			models: map[string][]string{"refused": {"refusing"}, "failing": {"failing"}, "slow": {"hanging"}, "cut": {"cutting"}},
+			models: map[string][]string{"refused": {"refusing"}, "failing": {"failing"}, "quota": {"limiting"}, "slow": {"hanging"}, "cut": {"cutting"}},
 			keys:   []string{clientKey, limitedClientKey.value},
 			extra: fmt.Sprintf("max_body_bytes: 4096\ncache: {redis_url: %q, ttl: 1m, timeout: 200ms}\nrate_limit: {rpm: 30}\nlog: {level: debug}\nadmin: {key: %q}\n",
 				fmt.Sprintf("redis://:%s@%s/0", redisPW.value, r.Addr), adminKey.value),
@@ -177,6 +180,9 @@ func TestSecretsNeverLeak(t *testing.T) {
 		t.Error("the refusing upstream never refused a key")
 	}
 	send("upstream fails", 502, chat(ctx, gw.URL, clientKey, "failing", false, "x"))
+	if got := send("upstream rate limits every attempt", 429, chat(ctx, gw.URL, clientKey, "quota", false, "x")); got.header.Get("Retry-After") != "1" {
+		t.Errorf("upstream quota: Retry-After %q, want the upstream's 1: %s", got.header.Get("Retry-After"), got)
+	}
 	send("upstream hangs", 504, chat(ctx, gw.URL, clientKey, "slow", false, "x"))
 	if got := send("stream cut", 200, chat(ctx, gw.URL, clientKey, "cut", true, "x")); !strings.Contains(string(got.body), "stream_interrupted") {
 		t.Errorf("cut stream: %s", got)
