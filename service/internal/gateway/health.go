@@ -106,7 +106,7 @@ func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
 		methodNotAllowed(w, r, "GET")
 		return
 	}
-	if _, e := st.authorize(r); e != nil {
+	if _, e := st.authorize(r, epChat); e != nil {
 		writeError(w, e)
 		return
 	}

@@ -28,7 +28,7 @@ type state struct {
 	// shared slice costs no allocation per request (net/http never
 	// modifies header values it is given).
 	nameHeader map[*route.Upstream][]string
-	authHeader map[*route.Upstream][]string
+	authHeader map[*route.Upstream]authHeader
 
 	// refs counts the requests running on this state (Server.acquire).
 	// Once a reload has retired it, the connection pools it has and the
@@ -46,6 +46,13 @@ type state struct {
 	budget *byteBudget
 }
 
+// authHeader is how an upstream takes the gateway's key: the header's
+// canonical name and its value.
+type authHeader struct {
+	name  string
+	value []string
+}
+
 type model struct {
 	name      string
 	chain     route.Chain
@@ -60,7 +67,7 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 		cfg:        cfg,
 		models:     make(map[string]*model, len(cfg.Models)),
 		nameHeader: map[*route.Upstream][]string{},
-		authHeader: map[*route.Upstream][]string{},
+		authHeader: map[*route.Upstream]authHeader{},
 		policy: route.Policy{
 			Attempts:   cfg.Retry.Attempts,
 			BackoffMin: cfg.Retry.BackoffMin.D(),
@@ -89,7 +96,7 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 			Timeout:  uc.Timeout.D(),
 			Disabled: uc.Disabled,
 		}
-		if uc.APIKey != "" {
+		if uc.APIKey != "" && uc.Auth != config.AuthXAPIKey {
 			u.Auth = "Bearer " + uc.APIKey
 		}
 		if o, ok := old[uc.Name]; ok && o.BaseURL == u.BaseURL && sameTransport(prev.cfg, cfg, uc.Name) {
@@ -104,8 +111,12 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 		st.upstreams = append(st.upstreams, u)
 		byName[u.Name] = u
 		st.nameHeader[u] = []string{u.Name}
-		if u.Auth != "" {
-			st.authHeader[u] = []string{u.Auth}
+		if uc.APIKey != "" {
+			a := authHeader{name: "Authorization", value: []string{u.Auth}}
+			if uc.Auth == config.AuthXAPIKey {
+				a = authHeader{name: "X-Api-Key", value: []string{uc.APIKey}}
+			}
+			st.authHeader[u] = a
 			st.upstreamKey[u], st.upstreamKeyStr[u] = []byte(uc.APIKey), uc.APIKey
 		}
 	}
@@ -129,17 +140,23 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 			m.chain = append(m.chain, route.Target{
 				Upstream: byName[e.Upstream],
 				Model:    e.Model,
-				Price:    route.Price{InputPerMTok: p.InputPerMTok, OutputPerMTok: p.OutputPerMTok},
+				Price:    routePrice(p),
 			})
 		}
 		if rp := mc.ReferencePrice; rp != nil {
-			m.reference = &route.Price{InputPerMTok: rp.InputPerMTok, OutputPerMTok: rp.OutputPerMTok}
+			ref := routePrice(*rp)
+			m.reference = &ref
 		}
 		st.models[m.name] = m
 		list.Data = append(list.Data, modelEntry{ID: mc.Name, Object: "model", Created: created, OwnedBy: "relaygate"})
 	}
 	st.modelsJSON, _ = json.Marshal(list)
 	return st
+}
+
+func routePrice(p config.Price) route.Price {
+	return route.Price{InputPerMTok: p.InputPerMTok, OutputPerMTok: p.OutputPerMTok,
+		CacheWritePerMTok: p.CacheWrite(), CacheReadPerMTok: p.CacheRead()}
 }
 
 func sameTransport(a, b *config.Config, name string) bool {
