@@ -110,12 +110,12 @@ func (x *exchange) billed() route.Usage {
 // messageEventType is an event's type: its event: line, which Anthropic
 // always sends, else its data's "type". The string views ev.
 func messageEventType(ev []byte) string {
-	for len(ev) > 0 {
-		line := ev
-		if i := bytes.IndexByte(ev, '\n'); i >= 0 {
-			line, ev = ev[:i], ev[i+1:]
+	for rest := ev; len(rest) > 0; {
+		line := rest
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			line, rest = rest[:i], rest[i+1:]
 		} else {
-			ev = nil
+			rest = nil
 		}
 		if v, ok := bytes.CutPrefix(line, []byte("event:")); ok {
 			return bytesToString(bytes.TrimSpace(v))
