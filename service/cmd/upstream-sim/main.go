@@ -92,6 +92,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.Float64Var(&c.HangRate, "hang-rate", 0, "share of requests never answered until the client leaves, 0 to 1")
 	fs.Float64Var(&c.ResetRate, "reset-rate", 0, "share of requests whose connection is reset without an answer, 0 to 1")
 	fs.Float64Var(&c.CutRate, "cut-rate", 0, "share of streams dropped before [DONE], 0 to 1")
+	fs.Float64Var(&c.ErrorAfterStartRate, "error-after-start-rate", 0, "share of Messages streams that send an error event right after message_start, 0 to 1")
 	fs.IntVar(&c.CutAfterChunks, "cut-after", 0, "events sent before a cut stream is dropped (0: right after the headers)")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
@@ -115,7 +116,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	for _, r := range []struct {
 		name string
 		v    float64
-	}{{"failure-rate", c.FailureRate}, {"hang-rate", c.HangRate}, {"reset-rate", c.ResetRate}, {"cut-rate", c.CutRate}} {
+	}{{"failure-rate", c.FailureRate}, {"hang-rate", c.HangRate}, {"reset-rate", c.ResetRate}, {"cut-rate", c.CutRate},
+		{"error-after-start-rate", c.ErrorAfterStartRate}} {
 		if !(r.v >= 0 && r.v <= 1) {
 			return options{}, fmt.Errorf("-%s: %v is not a rate between 0 and 1", r.name, r.v)
 		}

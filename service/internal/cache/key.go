@@ -62,6 +62,14 @@ var ignoredFields = []string{
 // the canonical body (see canonical). /chat/completions/stream keys as
 // /chat/completions, since it is the same request, streamed.
 func Key(scope, path string, body []byte, force bool) (key string, ok bool, err error) {
+	return KeyFor(scope, path, "", body, force)
+}
+
+// KeyFor is Key for a request whose answer also depends on variant, what
+// besides the body selects it (Anthropic's API version and beta headers).
+// Requests differing only in variant never share an entry; an empty
+// variant keys exactly as Key.
+func KeyFor(scope, path, variant string, body []byte, force bool) (key string, ok bool, err error) {
 	if scope == "" || strings.IndexByte(scope, ':') >= 0 {
 		return "", false, fmt.Errorf("cache key: scope %q is not a scope id", scope)
 	}
@@ -82,6 +90,13 @@ func Key(scope, path string, body []byte, force bool) (key string, ok bool, err 
 	c := canonPool.Get().(*canonicaliser)
 	c.buf = append(c.buf[:0], endpoint...)
 	c.buf = append(c.buf, 0)
+	if variant != "" {
+		// \x01 cannot start a canonical body (an object), so the
+		// variant cannot be confused with one.
+		c.buf = append(c.buf, 1)
+		c.buf = strconv.AppendQuote(c.buf, variant)
+		c.buf = append(c.buf, 0)
+	}
 	c.object(root, true)
 	sum := sha256.Sum256(c.buf)
 	if cap(c.buf) <= maxPooledCanon && cap(c.members) <= maxPooledMembers {
@@ -112,8 +127,8 @@ func canonicalEndpoint(path string) string {
 // answer. Of duplicate temperature keys the last counts, as with most
 // parsers (the gateway refuses such bodies before asking).
 func deterministic(endpoint string, req gjson.Result) bool {
-	if strings.HasSuffix(endpoint, "/embeddings") {
-		return true
+	if strings.HasSuffix(endpoint, "/embeddings") || strings.HasSuffix(endpoint, "/messages/count_tokens") {
+		return true // no sampling: a count or a vector is the same every time
 	}
 	var t gjson.Result
 	req.ForEach(func(k, v gjson.Result) bool {

@@ -143,3 +143,43 @@ func normaliseNumbers(v any) any {
 		return v
 	}
 }
+
+// TestKeyForVariant: the same Messages body under other anthropic headers
+// is another request (beta features change the answer), other endpoints
+// never share, and a token count needs no temperature to be cached.
+func TestKeyForVariant(t *testing.T) {
+	const msg = `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"temperature":0}`
+	const sampled = `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`
+	key := func(path, variant, body string) string {
+		t.Helper()
+		k, ok, err := KeyFor("global", path, variant, []byte(body), false)
+		if err != nil || !ok {
+			t.Fatalf("KeyFor(%s, %q): ok %v, err %v", path, variant, ok, err)
+		}
+		return k
+	}
+	plain, _, _ := Key("global", "/chat/completions", []byte(msg), false)
+	tests := []struct {
+		name string
+		a, b string
+		same bool
+	}{
+		{"empty variant keys as Key", key("/chat/completions", "", msg), plain, true},
+		{"same variant", key("/messages", "v=1\x00beta=a", msg), key("/messages", "v=1\x00beta=a", msg), true},
+		{"beta differs", key("/messages", "v=1\x00beta=a", msg), key("/messages", "v=1\x00beta=b", msg), false},
+		{"variant or none", key("/messages", "v=1", msg), key("/messages", "", msg), false},
+		{"messages is not chat", key("/messages", "", msg), plain, false},
+		{"count_tokens is not messages", key("/messages/count_tokens", "", msg), key("/messages", "", msg), false},
+		{"count_tokens is deterministic", key("/messages/count_tokens", "", sampled), key("/messages/count_tokens", "", sampled), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if (tt.a == tt.b) != tt.same {
+				t.Errorf("keys %s and %s: same = %v, want %v", tt.a, tt.b, tt.a == tt.b, tt.same)
+			}
+		})
+	}
+	if _, ok, _ := KeyFor("global", "/messages", "", []byte(sampled), false); ok {
+		t.Error("a sampled Messages request (no temperature 0) was cacheable")
+	}
+}

@@ -79,7 +79,11 @@ type Upstream struct {
 	BaseURL string `yaml:"base_url"`
 	// APIKey is the gateway's own key for this upstream. Empty means the
 	// upstream needs no key (a model server on the GPU host).
-	APIKey         string   `yaml:"api_key"`
+	APIKey string `yaml:"api_key"`
+	// Auth is how APIKey is sent: AuthBearer ("Authorization: Bearer"), or
+	// AuthXAPIKey ("x-api-key", Anthropic's native API). The default is
+	// x-api-key for api.anthropic.com and bearer elsewhere.
+	Auth           string   `yaml:"auth"`
 	Timeout        Duration `yaml:"timeout"`
 	ConnectTimeout Duration `yaml:"connect_timeout"`
 	// MaxIdleConns bounds the keep-alive pool to this upstream.
@@ -151,11 +155,38 @@ type RouteEntry struct {
 	Price    *Price `yaml:"price"`
 }
 
-// Price is in US dollars per million tokens.
+// Price is in US dollars per million tokens. The cache prices are what
+// prompt-cache writes and reads cost (Anthropic's cache_creation and
+// cache_read input tokens); unset, they cost what input does, so that
+// cache tokens are never counted free by omission.
 type Price struct {
-	InputPerMTok  float64 `yaml:"input_per_mtok"`
-	OutputPerMTok float64 `yaml:"output_per_mtok"`
+	InputPerMTok      float64  `yaml:"input_per_mtok"`
+	OutputPerMTok     float64  `yaml:"output_per_mtok"`
+	CacheWritePerMTok *float64 `yaml:"cache_write_per_mtok"`
+	CacheReadPerMTok  *float64 `yaml:"cache_read_per_mtok"`
 }
+
+// CacheWrite is the price of a cache write: its own, else the input price.
+func (p Price) CacheWrite() float64 {
+	if p.CacheWritePerMTok != nil {
+		return *p.CacheWritePerMTok
+	}
+	return p.InputPerMTok
+}
+
+// CacheRead is the price of a cache read: its own, else the input price.
+func (p Price) CacheRead() float64 {
+	if p.CacheReadPerMTok != nil {
+		return *p.CacheReadPerMTok
+	}
+	return p.InputPerMTok
+}
+
+// Upstream auth schemes (upstreams[].auth).
+const (
+	AuthBearer  = "bearer"
+	AuthXAPIKey = "x-api-key"
+)
 
 // Retry bounds the attempts on one upstream before falling back.
 type Retry struct {
@@ -320,6 +351,9 @@ func (c *Config) applyDefaults() {
 		if u.MaxIdleConns == 0 {
 			u.MaxIdleConns = DefaultMaxIdleConns
 		}
+		if u.Auth == "" {
+			u.Auth = defaultAuth(u.BaseURL)
+		}
 	}
 	if c.Retry.Attempts == 0 {
 		c.Retry.Attempts = DefaultAttempts
@@ -346,6 +380,15 @@ func (c *Config) applyDefaults() {
 		on := true
 		c.Log.Requests = &on
 	}
+}
+
+// defaultAuth is how a base URL's vendor takes its key: Anthropic's own
+// API wants x-api-key, everything OpenAI-compatible a Bearer token.
+func defaultAuth(baseURL string) string {
+	if u, err := url.Parse(baseURL); err == nil && strings.EqualFold(u.Hostname(), "api.anthropic.com") {
+		return AuthXAPIKey
+	}
+	return AuthBearer
 }
 
 func setDur(d *Duration, def time.Duration) {

@@ -205,6 +205,8 @@ func TestBrokenConfigs(t *testing.T) {
 		{"CORS settings without origins", minimal + "cors: {max_age: 1m}\n", nil, []string{"cors.allowed_origins", "CORS is off"}},
 		{"CORS max_age over a day", minimal + "cors: {allowed_origins: [\"*\"], max_age: 48h}\n", nil, []string{"cors.max_age", "over 24h"}},
 		{"no API", strings.Replace(minimal, "    api_key:", "    apis: []\n    api_key:", 1), nil, []string{"line 5: upstreams[0].apis", "names no API"}},
+		{"unknown upstream auth", strings.Replace(minimal, "    api_key:", "    auth: basic\n    api_key:", 1), nil, []string{"line 5: upstreams[0].auth", `"basic"`, "x-api-key"}},
+		{"negative cache price", strings.Replace(minimal, "input_per_mtok: 2", "input_per_mtok: 2, cache_read_per_mtok: -1", 1), nil, []string{"models[0].price", "negative"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -352,5 +354,50 @@ func TestUpstreamAPIs(t *testing.T) {
 				t.Errorf("apis = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestUpstreamAuthAndCachePrices: Anthropic's own API gets x-api-key
+// unless told otherwise, and unset cache prices cost what input does.
+func TestUpstreamAuthAndCachePrices(t *testing.T) {
+	tests := []struct {
+		name, base, auth, want string
+	}{
+		{"relay defaults to bearer", "https://relay.example/v1", "", AuthBearer},
+		{"anthropic defaults to x-api-key", "https://api.anthropic.com/v1", "", AuthXAPIKey},
+		{"anthropic host in any case", "https://API.Anthropic.com/v1", "", AuthXAPIKey},
+		{"explicit x-api-key elsewhere", "http://127.0.0.1:9/v1", "x-api-key", AuthXAPIKey},
+		{"explicit bearer for anthropic", "https://api.anthropic.com/v1", "bearer", AuthBearer},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			doc := strings.Replace(minimal, "https://relay.example/v1", tt.base, 1)
+			if tt.auth != "" {
+				doc = strings.Replace(doc, "    api_key:", "    auth: "+tt.auth+"\n    api_key:", 1)
+			}
+			cfg, err := Parse([]byte(doc), env(map[string]string{"RELAY_KEY": "k"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg.Upstreams[0].Auth; got != tt.want {
+				t.Errorf("auth = %q, want %q", got, tt.want)
+			}
+		})
+	}
+
+	doc := strings.Replace(minimal, "output_per_mtok: 8}", "output_per_mtok: 8, cache_write_per_mtok: 2.5, cache_read_per_mtok: 0.2}", 1)
+	cfg, err := Parse([]byte(doc), env(map[string]string{"RELAY_KEY": "k"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Models[0].Price; p.CacheWrite() != 2.5 || p.CacheRead() != 0.2 {
+		t.Errorf("cache prices = %v, %v; want 2.5, 0.2", p.CacheWrite(), p.CacheRead())
+	}
+	cfg, err = Parse([]byte(minimal), env(map[string]string{"RELAY_KEY": "k"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Models[0].Price; p.CacheWrite() != 2 || p.CacheRead() != 2 {
+		t.Errorf("unset cache prices = %v, %v; want the input price 2", p.CacheWrite(), p.CacheRead())
 	}
 }

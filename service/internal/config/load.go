@@ -438,6 +438,9 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 			l.fail(p+".max_idle_conns", "must not be negative")
 		}
 		l.checkAPIs(p, u)
+		if u.Auth != AuthBearer && u.Auth != AuthXAPIKey {
+			l.fail(p+".auth", "%q: use %s (Authorization: Bearer) or %s (Anthropic's native API)", u.Auth, AuthBearer, AuthXAPIKey)
+		}
 	}
 
 	if len(c.Models) == 0 {
@@ -587,7 +590,7 @@ func (l *loader) checkCORS(c *CORS) {
 }
 
 func (l *loader) checkPrice(path string, p Price) {
-	if p.InputPerMTok < 0 || p.OutputPerMTok < 0 {
+	if p.InputPerMTok < 0 || p.OutputPerMTok < 0 || p.CacheWrite() < 0 || p.CacheRead() < 0 {
 		l.fail(path, "prices must not be negative")
 	}
 }

@@ -6,12 +6,14 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/relaygate/relaygate/service/internal/cache"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/testenv"
+	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 
 // TestCacheScope: with two client keys and a real Redis, a cached answer
@@ -83,5 +85,62 @@ func TestCacheScope(t *testing.T) {
 				t.Errorf("the upstream was asked %d times, want %d", n, wantCalls)
 			}
 		})
+	}
+}
+
+// TestMessagesCache: a deterministic Messages answer (temperature 0) and a
+// token count are cached like chat's; other anthropic-beta headers are
+// another request, and a stream is never served from the cache.
+func TestMessagesCache(t *testing.T) {
+	rds := testenv.StartRedis(t)
+	sim := upstreamsim.New(upstreamsim.Config{})
+	up := newFakeUpstream(t, func(_ int, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if body, _ := io.ReadAll(r.Body); strings.Contains(string(body), `"stream":true`) {
+			r.Body = io.NopCloser(strings.NewReader(string(body)))
+			sim.ServeHTTP(w, r)
+			return
+		}
+		if r.URL.Path == "/v1/messages/count_tokens" {
+			_, _ = io.WriteString(w, `{"input_tokens":3}`)
+			return
+		}
+		_, _ = io.WriteString(w, messageJSON)
+	})
+	cfg := gatewayConfig(t, gwOpts{extra: fmt.Sprintf("cache: {redis_url: %q, ttl: 1h}\n", rds.URL)}, up)
+	c, err := cache.New(cache.Options{URL: rds.URL, TTL: time.Hour, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	m := metrics.New()
+	srv := httptest.NewServer(New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m, Cache: c}))
+	t.Cleanup(srv.Close)
+
+	const msg = `{"model":"m","max_tokens":8,"temperature":0,"messages":[{"role":"user","content":"cache me"}]}`
+	const count = `{"model":"m","messages":[{"role":"user","content":"cache me"}]}`
+	steps := []struct {
+		name, path, body string
+		hdr              []string
+		want             string
+		calls            int32
+	}{
+		{"first message", "/v1/messages", msg, nil, "MISS", 1},
+		{"the same again", "/v1/messages", msg, nil, "HIT", 1},
+		{"another beta", "/v1/messages", msg, []string{"Anthropic-Beta", "b1"}, "MISS", 2},
+		{"streamed", "/v1/messages", strings.Replace(msg, `"temperature":0`, `"temperature":0,"stream":true`, 1), nil, "BYPASS", 3},
+		{"first count", "/v1/messages/count_tokens", count, nil, "MISS", 4},
+		{"the same count", "/v1/messages/count_tokens", count, nil, "HIT", 4},
+	}
+	for _, s := range steps {
+		r := post(t, srv.URL, s.path, s.body, s.hdr...)
+		if got := r.header.Get("X-Cache"); got != s.want || up.calls.Load() != s.calls {
+			t.Fatalf("%s: %d X-Cache %q, upstream calls %d; want %q, %d", s.name, r.status, got, up.calls.Load(), s.want, s.calls)
+		}
+		if s.want == "HIT" && string(r.body) != string(post(t, srv.URL, s.path, s.body, s.hdr...).body) {
+			t.Errorf("%s: a hit differs from the next hit", s.name)
+		}
+		// An answer is stored before its request is counted.
+		waitMetric(t, m, "relaygate_requests_total", map[string]string{"model": "m", "api": "messages", "upstream": "a", "code": "200"}, float64(s.calls))
 	}
 }

@@ -5,8 +5,9 @@ import (
 	"net/http"
 )
 
-// apiError is an error in OpenAI's shape: clients' SDKs parse it, so every
-// error the gateway itself produces uses it.
+// apiError is an error the gateway itself produces. It is kept in OpenAI's
+// shape and written in the shape of the endpoint's API (see errorFormat),
+// since clients' SDKs parse it.
 type apiError struct {
 	Status  int    `json:"-"`
 	Message string `json:"message"`
@@ -30,13 +31,80 @@ func errBadRequest(code, msg string) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: code, Message: msg}
 }
 
+// errorFormat is the error shape an API's clients parse.
+type errorFormat int
+
+const (
+	// formatOpenAI: {"error":{"message","type","code","param"}}.
+	formatOpenAI errorFormat = iota
+	// formatAnthropic: {"type":"error","error":{"type","message"}}.
+	formatAnthropic
+)
+
+// write answers e in format f.
+func (f errorFormat) write(w http.ResponseWriter, e *apiError) {
+	if f == formatAnthropic {
+		writeAnthropicError(w, e)
+		return
+	}
+	writeError(w, e)
+}
+
+// writeError answers e in OpenAI's shape, the gateway's own paths' shape.
 func writeError(w http.ResponseWriter, e *apiError) {
 	body, _ := json.Marshal(struct {
 		Error *apiError `json:"error"`
 	}{e})
+	writeErrorBody(w, e.Status, body)
+}
+
+func writeErrorBody(w http.ResponseWriter, status int, body []byte) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(e.Status)
+	w.WriteHeader(status)
 	_, _ = w.Write(append(body, '\n'))
+}
+
+// anthropicError is Anthropic's error body.
+type anthropicError struct {
+	Type  string `json:"type"`
+	Error struct {
+		Type    string `json:"type"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func anthropicErrorBody(status int, msg string) []byte {
+	var a anthropicError
+	a.Type, a.Error.Type, a.Error.Message = "error", anthropicType(status), msg
+	body, _ := json.Marshal(&a)
+	return body
+}
+
+func writeAnthropicError(w http.ResponseWriter, e *apiError) {
+	writeErrorBody(w, e.Status, anthropicErrorBody(e.Status, e.Message))
+}
+
+// anthropicType is the error type Anthropic's API gives with status: its
+// SDKs and Claude Code decide on retries and messages by it.
+func anthropicType(status int) string {
+	switch status {
+	case http.StatusUnauthorized:
+		return "authentication_error"
+	case http.StatusForbidden:
+		return "permission_error"
+	case http.StatusNotFound:
+		return "not_found_error"
+	case http.StatusRequestEntityTooLarge:
+		return "request_too_large"
+	case http.StatusTooManyRequests:
+		return "rate_limit_error"
+	case http.StatusServiceUnavailable, 529:
+		return "overloaded_error"
+	}
+	if status >= 500 {
+		return "api_error"
+	}
+	return "invalid_request_error"
 }

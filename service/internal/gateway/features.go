@@ -79,11 +79,14 @@ func (x *exchange) fromCache(body []byte, req *request) bool {
 	}
 	mode := x.r.Header.Get(CacheHeader)
 	force := mode == "force"
-	if mode == "bypass" || !(force || req.temperatureZero || x.ep == epEmbeddings) {
+	deterministic := force || req.temperatureZero || x.ep == epEmbeddings || x.ep == epCountTokens
+	// A Messages stream is never served from the cache: only chat has a
+	// replay of a whole answer as events (cache.StreamReplay).
+	if mode == "bypass" || !deterministic || (x.stream && x.ep != epChat) {
 		x.s.metrics.Cache(string(cache.ResultBypass))
 		return false
 	}
-	key, ok, err := cache.Key(x.cacheScope(), x.ep.upstreamPath(), body, force)
+	key, ok, err := cache.KeyFor(x.cacheScope(), x.ep.upstreamPath(), x.cacheVariant(), body, force)
 	if err != nil || !ok {
 		x.s.metrics.Cache(string(cache.ResultBypass))
 		return false
@@ -160,11 +163,11 @@ func (x *exchange) flush() {
 // price when there is one, else at the price of the model's first upstream.
 func (x *exchange) savedByCache() float64 {
 	if x.reference != nil {
-		return x.reference.Cost(x.prompt, x.completion)
+		return x.reference.UsageCost(x.billed())
 	}
 	m := x.st.models[x.model]
 	if m == nil || len(m.chain) == 0 {
 		return 0
 	}
-	return m.chain[0].Price.Cost(x.prompt, x.completion)
+	return m.chain[0].Price.UsageCost(x.billed())
 }

@@ -108,7 +108,7 @@ func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
 		methodNotAllowed(w, r, "GET")
 		return
 	}
-	if _, e := st.authorize(r); e != nil {
+	if _, e := st.authorize(r, epChat); e != nil {
 		writeError(w, e)
 		return
 	}
@@ -129,7 +129,7 @@ func (s *Server) serveModel(w http.ResponseWriter, r *http.Request) {
 		methodNotAllowed(w, r, "GET")
 		return
 	}
-	if _, e := st.authorize(r); e != nil {
+	if _, e := st.authorize(r, epChat); e != nil {
 		writeError(w, e)
 		return
 	}

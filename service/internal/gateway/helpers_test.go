@@ -108,6 +108,8 @@ type gwOpts struct {
 	logBuffer *bytes.Buffer
 	logWriter io.Writer // a log sink safe to read while requests run
 	backoff   string    // backoff_max
+	price     string    // the model's price mapping, YAML; the default when empty
+	upstream  string    // YAML keys added to every upstream's mapping, e.g. ", auth: x-api-key"
 }
 
 // newGateway serves a gateway whose model "m" routes through the given
@@ -157,13 +159,23 @@ func gatewayConfig(t *testing.T, o gwOpts, ups ...*fakeUpstream) *config.Config 
 	for i, u := range ups {
 		name := string(rune('a' + i))
 		names = append(names, name)
-		fmt.Fprintf(&y, "  - {name: %s, base_url: %q, api_key: \"upstream-key-%s\", timeout: %s, connect_timeout: %[4]s}\n", name, u.URL+"/v1", name, o.timeout)
+		extra := o.upstream
+		if !strings.Contains(extra, "apis:") {
+			// A loopback upstream would speak chat, embeddings and
+			// completions only; test upstreams (the simulator) speak
+			// Messages too.
+			extra += ", apis: [chat, embeddings, completions, messages]"
+		}
+		fmt.Fprintf(&y, "  - {name: %s, base_url: %q, api_key: \"upstream-key-%s\", timeout: %s, connect_timeout: %[4]s%s}\n", name, u.URL+"/v1", name, o.timeout, extra)
 	}
 	route := strings.Join(names, ", ")
 	if o.routeA != "" {
 		route = o.routeA
 	}
-	fmt.Fprintf(&y, "models:\n  - name: m\n    route: [%s]\n    price: {input_per_mtok: 1, output_per_mtok: 2}\n    reference_price: {input_per_mtok: 3, output_per_mtok: 6}\n", route)
+	if o.price == "" {
+		o.price = "{input_per_mtok: 1, output_per_mtok: 2}"
+	}
+	fmt.Fprintf(&y, "models:\n  - name: m\n    route: [%s]\n    price: %s\n    reference_price: {input_per_mtok: 3, output_per_mtok: 6}\n", route, o.price)
 	if o.backoff == "" {
 		o.backoff = "5ms"
 	}

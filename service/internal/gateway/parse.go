@@ -19,6 +19,9 @@ type endpoint int
 const (
 	epChat endpoint = iota
 	epEmbeddings
+	// epMessages and epCountTokens are Anthropic's Messages API.
+	epMessages
+	epCountTokens
 )
 
 // api is the config name of the API the endpoint belongs to (config.APIChat
@@ -29,17 +32,35 @@ func (e endpoint) api() string {
 		return config.APIChat
 	case epEmbeddings:
 		return config.APIEmbeddings
+	case epMessages, epCountTokens:
+		return config.APIMessages
 	}
 	return "unknown"
 }
 
 // upstreamPath is appended to an upstream's base URL (which ends in /v1).
 func (e endpoint) upstreamPath() string {
-	if e == epEmbeddings {
+	switch e {
+	case epEmbeddings:
 		return "/embeddings"
+	case epMessages:
+		return "/messages"
+	case epCountTokens:
+		return "/messages/count_tokens"
 	}
 	return "/chat/completions"
 }
+
+// errorFormat is the shape in which the endpoint's clients parse errors.
+func (e endpoint) errorFormat() errorFormat {
+	if e == epMessages || e == epCountTokens {
+		return formatAnthropic
+	}
+	return formatOpenAI
+}
+
+// streams reports whether a request to the endpoint may ask for a stream.
+func (e endpoint) streams() bool { return e == epChat || e == epMessages }
 
 // request is what the gateway reads of a client's body: only the fields
 // that decide routing, streaming and caching. Everything else goes to the
@@ -171,7 +192,7 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 		return req, errBadRequest("missing_model", "You must provide a model parameter.")
 	}
 	switch ep {
-	case epChat:
+	case epChat, epMessages, epCountTokens:
 		if !hasMessages {
 			return req, errBadRequest("missing_messages", "'messages' must be a non-empty array.")
 		}

@@ -70,25 +70,33 @@ type exchange struct {
 	maxTokens, n    int64
 	usageSuspicious bool
 	suspectUsage    [2]int64 // prompt, completion as the upstream gave them
+
+	// Messages only (messages.go): the prompt tokens of x.prompt that
+	// wrote or read the upstream's prompt cache, the usage reported so
+	// far, whether message_stop (its stream's end) reached the client, and
+	// whether the upstream's own error event did.
+	cacheWrite, cacheRead       int
+	msgUsage                    messageUsage
+	msgStopped, upstreamErrSent bool
 }
 
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint, forceStream bool) {
 	x := &exchange{s: s, w: w, r: r, ep: ep, api: ep.api(), start: time.Now(), rid: requestID(r),
-		model: metrics.UnknownModel, upstream: metrics.NoUpstream, cacheResult: "BYPASS"}
+		model: metrics.UnknownModel, upstream: metrics.NoUpstream, cacheResult: "BYPASS", msgUsage: noMessageUsage}
 	w.Header().Set("X-Request-Id", x.rid)
 	s.metrics.Inflight(1)
 	defer x.finish()
 
 	if r.Method != http.MethodPost {
-		x.status = http.StatusMethodNotAllowed
-		unreadBody(w, r)
-		methodNotAllowed(w, r, "POST")
+		w.Header().Set("Allow", "POST")
+		x.fail(&apiError{Status: http.StatusMethodNotAllowed, Type: typeInvalidRequest, Code: "method_not_allowed",
+			Message: "Method " + r.Method + " is not allowed here; use POST."})
 		return
 	}
 	st := s.acquire()
 	defer s.release(st)
 	x.st = st
-	client, e := st.authorize(r)
+	client, e := st.authorize(r, ep)
 	if e != nil {
 		// A client without a valid key gets nothing more from this
 		// connection: not its body read, nor an idle keep-alive slot.
@@ -135,7 +143,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		x.fail(m.notServedFor(x.api))
 		return
 	}
-	x.stream = ep == epChat && (forceStream || req.stream)
+	x.stream = ep.streams() && (forceStream || req.stream)
 	x.includeUsage = req.includeUsage
 	x.reqBytes, x.reqBody, x.maxTokens, x.n = len(b), b, req.maxTokens, req.choices
 	if x.fromCache(b, &req) {
@@ -345,7 +353,7 @@ func (x *exchange) fail(e *apiError) {
 		unreadBody(x.w, x.r)
 	}
 	x.closeIfDraining()
-	writeError(x.w, e)
+	x.ep.errorFormat().write(x.w, e)
 	x.committed = true
 }
 
@@ -369,7 +377,9 @@ func (x *exchange) closeIfDraining() {
 // relays the answer to the client.
 func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *request) route.Attempt {
 	u := t.Upstream
-	data, usageAdded := upstreamBody(b, req, t.Model, x.stream)
+	// Only chat streams are edited (stream forced, usage asked for):
+	// Anthropic's always carry usage.
+	data, usageAdded := upstreamBody(b, req, t.Model, x.stream && x.ep == epChat)
 	actx, cancel := context.WithTimeout(ctx, u.Timeout)
 	defer cancel()
 
@@ -391,7 +401,10 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		"X-Request-Id": {x.rid},
 	}
 	if a, ok := x.st.authHeader[u]; ok {
-		hreq.Header["Authorization"] = a
+		hreq.Header[a.name] = a.value
+	}
+	if x.ep.errorFormat() == formatAnthropic {
+		x.anthropicHeaders(hreq.Header)
 	}
 
 	key := x.st.upstreamKey[u]
@@ -544,7 +557,7 @@ func (x *exchange) answerWhole(u *route.Upstream, resp *http.Response, data []by
 			return x.replayAsStream(u, resp, data)
 		}
 	} else {
-		data, ct = clientErrorBody(u, x.keyStr, resp.StatusCode, data, ct)
+		data, ct = clientErrorBody(u, x.keyStr, resp.StatusCode, data, ct, x.ep.errorFormat())
 	}
 	cacheable := resp.StatusCode == http.StatusOK && x.cacheKey != "" && cacheableAnswer(x.ep, ct, data)
 	h := x.w.Header()
@@ -610,6 +623,9 @@ func setWriteDeadline(w http.ResponseWriter, t time.Time) {
 // expects events, so it gets the answer as events, as from the cache.
 // Anything else is a failure of this upstream, and the next one is tried.
 func (x *exchange) replayAsStream(u *route.Upstream, resp *http.Response, data []byte) route.Attempt {
+	if x.ep != epChat {
+		return route.Attempt{Err: errors.New("answered a stream request with a whole answer, not events"), Fallback: true}
+	}
 	events, err := cache.StreamReplay(data, x.includeUsage)
 	if err != nil {
 		// The parser's own words (offsets, Go's messages) are no use to
@@ -643,7 +659,12 @@ func (x *exchange) replayAsStream(u *route.Upstream, resp *http.Response, data [
 // less the gateway's key should it echo it, or, for anything else (an HTML
 // page from a proxy in front of it), the gist in OpenAI's shape, which
 // clients' SDKs can parse.
-func clientErrorBody(u *route.Upstream, key string, code int, data []byte, ct string) ([]byte, string) {
+func clientErrorBody(u *route.Upstream, key string, code int, data []byte, ct string, f errorFormat) ([]byte, string) {
+	if f == formatAnthropic && !anthropicShaped(data) {
+		// An OpenAI-shaped (or any other) refusal, told in the shape the
+		// client's Anthropic SDK parses.
+		return append(anthropicErrorBody(code, upstreamRefusal(u, key, code, data)), '\n'), "application/json"
+	}
 	if gjson.GetBytes(data, "error").IsObject() {
 		if len(key) < minKeyForErrors || (!bytes.Contains(data, []byte(key)) && len(data) > maxFragmentScan) {
 			return data, ct
@@ -656,17 +677,27 @@ func clientErrorBody(u *route.Upstream, key string, code int, data []byte, ct st
 		}
 		return []byte(s), ct
 	}
-	// Only the start is shown: a long page is not copied whole to be cut.
-	head := data[:min(len(data), 4*errorTextLimit)]
-	gist := strings.TrimSpace(scrubErrorText(string(head), key, errorTextLimit, len(head) < len(data)))
+	body, _ := json.Marshal(struct {
+		Error *apiError `json:"error"`
+	}{&apiError{Type: typeInvalidRequest, Code: "upstream_rejected_request", Message: upstreamRefusal(u, key, code, data)}})
+	return append(body, '\n'), "application/json"
+}
+
+// upstreamRefusal words an upstream's refusal for the client: its
+// error.message when it has one, else the start of its body, less the key.
+func upstreamRefusal(u *route.Upstream, key string, code int, data []byte) string {
+	gist := gjson.GetBytes(data, "error.message").Str
+	if gist == "" {
+		// Only the start is shown: a long page is not copied whole to be cut.
+		head := data[:min(len(data), 4*errorTextLimit)]
+		gist = strings.TrimSpace(scrubErrorText(string(head), key, errorTextLimit, len(head) < len(data)))
+	} else {
+		gist = scrubErrorText(gist, key, errorTextLimit, false)
+	}
 	if gist != "" {
 		gist = ": " + gist
 	}
-	body, _ := json.Marshal(struct {
-		Error *apiError `json:"error"`
-	}{&apiError{Type: typeInvalidRequest, Code: "upstream_rejected_request",
-		Message: fmt.Sprintf("Upstream %s refused the request with HTTP %d%s", u.Name, code, gist)}})
-	return append(body, '\n'), "application/json"
+	return fmt.Sprintf("Upstream %s refused the request with HTTP %d%s", u.Name, code, gist)
 }
 
 func (x *exchange) setUpstreamHeaders(u *route.Upstream, resp *http.Response) {
@@ -736,10 +767,10 @@ func (x *exchange) finish() {
 		if x.usageSuspicious {
 			x.suspicious()
 		} else if x.usageKnown {
-			cost := x.price.Cost(x.prompt, x.completion)
+			cost := x.price.UsageCost(x.billed())
 			ref, hasRef := 0.0, x.reference != nil
 			if hasRef {
-				ref = x.reference.Cost(x.prompt, x.completion)
+				ref = x.reference.UsageCost(x.billed())
 			}
 			s.metrics.Usage(x.model, x.api, x.upstream, x.prompt, x.completion, cost, ref, hasRef)
 			x.chargeTokens()

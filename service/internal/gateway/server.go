@@ -215,6 +215,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveProxy(w, r, epChat, true)
 	case "/v1/embeddings":
 		s.serveProxy(w, r, epEmbeddings, false)
+	case "/v1/messages":
+		s.serveProxy(w, r, epMessages, false)
+	case "/v1/messages/count_tokens":
+		s.serveProxy(w, r, epCountTokens, false)
 	case "/v1/models":
 		s.serveModels(w, r)
 	case "/health", "/healthz":
@@ -240,7 +244,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // handler that reads request bodies.
 func proxyPath(path string) bool {
 	switch path {
-	case "/v1/chat/completions", "/v1/chat/completions/stream", "/v1/embeddings":
+	case "/v1/chat/completions", "/v1/chat/completions/stream", "/v1/embeddings",
+		"/v1/messages", "/v1/messages/count_tokens":
 		return true
 	}
 	return false
@@ -312,17 +317,28 @@ func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
 		Message: "Unknown request URL: " + r.Method + " " + sanitizePath(r.URL.Path) + "."})
 }
 
-// authorize checks the Bearer key in constant time against every
+// authorize checks the client's key in constant time against every
 // configured key (no early exit, so timing does not tell which key or how
 // much of it matched). It returns an opaque client id for rate limits.
-func (st *state) authorize(r *http.Request) (client string, e *apiError) {
+// Anthropic-format clients (their SDKs, Claude Code) send the key as
+// x-api-key, so the Messages endpoints take it there too.
+func (st *state) authorize(r *http.Request, ep endpoint) (client string, e *apiError) {
 	if len(st.keys) == 0 {
 		return "open", nil
 	}
 	sum, ok := bearerSum(r)
+	how := "'Authorization: Bearer YOUR_KEY'"
+	switch ep.errorFormat() {
+	case formatAnthropic:
+		// Anthropic's SDKs and Claude Code send the key as x-api-key.
+		how = "'x-api-key: YOUR_KEY' or " + how
+		if !ok {
+			sum, ok = xAPIKeySum(r)
+		}
+	}
 	if !ok {
 		return "", &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
-			Message: "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."}
+			Message: "You didn't provide an API key. Send it as " + how + "."}
 	}
 	if !matchKey(sum, st.keys) {
 		return "", &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
@@ -340,6 +356,15 @@ func bearerSum(r *http.Request) (sum [sha256.Size]byte, ok bool) {
 		return sum, false
 	}
 	return sha256.Sum256([]byte(strings.TrimSpace(h[len(prefix):]))), true
+}
+
+// xAPIKeySum is the SHA-256 of the request's x-api-key header.
+func xAPIKeySum(r *http.Request) (sum [sha256.Size]byte, ok bool) {
+	k := strings.TrimSpace(r.Header.Get("X-Api-Key"))
+	if len(k) == 0 {
+		return sum, false
+	}
+	return sha256.Sum256([]byte(k)), true
 }
 
 // matchKey compares sum with every key in constant time, with no early exit.

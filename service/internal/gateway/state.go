@@ -32,7 +32,7 @@ type state struct {
 	// shared slice costs no allocation per request (net/http never
 	// modifies header values it is given).
 	nameHeader map[*route.Upstream][]string
-	authHeader map[*route.Upstream][]string
+	authHeader map[*route.Upstream]authHeader
 
 	// refs counts the requests running on this state (Server.acquire).
 	// Once a reload has retired it, the connection pools it has and the
@@ -48,6 +48,13 @@ type state struct {
 	// budget bounds the memory of all whole answers held at once; a
 	// reload keeps it unless its size changed (Server.apply).
 	budget *byteBudget
+}
+
+// authHeader is how an upstream takes the gateway's key: the header's
+// canonical name and its value.
+type authHeader struct {
+	name  string
+	value []string
 }
 
 type model struct {
@@ -86,7 +93,7 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 		modelJSON:  make(map[string][]byte, len(cfg.Models)),
 		cors:       newCORS(cfg.CORS),
 		nameHeader: map[*route.Upstream][]string{},
-		authHeader: map[*route.Upstream][]string{},
+		authHeader: map[*route.Upstream]authHeader{},
 		policy: route.Policy{
 			Attempts:   cfg.Retry.Attempts,
 			BackoffMin: cfg.Retry.BackoffMin.D(),
@@ -116,7 +123,7 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 			Timeout:  uc.Timeout.D(),
 			Disabled: uc.Disabled,
 		}
-		if uc.APIKey != "" {
+		if uc.APIKey != "" && uc.Auth != config.AuthXAPIKey {
 			u.Auth = "Bearer " + uc.APIKey
 		}
 		if o, ok := old[uc.Name]; ok && o.BaseURL == u.BaseURL && sameTransport(prev.cfg, cfg, uc.Name) {
@@ -132,8 +139,12 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 		byName[u.Name] = u
 		apis[u] = uc.APIs
 		st.nameHeader[u] = []string{u.Name}
-		if u.Auth != "" {
-			st.authHeader[u] = []string{u.Auth}
+		if uc.APIKey != "" {
+			a := authHeader{name: "Authorization", value: []string{u.Auth}}
+			if uc.Auth == config.AuthXAPIKey {
+				a = authHeader{name: "X-Api-Key", value: []string{uc.APIKey}}
+			}
+			st.authHeader[u] = a
 			st.upstreamKey[u], st.upstreamKeyStr[u] = []byte(uc.APIKey), uc.APIKey
 		}
 	}
@@ -157,7 +168,7 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 			t := route.Target{
 				Upstream: byName[e.Upstream],
 				Model:    e.Model,
-				Price:    route.Price{InputPerMTok: p.InputPerMTok, OutputPerMTok: p.OutputPerMTok},
+				Price:    routePrice(p),
 			}
 			m.chain = append(m.chain, t)
 			for _, api := range apis[t.Upstream] {
@@ -165,7 +176,8 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 			}
 		}
 		if rp := mc.ReferencePrice; rp != nil {
-			m.reference = &route.Price{InputPerMTok: rp.InputPerMTok, OutputPerMTok: rp.OutputPerMTok}
+			ref := routePrice(*rp)
+			m.reference = &ref
 		}
 		st.models[m.name] = m
 		entry := modelEntry{ID: mc.Name, Object: "model", Created: created, OwnedBy: "relaygate"}
@@ -174,6 +186,11 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 	}
 	st.modelsJSON, _ = json.Marshal(list)
 	return st
+}
+
+func routePrice(p config.Price) route.Price {
+	return route.Price{InputPerMTok: p.InputPerMTok, OutputPerMTok: p.OutputPerMTok,
+		CacheWritePerMTok: p.CacheWrite(), CacheReadPerMTok: p.CacheRead()}
 }
 
 func sameTransport(a, b *config.Config, name string) bool {

@@ -81,7 +81,22 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 		x.upstreamWait += time.Since(tr)
 		filled += n
 
-		if end := completeEvents(buf[:filled]); end > 0 && (committed || hasData(buf[:end])) {
+		end := completeEvents(buf[:filled])
+		commit := committed
+		if !commit && end > 0 {
+			if x.ep != epMessages {
+				commit = hasData(buf[:end])
+			} else {
+				var failed []byte
+				if commit, failed = messagesCommit(buf[:end]); failed != nil {
+					// Before the commit point: as good as a failed
+					// connection, so it is retried or falls back.
+					return route.Attempt{Err: fmt.Errorf("stream error event before its first content (%s)", streamErrorText(failed, x.keyStr)),
+						Retryable: true}
+				}
+			}
+		}
+		if commit && end > 0 {
 			if !committed {
 				x.commitStream(u, resp)
 				committed = true
@@ -91,7 +106,7 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 			// blank line), so this finds every copy the upstream sent.
 			events := redactAnswer(buf[:end], x.key)
 			werr := x.writeEvents(events, usageAdded)
-			done := hasDone(events)
+			done := x.msgStopped || (x.ep != epMessages && hasDone(events))
 			filled = copy(buf, buf[end:filled])
 			if werr == nil {
 				werr = rc.Flush()
@@ -118,6 +133,11 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 				setWriteDeadline(x.w, time.Now().Add(idle))
 				_ = x.writeEvents(redactAnswer(buf[:filled], x.key), usageAdded)
 				_ = rc.Flush()
+			}
+			if x.ep == epMessages && !x.msgStopped {
+				// A Messages stream is whole only with message_stop:
+				// without it the client must not take it for one.
+				return route.Attempt{Err: errors.New("stream ended before message_stop"), Retryable: true, Committed: true}
 			}
 			return route.Attempt{}
 		}
@@ -227,6 +247,9 @@ func hasDone(b []byte) bool {
 // client's behalf, that extra event (usage with empty choices) is dropped
 // so clients that index choices[0] of every chunk keep working.
 func (x *exchange) writeEvents(b []byte, usageAdded bool) error {
+	if x.ep == epMessages {
+		return x.writeMessageEvents(b)
+	}
 	if !hasUsageObject(b) {
 		_, err := x.w.Write(b)
 		return err
@@ -330,14 +353,18 @@ func (x *exchange) breakStream(err error) {
 		cause = ex.Failures[len(ex.Failures)-1].Err
 	}
 	text := fmt.Sprintf("The stream from upstream %s broke after it started: %v. The answer so far is incomplete; retry the request.", x.upstream, cause)
-	msg, _ := json.Marshal(map[string]any{"error": map[string]any{
-		"message": text,
-		"type":    typeUpstream,
-		"code":    "stream_interrupted",
-	}})
-	_, _ = x.w.Write([]byte("data: "))
-	_, _ = x.w.Write(msg)
-	_, _ = x.w.Write([]byte("\n\n"))
+	if x.ep.errorFormat() == formatAnthropic {
+		x.breakAnthropicStream(text)
+	} else {
+		msg, _ := json.Marshal(map[string]any{"error": map[string]any{
+			"message": text,
+			"type":    typeUpstream,
+			"code":    "stream_interrupted",
+		}})
+		_, _ = x.w.Write([]byte("data: "))
+		_, _ = x.w.Write(msg)
+		_, _ = x.w.Write([]byte("\n\n"))
+	}
 	_ = http.NewResponseController(x.w).Flush()
 	x.errMsg = text
 	// Counted as 502: the client did not get a whole answer.

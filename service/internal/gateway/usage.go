@@ -45,6 +45,8 @@ const (
 var referenceMarks = [][]byte{
 	[]byte(`"image_url"`), []byte(`"input_image"`), []byte(`"file"`), []byte(`"file_id"`),
 	[]byte(`"input_file"`), []byte(`"input_audio"`), []byte(`"audio_url"`), []byte(`"video_url"`),
+	// Anthropic's image and document blocks by URL ({"type":"url","url":…}).
+	[]byte(`"url"`),
 }
 
 // promptBound is the most prompt tokens the request could hold.
@@ -60,7 +62,7 @@ func promptBound(body []byte) int64 {
 // completionBound is the most completion tokens the request could produce,
 // given the reasoning tokens the answer reports.
 func (x *exchange) completionBound(reasoning int64) int64 {
-	if x.ep == epEmbeddings {
+	if x.ep == epEmbeddings || x.ep == epCountTokens {
 		return 0
 	}
 	n := min(max(x.n, 1), maxChoices)
@@ -84,6 +86,10 @@ func (x *exchange) believable(prompt, completion, reasoning int64) bool {
 // readUsage takes token counts from an answer's usage object; an answer
 // without one stays unknown rather than being estimated.
 func (x *exchange) readUsage(data []byte) {
+	if x.ep.errorFormat() == formatAnthropic {
+		x.readMessageUsage(data)
+		return
+	}
 	u := gjson.GetBytes(data, "usage")
 	if !u.IsObject() {
 		return
@@ -137,6 +143,11 @@ func cacheableAnswer(ep endpoint, contentType string, data []byte) bool {
 	case epEmbeddings:
 		r := gjson.GetManyBytes(data, "object", "data")
 		return r[0].Str == "list" && r[1].IsArray() && r[1].Get("0").IsObject()
+	case epMessages:
+		r := gjson.GetManyBytes(data, "type", "role", "content")
+		return r[0].Str == "message" && r[1].Str == "assistant" && r[2].IsArray()
+	case epCountTokens:
+		return gjson.GetBytes(data, "input_tokens").Type == gjson.Number
 	}
 	return false
 }

@@ -51,6 +51,40 @@ func TestUsageBounds(t *testing.T) {
 	}
 }
 
+// messageJSON is a whole Messages answer as Anthropic sends it.
+const messageJSON = `{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":5,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":2}}`
+
+// TestMessageUsageBounds: Messages' usage is bounded as chat's, the
+// prompt bound covering input and cache tokens together and max_tokens
+// bounding the output; absurd usage is counted, not billed.
+func TestMessageUsageBounds(t *testing.T) {
+	const body = `{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`
+	cases := []struct {
+		name  string
+		usage string
+		want  bool
+	}{
+		{"honest, with cache tokens", `{"input_tokens":5,"cache_creation_input_tokens":1000,"cache_read_input_tokens":2000,"output_tokens":100}`, true},
+		{"output over max_tokens", `{"input_tokens":5,"output_tokens":5000}`, false},
+		{"cache reads the body could not hold", `{"input_tokens":5,"cache_read_input_tokens":100000,"output_tokens":1}`, false},
+		{"negative cache write", `{"input_tokens":5000,"cache_creation_input_tokens":-4990,"output_tokens":1}`, false},
+		{"counts that would wrap around", `{"input_tokens":9223372036854775807,"cache_creation_input_tokens":9223372036854775807,"cache_read_input_tokens":2,"output_tokens":1}`, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, e := parseRequest([]byte(body), epMessages)
+			if e != nil {
+				t.Fatal(e)
+			}
+			x := exchange{ep: epMessages, reqBytes: len(body), reqBody: []byte(body), maxTokens: req.maxTokens, msgUsage: noMessageUsage}
+			x.readUsage([]byte(`{"type":"message","usage":` + tc.usage + `}`))
+			if x.usageKnown != tc.want || x.usageSuspicious == tc.want {
+				t.Errorf("known %t, suspicious %t; want known %t", x.usageKnown, x.usageSuspicious, tc.want)
+			}
+		})
+	}
+}
+
 // TestAbsurdUsageIsNotBilled: an answer reporting 2³¹-1 tokens adds
 // nothing to the cost and the token counts, and counts as suspicious.
 func TestAbsurdUsageIsNotBilled(t *testing.T) {
@@ -91,6 +125,12 @@ func TestCacheableAnswer(t *testing.T) {
 		{epChat, "application/json", completionJSON[:len(completionJSON)-1], false},
 		{epEmbeddings, "application/json", `{"object":"list","data":[{"object":"embedding","embedding":[0.1]}]}`, true},
 		{epEmbeddings, "application/json", completionJSON, false},
+		{epMessages, "application/json", messageJSON, true},
+		{epMessages, "application/json", completionJSON, false},
+		{epMessages, "application/json", `{"type":"error","error":{"type":"api_error","message":"x"}}`, false},
+		{epChat, "application/json", messageJSON, false},
+		{epCountTokens, "application/json", `{"input_tokens":12}`, true},
+		{epCountTokens, "application/json", messageJSON, false},
 	}
 	for i, tc := range cases {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {

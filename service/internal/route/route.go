@@ -35,8 +35,18 @@ func (u *Upstream) Available() bool {
 	return u.Disabled == "" && u.Breaker.Admits()
 }
 
-// Price is in US dollars per million tokens.
-type Price struct{ InputPerMTok, OutputPerMTok float64 }
+// Price is in US dollars per million tokens. Prompt caching is priced
+// apart, as vendors bill it: writing a prefix into the cache costs more
+// than plain input, reading it back far less.
+type Price struct {
+	InputPerMTok, OutputPerMTok         float64
+	CacheWritePerMTok, CacheReadPerMTok float64
+}
+
+// Usage is one answer's tokens as a vendor bills them. Input excludes the
+// cache's tokens (Anthropic's input_tokens), so the four add up to the
+// whole prompt and output.
+type Usage struct{ Input, CacheWrite, CacheRead, Output int }
 
 // Target is one link of a model's chain.
 type Target struct {
@@ -308,4 +318,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 // Cost is what prompt and completion tokens cost at p, in dollars.
 func (p Price) Cost(prompt, completion int) float64 {
 	return (float64(prompt)*p.InputPerMTok + float64(completion)*p.OutputPerMTok) / 1e6
+}
+
+// UsageCost is what u costs at p, in dollars: each kind of token at its own
+// price, the vendor's arithmetic.
+func (p Price) UsageCost(u Usage) float64 {
+	return (float64(u.Input)*p.InputPerMTok + float64(u.CacheWrite)*p.CacheWritePerMTok +
+		float64(u.CacheRead)*p.CacheReadPerMTok + float64(u.Output)*p.OutputPerMTok) / 1e6
 }

@@ -412,3 +412,29 @@ func TestExhaustedVerdicts(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestUsageCost is Anthropic's arithmetic: each kind of token at its own
+// price, and Cost the same as UsageCost without cache tokens.
+func TestUsageCost(t *testing.T) {
+	p := Price{InputPerMTok: 3, OutputPerMTok: 15, CacheWritePerMTok: 3.75, CacheReadPerMTok: 0.30}
+	tests := []struct {
+		name string
+		u    Usage
+		want float64
+	}{
+		{"input and output", Usage{Input: 1_000_000, Output: 1_000_000}, 18},
+		{"cache write", Usage{CacheWrite: 2_000_000}, 7.5},
+		{"cache read", Usage{CacheRead: 10_000_000}, 3},
+		{"all four", Usage{Input: 100, CacheWrite: 1000, CacheRead: 5000, Output: 200}, (100*3 + 1000*3.75 + 5000*0.30 + 200*15) / 1e6},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := p.UsageCost(tc.u); math.Abs(got-tc.want) > 1e-12 {
+				t.Errorf("UsageCost(%+v) = %v, want %v", tc.u, got, tc.want)
+			}
+		})
+	}
+	if a, b := p.Cost(123, 456), p.UsageCost(Usage{Input: 123, Output: 456}); a != b {
+		t.Errorf("Cost %v != UsageCost %v", a, b)
+	}
+}

@@ -56,6 +56,12 @@ type Config struct {
 	// after CutAfterChunks events (0: right after the headers), without [DONE].
 	HangRate, ResetRate, CutRate float64
 	CutAfterChunks               int
+
+	// ErrorAfterStartRate is the share of Messages streams that send
+	// message_start and ping, then an overloaded_error event, and end: the
+	// failure a gateway must still fall back on, since no content has
+	// reached its client.
+	ErrorAfterStartRate float64
 }
 
 // settings is a Config with defaults applied and everything the hot path
@@ -101,6 +107,7 @@ func newSettings(cfg Config, created int64) *settings {
 	s.HangRate = clampRate(s.HangRate)
 	s.ResetRate = clampRate(s.ResetRate)
 	s.CutRate = clampRate(s.CutRate)
+	s.ErrorAfterStartRate = clampRate(s.ErrorAfterStartRate)
 
 	if len(s.Models) > 0 {
 		s.models = make(map[string]struct{}, len(s.Models))
@@ -144,6 +151,10 @@ func (s *settings) knownModel(model string) bool {
 func (s *settings) authorized(r *http.Request) bool {
 	if s.key == nil {
 		return true
+	}
+	if k := r.Header["X-Api-Key"]; len(k) > 0 {
+		// Anthropic's clients send their key here.
+		return len(k) == 1 && subtle.ConstantTimeCompare([]byte(k[0]), s.key) == 1
 	}
 	got := r.Header["Authorization"]
 	if len(got) != 1 {

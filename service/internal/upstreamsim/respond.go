@@ -74,6 +74,10 @@ type apiError struct {
 func (e apiError) write(w http.ResponseWriter) error {
 	bp := getBuf()
 	defer putBuf(bp)
+	if _, ok := w.(anthropicWriter); ok {
+		*bp = appendAnthropicError(*bp, e.status, e.message)
+		return writeJSON(w, e.status, *bp)
+	}
 	b := append(*bp, `{"error":{"message":`...)
 	b = appendJSONString(b, e.message)
 	b = append(b, `,"type":`...)

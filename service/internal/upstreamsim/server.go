@@ -8,8 +8,8 @@
 // do. Latency, jitter, error statuses, hangs, connection resets and cut
 // streams are drawn per request from a seeded generator.
 //
-// Latency and faults apply to chat completions and embeddings, the requests a
-// gateway retries and falls back on. /v1/models answers at once, and the
+// Latency and faults apply to chat completions, embeddings and Messages
+// (messages.go), the requests a gateway retries and falls back on. /v1/models answers at once, and the
 // /sim/ endpoints (stats and reset) are never delayed, faulted or
 // authenticated.
 package upstreamsim
@@ -39,7 +39,8 @@ type Server struct {
 	cfg     atomic.Pointer[settings]
 	seq     atomic.Uint64 // request sequence, mixed with Config.Seed per request
 	stats   counters
-	started int64 // Unix seconds, the "created" time of the listed models
+	pcache  promptCache // Messages' prompt cache (messages.go)
+	started int64       // Unix seconds, the "created" time of the listed models
 }
 
 // New returns a simulator configured by cfg.
@@ -76,6 +77,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/embeddings", "/embeddings":
 		s.stats.embeddings.Add(1)
 		s.serveEmbeddings(w, r)
+	case "/v1/messages", "/messages":
+		s.stats.messages.Add(1)
+		s.serveMessages(w, r, false)
+	case "/v1/messages/count_tokens", "/messages/count_tokens":
+		s.stats.countTokens.Add(1)
+		s.serveMessages(w, r, true)
 	case "/v1/models", "/models":
 		s.stats.models.Add(1)
 		s.serveModels(w, r)
@@ -348,5 +355,6 @@ func (s *Server) serveReset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.stats.zero()
+	s.pcache.reset()
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -7,6 +7,8 @@ const (
 	EndpointChatCompletions = "chat_completions"
 	EndpointEmbeddings      = "embeddings"
 	EndpointModels          = "models"
+	EndpointMessages        = "messages"
+	EndpointCountTokens     = "count_tokens"
 	EndpointOther           = "other" // unknown paths, answered 404
 )
 
@@ -16,6 +18,8 @@ const (
 	FaultHang    = "hang"
 	FaultReset   = "reset"
 	FaultCut     = "cut"
+	// FaultErrorEvent: a Messages stream's error event after message_start.
+	FaultErrorEvent = "error_event"
 )
 
 // Rejection reasons used as keys of Stats.Rejected: requests refused before
@@ -53,9 +57,10 @@ type Stats struct {
 }
 
 type counters struct {
-	chat, embeddings, models, other                             atomic.Uint64
+	chat, embeddings, models, other, messages, countTokens      atomic.Uint64
 	badRequest, unauthorized, modelNotFound, notAllowed, tooBig atomic.Uint64
 	faultFailure, faultHang, faultReset, faultCut               atomic.Uint64
+	faultErrorEvent                                             atomic.Uint64
 	streamsStarted, streamsCompleted, cancelled                 atomic.Uint64
 	inFlight                                                    atomic.Int64
 }
@@ -66,6 +71,8 @@ func (c *counters) snapshot() Stats {
 			EndpointChatCompletions: c.chat.Load(),
 			EndpointEmbeddings:      c.embeddings.Load(),
 			EndpointModels:          c.models.Load(),
+			EndpointMessages:        c.messages.Load(),
+			EndpointCountTokens:     c.countTokens.Load(),
 			EndpointOther:           c.other.Load(),
 		},
 		Rejected: map[string]uint64{
@@ -76,10 +83,11 @@ func (c *counters) snapshot() Stats {
 			RejectTooLarge:         c.tooBig.Load(),
 		},
 		Faults: map[string]uint64{
-			FaultFailure: c.faultFailure.Load(),
-			FaultHang:    c.faultHang.Load(),
-			FaultReset:   c.faultReset.Load(),
-			FaultCut:     c.faultCut.Load(),
+			FaultFailure:    c.faultFailure.Load(),
+			FaultHang:       c.faultHang.Load(),
+			FaultReset:      c.faultReset.Load(),
+			FaultCut:        c.faultCut.Load(),
+			FaultErrorEvent: c.faultErrorEvent.Load(),
 		},
 		StreamsStarted:   c.streamsStarted.Load(),
 		StreamsCompleted: c.streamsCompleted.Load(),
@@ -90,9 +98,9 @@ func (c *counters) snapshot() Stats {
 
 func (c *counters) zero() {
 	for _, v := range []*atomic.Uint64{
-		&c.chat, &c.embeddings, &c.models, &c.other,
+		&c.chat, &c.embeddings, &c.models, &c.other, &c.messages, &c.countTokens,
 		&c.badRequest, &c.unauthorized, &c.modelNotFound, &c.notAllowed, &c.tooBig,
-		&c.faultFailure, &c.faultHang, &c.faultReset, &c.faultCut,
+		&c.faultFailure, &c.faultHang, &c.faultReset, &c.faultCut, &c.faultErrorEvent,
 		&c.streamsStarted, &c.streamsCompleted, &c.cancelled,
 	} {
 		v.Store(0)
