@@ -80,6 +80,10 @@ type Upstream struct {
 	ConnectTimeout Duration `yaml:"connect_timeout"`
 	// MaxIdleConns bounds the keep-alive pool to this upstream.
 	MaxIdleConns int `yaml:"max_idle_conns"`
+	// ResponseRetention is how long the upstream keeps stored Responses
+	// API responses (OpenAI: 30 days); the gateway remembers which
+	// upstream created a response id for as long.
+	ResponseRetention Duration `yaml:"response_retention"`
 
 	// Disabled says why the upstream is out of every route (empty: in
 	// service). Set by the loader, not read from YAML.
@@ -108,6 +112,9 @@ type RouteEntry struct {
 type Price struct {
 	InputPerMTok  float64 `yaml:"input_per_mtok"`
 	OutputPerMTok float64 `yaml:"output_per_mtok"`
+	// CacheReadPerMTok prices input tokens the upstream served from its
+	// prompt cache (OpenAI's cached_tokens); nil bills them as input.
+	CacheReadPerMTok *float64 `yaml:"cache_read_per_mtok"`
 }
 
 // Retry bounds the attempts on one upstream before falling back.
@@ -212,6 +219,8 @@ const (
 	DefaultCacheTimeout        = 50 * time.Millisecond
 	DefaultGPUInterval         = 10 * time.Second
 	DefaultMaxIdleConns        = 256
+	// DefaultResponseRetention is how long OpenAI keeps stored responses.
+	DefaultResponseRetention = 30 * 24 * time.Hour
 	// DefaultBufferBudgetBytes fits the largest embeddings answer (up to
 	// 192 MiB) and a few chat answers beside it.
 	DefaultBufferBudgetBytes = 256 << 20
@@ -245,6 +254,7 @@ func (c *Config) applyDefaults() {
 		if u.MaxIdleConns == 0 {
 			u.MaxIdleConns = DefaultMaxIdleConns
 		}
+		setDur(&u.ResponseRetention, DefaultResponseRetention)
 	}
 	if c.Retry.Attempts == 0 {
 		c.Retry.Attempts = DefaultAttempts

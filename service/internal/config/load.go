@@ -436,6 +436,9 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 		if u.MaxIdleConns < 0 {
 			l.fail(p+".max_idle_conns", "must not be negative")
 		}
+		if u.ResponseRetention < 0 {
+			l.fail(p+".response_retention", "must not be negative")
+		}
 	}
 
 	if len(c.Models) == 0 {
@@ -528,7 +531,7 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 }
 
 func (l *loader) checkPrice(path string, p Price) {
-	if p.InputPerMTok < 0 || p.OutputPerMTok < 0 {
+	if p.InputPerMTok < 0 || p.OutputPerMTok < 0 || p.CacheReadPerMTok != nil && *p.CacheReadPerMTok < 0 {
 		l.fail(path, "prices must not be negative")
 	}
 }

@@ -107,6 +107,7 @@ type gwOpts struct {
 	maxBody   int
 	logBuffer *bytes.Buffer
 	backoff   string // backoff_max
+	price     string // model m's price; {input_per_mtok: 1, output_per_mtok: 2} when empty
 }
 
 // newGateway serves a gateway whose model "m" routes through the given
@@ -159,7 +160,10 @@ func gatewayConfig(t *testing.T, o gwOpts, ups ...*fakeUpstream) *config.Config 
 	if o.routeA != "" {
 		route = o.routeA
 	}
-	fmt.Fprintf(&y, "models:\n  - name: m\n    route: [%s]\n    price: {input_per_mtok: 1, output_per_mtok: 2}\n    reference_price: {input_per_mtok: 3, output_per_mtok: 6}\n", route)
+	if o.price == "" {
+		o.price = "{input_per_mtok: 1, output_per_mtok: 2}"
+	}
+	fmt.Fprintf(&y, "models:\n  - name: m\n    route: [%s]\n    price: %s\n    reference_price: {input_per_mtok: 3, output_per_mtok: 6}\n", route, o.price)
 	if o.backoff == "" {
 		o.backoff = "5ms"
 	}

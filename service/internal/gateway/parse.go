@@ -18,14 +18,30 @@ type endpoint int
 const (
 	epChat endpoint = iota
 	epEmbeddings
+	epResponses
 )
 
 // upstreamPath is appended to an upstream's base URL (which ends in /v1).
 func (e endpoint) upstreamPath() string {
-	if e == epEmbeddings {
+	switch e {
+	case epEmbeddings:
 		return "/embeddings"
+	case epResponses:
+		return "/responses"
 	}
 	return "/chat/completions"
+}
+
+// api names the endpoint's API, as upstreams' apis: lists and the api
+// metric label spell it.
+func (e endpoint) api() string {
+	switch e {
+	case epEmbeddings:
+		return "embeddings"
+	case epResponses:
+		return "responses"
+	}
+	return "chat"
 }
 
 // request is what the gateway reads of a client's body: only the fields
@@ -47,9 +63,16 @@ type request struct {
 	temperatureZero bool
 	// objectStart is the offset just past the body's opening brace.
 	objectStart int
-	// maxTokens (the larger of max_tokens and max_completion_tokens, 0:
-	// unset) and choices (n) bound the usage an answer may report.
+	// maxTokens (the larger of max_tokens, max_completion_tokens and
+	// max_output_tokens, 0: unset) and choices (n) bound the usage an
+	// answer may report.
 	maxTokens, choices int64
+	// previousID is a Responses request's previous_response_id: the
+	// request must go to the upstream that created that response.
+	previousID string
+	// noStore: a Responses request with "store": false, whose response
+	// the upstream keeps nowhere, so there is no id to remember.
+	noStore bool
 }
 
 // bytesToString views b as a string without copying; b must not change
@@ -131,7 +154,25 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 			}
 		case "temperature":
 			req.temperatureZero = v.Type == gjson.Number && v.Num == 0
-		case "max_tokens", "max_completion_tokens", "n":
+		case "previous_response_id":
+			if ep != epResponses {
+				break
+			}
+			if v.Type != gjson.String && v.Type != gjson.Null {
+				typeErr = errBadRequest("invalid_type", "Invalid type for 'previous_response_id': expected a string, but got "+typeName(v)+".")
+				return false
+			}
+			req.previousID = v.Str
+		case "store":
+			if ep != epResponses {
+				break
+			}
+			if v.Type != gjson.True && v.Type != gjson.False && v.Type != gjson.Null {
+				typeErr = errBadRequest("invalid_type", "Invalid type for 'store': expected a boolean, but got "+typeName(v)+".")
+				return false
+			}
+			req.noStore = v.Type == gjson.False
+		case "max_tokens", "max_completion_tokens", "max_output_tokens", "n":
 			// Read for usage bounds only; the upstream judges the values.
 			if v.Type == gjson.Number && v.Num >= 1 && v.Num < 1<<53 {
 				if key.Str == "n" {
@@ -165,6 +206,14 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 	case epEmbeddings:
 		if !hasInput {
 			return req, errBadRequest("missing_input", "You must provide an 'input' parameter.")
+		}
+	case epResponses:
+		// input may be absent (a follow-up that only adds instructions,
+		// a stored prompt): the upstream judges that.
+		if req.previousID != "" && !validResponseID(req.previousID) {
+			e := errBadRequestParam("invalid_previous_response_id", "Invalid 'previous_response_id': "+
+				"expected an id such as 'resp_…' (letters, digits, '_' and '-', at most 128 characters).", "previous_response_id")
+			return req, e
 		}
 	}
 	return req, nil

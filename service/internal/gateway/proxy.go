@@ -69,6 +69,17 @@ type exchange struct {
 	maxTokens, n    int64
 	usageSuspicious bool
 	suspectUsage    [2]int64 // prompt, completion as the upstream gave them
+	cached          int      // prompt tokens served from the upstream's prompt cache
+
+	// Responses API (responses.go): the upstream the request is pinned
+	// to and the response id that pins it, a request about one stored
+	// response, whether the new response is kept, the id it got, and the
+	// stream's last sequence number.
+	pinned, pinnedID string
+	byID             *byIDRequest
+	noStore          bool
+	respID           string
+	lastSeq          int64
 }
 
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint, forceStream bool) {
@@ -129,7 +140,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		return
 	}
 	x.model, x.reference = m.name, m.reference
-	x.stream = ep == epChat && (forceStream || req.stream)
+	x.stream = ep != epEmbeddings && (forceStream || req.stream)
 	x.includeUsage = req.includeUsage
 	x.reqBytes, x.reqBody, x.maxTokens, x.n = len(b), b, req.maxTokens, req.choices
 	if x.fromCache(b, &req) {
@@ -137,8 +148,18 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	}
 	w.Header()["X-Cache"] = cacheHeaderValue(x.cacheResult)
 
+	chain := m.chain
+	if ep == epResponses {
+		x.noStore = req.noStore
+		if req.previousID != "" {
+			if chain, e = x.pinnedChain(m, req.previousID); e != nil {
+				x.fail(e)
+				return
+			}
+		}
+	}
 	hooks := route.Hooks{Retry: s.metrics.Retry, Fallback: s.metrics.Fallback, Attempt: s.recordAttempt}
-	out, err := m.chain.Run(r.Context(), st.policy, hooks, func(ctx context.Context, t *route.Target) route.Attempt {
+	out, err := chain.Run(r.Context(), st.policy, hooks, func(ctx context.Context, t *route.Target) route.Attempt {
 		return x.attempt(ctx, t, b, &req)
 	})
 	x.attempts = out.Attempts
@@ -151,6 +172,8 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		x.status, x.errMsg = 499, "client went away"
 	case x.committed:
 		x.breakStream(err)
+	case x.pinned != "":
+		x.failPinned(err)
 	case errors.As(err, &ex):
 		status, code := http.StatusBadGateway, "upstream_failed"
 		msg := fmt.Sprintf("Model %s could not be served: %s.", m.name, ex.Error())
@@ -321,17 +344,31 @@ func (x *exchange) closeIfDraining() {
 // relays the answer to the client.
 func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *request) route.Attempt {
 	u := t.Upstream
-	data, usageAdded := upstreamBody(b, req, t.Model, x.stream)
+	method, path := http.MethodPost, x.ep.upstreamPath()
+	var data []byte
+	usageAdded := false
+	switch {
+	case x.ep == epChat:
+		data, usageAdded = upstreamBody(b, req, t.Model, x.stream)
+	case x.byID != nil:
+		method, path = x.byID.method, x.byID.path
+	default:
+		// Only renamed: Responses streams carry usage in their last
+		// event, embeddings do not stream.
+		data, _ = upstreamBody(b, req, t.Model, false)
+	}
 	actx, cancel := context.WithTimeout(ctx, u.Timeout)
 	defer cancel()
 
-	hreq, err := http.NewRequestWithContext(actx, http.MethodPost, u.BaseURL+x.ep.upstreamPath(), nil)
+	hreq, err := http.NewRequestWithContext(actx, method, u.BaseURL+path, nil)
 	if err != nil {
 		return route.Attempt{Err: fmt.Errorf("building request: %w", err)}
 	}
-	hreq.Body = bodyReader(data)
-	hreq.ContentLength = int64(len(data))
-	hreq.GetBody = func() (io.ReadCloser, error) { return bodyReader(data), nil }
+	if data != nil {
+		hreq.Body = bodyReader(data)
+		hreq.ContentLength = int64(len(data))
+		hreq.GetBody = func() (io.ReadCloser, error) { return bodyReader(data), nil }
+	}
 	accept := hdrJSON
 	if x.stream {
 		accept = hdrEventStream
@@ -361,6 +398,9 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 	switch {
 	case code == http.StatusOK && x.stream && isEventStream(resp.Header.Get("Content-Type")):
 		x.price = t.Price
+		if x.ep == epResponses {
+			return x.relayResponsesStream(ctx, actx, cancel, u, resp, t0)
+		}
 		return x.relayStream(ctx, actx, cancel, u, resp, t0, usageAdded)
 	case code >= 200 && code < 300:
 		x.price = t.Price
@@ -386,6 +426,10 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 		x.waited(u, t0)
 		return route.Attempt{Err: &errUpstreamRefused{code: code}, Fallback: true}
+	case code == http.StatusNotFound && x.pinned != "":
+		// The upstream holding the response says it has no such
+		// response (deleted, expired): its word is final.
+		return x.relayWhole(ctx, actx, u, resp, t0)
 	case code == http.StatusNotFound:
 		// The gateway serves the model, so a 404 means this upstream does
 		// not (a relay without it, a base_url missing its /v1); the next
@@ -490,9 +534,14 @@ func (x *exchange) answerWhole(u *route.Upstream, resp *http.Response, data []by
 	}
 	if resp.StatusCode < 300 {
 		data = redactAnswer(data, x.key)
-		x.readUsage(data)
+		if x.byID == nil {
+			x.readUsage(data)
+		}
 		if x.stream {
 			return x.replayAsStream(u, resp, data)
+		}
+		if x.ep == epResponses {
+			x.record(u, gjson.GetBytes(data, "id").Str)
 		}
 	} else {
 		data, ct = clientErrorBody(u, x.keyStr, resp.StatusCode, data, ct)
@@ -561,6 +610,9 @@ func setWriteDeadline(w http.ResponseWriter, t time.Time) {
 // expects events, so it gets the answer as events, as from the cache.
 // Anything else is a failure of this upstream, and the next one is tried.
 func (x *exchange) replayAsStream(u *route.Upstream, resp *http.Response, data []byte) route.Attempt {
+	if x.ep == epResponses {
+		return route.Attempt{Err: errors.New("answered a stream request with a whole response, not events"), Fallback: true}
+	}
 	events, err := cache.StreamReplay(data, x.includeUsage)
 	if err != nil {
 		// The parser's own words (offsets, Go's messages) are no use to
@@ -679,7 +731,7 @@ func (x *exchange) finish() {
 		if x.usageKnown {
 			s.metrics.CacheSaving(x.model, x.savedByCache())
 		}
-	case x.answered:
+	case x.answered && x.byID == nil:
 		// Counted whatever became of the request afterwards: a client
 		// that hangs up once it has the answer (before the usage event,
 		// or mid-stream) has still been served, and the upstream still
@@ -687,10 +739,10 @@ func (x *exchange) finish() {
 		if x.usageSuspicious {
 			x.suspicious()
 		} else if x.usageKnown {
-			cost := x.price.Cost(x.prompt, x.completion)
+			cost := x.price.CostCached(x.prompt, x.cached, x.completion)
 			ref, hasRef := 0.0, x.reference != nil
 			if hasRef {
-				ref = x.reference.Cost(x.prompt, x.completion)
+				ref = x.reference.CostCached(x.prompt, x.cached, x.completion)
 			}
 			s.metrics.Usage(x.model, x.upstream, x.prompt, x.completion, cost, ref, hasRef)
 			x.chargeTokens()
@@ -717,6 +769,12 @@ func (x *exchange) finish() {
 		}
 		if x.usageKnown {
 			attrs = append(attrs, slog.Int("prompt_tokens", x.prompt), slog.Int("completion_tokens", x.completion))
+			if x.cached > 0 {
+				attrs = append(attrs, slog.Int("cached_tokens", x.cached))
+			}
+		}
+		if x.respID != "" || x.pinnedID != "" {
+			attrs = append(attrs, slog.String("response_id", x.respID), slog.String("pinned_to", x.pinnedID))
 		}
 		if x.errMsg != "" {
 			attrs = append(attrs, slog.String("error", x.errMsg))

@@ -129,17 +129,28 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 			m.chain = append(m.chain, route.Target{
 				Upstream: byName[e.Upstream],
 				Model:    e.Model,
-				Price:    route.Price{InputPerMTok: p.InputPerMTok, OutputPerMTok: p.OutputPerMTok},
+				Price:    routePrice(p),
 			})
 		}
 		if rp := mc.ReferencePrice; rp != nil {
-			m.reference = &route.Price{InputPerMTok: rp.InputPerMTok, OutputPerMTok: rp.OutputPerMTok}
+			ref := routePrice(*rp)
+			m.reference = &ref
 		}
 		st.models[m.name] = m
 		list.Data = append(list.Data, modelEntry{ID: mc.Name, Object: "model", Created: created, OwnedBy: "relaygate"})
 	}
 	st.modelsJSON, _ = json.Marshal(list)
 	return st
+}
+
+// routePrice is a configured price; cached input costs what input does
+// unless the config prices it.
+func routePrice(p config.Price) route.Price {
+	rp := route.Price{InputPerMTok: p.InputPerMTok, OutputPerMTok: p.OutputPerMTok, CachedInputPerMTok: p.InputPerMTok}
+	if p.CacheReadPerMTok != nil {
+		rp.CachedInputPerMTok = *p.CacheReadPerMTok
+	}
+	return rp
 }
 
 func sameTransport(a, b *config.Config, name string) bool {

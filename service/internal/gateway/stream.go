@@ -319,6 +319,10 @@ func emptyChoices(ev []byte) bool {
 // an error event in OpenAI's shape for clients that read it, then the
 // connection is cut (in finish) so no client mistakes it for a whole answer.
 func (x *exchange) breakStream(err error) {
+	if x.ep == epResponses {
+		x.breakResponsesStream(err)
+		return
+	}
 	msg, _ := json.Marshal(map[string]any{"error": map[string]any{
 		"message": "The upstream stream broke: " + err.Error(),
 		"type":    typeUpstream,

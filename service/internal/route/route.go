@@ -35,8 +35,10 @@ func (u *Upstream) Available() bool {
 	return u.Disabled == "" && u.Breaker.Admits()
 }
 
-// Price is in US dollars per million tokens.
-type Price struct{ InputPerMTok, OutputPerMTok float64 }
+// Price is in US dollars per million tokens. CachedInputPerMTok prices the
+// prompt tokens an upstream served from its prompt cache; the gateway sets
+// it to InputPerMTok when the config gives no cache price.
+type Price struct{ InputPerMTok, OutputPerMTok, CachedInputPerMTok float64 }
 
 // Target is one link of a model's chain.
 type Target struct {
@@ -251,6 +253,13 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// CostCached is Cost when cached of the prompt tokens came from the
+// upstream's prompt cache.
+func (p Price) CostCached(prompt, cached, completion int) float64 {
+	cached = min(max(cached, 0), prompt)
+	return (float64(prompt-cached)*p.InputPerMTok + float64(cached)*p.CachedInputPerMTok + float64(completion)*p.OutputPerMTok) / 1e6
 }
 
 // Cost is what prompt and completion tokens cost at p, in dollars.

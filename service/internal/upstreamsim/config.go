@@ -56,6 +56,15 @@ type Config struct {
 	// after CutAfterChunks events (0: right after the headers), without [DONE].
 	HangRate, ResetRate, CutRate float64
 	CutAfterChunks               int
+
+	// ReasoningTokens is how many reasoning tokens each Responses answer
+	// reports (within output_tokens, as OpenAI counts them), with a
+	// reasoning output item. FailAfterCreatedRate is the share of
+	// Responses streams that fail with response.failed right after
+	// response.created and response.in_progress, the failure that
+	// gateways which commit at the first byte cannot fall back from.
+	ReasoningTokens      int
+	FailAfterCreatedRate float64
 }
 
 // settings is a Config with defaults applied and everything the hot path
@@ -101,6 +110,8 @@ func newSettings(cfg Config, created int64) *settings {
 	s.HangRate = clampRate(s.HangRate)
 	s.ResetRate = clampRate(s.ResetRate)
 	s.CutRate = clampRate(s.CutRate)
+	s.FailAfterCreatedRate = clampRate(s.FailAfterCreatedRate)
+	s.ReasoningTokens = max(s.ReasoningTokens, 0)
 
 	if len(s.Models) > 0 {
 		s.models = make(map[string]struct{}, len(s.Models))

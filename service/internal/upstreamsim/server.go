@@ -40,6 +40,8 @@ type Server struct {
 	seq     atomic.Uint64 // request sequence, mixed with Config.Seed per request
 	stats   counters
 	started int64 // Unix seconds, the "created" time of the listed models
+	// responses holds stored Responses API responses (responses.go).
+	responses responseStore
 }
 
 // New returns a simulator configured by cfg.
@@ -76,6 +78,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/embeddings", "/embeddings":
 		s.stats.embeddings.Add(1)
 		s.serveEmbeddings(w, r)
+	case "/v1/responses", "/responses":
+		s.stats.responses.Add(1)
+		s.serveResponses(w, r)
 	case "/v1/models", "/models":
 		s.stats.models.Add(1)
 		s.serveModels(w, r)
@@ -84,6 +89,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/sim/reset":
 		s.serveReset(w, r)
 	default:
+		if rest, ok := strings.CutPrefix(strings.TrimPrefix(r.URL.Path, "/v1"), "/responses/"); ok && rest != "" {
+			s.stats.responses.Add(1)
+			s.serveResponseByID(w, r, rest)
+			return
+		}
 		s.stats.other.Add(1)
 		_ = apiError{
 			status:  http.StatusNotFound,

@@ -7,7 +7,8 @@ const (
 	EndpointChatCompletions = "chat_completions"
 	EndpointEmbeddings      = "embeddings"
 	EndpointModels          = "models"
-	EndpointOther           = "other" // unknown paths, answered 404
+	EndpointResponses       = "responses" // POST /v1/responses and the by-id endpoints
+	EndpointOther           = "other"     // unknown paths, answered 404
 )
 
 // Fault kinds used as keys of Stats.Faults.
@@ -16,6 +17,9 @@ const (
 	FaultHang    = "hang"
 	FaultReset   = "reset"
 	FaultCut     = "cut"
+	// FaultFailedAfterCreated: a Responses stream that sent
+	// response.created, then response.failed.
+	FaultFailedAfterCreated = "failed_after_created"
 )
 
 // Rejection reasons used as keys of Stats.Rejected: requests refused before
@@ -53,9 +57,10 @@ type Stats struct {
 }
 
 type counters struct {
-	chat, embeddings, models, other                             atomic.Uint64
+	chat, embeddings, models, other, responses                  atomic.Uint64
 	badRequest, unauthorized, modelNotFound, notAllowed, tooBig atomic.Uint64
 	faultFailure, faultHang, faultReset, faultCut               atomic.Uint64
+	faultFailedAfterCreated                                     atomic.Uint64
 	streamsStarted, streamsCompleted, cancelled                 atomic.Uint64
 	inFlight                                                    atomic.Int64
 }
@@ -65,6 +70,7 @@ func (c *counters) snapshot() Stats {
 		Requests: map[string]uint64{
 			EndpointChatCompletions: c.chat.Load(),
 			EndpointEmbeddings:      c.embeddings.Load(),
+			EndpointResponses:       c.responses.Load(),
 			EndpointModels:          c.models.Load(),
 			EndpointOther:           c.other.Load(),
 		},
@@ -76,10 +82,11 @@ func (c *counters) snapshot() Stats {
 			RejectTooLarge:         c.tooBig.Load(),
 		},
 		Faults: map[string]uint64{
-			FaultFailure: c.faultFailure.Load(),
-			FaultHang:    c.faultHang.Load(),
-			FaultReset:   c.faultReset.Load(),
-			FaultCut:     c.faultCut.Load(),
+			FaultFailure:            c.faultFailure.Load(),
+			FaultHang:               c.faultHang.Load(),
+			FaultReset:              c.faultReset.Load(),
+			FaultCut:                c.faultCut.Load(),
+			FaultFailedAfterCreated: c.faultFailedAfterCreated.Load(),
 		},
 		StreamsStarted:   c.streamsStarted.Load(),
 		StreamsCompleted: c.streamsCompleted.Load(),
@@ -90,7 +97,7 @@ func (c *counters) snapshot() Stats {
 
 func (c *counters) zero() {
 	for _, v := range []*atomic.Uint64{
-		&c.chat, &c.embeddings, &c.models, &c.other,
+		&c.chat, &c.embeddings, &c.models, &c.other, &c.responses, &c.faultFailedAfterCreated,
 		&c.badRequest, &c.unauthorized, &c.modelNotFound, &c.notAllowed, &c.tooBig,
 		&c.faultFailure, &c.faultHang, &c.faultReset, &c.faultCut,
 		&c.streamsStarted, &c.streamsCompleted, &c.cancelled,
