@@ -337,3 +337,24 @@ func TestExhaustedTimeout(t *testing.T) {
 		t.Error("a mix is not a timeout")
 	}
 }
+
+func TestCostCached(t *testing.T) {
+	p := Price{InputPerMTok: 2, OutputPerMTok: 8, CachedInputPerMTok: 0.5}
+	tests := []struct {
+		prompt, cached, completion int
+		want                       float64
+	}{
+		{1_000_000, 0, 0, 2},
+		{1_000_000, 400_000, 0, 0.6*2 + 0.4*0.5},
+		{1_000_000, 2_000_000, 1_000_000, 0.5 + 8}, // cached beyond the prompt: all of it cached
+		{10, -5, 0, 20e-6},
+	}
+	for _, tt := range tests {
+		if got := p.CostCached(tt.prompt, tt.cached, tt.completion); math.Abs(got-tt.want) > 1e-12 {
+			t.Errorf("CostCached(%d, %d, %d) = %v, want %v", tt.prompt, tt.cached, tt.completion, got, tt.want)
+		}
+	}
+	if math.Abs(p.CostCached(123, 0, 45)-p.Cost(123, 45)) > 1e-15 {
+		t.Error("CostCached without cached tokens differs from Cost")
+	}
+}
