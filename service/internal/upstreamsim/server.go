@@ -8,8 +8,9 @@
 // do. Latency, jitter, error statuses, hangs, connection resets and cut
 // streams are drawn per request from a seeded generator.
 //
-// Latency and faults apply to chat completions and embeddings, the requests a
-// gateway retries and falls back on. /v1/models answers at once, and the
+// Latency and faults apply to chat completions, embeddings and Responses API
+// requests (the by-id ones included), the requests a gateway retries and
+// falls back on. /v1/models answers at once, and the
 // /sim/ endpoints (stats and reset) are never delayed, faulted or
 // authenticated.
 package upstreamsim
