@@ -758,6 +758,7 @@ func (x *exchange) finish() {
 		attrs := []slog.Attr{
 			slog.String("request_id", x.rid),
 			slog.String("path", x.r.URL.Path),
+			slog.String("api", x.ep.api()),
 			slog.String("model", x.model),
 			slog.String("upstream", x.upstream),
 			slog.Int("status", x.status),

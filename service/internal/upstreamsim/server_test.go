@@ -224,11 +224,11 @@ func TestSimEndpoints(t *testing.T) {
 		t.Fatalf("stats body: %v: %s", err, body)
 	}
 	want := Stats{
-		Requests: map[string]uint64{EndpointChatCompletions: 2, EndpointEmbeddings: 0, EndpointModels: 0, EndpointOther: 1},
+		Requests: map[string]uint64{EndpointChatCompletions: 2, EndpointEmbeddings: 0, EndpointModels: 0, EndpointOther: 1, EndpointResponses: 0},
 		Rejected: map[string]uint64{
 			RejectBadRequest: 0, RejectUnauthorized: 1, RejectModelNotFound: 0, RejectMethodNotAllowed: 0, RejectTooLarge: 0,
 		},
-		Faults: map[string]uint64{FaultFailure: 1, FaultHang: 0, FaultReset: 0, FaultCut: 0},
+		Faults: map[string]uint64{FaultFailure: 1, FaultHang: 0, FaultReset: 0, FaultCut: 0, FaultFailedAfterCreated: 0},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("stats = %+v\nwant    %+v", got, want)
