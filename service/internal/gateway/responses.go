@@ -130,10 +130,13 @@ func (x *exchange) failPinned(err error) {
 // record remembers that the response id came from u, before the client
 // can see the id: a follow-up may arrive as soon as it has.
 func (x *exchange) record(u *route.Upstream, id string) {
-	if x.noStore || x.byID != nil || !validResponseID(id) {
+	if !validResponseID(id) {
 		return
 	}
-	x.respID = id
+	x.respID = id // for a response.failed of the gateway's own
+	if x.noStore || x.byID != nil {
+		return
+	}
 	retention := time.Duration(0)
 	if uc, ok := x.st.cfg.Upstream(u.Name); ok {
 		retention = uc.ResponseRetention.D()

@@ -1,12 +1,12 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -29,23 +29,12 @@ import (
 
 // Event types that carry no content: held until the commit point.
 var heldEventTypes = map[string]bool{
-	"response.created":                     true,
-	"response.in_progress":                 true,
-	"response.queued":                      true,
-	"response.content_part.added":          true,
+	"response.created":                      true,
+	"response.in_progress":                  true,
+	"response.queued":                       true,
+	"response.content_part.added":           true,
 	"response.reasoning_summary_part.added": true,
 }
-
-// Prefilters for the events after the commit point that the gateway reads:
-// the quoted type of a terminal event can only appear as a JSON string
-// value (inside content it is escaped), so a chunk without one is written
-// without parsing.
-var (
-	quotedCompleted  = []byte(`"response.completed"`)
-	quotedIncomplete = []byte(`"response.incomplete"`)
-	quotedFailed     = []byte(`"response.failed"`)
-	quotedError      = []byte(`"error"`)
-)
 
 // heldVerdict is what the events before the commit point come to.
 type heldVerdict int
@@ -58,33 +47,35 @@ const (
 
 // scanHeld classifies whole events b, which follow events already held. It
 // notes the id of response.created in *created, and for a failure returns
-// the upstream's message.
+// the upstream's message. Events are read in place (gjson on a string view
+// of the buffer, which copies nothing); what outlives the buffer is cloned.
 func (x *exchange) scanHeld(b []byte, created *string) (heldVerdict, string) {
 	for i := 0; i < len(b); {
 		end := nextEvent(b, i)
-		data := eventData(b[i:end])
+		data := bytesToString(eventData(b[i:end]))
 		i = end
 		if len(data) == 0 {
 			continue // a comment or keep-alive
 		}
-		r := gjson.GetManyBytes(data, "type", "response.id", "item.type")
-		typ := r[0].Str
+		typ := gjson.Get(data, "type").Str
 		switch {
 		case typ == "response.created":
-			*created = r[1].Str
+			*created = strings.Clone(gjson.Get(data, "response.id").Str)
 		case heldEventTypes[typ]:
-		case typ == "response.output_item.added" && (r[2].Str == "message" || r[2].Str == "reasoning"):
-			// An item whose content is yet to come; a tool call's item
-			// is content itself.
-		case typ == "response.failed":
-			return failEvents, scrubErrorText(gjson.GetBytes(data, "response.error.message").Str, x.keyStr, errorTextLimit, false)
-		case typ == "error":
-			m := gjson.GetManyBytes(data, "message", "error.message")
-			msg := m[0].Str
-			if msg == "" {
-				msg = m[1].Str
+		case typ == "response.output_item.added":
+			// An item whose content is yet to come is held; a tool
+			// call's item is content itself.
+			if t := gjson.Get(data, "item.type").Str; t != "message" && t != "reasoning" {
+				return commitEvents, ""
 			}
-			return failEvents, scrubErrorText(msg, x.keyStr, errorTextLimit, false)
+		case typ == "response.failed":
+			return failEvents, strings.Clone(scrubErrorText(gjson.Get(data, "response.error.message").Str, x.keyStr, errorTextLimit, false))
+		case typ == "error":
+			msg := gjson.Get(data, "message").Str
+			if msg == "" {
+				msg = gjson.Get(data, "error.message").Str
+			}
+			return failEvents, strings.Clone(scrubErrorText(msg, x.keyStr, errorTextLimit, false))
 		default:
 			return commitEvents, ""
 		}
@@ -197,31 +188,29 @@ func (x *exchange) relayResponsesStream(ctx, actx context.Context, cancel contex
 // responsesEvents reads what the gateway needs of whole events on their way
 // to the client: the last sequence number (for a response.failed of its
 // own, should the stream break), and usage and the end from the terminal
-// event. Chunks without a terminal event cost one lookup.
+// event. Each event's type is read in place; OpenAI writes it first, so
+// that costs a few comparisons per event.
 func (x *exchange) responsesEvents(b []byte) {
-	last := 0
-	if i := bytes.LastIndex(b[:max(len(b)-2, 0)], []byte("\n\n")); i >= 0 {
-		last = i + 2
-	}
-	if seq := gjson.GetBytes(eventData(b[last:]), "sequence_number"); seq.Type == gjson.Number {
-		x.lastSeq = seq.Int()
-	}
-	if !bytes.Contains(b, quotedCompleted) && !bytes.Contains(b, quotedIncomplete) &&
-		!bytes.Contains(b, quotedFailed) && !bytes.Contains(b, quotedError) {
-		return
-	}
 	for i := 0; i < len(b); {
 		end := nextEvent(b, i)
-		data := eventData(b[i:end])
+		data := bytesToString(eventData(b[i:end]))
 		i = end
-		switch gjson.GetBytes(data, "type").Str {
+		if len(data) == 0 {
+			continue
+		}
+		switch gjson.Get(data, "type").Str {
 		case "response.completed", "response.incomplete", "response.failed":
 			x.sawDone = true
-			if u := gjson.GetBytes(data, "response.usage"); u.IsObject() {
+			if u := gjson.Get(data, "response.usage"); u.IsObject() {
 				x.responsesUsage(u)
 			}
 		case "error":
 			x.sawDone = true
+		}
+		if i == len(b) {
+			if seq := gjson.Get(data, "sequence_number"); seq.Type == gjson.Number {
+				x.lastSeq = seq.Int()
+			}
 		}
 	}
 }
