@@ -112,3 +112,36 @@ func TestResponsesUsageBound(t *testing.T) {
 		t.Errorf("counted %v completion tokens of unbelievable usage", got)
 	}
 }
+
+// TestScanHeld: which events hold a Responses stream back, which commit it
+// and which fail it before its commit point.
+func TestScanHeld(t *testing.T) {
+	ev := func(data string) string { return "event: x\ndata: " + data + "\n\n" }
+	created := ev(`{"type":"response.created","sequence_number":0,"response":{"id":"resp_abc","status":"in_progress"}}`)
+	tests := []struct {
+		name    string
+		events  string
+		verdict heldVerdict
+		msg     string
+	}{
+		{"lifecycle only", created + ev(`{"type":"response.in_progress"}`) +
+			ev(`{"type":"response.output_item.added","item":{"type":"message"}}`) + ": keep-alive\n\n" +
+			ev(`{"type":"response.content_part.added"}`) + ev(`{"type":"response.output_item.added","item":{"type":"reasoning"}}`), holdEvents, ""},
+		{"text delta", created + ev(`{"type":"response.output_text.delta","delta":"hi"}`), commitEvents, ""},
+		{"arguments delta", created + ev(`{"type":"response.function_call_arguments.delta","delta":"{"}`), commitEvents, ""},
+		{"tool call item", created + ev(`{"type":"response.output_item.added","item":{"type":"function_call","name":"f"}}`), commitEvents, ""},
+		{"empty answer completes", created + ev(`{"type":"response.completed","response":{}}`), commitEvents, ""},
+		{"failed", created + ev(`{"type":"response.failed","response":{"error":{"code":"server_error","message":"boom"}}}`), failEvents, "boom"},
+		{"error event", created + ev(`{"type":"error","code":"rate_limit_exceeded","message":"slow down"}`), failEvents, "slow down"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			x := &exchange{}
+			id := ""
+			verdict, msg := x.scanHeld([]byte(tt.events), &id)
+			if verdict != tt.verdict || msg != tt.msg || id != "resp_abc" {
+				t.Errorf("scanHeld = %v %q (created %q), want %v %q", verdict, msg, id, tt.verdict, tt.msg)
+			}
+		})
+	}
+}
