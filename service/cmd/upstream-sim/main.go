@@ -94,6 +94,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.Float64Var(&c.CutRate, "cut-rate", 0, "share of streams dropped before [DONE], 0 to 1")
 	fs.Float64Var(&c.ErrorAfterStartRate, "error-after-start-rate", 0, "share of Messages streams that send an error event right after message_start, 0 to 1")
 	fs.IntVar(&c.CutAfterChunks, "cut-after", 0, "events sent before a cut stream is dropped (0: right after the headers)")
+	fs.IntVar(&c.ReasoningTokens, "reasoning-tokens", 0, "reasoning tokens each Responses answer reports (within output_tokens)")
+	fs.Float64Var(&c.FailAfterCreatedRate, "fail-after-created-rate", 0, "share of Responses streams failed with response.failed right after response.created, 0 to 1")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -117,7 +119,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 		name string
 		v    float64
 	}{{"failure-rate", c.FailureRate}, {"hang-rate", c.HangRate}, {"reset-rate", c.ResetRate}, {"cut-rate", c.CutRate},
-		{"error-after-start-rate", c.ErrorAfterStartRate}} {
+		{"error-after-start-rate", c.ErrorAfterStartRate},
+		{"fail-after-created-rate", c.FailAfterCreatedRate}} {
 		if !(r.v >= 0 && r.v <= 1) {
 			return options{}, fmt.Errorf("-%s: %v is not a rate between 0 and 1", r.name, r.v)
 		}
@@ -136,7 +139,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 		min  int
 	}{
 		{"completion-tokens", c.CompletionTokens, 1}, {"tokens-per-chunk", c.TokensPerChunk, 1},
-		{"embedding-dims", c.EmbeddingDims, 1}, {"cut-after", c.CutAfterChunks, 0},
+		{"embedding-dims", c.EmbeddingDims, 1}, {"cut-after", c.CutAfterChunks, 0}, {"reasoning-tokens", c.ReasoningTokens, 0},
 	} {
 		if n.v < n.min {
 			return options{}, fmt.Errorf("-%s: %d is below %d", n.name, n.v, n.min)

@@ -38,6 +38,7 @@ func TestParseFlags(t *testing.T) {
 				"-completion-tokens", "32", "-tokens-per-chunk", "4", "-embedding-dims", "16",
 				"-failure-rate", "0.1", "-failure-statuses", "503, 429", "-retry-after", "2s",
 				"-hang-rate", "0.01", "-reset-rate", "0.02", "-cut-rate", "0.03", "-cut-after", "5",
+				"-reasoning-tokens", "3", "-fail-after-created-rate", "0.04",
 			},
 			wantListen: "127.0.0.1:0",
 			want: func(c *upstreamsim.Config) {
@@ -47,6 +48,7 @@ func TestParseFlags(t *testing.T) {
 					CompletionTokens: 32, TokensPerChunk: 4, EmbeddingDims: 16,
 					FailureRate: 0.1, FailureStatuses: []int{503, 429}, RetryAfter: 2 * time.Second,
 					HangRate: 0.01, ResetRate: 0.02, CutRate: 0.03, CutAfterChunks: 5,
+					ReasoningTokens: 3, FailAfterCreatedRate: 0.04,
 				}
 			},
 		},

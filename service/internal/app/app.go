@@ -20,6 +20,7 @@ import (
 	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/ratelimit"
 	"github.com/relaygate/relaygate/service/internal/redisguard"
+	"github.com/relaygate/relaygate/service/internal/respids"
 )
 
 // App is a gateway and everything it runs beside.
@@ -32,6 +33,7 @@ type App struct {
 	log     *slog.Logger
 	cache   *cache.Cache
 	limiter *ratelimit.Limiter
+	respIDs *respids.Store
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 }
@@ -71,6 +73,14 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 			return nil, fmt.Errorf("rate limit: %w", err)
 		}
 	}
+	// Response ids live in the cache's Redis, when there is one, so that
+	// every replica sends a response's follow-ups to its upstream.
+	a.respIDs, err = respids.New(respids.Options{RedisURL: cfg.Cache.RedisURL, Timeout: cfg.Cache.Timeout.D(), Logger: log,
+		OnLocal: a.Metrics.ResponseIDLocal})
+	if err != nil {
+		a.closeRedis()
+		return nil, fmt.Errorf("response ids: %w", err)
+	}
 	a.GPU = gpu.NewMonitor(gpu.Options{Interval: cfg.GPU.Interval.D(), ExpectedCount: cfg.GPU.ExpectedCount, Logger: log})
 	a.Metrics.Registry.MustRegister(a.GPU.Collector())
 
@@ -80,7 +90,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	go func() { defer a.wg.Done(); a.GPU.Run(runCtx) }()
 
 	a.Gateway = gateway.New(cfg, gateway.Options{Logger: log, Metrics: a.Metrics, Version: o.version,
-		Cache: a.cache, Limiter: a.limiter, GPU: a.GPU})
+		Cache: a.cache, Limiter: a.limiter, GPU: a.GPU, ResponseIDs: a.respIDs})
 	return a, nil
 }
 
@@ -138,6 +148,9 @@ func (a *App) closeRedis() error {
 	}
 	if a.limiter != nil {
 		errs = append(errs, a.limiter.Close())
+	}
+	if a.respIDs != nil {
+		errs = append(errs, a.respIDs.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -92,6 +92,10 @@ type Upstream struct {
 	// route for an API uses only the upstreams that speak it. Absent in
 	// the file, the loader sets DefaultAPIs(BaseURL).
 	APIs []string `yaml:"apis"`
+	// ResponseRetention is how long the upstream keeps stored Responses
+	// API responses (OpenAI: 30 days); the gateway remembers which
+	// upstream created a response id for as long.
+	ResponseRetention Duration `yaml:"response_retention"`
 
 	// Disabled says why the upstream is out of every route (empty: in
 	// service). Set by the loader, not read from YAML.
@@ -318,6 +322,8 @@ const (
 	DefaultGPUInterval         = 10 * time.Second
 	DefaultCORSMaxAge          = 10 * time.Minute
 	DefaultMaxIdleConns        = 256
+	// DefaultResponseRetention is how long OpenAI keeps stored responses.
+	DefaultResponseRetention = 30 * 24 * time.Hour
 	// DefaultBufferBudgetBytes fits the largest embeddings answer (up to
 	// 192 MiB) and a few chat answers beside it.
 	DefaultBufferBudgetBytes = 256 << 20
@@ -354,6 +360,7 @@ func (c *Config) applyDefaults() {
 		if u.Auth == "" {
 			u.Auth = defaultAuth(u.BaseURL)
 		}
+		setDur(&u.ResponseRetention, DefaultResponseRetention)
 	}
 	if c.Retry.Attempts == 0 {
 		c.Retry.Attempts = DefaultAttempts

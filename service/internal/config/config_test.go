@@ -401,3 +401,35 @@ func TestUpstreamAuthAndCachePrices(t *testing.T) {
 		t.Errorf("unset cache prices = %v, %v; want the input price 2", p.CacheWrite(), p.CacheRead())
 	}
 }
+
+// TestResponsesSettings: the retention of response ids defaults to
+// OpenAI's 30 days, and a cached-input price is read and checked.
+func TestResponsesSettings(t *testing.T) {
+	cfg, err := Parse([]byte(minimal), env(map[string]string{"RELAY_KEY": "k"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Upstreams[0].ResponseRetention.D(); got != 30*24*time.Hour {
+		t.Errorf("response_retention default = %s", got)
+	}
+	if cfg.Models[0].Price.CacheReadPerMTok != nil {
+		t.Error("a price without cache_read_per_mtok has one")
+	}
+	doc := strings.Replace(minimal, "output_per_mtok: 8}", "output_per_mtok: 8, cache_read_per_mtok: 0.5}", 1)
+	doc = strings.Replace(doc, "api_key: ${RELAY_KEY}", "api_key: ${RELAY_KEY}\n    response_retention: 72h", 1)
+	cfg, err = Parse([]byte(doc), env(map[string]string{"RELAY_KEY": "k"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Models[0].Price.CacheReadPerMTok; p == nil || *p != 0.5 || cfg.Upstreams[0].ResponseRetention.D() != 72*time.Hour {
+		t.Errorf("cache_read_per_mtok %v, response_retention %s", p, cfg.Upstreams[0].ResponseRetention)
+	}
+	for _, bad := range []string{
+		strings.Replace(minimal, "output_per_mtok: 8}", "output_per_mtok: 8, cache_read_per_mtok: -1}", 1),
+		strings.Replace(minimal, "api_key: ${RELAY_KEY}", "api_key: ${RELAY_KEY}\n    response_retention: -1h", 1),
+	} {
+		if _, err := Parse([]byte(bad), env(map[string]string{"RELAY_KEY": "k"})); err == nil {
+			t.Errorf("accepted:\n%s", bad)
+		}
+	}
+}

@@ -441,6 +441,9 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 		if u.Auth != AuthBearer && u.Auth != AuthXAPIKey {
 			l.fail(p+".auth", "%q: use %s (Authorization: Bearer) or %s (Anthropic's native API)", u.Auth, AuthBearer, AuthXAPIKey)
 		}
+		if u.ResponseRetention < 0 {
+			l.fail(p+".response_retention", "must not be negative")
+		}
 	}
 
 	if len(c.Models) == 0 {

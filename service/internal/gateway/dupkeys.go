@@ -24,6 +24,10 @@ var readKeys = []string{
 	// Read for token estimates by the rate limiter's max-tokens accounting,
 	// and for the bound on the usage an answer may report (n choices).
 	"max_tokens", "max_completion_tokens", "n",
+	// Responses API: the bound on its usage, the response a request
+	// continues (which upstream it must go to), and whether its response
+	// is kept (whether its id is remembered).
+	"max_output_tokens", "previous_response_id", "store",
 }
 
 // streamOptionKeys are the keys the gateway reads inside stream_options.

@@ -77,6 +77,11 @@ func (x *exchange) fromCache(body []byte, req *request) bool {
 	if c == nil {
 		return false
 	}
+	if x.ep == epResponses {
+		// Stateful: never cached (see responses.go).
+		x.s.metrics.Cache(string(cache.ResultBypass))
+		return false
+	}
 	mode := x.r.Header.Get(CacheHeader)
 	force := mode == "force"
 	deterministic := force || req.temperatureZero || x.ep == epEmbeddings || x.ep == epCountTokens

@@ -54,13 +54,25 @@ log: {requests: ` + map[bool]string{true: "true", false: "false"}[logRequests] +
 func BenchmarkHandler(b *testing.B) {
 	stream := "data: " + strings.Repeat(`{"choices":[{"index":0,"delta":{"content":"tok "}}]}`+"\n\ndata: ", 16) +
 		`{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":16}}` + "\n\ndata: [DONE]\n\n"
+	// The same 16 tokens as a Responses stream: lifecycle events held until
+	// the first delta, then the deltas and response.completed.
+	respEvent := func(typ, rest string) string {
+		return "event: " + typ + "\ndata: {\"type\":\"" + typ + "\",\"sequence_number\":0" + rest + "}\n\n"
+	}
+	respStream := respEvent("response.created", `,"response":{"id":"resp_1","object":"response","status":"in_progress","output":[],"usage":null}`) +
+		respEvent("response.in_progress", `,"response":{"id":"resp_1","object":"response","status":"in_progress","output":[],"usage":null}`) +
+		respEvent("response.output_item.added", `,"output_index":0,"item":{"id":"msg_1","type":"message","status":"in_progress","role":"assistant","content":[]}`) +
+		respEvent("response.content_part.added", `,"item_id":"msg_1","output_index":0,"content_index":0,"part":{"type":"output_text","text":""}`) +
+		strings.Repeat(respEvent("response.output_text.delta", `,"item_id":"msg_1","output_index":0,"content_index":0,"delta":"tok "`), 16) +
+		respEvent("response.completed", `,"response":{"id":"resp_1","object":"response","status":"completed","usage":{"input_tokens":7,"output_tokens":16}}`)
 	cases := []struct {
-		name, body, answer, ct string
-		log                    bool
+		name, path, body, answer, ct string
+		log                          bool
 	}{
-		{"completion", chatBody, completionJSON, "application/json", true},
-		{"completion-nolog", chatBody, completionJSON, "application/json", false},
-		{"stream", `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`, stream, "text/event-stream", true},
+		{"completion", "/v1/chat/completions", chatBody, completionJSON, "application/json", true},
+		{"completion-nolog", "/v1/chat/completions", chatBody, completionJSON, "application/json", false},
+		{"stream", "/v1/chat/completions", `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`, stream, "text/event-stream", true},
+		{"responses-stream", "/v1/responses", `{"model":"m","stream":true,"store":false,"input":"hi"}`, respStream, "text/event-stream", true},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
@@ -69,7 +81,7 @@ func BenchmarkHandler(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				req := httptest.NewRequest("POST", "/v1/chat/completions", bytes.NewReader(body))
+				req := httptest.NewRequest("POST", c.path, bytes.NewReader(body))
 				req.Header.Set("Authorization", "Bearer "+testClientKey)
 				rec := httptest.NewRecorder()
 				srv.ServeHTTP(rec, req)

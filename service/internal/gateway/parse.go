@@ -22,6 +22,8 @@ const (
 	// epMessages and epCountTokens are Anthropic's Messages API.
 	epMessages
 	epCountTokens
+	// epResponses is OpenAI's Responses API.
+	epResponses
 )
 
 // api is the config name of the API the endpoint belongs to (config.APIChat
@@ -34,6 +36,8 @@ func (e endpoint) api() string {
 		return config.APIEmbeddings
 	case epMessages, epCountTokens:
 		return config.APIMessages
+	case epResponses:
+		return config.APIResponses
 	}
 	return "unknown"
 }
@@ -47,6 +51,8 @@ func (e endpoint) upstreamPath() string {
 		return "/messages"
 	case epCountTokens:
 		return "/messages/count_tokens"
+	case epResponses:
+		return "/responses"
 	}
 	return "/chat/completions"
 }
@@ -60,7 +66,7 @@ func (e endpoint) errorFormat() errorFormat {
 }
 
 // streams reports whether a request to the endpoint may ask for a stream.
-func (e endpoint) streams() bool { return e == epChat || e == epMessages }
+func (e endpoint) streams() bool { return e == epChat || e == epMessages || e == epResponses }
 
 // request is what the gateway reads of a client's body: only the fields
 // that decide routing, streaming and caching. Everything else goes to the
@@ -81,9 +87,16 @@ type request struct {
 	temperatureZero bool
 	// objectStart is the offset just past the body's opening brace.
 	objectStart int
-	// maxTokens (the larger of max_tokens and max_completion_tokens, 0:
-	// unset) and choices (n) bound the usage an answer may report.
+	// maxTokens (the larger of max_tokens, max_completion_tokens and
+	// max_output_tokens, 0: unset) and choices (n) bound the usage an
+	// answer may report.
 	maxTokens, choices int64
+	// previousID is a Responses request's previous_response_id: the
+	// request must go to the upstream that created that response.
+	previousID string
+	// noStore: a Responses request with "store": false, whose response
+	// the upstream keeps nowhere, so there is no id to remember.
+	noStore bool
 }
 
 // bytesToString views b as a string without copying; b must not change
@@ -165,7 +178,25 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 			}
 		case "temperature":
 			req.temperatureZero = v.Type == gjson.Number && v.Num == 0
-		case "max_tokens", "max_completion_tokens", "n":
+		case "previous_response_id":
+			if ep != epResponses {
+				break
+			}
+			if v.Type != gjson.String && v.Type != gjson.Null {
+				typeErr = errBadRequest("invalid_type", "Invalid type for 'previous_response_id': expected a string, but got "+typeName(v)+".")
+				return false
+			}
+			req.previousID = v.Str
+		case "store":
+			if ep != epResponses {
+				break
+			}
+			if v.Type != gjson.True && v.Type != gjson.False && v.Type != gjson.Null {
+				typeErr = errBadRequest("invalid_type", "Invalid type for 'store': expected a boolean, but got "+typeName(v)+".")
+				return false
+			}
+			req.noStore = v.Type == gjson.False
+		case "max_tokens", "max_completion_tokens", "max_output_tokens", "n":
 			// Read for usage bounds only; the upstream judges the values.
 			if v.Type == gjson.Number && v.Num >= 1 && v.Num < 1<<53 {
 				if key.Str == "n" {
@@ -199,6 +230,14 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 	case epEmbeddings:
 		if !hasInput {
 			return req, errBadRequest("missing_input", "You must provide an 'input' parameter.")
+		}
+	case epResponses:
+		// input may be absent (a follow-up that only adds instructions,
+		// a stored prompt): the upstream judges that.
+		if req.previousID != "" && !validResponseID(req.previousID) {
+			e := errBadRequestParam("invalid_previous_response_id", "Invalid 'previous_response_id': "+
+				"expected an id such as 'resp_…' (letters, digits, '_' and '-', at most 128 characters).", "previous_response_id")
+			return req, e
 		}
 	}
 	return req, nil

@@ -78,6 +78,16 @@ type exchange struct {
 	cacheWrite, cacheRead       int
 	msgUsage                    messageUsage
 	msgStopped, upstreamErrSent bool
+
+	// Responses API (responses.go): the upstream the request is pinned
+	// to and the response id that pins it, a request about one stored
+	// response, whether the new response is kept, the id it got, and the
+	// stream's last sequence number.
+	pinned, pinnedID string
+	byID             *byIDRequest
+	noStore          bool
+	respID           string
+	lastSeq          int64
 }
 
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint, forceStream bool) {
@@ -151,6 +161,15 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	}
 	w.Header()["X-Cache"] = cacheHeaderValue(x.cacheResult)
 
+	if ep == epResponses {
+		x.noStore = req.noStore
+		if req.previousID != "" {
+			if chain, e = x.pinnedChain(m, req.previousID); e != nil {
+				x.fail(e)
+				return
+			}
+		}
+	}
 	hooks := route.Hooks{Retry: s.metrics.Retry, Fallback: s.metrics.Fallback, Attempt: s.recordAttempt}
 	out, err := chain.Run(r.Context(), st.policy, hooks, func(ctx context.Context, t *route.Target) route.Attempt {
 		return x.attempt(ctx, t, b, &req)
@@ -165,6 +184,8 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		x.status, x.errMsg = 499, "client went away"
 	case x.committed:
 		x.breakStream(err)
+	case x.pinned != "":
+		x.failPinned(err)
 	case errors.As(err, &ex):
 		status, code := http.StatusBadGateway, "upstream_failed"
 		msg := fmt.Sprintf("Model %s could not be served: %s.", m.name, ex.Error())
@@ -377,19 +398,31 @@ func (x *exchange) closeIfDraining() {
 // relays the answer to the client.
 func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *request) route.Attempt {
 	u := t.Upstream
-	// Only chat streams are edited (stream forced, usage asked for):
-	// Anthropic's always carry usage.
-	data, usageAdded := upstreamBody(b, req, t.Model, x.stream && x.ep == epChat)
+	method, path := http.MethodPost, x.ep.upstreamPath()
+	var data []byte
+	usageAdded := false
+	switch {
+	case x.ep == epChat:
+		data, usageAdded = upstreamBody(b, req, t.Model, x.stream)
+	case x.byID != nil:
+		method, path = x.byID.method, x.byID.path
+	default:
+		// Only renamed: Responses streams carry usage in their last
+		// event, embeddings do not stream.
+		data, _ = upstreamBody(b, req, t.Model, false)
+	}
 	actx, cancel := context.WithTimeout(ctx, u.Timeout)
 	defer cancel()
 
-	hreq, err := http.NewRequestWithContext(actx, http.MethodPost, u.BaseURL+x.ep.upstreamPath(), nil)
+	hreq, err := http.NewRequestWithContext(actx, method, u.BaseURL+path, nil)
 	if err != nil {
 		return route.Attempt{Err: fmt.Errorf("building request: %w", err)}
 	}
-	hreq.Body = bodyReader(data)
-	hreq.ContentLength = int64(len(data))
-	hreq.GetBody = func() (io.ReadCloser, error) { return bodyReader(data), nil }
+	if data != nil {
+		hreq.Body = bodyReader(data)
+		hreq.ContentLength = int64(len(data))
+		hreq.GetBody = func() (io.ReadCloser, error) { return bodyReader(data), nil }
+	}
 	accept := hdrJSON
 	if x.stream {
 		accept = hdrEventStream
@@ -422,6 +455,9 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 	switch {
 	case code == http.StatusOK && x.stream && isEventStream(resp.Header.Get("Content-Type")):
 		x.price = t.Price
+		if x.ep == epResponses {
+			return x.relayResponsesStream(ctx, actx, cancel, u, resp, t0)
+		}
 		return x.relayStream(ctx, actx, cancel, u, resp, t0, usageAdded)
 	case code >= 200 && code < 300:
 		x.price = t.Price
@@ -448,6 +484,10 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 		x.waited(u, t0)
 		return route.Attempt{Err: &errUpstreamRefused{code: code}, Fallback: true}
+	case code == http.StatusNotFound && x.pinned != "":
+		// The upstream holding the response says it has no such
+		// response (deleted, expired): its word is final.
+		return x.relayWhole(ctx, actx, u, resp, t0)
 	case code == http.StatusNotFound:
 		// The gateway serves the model, so a 404 means this upstream does
 		// not (a relay without it, a base_url missing its /v1); the next
@@ -552,9 +592,14 @@ func (x *exchange) answerWhole(u *route.Upstream, resp *http.Response, data []by
 	}
 	if resp.StatusCode < 300 {
 		data = redactAnswer(data, x.key)
-		x.readUsage(data)
+		if x.byID == nil {
+			x.readUsage(data)
+		}
 		if x.stream {
 			return x.replayAsStream(u, resp, data)
+		}
+		if x.ep == epResponses {
+			x.record(u, gjson.GetBytes(data, "id").Str)
 		}
 	} else {
 		data, ct = clientErrorBody(u, x.keyStr, resp.StatusCode, data, ct, x.ep.errorFormat())
@@ -759,7 +804,7 @@ func (x *exchange) finish() {
 		if x.usageKnown {
 			s.metrics.CacheSaving(x.model, x.savedByCache())
 		}
-	case x.answered:
+	case x.answered && x.byID == nil:
 		// Counted whatever became of the request afterwards: a client
 		// that hangs up once it has the answer (before the usage event,
 		// or mid-stream) has still been served, and the upstream still
@@ -798,6 +843,12 @@ func (x *exchange) finish() {
 		}
 		if x.usageKnown {
 			attrs = append(attrs, slog.Int("prompt_tokens", x.prompt), slog.Int("completion_tokens", x.completion))
+			if x.cacheRead > 0 {
+				attrs = append(attrs, slog.Int("cached_tokens", x.cacheRead))
+			}
+		}
+		if x.respID != "" || x.pinnedID != "" {
+			attrs = append(attrs, slog.String("response_id", x.respID), slog.String("pinned_to", x.pinnedID))
 		}
 		if x.errMsg != "" {
 			attrs = append(attrs, slog.String("error", x.errMsg))

@@ -23,6 +23,7 @@ import (
 	"github.com/relaygate/relaygate/service/internal/gpu"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/ratelimit"
+	"github.com/relaygate/relaygate/service/internal/respids"
 	"github.com/relaygate/relaygate/service/internal/route"
 )
 
@@ -36,6 +37,9 @@ type Options struct {
 	Cache   *cache.Cache
 	Limiter *ratelimit.Limiter
 	GPU     *gpu.Monitor
+	// ResponseIDs remembers which upstream created each Responses API
+	// response; nil keeps them in a map of this process only.
+	ResponseIDs *respids.Store
 }
 
 // Server is the gateway's http.Handler.
@@ -58,6 +62,7 @@ type Server struct {
 	cache         *cache.Cache
 	limiter       *ratelimit.Limiter
 	gpu           *gpu.Monitor
+	respIDs       *respids.Store
 }
 
 // New builds a server for cfg.
@@ -76,6 +81,11 @@ func New(cfg *config.Config, opts Options) *Server {
 	}
 	if s.metrics == nil {
 		s.metrics = metrics.New()
+	}
+	s.respIDs = opts.ResponseIDs
+	if s.respIDs == nil {
+		// Without Redis: New cannot fail.
+		s.respIDs, _ = respids.New(respids.Options{Logger: s.log, OnLocal: s.metrics.ResponseIDLocal})
 	}
 	s.metricsH = promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)})
 	s.apply(cfg)
@@ -219,6 +229,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveProxy(w, r, epMessages, false)
 	case "/v1/messages/count_tokens":
 		s.serveProxy(w, r, epCountTokens, false)
+	case "/v1/responses":
+		s.serveProxy(w, r, epResponses, false)
 	case "/v1/models":
 		s.serveModels(w, r)
 	case "/health", "/healthz":
@@ -232,6 +244,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.serveMetrics(w, r)
 	default:
+		if isResponsesPath(r.URL.Path) {
+			s.serveResponseByID(w, r)
+			return
+		}
 		if strings.HasPrefix(r.URL.Path, modelsPrefix) {
 			s.serveModel(w, r)
 			return
@@ -245,7 +261,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func proxyPath(path string) bool {
 	switch path {
 	case "/v1/chat/completions", "/v1/chat/completions/stream", "/v1/embeddings",
-		"/v1/messages", "/v1/messages/count_tokens":
+		"/v1/messages", "/v1/messages/count_tokens", "/v1/responses":
 		return true
 	}
 	return false

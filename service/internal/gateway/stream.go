@@ -347,6 +347,10 @@ func emptyChoices(ev []byte) bool {
 // retried), so "every upstream failed" would send whoever reads it to look
 // at the wrong thing.
 func (x *exchange) breakStream(err error) {
+	if x.ep == epResponses {
+		x.breakResponsesStream(err)
+		return
+	}
 	cause := err
 	var ex *route.ExhaustedError
 	if errors.As(err, &ex) && len(ex.Failures) > 0 {

@@ -94,6 +94,10 @@ func (x *exchange) readUsage(data []byte) {
 	if !u.IsObject() {
 		return
 	}
+	if x.ep == epResponses {
+		x.responsesUsage(u)
+		return
+	}
 	p, c := u.Get("prompt_tokens"), u.Get("completion_tokens")
 	if !p.Exists() && !c.Exists() {
 		return

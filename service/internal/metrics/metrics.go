@@ -61,6 +61,7 @@ type Metrics struct {
 	connRefused      *prometheus.CounterVec
 	usageSuspicious  *prometheus.CounterVec
 	responseBuffer   prometheus.Gauge
+	responseIDsLocal *prometheus.CounterVec
 
 	cacheSeries    map[string]prometheus.Counter // fixed results, read-only after New
 	upstreamSeries sync.Map                      // attemptKey → prometheus.Counter, upstream → prometheus.Observer
@@ -213,6 +214,11 @@ func New() *Metrics {
 	}, []string{"listener", "reason"})
 	f(m.connections)
 	f(m.connRefused)
+	m.responseIDsLocal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relaygate_response_ids_local_total",
+		Help: "Responses API id look-ups and records (op: put, get, delete) that Redis could not serve and this process's own bounded map did; ids recorded so are unknown to other replicas.",
+	}, []string{"op"})
+	f(m.responseIDsLocal)
 	m.cacheSeries = map[string]prometheus.Counter{}
 	for _, res := range []string{"hit", "miss", "error", "bypass"} {
 		m.cacheSeries[res] = m.cacheRequests.WithLabelValues(res)
@@ -429,6 +435,9 @@ func (m *Metrics) CacheSaving(model string, dollars float64) {
 		s.cacheSavings.Add(dollars)
 	}
 }
+
+// ResponseIDLocal counts a response-id operation Redis could not serve.
+func (m *Metrics) ResponseIDLocal(op string) { m.responseIDsLocal.WithLabelValues(op).Inc() }
 
 // Connections is the open-connections gauge of one listener, resolved once:
 // it moves on every accept and close.

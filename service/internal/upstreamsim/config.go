@@ -62,6 +62,14 @@ type Config struct {
 	// failure a gateway must still fall back on, since no content has
 	// reached its client.
 	ErrorAfterStartRate float64
+	// ReasoningTokens is how many reasoning tokens each Responses answer
+	// reports (within output_tokens, as OpenAI counts them), with a
+	// reasoning output item. FailAfterCreatedRate is the share of
+	// Responses streams that fail with response.failed right after
+	// response.created and response.in_progress, the failure that
+	// gateways which commit at the first byte cannot fall back from.
+	ReasoningTokens      int
+	FailAfterCreatedRate float64
 }
 
 // settings is a Config with defaults applied and everything the hot path
@@ -108,6 +116,8 @@ func newSettings(cfg Config, created int64) *settings {
 	s.ResetRate = clampRate(s.ResetRate)
 	s.CutRate = clampRate(s.CutRate)
 	s.ErrorAfterStartRate = clampRate(s.ErrorAfterStartRate)
+	s.FailAfterCreatedRate = clampRate(s.FailAfterCreatedRate)
+	s.ReasoningTokens = max(s.ReasoningTokens, 0)
 
 	if len(s.Models) > 0 {
 		s.models = make(map[string]struct{}, len(s.Models))

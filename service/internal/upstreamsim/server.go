@@ -8,8 +8,9 @@
 // do. Latency, jitter, error statuses, hangs, connection resets and cut
 // streams are drawn per request from a seeded generator.
 //
-// Latency and faults apply to chat completions, embeddings and Messages
-// (messages.go), the requests a gateway retries and falls back on. /v1/models answers at once, and the
+// Latency and faults apply to chat completions, embeddings, Messages
+// (messages.go) and Responses API requests (responses.go, the by-id ones
+// included), the requests a gateway retries and falls back on. /v1/models answers at once, and the
 // /sim/ endpoints (stats and reset) are never delayed, faulted or
 // authenticated.
 package upstreamsim
@@ -41,6 +42,8 @@ type Server struct {
 	stats   counters
 	pcache  promptCache // Messages' prompt cache (messages.go)
 	started int64       // Unix seconds, the "created" time of the listed models
+	// responses holds stored Responses API responses (responses.go).
+	responses responseStore
 }
 
 // New returns a simulator configured by cfg.
@@ -83,6 +86,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/messages/count_tokens", "/messages/count_tokens":
 		s.stats.countTokens.Add(1)
 		s.serveMessages(w, r, true)
+	case "/v1/responses", "/responses":
+		s.stats.responses.Add(1)
+		s.serveResponses(w, r)
 	case "/v1/models", "/models":
 		s.stats.models.Add(1)
 		s.serveModels(w, r)
@@ -91,6 +97,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/sim/reset":
 		s.serveReset(w, r)
 	default:
+		if rest, ok := strings.CutPrefix(strings.TrimPrefix(r.URL.Path, "/v1"), "/responses/"); ok && rest != "" {
+			s.stats.responses.Add(1)
+			s.serveResponseByID(w, r, rest)
+			return
+		}
 		s.stats.other.Add(1)
 		_ = apiError{
 			status:  http.StatusNotFound,

@@ -225,11 +225,11 @@ func TestSimEndpoints(t *testing.T) {
 	}
 	want := Stats{
 		Requests: map[string]uint64{EndpointChatCompletions: 2, EndpointEmbeddings: 0, EndpointModels: 0, EndpointOther: 1,
-			EndpointMessages: 0, EndpointCountTokens: 0},
+			EndpointMessages: 0, EndpointCountTokens: 0, EndpointResponses: 0},
 		Rejected: map[string]uint64{
 			RejectBadRequest: 0, RejectUnauthorized: 1, RejectModelNotFound: 0, RejectMethodNotAllowed: 0, RejectTooLarge: 0,
 		},
-		Faults: map[string]uint64{FaultFailure: 1, FaultHang: 0, FaultReset: 0, FaultCut: 0, FaultErrorEvent: 0},
+		Faults: map[string]uint64{FaultFailure: 1, FaultHang: 0, FaultReset: 0, FaultCut: 0, FaultErrorEvent: 0, FaultFailedAfterCreated: 0},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("stats = %+v\nwant    %+v", got, want)

@@ -9,7 +9,8 @@ const (
 	EndpointModels          = "models"
 	EndpointMessages        = "messages"
 	EndpointCountTokens     = "count_tokens"
-	EndpointOther           = "other" // unknown paths, answered 404
+	EndpointResponses       = "responses" // POST /v1/responses and the by-id endpoints
+	EndpointOther           = "other"     // unknown paths, answered 404
 )
 
 // Fault kinds used as keys of Stats.Faults.
@@ -20,6 +21,9 @@ const (
 	FaultCut     = "cut"
 	// FaultErrorEvent: a Messages stream's error event after message_start.
 	FaultErrorEvent = "error_event"
+	// FaultFailedAfterCreated: a Responses stream that sent
+	// response.created, then response.failed.
+	FaultFailedAfterCreated = "failed_after_created"
 )
 
 // Rejection reasons used as keys of Stats.Rejected: requests refused before
@@ -57,12 +61,12 @@ type Stats struct {
 }
 
 type counters struct {
-	chat, embeddings, models, other, messages, countTokens      atomic.Uint64
-	badRequest, unauthorized, modelNotFound, notAllowed, tooBig atomic.Uint64
-	faultFailure, faultHang, faultReset, faultCut               atomic.Uint64
-	faultErrorEvent                                             atomic.Uint64
-	streamsStarted, streamsCompleted, cancelled                 atomic.Uint64
-	inFlight                                                    atomic.Int64
+	chat, embeddings, models, other, messages, countTokens, responses atomic.Uint64
+	badRequest, unauthorized, modelNotFound, notAllowed, tooBig       atomic.Uint64
+	faultFailure, faultHang, faultReset, faultCut                     atomic.Uint64
+	faultErrorEvent, faultFailedAfterCreated                          atomic.Uint64
+	streamsStarted, streamsCompleted, cancelled                       atomic.Uint64
+	inFlight                                                          atomic.Int64
 }
 
 func (c *counters) snapshot() Stats {
@@ -70,6 +74,7 @@ func (c *counters) snapshot() Stats {
 		Requests: map[string]uint64{
 			EndpointChatCompletions: c.chat.Load(),
 			EndpointEmbeddings:      c.embeddings.Load(),
+			EndpointResponses:       c.responses.Load(),
 			EndpointModels:          c.models.Load(),
 			EndpointMessages:        c.messages.Load(),
 			EndpointCountTokens:     c.countTokens.Load(),
@@ -83,11 +88,12 @@ func (c *counters) snapshot() Stats {
 			RejectTooLarge:         c.tooBig.Load(),
 		},
 		Faults: map[string]uint64{
-			FaultFailure:    c.faultFailure.Load(),
-			FaultHang:       c.faultHang.Load(),
-			FaultReset:      c.faultReset.Load(),
-			FaultCut:        c.faultCut.Load(),
-			FaultErrorEvent: c.faultErrorEvent.Load(),
+			FaultFailure:            c.faultFailure.Load(),
+			FaultHang:               c.faultHang.Load(),
+			FaultReset:              c.faultReset.Load(),
+			FaultCut:                c.faultCut.Load(),
+			FaultErrorEvent:         c.faultErrorEvent.Load(),
+			FaultFailedAfterCreated: c.faultFailedAfterCreated.Load(),
 		},
 		StreamsStarted:   c.streamsStarted.Load(),
 		StreamsCompleted: c.streamsCompleted.Load(),
@@ -98,7 +104,7 @@ func (c *counters) snapshot() Stats {
 
 func (c *counters) zero() {
 	for _, v := range []*atomic.Uint64{
-		&c.chat, &c.embeddings, &c.models, &c.other, &c.messages, &c.countTokens,
+		&c.chat, &c.embeddings, &c.models, &c.other, &c.messages, &c.countTokens, &c.responses, &c.faultFailedAfterCreated,
 		&c.badRequest, &c.unauthorized, &c.modelNotFound, &c.notAllowed, &c.tooBig,
 		&c.faultFailure, &c.faultHang, &c.faultReset, &c.faultCut, &c.faultErrorEvent,
 		&c.streamsStarted, &c.streamsCompleted, &c.cancelled,
