@@ -1,5 +1,7 @@
 // Command democlient is the client half of `make demo`: a short session
-// against a running gateway with the unmodified go-openai client, printing
+// against a running gateway with unmodified clients (go-openai for Chat
+// Completions, the official Anthropic and OpenAI SDKs for Messages and
+// Responses), printing
 // what it did and what the gateway reported, the way a team would try
 // Relaygate before pointing its services at it.
 package main
@@ -121,6 +123,13 @@ func session(ctx context.Context, base, key, model, prom string) error {
 			return fmt.Errorf("cached completion: %w", err)
 		}
 		fmt.Printf("try %d: X-Cache %-6s upstream %-10s %s\n", i, r.Header().Get("X-Cache"), r.Header().Get("X-Relaygate-Upstream"), time.Since(t0).Round(time.Microsecond))
+	}
+
+	if err := messagesStep(ctx, base, key, "claude-sonnet-4.5"); err != nil {
+		return err
+	}
+	if err := responsesStep(ctx, base, key, model); err != nil {
+		return err
 	}
 
 	step("what a client sees when something is wrong")
