@@ -101,15 +101,26 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, code, map[string]any{"ready": ready, "status": h.Status})
 }
 
-func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
+// modelsRequest is the start of GET /v1/models and /v1/models/{id}: the
+// method and the client key checked, the state to answer from, or nil
+// once the client has been answered.
+func (s *Server) modelsRequest(w http.ResponseWriter, r *http.Request) *state {
 	w.Header().Set("X-Request-Id", requestID(r))
 	st := s.state.Load()
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		methodNotAllowed(w, r, "GET")
-		return
+		return nil
 	}
 	if _, e := st.authorize(r, epChat); e != nil {
 		writeError(w, e)
+		return nil
+	}
+	return st
+}
+
+func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
+	st := s.modelsRequest(w, r)
+	if st == nil {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -123,14 +134,8 @@ const modelsPrefix = "/v1/models/"
 // serveModel is GET /v1/models/{id}: the model in OpenAI's shape, or a 404
 // in OpenAI's shape (model_not_found) for an id the gateway does not serve.
 func (s *Server) serveModel(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("X-Request-Id", requestID(r))
-	st := s.state.Load()
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		methodNotAllowed(w, r, "GET")
-		return
-	}
-	if _, e := st.authorize(r, epChat); e != nil {
-		writeError(w, e)
+	st := s.modelsRequest(w, r)
+	if st == nil {
 		return
 	}
 	id := strings.TrimPrefix(r.URL.Path, modelsPrefix)

@@ -105,17 +105,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	}
 	st := s.acquire()
 	defer s.release(st)
-	x.st = st
-	client, e := st.authorize(r, ep)
-	if e != nil {
-		// A client without a valid key gets nothing more from this
-		// connection: not its body read, nor an idle keep-alive slot.
-		w.Header()["Connection"] = hdrClose
-		x.fail(e)
-		return
-	}
-	x.client = client
-	if !x.allow() {
+	if !x.admit(st) {
 		return
 	}
 	rc := http.NewResponseController(w)
@@ -363,6 +353,22 @@ func cacheHeaderValue(result string) []string {
 		return v
 	}
 	return []string{result}
+}
+
+// admit runs the exchange on st if its client key is valid and within its
+// rate limits; otherwise the client has been answered.
+func (x *exchange) admit(st *state) bool {
+	x.st = st
+	client, e := st.authorize(x.r, x.ep)
+	if e != nil {
+		// A client without a valid key gets nothing more from this
+		// connection: not its body read, nor an idle keep-alive slot.
+		x.w.Header()["Connection"] = hdrClose
+		x.fail(e)
+		return false
+	}
+	x.client = client
+	return x.allow()
 }
 
 // fail answers the client with e and remembers it for the log line.

@@ -196,15 +196,7 @@ func (s *Server) serveResponseByID(w http.ResponseWriter, r *http.Request) {
 	}
 	st := s.acquire()
 	defer s.release(st)
-	x.st = st
-	client, e := st.authorize(r, epResponses)
-	if e != nil {
-		w.Header()["Connection"] = hdrClose
-		x.fail(e)
-		return
-	}
-	x.client = client
-	if !x.allow() {
+	if !x.admit(st) {
 		return
 	}
 	if !validResponseID(id) {
