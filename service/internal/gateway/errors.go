@@ -3,6 +3,8 @@ package gateway
 import (
 	"encoding/json"
 	"net/http"
+
+	"github.com/relaygate/relaygate/service/internal/anthropicapi"
 )
 
 // apiError is an error the gateway itself produces. It is kept in OpenAI's
@@ -77,34 +79,11 @@ type anthropicError struct {
 
 func anthropicErrorBody(status int, msg string) []byte {
 	var a anthropicError
-	a.Type, a.Error.Type, a.Error.Message = "error", anthropicType(status), msg
+	a.Type, a.Error.Type, a.Error.Message = "error", anthropicapi.ErrorType(status), msg
 	body, _ := json.Marshal(&a)
 	return body
 }
 
 func writeAnthropicError(w http.ResponseWriter, e *apiError) {
 	writeErrorBody(w, e.Status, anthropicErrorBody(e.Status, e.Message))
-}
-
-// anthropicType is the error type Anthropic's API gives with status: its
-// SDKs and Claude Code decide on retries and messages by it.
-func anthropicType(status int) string {
-	switch status {
-	case http.StatusUnauthorized:
-		return "authentication_error"
-	case http.StatusForbidden:
-		return "permission_error"
-	case http.StatusNotFound:
-		return "not_found_error"
-	case http.StatusRequestEntityTooLarge:
-		return "request_too_large"
-	case http.StatusTooManyRequests:
-		return "rate_limit_error"
-	case http.StatusServiceUnavailable, 529:
-		return "overloaded_error"
-	}
-	if status >= 500 {
-		return "api_error"
-	}
-	return "invalid_request_error"
 }

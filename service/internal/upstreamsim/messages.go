@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/relaygate/relaygate/service/internal/anthropicapi"
 )
 
 // The simulator speaks Anthropic's Messages API too (POST /v1/messages,
@@ -27,31 +29,9 @@ type anthropicWriter struct{ http.ResponseWriter }
 // Unwrap lets http.ResponseController flush and hijack through it.
 func (w anthropicWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// anthropicErrorType is the error type Anthropic gives with status.
-func anthropicErrorType(status int) string {
-	switch status {
-	case http.StatusUnauthorized:
-		return "authentication_error"
-	case http.StatusForbidden:
-		return "permission_error"
-	case http.StatusNotFound:
-		return "not_found_error"
-	case http.StatusRequestEntityTooLarge:
-		return "request_too_large"
-	case http.StatusTooManyRequests:
-		return "rate_limit_error"
-	case http.StatusServiceUnavailable, 529:
-		return "overloaded_error"
-	}
-	if status >= 500 {
-		return "api_error"
-	}
-	return "invalid_request_error"
-}
-
 func appendAnthropicError(dst []byte, status int, message string) []byte {
 	dst = append(dst, `{"type":"error","error":{"type":"`...)
-	dst = append(dst, anthropicErrorType(status)...)
+	dst = append(dst, anthropicapi.ErrorType(status)...)
 	dst = append(dst, `","message":`...)
 	dst = appendJSONString(dst, message)
 	return append(dst, "}}"...)
