@@ -27,8 +27,8 @@ type run struct {
 	maxRSS    int64
 
 	// streams only
-	ttfb, gaps sample
-	heldBack   int
+	ttfb, ttft, gaps sample
+	heldBack         int
 	// idle streams only
 	idle *IdleStreams
 }
@@ -44,6 +44,7 @@ func (r *run) fail(msg string) {
 func (r *run) add(o run) {
 	r.latencies = append(r.latencies, o.latencies...)
 	r.ttfb = append(r.ttfb, o.ttfb...)
+	r.ttft = append(r.ttft, o.ttft...)
 	r.gaps = append(r.gaps, o.gaps...)
 	r.ok += o.ok
 	r.errors += o.errors

@@ -120,5 +120,5 @@ func (h histogram) quantile(q float64) float64 {
 // percentiles returns the histogram's quantiles in microseconds.
 func (h histogram) percentiles() Percentiles {
 	us := func(q float64) float64 { return h.quantile(q) * 1e6 }
-	return Percentiles{P50: us(0.5), P90: us(0.9), P99: us(0.99), P999: us(0.999), Max: math.NaN()}
+	return Percentiles{P50: us(0.5), P90: us(0.9), P95: us(0.95), P99: us(0.99), P999: us(0.999), Max: math.NaN()}
 }

@@ -18,8 +18,11 @@ type Report struct {
 	Settings  Settings         `json:"settings"`
 	Scenarios []ScenarioResult `json:"scenarios"`
 	Targets   []Target         `json:"targets"`
-	Profile   *Profile         `json:"profile,omitempty"`
-	Notes     []string         `json:"notes,omitempty"`
+	// StreamAPIs compares the gateway's Messages and Responses streams
+	// with its Chat Completions ones (issue 12).
+	StreamAPIs []StreamAPIComparison `json:"stream_apis,omitempty"`
+	Profile    *Profile              `json:"profile,omitempty"`
+	Notes      []string              `json:"notes,omitempty"`
 }
 
 // Machine says what the numbers were measured on and how busy it was: the
@@ -39,9 +42,11 @@ type Machine struct {
 
 // ScenarioResult is one scenario's rows.
 type ScenarioResult struct {
-	Name       string  `json:"name"`
-	Title      string  `json:"title"`
-	Kind       string  `json:"kind"`
+	Name  string `json:"name"`
+	Title string `json:"title"`
+	Kind  string `json:"kind"`
+	// API is a streams scenario's API: chat, messages or responses.
+	API        string  `json:"api,omitempty"`
 	Rate       int     `json:"rate,omitempty"`
 	Workers    int     `json:"workers,omitempty"`
 	Rounds     int     `json:"rounds"`
@@ -68,10 +73,14 @@ type Row struct {
 	CPUPerRequestUS float64 `json:"cpu_per_request_us,omitempty"`
 	MaxRSSBytes     int64   `json:"max_rss_bytes,omitempty"`
 
-	// Streams: time to the first event, gaps between paced events, and
-	// how many paced events came together with the next (held back).
+	// Streams: time to the first event and to the first content event
+	// (TTFT: the one that compares across APIs, whose opening events
+	// differ), gaps between paced events, and how many paced events came
+	// together with the next (held back).
 	TTFB      *Percentiles `json:"ttfb,omitempty"`
 	TTFBAdded *Percentiles `json:"ttfb_added,omitempty"`
+	TTFT      *Percentiles `json:"ttft,omitempty"`
+	TTFTAdded *Percentiles `json:"ttft_added,omitempty"`
 	Gap       *Percentiles `json:"gap,omitempty"`
 	GapAdded  *Percentiles `json:"gap_added,omitempty"`
 	HeldBack  int          `json:"held_back,omitempty"`
@@ -119,6 +128,11 @@ func (r *Report) WriteText(w io.Writer) {
 				fmt.Fprintf(w, "   %s: %d errors, first: %s\n", row.Label, row.Errors, row.FirstError)
 			}
 		}
+		fmt.Fprintln(w)
+	}
+
+	if len(r.StreamAPIs) > 0 {
+		writeStreamAPIs(w, r.StreamAPIs)
 		fmt.Fprintln(w)
 	}
 
@@ -195,14 +209,16 @@ func writeRequests(w io.Writer, sc ScenarioResult) {
 }
 
 func writeStreams(w io.Writer, sc ScenarioResult) {
-	fmt.Fprintln(w, "subject\tstreams/s\tTTFB p50\tp99\t+TTFB p50\t+p99\tgap p50\tp99\t+gap p50\t+p99\theld back\tstream p50\tp99\tCPU/stream\tRSS\terrors\t")
+	fmt.Fprintln(w, "subject\tstreams/s\tTTFB p50\tp99\t+TTFB p50\t+p99\tTTFT p50\tp99\t+TTFT p50\t+p99\tgap p50\tp99\t+gap p50\t+p99\theld back\tstream p50\tp99\t+p50\t+p99\tCPU/stream\tRSS\terrors\t")
 	for _, row := range sc.Rows {
-		t, g := orNaN(row.TTFB), orNaN(row.Gap)
-		ta, ga := orNaN(row.TTFBAdded), orNaN(row.GapAdded)
-		fmt.Fprintf(w, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%d\t\n",
+		t, tt, g := orNaN(row.TTFB), orNaN(row.TTFT), orNaN(row.Gap)
+		ta, tta, ga, a := orNaN(row.TTFBAdded), orNaN(row.TTFTAdded), orNaN(row.GapAdded), orNaN(row.Added)
+		fmt.Fprintf(w, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n",
 			row.Label, row.RPS, fmtMicros(t.P50), fmtMicros(t.P99), fmtMicros(ta.P50), fmtMicros(ta.P99),
+			fmtMicros(tt.P50), fmtMicros(tt.P99), fmtMicros(tta.P50), fmtMicros(tta.P99),
 			fmtMicros(g.P50), fmtMicros(g.P99), fmtMicros(ga.P50), fmtMicros(ga.P99),
 			row.HeldBack, row.PacedGaps, fmtMicros(row.Latency.P50), fmtMicros(row.Latency.P99),
+			fmtMicros(a.P50), fmtMicros(a.P99),
 			fmtMicros(row.CPUPerRequestUS), fmtMiB(float64(row.MaxRSSBytes)), row.Errors)
 	}
 }
@@ -233,7 +249,7 @@ func writeIdle(w io.Writer, sc ScenarioResult) {
 func orNaN(p *Percentiles) Percentiles {
 	if p == nil {
 		n := math.NaN()
-		return Percentiles{n, n, n, n, n}
+		return Percentiles{n, n, n, n, n, n}
 	}
 	return *p
 }

@@ -53,6 +53,20 @@ type scenario struct {
 	profile bool
 	// prime sends every body once before the warm-up (fills the cache).
 	prime bool
+	// api is a streams scenario's API (chat when nil); the APIs' scenarios
+	// differ in nothing else, so their added latencies compare.
+	api *streamAPI
+	// group, when set, interleaves the rounds of the consecutive scenarios
+	// that share it (runGroup), as entries are within a scenario.
+	group string
+}
+
+// streamAPI is the scenario's stream API.
+func (sc scenario) streamAPI() *streamAPI {
+	if sc.api == nil {
+		return apiChat
+	}
+	return sc.api
 }
 
 // suite runs scenarios against one stack.
@@ -133,7 +147,25 @@ func (s *suite) scenarios() []scenario {
 			title: fmt.Sprintf("streams of %d chunks %s apart, open loop at %d streams/s",
 				cfg.Tokens, cfg.ChunkDelay, cfg.StreamRate),
 			kind: kindStreams, rate: cfg.StreamRate, entries: rows(roleStream, all...),
-			bodies: [][]byte{streamBody(roleStream, cfg.Tokens)},
+			bodies: [][]byte{streamBody(roleStream, cfg.Tokens)}, group: "streams",
+		})
+	}
+	// The other stream APIs, from the same simulator at the same rate and
+	// in rounds interleaved with chat's, so their added latency and TTFT
+	// compare with chat's (issue 12). The cached gateway is left out:
+	// streams are never cached.
+	for _, api := range []*streamAPI{apiMessages, apiResponses} {
+		name := "streams-" + api.name
+		if !cfg.wants(name) {
+			continue
+		}
+		out = append(out, scenario{
+			name: name,
+			title: fmt.Sprintf("%s streams (POST %s) of %d chunks %s apart, open loop at %d streams/s",
+				api.name, api.path, cfg.Tokens, cfg.ChunkDelay, cfg.StreamRate),
+			kind: kindStreams, rate: cfg.StreamRate, api: api,
+			entries: rows(roleStream, subjectDirect, subjectGateway, subjectGoProxy, subjectNginx),
+			bodies:  [][]byte{api.body(roleStream, cfg.Tokens)}, group: "streams",
 		})
 	}
 	if cfg.wants("cache") {
@@ -188,73 +220,112 @@ func (s *suite) plan(scs []scenario) {
 	}
 }
 
-// run runs one scenario: a warm-up of every entry, then Rounds rounds in
-// which every entry runs once, in the same order (A B C A B C …).
-func (s *suite) run(ctx context.Context, sc scenario) (ScenarioResult, error) {
-	runs := make([]run, len(sc.entries))
-	cpu := make([]time.Duration, len(sc.entries))
-	overhead := make([]histogram, len(sc.entries))
-	rounds := s.cfg.Rounds
-	if sc.prime {
-		for _, e := range sc.entries {
-			if err := prime(ctx, e, sc.bodiesFor(e)); err != nil {
-				return ScenarioResult{}, err
+// measured is what the rounds of one scenario have measured so far.
+type measured struct {
+	sc       scenario
+	rounds   int
+	runs     []run
+	cpu      []time.Duration
+	overhead []histogram
+}
+
+// runGroup runs scenarios that share a group (one alone when it has none):
+// a warm-up of every entry, then Rounds rounds in which every entry of
+// every scenario runs once, in the same order (A B C A' B' C' A B C …), so
+// drift falls on the group's scenarios alike and they compare.
+func (s *suite) runGroup(ctx context.Context, scs []scenario) (_ []ScenarioResult, err error) {
+	current := scs[0].name
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("scenario %s: %w", current, err)
+		}
+	}()
+	ms := make([]*measured, len(scs))
+	rounds := 0
+	for k, sc := range scs {
+		m := &measured{sc: sc, rounds: s.cfg.Rounds, runs: make([]run, len(sc.entries)),
+			cpu: make([]time.Duration, len(sc.entries)), overhead: make([]histogram, len(sc.entries))}
+		ms[k], current = m, sc.name
+		if sc.prime {
+			for _, e := range sc.entries {
+				if err := prime(ctx, e, sc.bodiesFor(e)); err != nil {
+					return nil, err
+				}
 			}
 		}
-	}
-	if sc.kind == kindIdle {
-		rounds = 1
-	} else if s.cfg.Warmup > 0 {
-		for _, e := range sc.entries {
-			if _, err := s.once(ctx, sc, e, s.cfg.Warmup); err != nil {
-				return ScenarioResult{}, err
-			}
-			if err := s.checkpoint(ctx); err != nil {
-				return ScenarioResult{}, err
+		if sc.kind == kindIdle {
+			m.rounds = 1
+		} else if s.cfg.Warmup > 0 {
+			for _, e := range sc.entries {
+				if _, err := s.once(ctx, sc, e, s.cfg.Warmup); err != nil {
+					return nil, err
+				}
+				if err := s.checkpoint(ctx); err != nil {
+					return nil, err
+				}
 			}
 		}
+		rounds = max(rounds, m.rounds)
 	}
 	for round := 1; round <= rounds; round++ {
-		for i, e := range sc.entries {
-			var before histogram
-			var err error
-			if sc.overhead && e.subject.metricsURL != "" {
-				if before, err = scrapeHistogram(ctx, metricsClient, e.subject.metricsURL, overheadMetric); err != nil {
-					return ScenarioResult{}, err
+		for _, m := range ms {
+			if round > m.rounds {
+				continue
+			}
+			current = m.sc.name
+			for i := range m.sc.entries {
+				if err := s.measure(ctx, m, i, round); err != nil {
+					return nil, err
 				}
-			}
-			cpu0, cpuErr := cpuTimes(e.subject.pids(e.role))
-			r, err := s.once(ctx, sc, e, s.cfg.Duration)
-			if err != nil {
-				return ScenarioResult{}, err
-			}
-			if cpu1, err := cpuTimes(e.subject.pids(e.role)); err == nil && cpuErr == nil {
-				cpu[i] += cpu1 - cpu0
-			}
-			if sc.overhead && e.subject.metricsURL != "" {
-				after, err := scrapeHistogram(ctx, metricsClient, e.subject.metricsURL, overheadMetric)
-				if err != nil {
-					return ScenarioResult{}, err
-				}
-				window, err := after.minus(before)
-				if err != nil {
-					return ScenarioResult{}, err
-				}
-				overhead[i] = overhead[i].plus(window)
-			}
-			runs[i].add(r)
-			s.report(sc, round, rounds, e, r)
-			if err := s.checkpoint(ctx); err != nil {
-				return ScenarioResult{}, err
 			}
 		}
 	}
-	if sc.profile {
-		if err := s.profileGateway(ctx, sc); err != nil {
-			s.notes = append(s.notes, "CPU profile not taken: "+err.Error())
+	var out []ScenarioResult
+	for _, m := range ms {
+		current = m.sc.name
+		if m.sc.profile {
+			if err := s.profileGateway(ctx, m.sc); err != nil {
+				s.notes = append(s.notes, "CPU profile not taken: "+err.Error())
+			}
+		}
+		out = append(out, s.result(m.sc, m.runs, m.cpu, m.overhead))
+	}
+	return out, nil
+}
+
+// measure runs entry i of m's scenario once, for Duration, and adds it to
+// m: the load, the subject's CPU time and, where asked, its overhead.
+func (s *suite) measure(ctx context.Context, m *measured, i, round int) error {
+	sc, e := m.sc, m.sc.entries[i]
+	var before histogram
+	var err error
+	if sc.overhead && e.subject.metricsURL != "" {
+		if before, err = scrapeHistogram(ctx, metricsClient, e.subject.metricsURL, overheadMetric); err != nil {
+			return err
 		}
 	}
-	return s.result(sc, runs, cpu, overhead), nil
+	cpu0, cpuErr := cpuTimes(e.subject.pids(e.role))
+	r, err := s.once(ctx, sc, e, s.cfg.Duration)
+	if err != nil {
+		return err
+	}
+	if cpu1, err := cpuTimes(e.subject.pids(e.role)); err == nil && cpuErr == nil {
+		m.cpu[i] += cpu1 - cpu0
+	}
+	if sc.overhead && e.subject.metricsURL != "" {
+		after, err := scrapeHistogram(ctx, metricsClient, e.subject.metricsURL, overheadMetric)
+		if err != nil {
+			return err
+		}
+		window, err := after.minus(before)
+		if err != nil {
+			return err
+		}
+		m.overhead[i] = m.overhead[i].plus(window)
+	}
+	m.runs[i].add(r)
+	s.report(sc, round, m.rounds, e, r)
+	return s.checkpoint(ctx)
 }
 
 // checkpoint stops the scenario when the user asked to or a child died.
@@ -274,7 +345,7 @@ func (s *suite) once(ctx context.Context, sc scenario, e entry, d time.Duration)
 		return attack(ctx, e, load{workers: sc.workers, duration: d, bodies: sc.bodiesFor(e)}), nil
 	case kindStreams:
 		shape := streamShape{tokens: s.cfg.Tokens, chunkDelay: s.cfg.ChunkDelay}
-		return runStreams(ctx, e, sc.bodiesFor(e)[0], shape, sc.rate, d), nil
+		return runStreams(ctx, e, sc.streamAPI(), sc.bodiesFor(e)[0], shape, sc.rate, d), nil
 	case kindIdle:
 		// Connections kept from earlier scenarios would count against the
 		// open-files limit the streams are sized by.
@@ -386,6 +457,9 @@ func (s *suite) result(sc scenario, runs []run, cpu []time.Duration, overhead []
 		Name: sc.name, Title: sc.title, Kind: string(sc.kind), Rate: sc.rate, Workers: sc.workers,
 		Rounds: s.cfg.Rounds, RunSeconds: s.cfg.Duration.Seconds(),
 	}
+	if sc.kind == kindStreams {
+		res.API = sc.streamAPI().name
+	}
 	if sc.kind == kindIdle {
 		res.Rounds = 1
 		res.RunSeconds = 0
@@ -412,8 +486,8 @@ func (s *suite) result(sc scenario, runs []run, cpu []time.Duration, overhead []
 			row.Latency = r.latencies.percentiles()
 		}
 		if sc.kind == kindStreams {
-			ttfb, gaps := r.ttfb.percentiles(), r.gaps.percentiles()
-			row.TTFB, row.Gap = &ttfb, &gaps
+			ttfb, ttft, gaps := r.ttfb.percentiles(), r.ttft.percentiles(), r.gaps.percentiles()
+			row.TTFB, row.TTFT, row.Gap = &ttfb, &ttft, &gaps
 			row.HeldBack, row.PacedGaps = r.heldBack, len(r.gaps)
 		}
 		if r.cacheHits > 0 || sc.name == "cache" {
@@ -433,8 +507,9 @@ func (s *suite) result(sc scenario, runs []run, cpu []time.Duration, overhead []
 			row.Added = &added
 			if sc.kind == kindStreams {
 				t := row.TTFB.minus(b.ttfb.percentiles())
+				tt := row.TTFT.minus(b.ttft.percentiles())
 				g := row.Gap.minus(b.gaps.percentiles())
-				row.TTFBAdded, row.GapAdded = &t, &g
+				row.TTFBAdded, row.TTFTAdded, row.GapAdded = &t, &tt, &g
 			}
 		}
 		res.Rows = append(res.Rows, row)

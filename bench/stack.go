@@ -358,6 +358,10 @@ upstreams:
     api_key: ${RELAYBENCH_UPSTREAM_KEY}
     timeout: {{.Timeout}}
     connect_timeout: 5s
+    # The simulator speaks every stream API the suite measures; without
+    # apis: the gateway takes a host it does not know for chat,
+    # embeddings and completions only.
+    apis: [chat, messages, responses]
 {{- end}}
 models:
   - {name: bench-fast, route: [sim-fast], price: {input_per_mtok: 1.40, output_per_mtok: 5.60}, reference_price: {input_per_mtok: 2.00, output_per_mtok: 8.00}}

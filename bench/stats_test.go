@@ -24,9 +24,9 @@ func TestPercentiles(t *testing.T) {
 		s    sample
 		want Percentiles
 	}{
-		{"one", ms(7), Percentiles{7000, 7000, 7000, 7000, 7000}},
-		{"nearest rank of 1..100", ms(hundred...), Percentiles{50000, 90000, 99000, 100000, 100000}},
-		{"two", ms(1, 3), Percentiles{1000, 3000, 3000, 3000, 3000}},
+		{"one", ms(7), Percentiles{7000, 7000, 7000, 7000, 7000, 7000}},
+		{"nearest rank of 1..100", ms(hundred...), Percentiles{50000, 90000, 95000, 99000, 100000, 100000}},
+		{"two", ms(1, 3), Percentiles{1000, 3000, 3000, 3000, 3000, 3000}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

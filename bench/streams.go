@@ -18,27 +18,24 @@ import (
 // milliseconds, so it only guards against a wedged subject.
 const streamTimeout = 60 * time.Second
 
-// streamShape is what every stream of the streams scenario must look like:
-// the simulator sends a role chunk, tokens content chunks, a finish chunk
-// (each pause chunkDelay apart), then usage and [DONE] at once.
+// streamShape is what every stream of a streams scenario must look like:
+// the simulator sends the API's opening events, tokens content events and
+// its closing ones, pausing chunkDelay before each content event and
+// before the first closing one (apis.go lists each API's events): tokens+1
+// paced gaps, from the event before the first content one to the event
+// after the last.
 type streamShape struct {
 	tokens     int
 	chunkDelay time.Duration
 }
 
-// events is how many data events a whole stream has.
-func (s streamShape) events() int { return s.tokens + 4 }
-
-// pacedGaps is how many of a stream's gaps follow a pause at the source
-// (role → first content … last content → finish).
-func (s streamShape) pacedGaps() int { return s.tokens + 1 }
-
 // runStreams opens streams at rate per second for d (open loop: a slow
 // subject does not slow the arrivals) and measures, per stream, the time to
-// its first event and the gaps between paced events. A gap under half the
-// source's pause means an event reached the client together with the one
-// after it: it was held back somewhere on the way.
-func runStreams(ctx context.Context, e entry, body []byte, shape streamShape, rate int, d time.Duration) run {
+// its first event and to its first content event, and the gaps between
+// paced events. A gap under half the source's pause means an event reached
+// the client together with the one after it: it was held back somewhere on
+// the way.
+func runStreams(ctx context.Context, e entry, api *streamAPI, body []byte, shape streamShape, rate int, d time.Duration) run {
 	stopRSS := sampleRSS(e)
 	var (
 		mu sync.Mutex
@@ -64,7 +61,7 @@ schedule:
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			one, err := readStream(ctx, e, body, shape)
+			one, err := readStream(ctx, e, api, body, shape)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -74,6 +71,7 @@ schedule:
 			r.ok++
 			r.latencies = append(r.latencies, one.total)
 			r.ttfb = append(r.ttfb, one.ttfb)
+			r.ttft = append(r.ttft, one.ttft)
 			r.gaps = append(r.gaps, one.gaps...)
 			r.heldBack += one.heldBack
 		}()
@@ -85,21 +83,30 @@ schedule:
 }
 
 type streamTiming struct {
-	ttfb, total time.Duration
-	gaps        []time.Duration
-	heldBack    int
+	// ttfb is to the first event, ttft to the first content event: the
+	// APIs open with different framing, so only ttft compares across them.
+	ttfb, ttft, total time.Duration
+	gaps              []time.Duration
+	heldBack          int
 }
 
-// readStream sends one streamed request and times its events as they are
-// read off the connection.
-func readStream(ctx context.Context, e entry, body []byte, shape streamShape) (streamTiming, error) {
+// streamEvent is one data event as read off the connection.
+type streamEvent struct {
+	at    time.Time
+	class eventClass
+}
+
+// readStream sends one streamed request of api and times its events as
+// they are read off the connection.
+func readStream(ctx context.Context, e entry, api *streamAPI, body []byte, shape streamShape) (streamTiming, error) {
 	ctx, cancel := context.WithTimeout(ctx, streamTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.subject.url(e.role, "/v1/chat/completions"), bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.subject.url(e.role, api.path), bytes.NewReader(body))
 	if err != nil {
 		return streamTiming{}, err
 	}
-	req.Header = http.Header{"Authorization": {e.subject.auth}, "Content-Type": {"application/json"}, "Accept": {"text/event-stream"}}
+	req.Header = http.Header{"Content-Type": {"application/json"}, "Accept": {"text/event-stream"}}
+	api.header(req.Header, e.subject.auth)
 	t0 := time.Now()
 	resp, err := e.subject.client.Do(req)
 	if err != nil {
@@ -110,39 +117,74 @@ func readStream(ctx context.Context, e entry, body []byte, shape streamShape) (s
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
 		return streamTiming{}, fmt.Errorf("stream: HTTP %d: %s", resp.StatusCode, b)
 	}
-	var (
-		t    streamTiming
-		at   []time.Time
-		done bool
-	)
 	br := bufio.NewReaderSize(resp.Body, 16<<10)
-	for !done {
+	events, err := readEvents(br, api)
+	if err != nil {
+		return streamTiming{}, err
+	}
+	// Drain so the connection goes back to the pool.
+	_, _ = io.Copy(io.Discard, br)
+	return timeStream(events, t0, api, shape)
+}
+
+// readEvents reads SSE data events, stamping each as it arrives, up to
+// the api's last one.
+func readEvents(br *bufio.Reader, api *streamAPI) ([]streamEvent, error) {
+	var (
+		events []streamEvent
+		name   []byte // the event: field of the event being read
+	)
+	for {
 		line, err := br.ReadSlice('\n')
-		if bytes.HasPrefix(line, []byte("data:")) {
-			at = append(at, time.Now())
-			done = bytes.HasPrefix(bytes.TrimSpace(line[5:]), []byte("[DONE]"))
+		switch {
+		case bytes.HasPrefix(line, []byte("event:")):
+			name = append(name[:0], bytes.TrimSpace(line[6:])...)
+		case bytes.HasPrefix(line, []byte("data:")):
+			ev := streamEvent{at: time.Now(), class: api.classify(name, bytes.TrimSpace(line[5:]))}
+			events = append(events, ev)
+			name = name[:0]
+			if ev.class == eventLast {
+				return events, nil
+			}
 		}
 		if err != nil {
-			if done {
-				break
-			}
-			return streamTiming{}, fmt.Errorf("stream ended after %d events without [DONE]: %w", len(at), err)
+			return nil, fmt.Errorf("%s stream ended after %d events without its last: %w", api.name, len(events), err)
 		}
 	}
-	if len(at) != shape.events() {
-		return streamTiming{}, fmt.Errorf("stream had %d events, want %d", len(at), shape.events())
+}
+
+// timeStream checks a stream's events against the shape and times them
+// from t0, when the request was sent.
+func timeStream(events []streamEvent, t0 time.Time, api *streamAPI, shape streamShape) (streamTiming, error) {
+	if want := shape.tokens + api.framing; len(events) != want {
+		return streamTiming{}, fmt.Errorf("%s stream had %d events, want %d", api.name, len(events), want)
 	}
-	t.ttfb = at[0].Sub(t0)
-	t.total = at[len(at)-1].Sub(t0)
-	for i := 1; i <= shape.pacedGaps(); i++ {
-		g := at[i].Sub(at[i-1])
+	first, last, content := -1, -1, 0
+	for i, ev := range events {
+		if ev.class == eventContent {
+			if first < 0 {
+				first = i
+			}
+			last = i
+			content++
+		}
+	}
+	if content != shape.tokens || first < 1 || last+1 >= len(events) {
+		return streamTiming{}, fmt.Errorf("%s stream had %d content events (from event %d to %d of %d), want %d between framing ones",
+			api.name, content, first, last, len(events), shape.tokens)
+	}
+	t := streamTiming{
+		ttfb:  events[0].at.Sub(t0),
+		ttft:  events[first].at.Sub(t0),
+		total: events[len(events)-1].at.Sub(t0),
+	}
+	for i := first; i <= last+1; i++ {
+		g := events[i].at.Sub(events[i-1].at)
 		t.gaps = append(t.gaps, g)
 		if g < shape.chunkDelay/2 {
 			t.heldBack++
 		}
 	}
-	// Drain so the connection goes back to the pool.
-	_, _ = io.Copy(io.Discard, br)
 	return t, nil
 }
 

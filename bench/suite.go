@@ -71,8 +71,9 @@ type Config struct {
 	// Profile records the gateway's CPU with perf during one extra
 	// saturation run (when perf is installed).
 	Profile bool
-	// Scenarios, when set, runs only the named ones (completions,
-	// saturation, streams, cache, fallback, idle).
+	// Scenarios, when set, runs only the named ones (ScenarioNames:
+	// streams is chat's, streams-messages and streams-responses the other
+	// stream APIs').
 	Scenarios []string
 }
 
@@ -97,7 +98,7 @@ func DefaultConfig() Config {
 }
 
 // ScenarioNames lists the scenarios in the order they run.
-var ScenarioNames = []string{"completions", "saturation", "streams", "cache", "fallback", "idle"}
+var ScenarioNames = []string{"completions", "saturation", "streams", "streams-messages", "streams-responses", "cache", "fallback", "idle"}
 
 func (c *Config) validate() error {
 	var errs []error
@@ -216,12 +217,17 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 		len(scenarios), cfg.Rounds, cfg.Duration, s.planned.Round(10*time.Second), rep.Machine.CPUs,
 		rep.Machine.LoadStart[0], rep.Machine.LoadStart[1], rep.Machine.LoadStart[2])
 	s.started = time.Now()
-	for _, sc := range scenarios {
-		res, err := s.run(ctx, sc)
-		if err != nil {
-			return nil, fmt.Errorf("scenario %s: %w", sc.name, err)
+	for i := 0; i < len(scenarios); {
+		j := i + 1
+		for j < len(scenarios) && scenarios[i].group != "" && scenarios[j].group == scenarios[i].group {
+			j++
 		}
-		rep.Scenarios = append(rep.Scenarios, res)
+		res, err := s.runGroup(ctx, scenarios[i:j])
+		if err != nil {
+			return nil, err
+		}
+		rep.Scenarios = append(rep.Scenarios, res...)
+		i = j
 	}
 	rep.Profile = s.profile
 	notes = append(notes, s.notes...)
@@ -231,6 +237,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	rep.Machine.BusyPercent = busyPercent(cpu0, cpu1)
 	rep.Seconds = time.Since(rep.Started).Seconds()
 	rep.Targets = evaluate(rep, cfg)
+	rep.StreamAPIs = compareStreamAPIs(rep)
 	rep.Notes = notes
 	if err := rep.write(cfg.OutDir); err != nil {
 		return rep, err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,7 +58,7 @@ func TestSuiteSmoke(t *testing.T) {
 	if hasNginx {
 		subjects = append(subjects, subjectNginx)
 	}
-	wantScenarios := []string{"completions@50", "saturation", "streams", "cache", "fallback", "idle"}
+	wantScenarios := []string{"completions@50", "saturation", "streams", "streams-messages", "streams-responses", "cache", "fallback", "idle"}
 	var got []string
 	for _, sc := range rep.Scenarios {
 		got = append(got, sc.Name)
@@ -80,13 +81,24 @@ func TestSuiteSmoke(t *testing.T) {
 			switch {
 			case sc.Name == "cache" && row.Label == subjectGatewayCache && row.CacheHits == 0:
 				t.Errorf("cache scenario: the cached gateway served no hits (X-Cache: HIT) after priming")
-			case sc.Name == "streams" && row.TTFB == nil:
-				t.Errorf("streams / %s: no time to first byte", row.Label)
+			case sc.Kind == string(kindStreams) && (row.TTFB == nil || row.TTFT == nil):
+				t.Errorf("%s / %s: no time to first byte or first content event", sc.Name, row.Label)
 			case sc.Name == "idle" && (row.Idle == nil || row.Idle.Held != cfg.IdleStreams || len(row.Idle.Points) != cfg.IdleBatches+1):
 				t.Errorf("idle / %s: %+v, want %d streams held in %d batches", row.Label, row.Idle, cfg.IdleStreams, cfg.IdleBatches)
 			case sc.Name == "completions@50" && row.Subject == subjectGateway && row.Overhead == nil:
 				t.Errorf("completions@50 / gateway: relaygate_overhead_seconds not scraped")
 			}
+		}
+	}
+
+	// The stream APIs are compared with chat's; at these rates the verdict
+	// is noise, so only that each was measured is checked.
+	if len(rep.StreamAPIs) != 3 {
+		t.Errorf("%d stream API comparisons, want 3 (chat, messages, responses)", len(rep.StreamAPIs))
+	}
+	for _, c := range rep.StreamAPIs {
+		if c.Streams == 0 || math.IsNaN(float64(c.TTFTP50Vs)) {
+			t.Errorf("stream API %s: %d streams, TTFT ratio %v (%s)", c.API, c.Streams, c.TTFTP50Vs, c.Note)
 		}
 	}
 

@@ -47,7 +47,7 @@ func (t Target) MarshalJSON() ([]byte, error) {
 // MarshalJSON writes NaN percentiles (an empty sample) as null.
 func (p Percentiles) MarshalJSON() ([]byte, error) {
 	return json.Marshal(map[string]any{
-		"p50_us": jsonNum(p.P50), "p90_us": jsonNum(p.P90), "p99_us": jsonNum(p.P99),
+		"p50_us": jsonNum(p.P50), "p90_us": jsonNum(p.P90), "p95_us": jsonNum(p.P95), "p99_us": jsonNum(p.P99),
 		"p999_us": jsonNum(p.P999), "max_us": jsonNum(p.Max),
 	})
 }
