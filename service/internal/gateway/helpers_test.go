@@ -163,8 +163,8 @@ func gatewayConfig(t *testing.T, o gwOpts, ups ...*fakeUpstream) *config.Config 
 		if !strings.Contains(extra, "apis:") {
 			// A loopback upstream would speak chat, embeddings and
 			// completions only; test upstreams (the simulator) speak
-			// Messages and Responses too.
-			extra += ", apis: [chat, embeddings, completions, messages, responses]"
+			// Messages, Responses, moderations, images and audio too.
+			extra += ", apis: [chat, embeddings, completions, messages, responses, moderations, images, audio]"
 		}
 		fmt.Fprintf(&y, "  - {name: %s, base_url: %q, api_key: \"upstream-key-%s\", timeout: %s, connect_timeout: %[4]s%s}\n", name, u.URL+"/v1", name, o.timeout, extra)
 	}
