@@ -31,7 +31,7 @@ func TestOpenAISurfaceSDK(t *testing.T) {
 		_, _ = io.WriteString(w, `{"error":{"message":"overloaded","type":"server_error"}}`)
 	})
 	_, sim := responsesSim(t, "upstream-key-b", upstreamsim.Config{CompletionTokens: 5})
-	gwSrv, _, m := newGateway(t, gwOpts{attempts: 1, routeA: `a, {upstream: b, model: "sim-m"}`}, failing, sim)
+	gwSrv, _, m := newGateway(t, gwOpts{attempts: 1, upstream: allAPIs, routeA: `a, {upstream: b, model: "sim-m"}`}, failing, sim)
 	client := sdkClient(gwSrv.URL)
 	ctx := context.Background()
 
@@ -194,7 +194,7 @@ func TestTranscriptionForm(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"text":"ok"}`)
 	})
-	gwSrv, _, _ := newGateway(t, gwOpts{routeA: `{upstream: a, model: "whisper-long-name"}`}, up)
+	gwSrv, _, _ := newGateway(t, gwOpts{upstream: allAPIs, routeA: `{upstream: a, model: "whisper-long-name"}`}, up)
 	form := func(fields ...string) (string, []byte) {
 		var b bytes.Buffer
 		mw := multipart.NewWriter(&b)
@@ -274,7 +274,7 @@ func TestTranscriptionMemory(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	up := &fakeUpstream{Server: srv}
-	gwSrv, _, _ := newGateway(t, gwOpts{maxBody: 16 << 20, routeA: `{upstream: a, model: "whisper-1"}`}, up)
+	gwSrv, _, _ := newGateway(t, gwOpts{maxBody: 16 << 20, upstream: allAPIs, routeA: `{upstream: a, model: "whisper-1"}`}, up)
 
 	file := bytes.Repeat([]byte{0xff, 0xfb, 0x90, 0x64}, size/4)
 	var b bytes.Buffer
