@@ -7,16 +7,21 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
+	"github.com/relaygate/relaygate/service/internal/cache"
+	"github.com/relaygate/relaygate/service/internal/metrics"
+	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 
@@ -313,5 +318,56 @@ func TestTranscriptionMemory(t *testing.T) {
 		t.Errorf("one %d MiB upload allocated %.1f MiB (%.2f× the file); want < 2.5×", size>>20, float64(alloc)/(1<<20), float64(alloc)/size)
 	} else {
 		t.Logf("one %d MiB upload allocated %.1f MiB (%.2f× the file)", size>>20, float64(alloc)/(1<<20), float64(alloc)/size)
+	}
+}
+
+// TestSurfaceCache, with a real Redis: a whole legacy completion at
+// temperature 0 is cached like chat; its stream, moderations, images and
+// speech always go to the upstream.
+func TestSurfaceCache(t *testing.T) {
+	rds := testenv.StartRedis(t)
+	_, sim := responsesSim(t, "upstream-key-a", upstreamsim.Config{CompletionTokens: 4})
+	cfg := gatewayConfig(t, gwOpts{upstream: allAPIs, extra: fmt.Sprintf("cache: {redis_url: %q, ttl: 1h}\n", rds.URL)}, sim)
+	c, err := cache.New(cache.Options{URL: rds.URL, TTL: time.Hour, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	m := metrics.New()
+	srv := httptest.NewServer(New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m, Cache: c}))
+	t.Cleanup(srv.Close)
+
+	tests := []struct {
+		name, api, path, body string
+		second                string // X-Cache of the second identical request
+	}{
+		{"completion", "completions", "/v1/completions", `{"model":"m","prompt":"cache me","temperature":0}`, "HIT"},
+		{"moderation", "moderations", "/v1/moderations", `{"model":"m","input":"hi","temperature":0}`, "BYPASS"},
+		{"image", "images", "/v1/images/generations", `{"model":"m","prompt":"fox","temperature":0}`, "BYPASS"},
+		{"speech", "audio", "/v1/audio/speech", `{"model":"m","input":"hi","voice":"alloy","temperature":0}`, "BYPASS"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			first := post(t, srv.URL, tc.path, tc.body)
+			if first.status != http.StatusOK {
+				t.Fatalf("first: %d %s", first.status, first.body)
+			}
+			// Stored after the client has it, before the request is
+			// counted: wait for the count.
+			waitMetric(t, m, "relaygate_requests_total", map[string]string{"model": "m", "upstream": "a", "code": "200", "api": tc.api}, 1)
+			second := post(t, srv.URL, tc.path, tc.body)
+			if got := second.header.Get("X-Cache"); got != tc.second || second.status != http.StatusOK {
+				t.Errorf("second: %d X-Cache %q, want %q", second.status, got, tc.second)
+			}
+			if tc.second == "HIT" && !bytes.Equal(first.body, second.body) {
+				t.Errorf("cached answer differs:\n%s\n%s", first.body, second.body)
+			}
+		})
+	}
+	// The cached completion asked as a stream: only chat has a replay of
+	// a whole answer as events, so the upstream streams it.
+	st := post(t, srv.URL, "/v1/completions", `{"model":"m","prompt":"cache me","temperature":0,"stream":true}`)
+	if st.status != http.StatusOK || st.header.Get("X-Cache") != "BYPASS" || !bytes.HasSuffix(st.body, []byte("data: [DONE]\n\n")) {
+		t.Errorf("stream after a cached whole answer: %d X-Cache %q\n%s", st.status, st.header.Get("X-Cache"), st.body)
 	}
 }
