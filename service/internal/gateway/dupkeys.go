@@ -28,6 +28,9 @@ var readKeys = []string{
 	// continues (which upstream it must go to), and whether its response
 	// is kept (whether its id is remembered).
 	"max_output_tokens", "previous_response_id", "store",
+	// Legacy completions and image generation: what the cache key and the
+	// required-field check read.
+	"prompt", "best_of",
 }
 
 // streamOptionKeys are the keys the gateway reads inside stream_options.

@@ -77,8 +77,12 @@ func (x *exchange) fromCache(body []byte, req *request) bool {
 	if c == nil {
 		return false
 	}
-	if x.ep == epResponses {
-		// Stateful: never cached (see responses.go).
+	switch x.ep {
+	case epResponses, epModerations, epImages, epSpeech, epTranscriptions:
+		// Responses are stateful (see responses.go); images and speech
+		// are sampled and large; a moderation's verdict follows the
+		// model's current version; a transcription is a form, not JSON.
+		// None is cached.
 		x.s.metrics.Cache(string(cache.ResultBypass))
 		return false
 	}

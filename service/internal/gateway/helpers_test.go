@@ -112,6 +112,9 @@ type gwOpts struct {
 	upstream  string    // YAML keys added to every upstream's mapping, e.g. ", auth: x-api-key"
 }
 
+// allAPIs is gwOpts.upstream for upstreams that speak every API.
+const allAPIs = ", apis: [chat, embeddings, completions, messages, responses, moderations, images, audio]"
+
 // newGateway serves a gateway whose model "m" routes through the given
 // upstreams, named a, b, … in order.
 func newGateway(t *testing.T, o gwOpts, ups ...*fakeUpstream) (*httptest.Server, *Server, *metrics.Metrics) {
@@ -163,8 +166,10 @@ func gatewayConfig(t *testing.T, o gwOpts, ups ...*fakeUpstream) *config.Config 
 		if !strings.Contains(extra, "apis:") {
 			// A loopback upstream would speak chat, embeddings and
 			// completions only; test upstreams (the simulator) speak
-			// Messages and Responses too.
-			extra += ", apis: [chat, embeddings, completions, messages, responses]"
+			// Messages, Responses, moderations and images too. Audio is
+			// left to the tests that use it (allAPIs): its series sort
+			// before chat's, and metricValue reads the first that matches.
+			extra += ", apis: [chat, embeddings, completions, messages, responses, moderations, images]"
 		}
 		fmt.Fprintf(&y, "  - {name: %s, base_url: %q, api_key: \"upstream-key-%s\", timeout: %s, connect_timeout: %[4]s%s}\n", name, u.URL+"/v1", name, o.timeout, extra)
 	}

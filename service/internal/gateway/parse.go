@@ -24,6 +24,13 @@ const (
 	epCountTokens
 	// epResponses is OpenAI's Responses API.
 	epResponses
+	// The rest of OpenAI's surface: legacy completions, moderations,
+	// image generation, and speech and transcription (audio).
+	epCompletions
+	epModerations
+	epImages
+	epSpeech
+	epTranscriptions
 )
 
 // api is the config name of the API the endpoint belongs to (config.APIChat
@@ -38,6 +45,14 @@ func (e endpoint) api() string {
 		return config.APIMessages
 	case epResponses:
 		return config.APIResponses
+	case epCompletions:
+		return config.APICompletions
+	case epModerations:
+		return config.APIModerations
+	case epImages:
+		return config.APIImages
+	case epSpeech, epTranscriptions:
+		return config.APIAudio
 	}
 	return "unknown"
 }
@@ -53,6 +68,16 @@ func (e endpoint) upstreamPath() string {
 		return "/messages/count_tokens"
 	case epResponses:
 		return "/responses"
+	case epCompletions:
+		return "/completions"
+	case epModerations:
+		return "/moderations"
+	case epImages:
+		return "/images/generations"
+	case epSpeech:
+		return "/audio/speech"
+	case epTranscriptions:
+		return "/audio/transcriptions"
 	}
 	return "/chat/completions"
 }
@@ -66,7 +91,26 @@ func (e endpoint) errorFormat() errorFormat {
 }
 
 // streams reports whether a request to the endpoint may ask for a stream.
-func (e endpoint) streams() bool { return e == epChat || e == epMessages || e == epResponses }
+func (e endpoint) streams() bool {
+	return e == epChat || e == epMessages || e == epResponses || e == epCompletions
+}
+
+// billsTokens reports whether the endpoint's answers always report token
+// usage, so that one without it counts as usage unknown. Moderations and
+// audio answers report none; images report usage only for some models
+// (gpt-image-1, not dall-e), which is read when present.
+func (e endpoint) billsTokens() bool {
+	switch e {
+	case epModerations, epImages, epSpeech, epTranscriptions:
+		return false
+	}
+	return true
+}
+
+// jsonAnswer reports whether the endpoint answers JSON, whose usage the
+// gateway reads; speech answers audio bytes and transcriptions may answer
+// text, SRT or VTT.
+func (e endpoint) jsonAnswer() bool { return e != epSpeech && e != epTranscriptions }
 
 // request is what the gateway reads of a client's body: only the fields
 // that decide routing, streaming and caching. Everything else goes to the
@@ -97,6 +141,10 @@ type request struct {
 	// noStore: a Responses request with "store": false, whose response
 	// the upstream keeps nowhere, so there is no id to remember.
 	noStore bool
+	// formType is a transcription's multipart/form-data Content-Type, its
+	// boundary and all; modelStart/modelEnd then locate the model part's
+	// raw value (form.go).
+	formType string
 }
 
 // bytesToString views b as a string without copying; b must not change
@@ -132,7 +180,7 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 		return req, errBadRequest("invalid_json", "The request body must be a JSON object.")
 	}
 	req.objectStart = root.Index + 1
-	var hasMessages, hasInput bool
+	var hasMessages, hasInput, hasPrompt bool
 	var typeErr *apiError
 	keys := keySet{read: readKeys}
 	root.ForEach(func(key, v gjson.Result) bool {
@@ -196,10 +244,11 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 				return false
 			}
 			req.noStore = v.Type == gjson.False
-		case "max_tokens", "max_completion_tokens", "max_output_tokens", "n":
+		case "max_tokens", "max_completion_tokens", "max_output_tokens", "n", "best_of":
 			// Read for usage bounds only; the upstream judges the values.
 			if v.Type == gjson.Number && v.Num >= 1 && v.Num < 1<<53 {
-				if key.Str == "n" {
+				// best_of: legacy completions bill every candidate.
+				if key.Str == "n" || key.Str == "best_of" {
 					req.choices = max(req.choices, int64(v.Num))
 				} else {
 					req.maxTokens = max(req.maxTokens, int64(v.Num))
@@ -213,6 +262,8 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 			hasMessages = len(v.Raw) > 2 && v.Get("#").Int() > 0
 		case "input":
 			hasInput = true
+		case "prompt":
+			hasPrompt = true
 		}
 		return true
 	})
@@ -227,7 +278,11 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 		if !hasMessages {
 			return req, errBadRequest("missing_messages", "'messages' must be a non-empty array.")
 		}
-	case epEmbeddings:
+	case epCompletions, epImages:
+		if !hasPrompt {
+			return req, errBadRequest("missing_prompt", "You must provide a 'prompt' parameter.")
+		}
+	case epEmbeddings, epModerations, epSpeech:
 		if !hasInput {
 			return req, errBadRequest("missing_input", "You must provide an 'input' parameter.")
 		}

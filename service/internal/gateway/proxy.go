@@ -126,7 +126,12 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		x.fail(errBadRequest("unreadable_body", "The request body could not be read: "+err.Error()))
 		return
 	}
-	req, e := parseRequest(b, ep)
+	var req request
+	if ep == epTranscriptions {
+		req, e = parseForm(b, r.Header.Get("Content-Type"))
+	} else {
+		req, e = parseRequest(b, ep)
+	}
 	if e != nil {
 		x.fail(e)
 		return
@@ -344,6 +349,7 @@ func (s *Server) recordAttempt(upstream string, a route.Attempt) {
 var (
 	hdrJSON        = []string{"application/json"}
 	hdrEventStream = []string{"text/event-stream"}
+	hdrAny         = []string{"*/*"}
 	hdrUserAgent   = []string{"relaygate"}
 	hdrCache       = map[string][]string{"HIT": {"HIT"}, "MISS": {"MISS"}, "BYPASS": {"BYPASS"}}
 )
@@ -406,10 +412,14 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 	u := t.Upstream
 	method, path := http.MethodPost, x.ep.upstreamPath()
 	var data []byte
+	var form func() io.ReadCloser
+	var formLen int64
 	usageAdded := false
 	switch {
-	case x.ep == epChat:
+	case x.ep == epChat || x.ep == epCompletions:
 		data, usageAdded = upstreamBody(b, req, t.Model, x.stream)
+	case x.ep == epTranscriptions:
+		form, formLen = formBody(b, req, t.Model)
 	case x.byID != nil:
 		method, path = x.byID.method, x.byID.path
 	default:
@@ -424,17 +434,25 @@ func (x *exchange) attempt(ctx context.Context, t *route.Target, b []byte, req *
 	if err != nil {
 		return route.Attempt{Err: fmt.Errorf("building request: %w", err)}
 	}
-	if data != nil {
+	ctype, accept := hdrJSON, hdrJSON
+	switch {
+	case data != nil:
 		hreq.Body = bodyReader(data)
 		hreq.ContentLength = int64(len(data))
 		hreq.GetBody = func() (io.ReadCloser, error) { return bodyReader(data), nil }
+	case form != nil:
+		hreq.Body, hreq.ContentLength = form(), formLen
+		hreq.GetBody = func() (io.ReadCloser, error) { return form(), nil }
+		ctype = []string{req.formType}
 	}
-	accept := hdrJSON
-	if x.stream {
+	switch {
+	case x.stream:
 		accept = hdrEventStream
+	case !x.ep.jsonAnswer():
+		accept = hdrAny // audio, or text, SRT, VTT
 	}
 	hreq.Header = http.Header{
-		"Content-Type": hdrJSON,
+		"Content-Type": ctype,
 		"Accept":       accept,
 		"User-Agent":   hdrUserAgent,
 		"X-Request-Id": {x.rid},
@@ -598,7 +616,7 @@ func (x *exchange) answerWhole(u *route.Upstream, resp *http.Response, data []by
 	}
 	if resp.StatusCode < 300 {
 		data = redactAnswer(data, x.key)
-		if x.byID == nil {
+		if x.byID == nil && x.ep.jsonAnswer() {
 			x.readUsage(data)
 		}
 		if x.stream {
@@ -825,7 +843,7 @@ func (x *exchange) finish() {
 			}
 			s.metrics.Usage(x.model, x.api, x.upstream, x.prompt, x.completion, cost, ref, hasRef)
 			x.chargeTokens()
-		} else {
+		} else if x.ep.billsTokens() {
 			s.metrics.UsageUnknown(x.model)
 		}
 	}

@@ -231,6 +231,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveProxy(w, r, epCountTokens, false)
 	case "/v1/responses":
 		s.serveProxy(w, r, epResponses, false)
+	case "/v1/completions":
+		s.serveProxy(w, r, epCompletions, false)
+	case "/v1/moderations":
+		s.serveProxy(w, r, epModerations, false)
+	case "/v1/images/generations":
+		s.serveProxy(w, r, epImages, false)
+	case "/v1/audio/speech":
+		s.serveProxy(w, r, epSpeech, false)
+	case "/v1/audio/transcriptions":
+		s.serveProxy(w, r, epTranscriptions, false)
 	case "/v1/models":
 		s.serveModels(w, r)
 	case "/health", "/healthz":
@@ -261,7 +271,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func proxyPath(path string) bool {
 	switch path {
 	case "/v1/chat/completions", "/v1/chat/completions/stream", "/v1/embeddings",
-		"/v1/messages", "/v1/messages/count_tokens", "/v1/responses":
+		"/v1/messages", "/v1/messages/count_tokens", "/v1/responses",
+		"/v1/completions", "/v1/moderations", "/v1/images/generations",
+		"/v1/audio/speech", "/v1/audio/transcriptions":
 		return true
 	}
 	return false

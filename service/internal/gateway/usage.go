@@ -98,6 +98,15 @@ func (x *exchange) readUsage(data []byte) {
 		x.responsesUsage(u)
 		return
 	}
+	if x.ep == epImages {
+		// gpt-image-1 counts input_tokens and output_tokens, as the
+		// Responses API does.
+		i, o := u.Get("input_tokens"), u.Get("output_tokens")
+		if i.Exists() || o.Exists() {
+			x.setUsage(i.Int(), o.Int(), 0)
+		}
+		return
+	}
 	p, c := u.Get("prompt_tokens"), u.Get("completion_tokens")
 	if !p.Exists() && !c.Exists() {
 		return
@@ -150,6 +159,9 @@ func cacheableAnswer(ep endpoint, contentType string, data []byte) bool {
 	case epMessages:
 		r := gjson.GetManyBytes(data, "type", "role", "content")
 		return r[0].Str == "message" && r[1].Str == "assistant" && r[2].IsArray()
+	case epCompletions:
+		r := gjson.GetManyBytes(data, "object", "choices")
+		return r[0].Str == "text_completion" && r[1].IsArray() && r[1].Get("0").IsObject()
 	case epCountTokens:
 		return gjson.GetBytes(data, "input_tokens").Type == gjson.Number
 	}

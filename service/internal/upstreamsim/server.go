@@ -9,8 +9,10 @@
 // streams are drawn per request from a seeded generator.
 //
 // Latency and faults apply to chat completions, embeddings, Messages
-// (messages.go) and Responses API requests (responses.go, the by-id ones
-// included), the requests a gateway retries and falls back on. /v1/models answers at once, and the
+// (messages.go), Responses API requests (responses.go, the by-id ones
+// included) and the rest of OpenAI's surface (surface.go: legacy
+// completions, moderations, images, speech, transcriptions), the requests
+// a gateway retries and falls back on. /v1/models answers at once, and the
 // /sim/ endpoints (stats and reset) are never delayed, faulted or
 // authenticated.
 package upstreamsim
@@ -89,6 +91,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/responses", "/responses":
 		s.stats.responses.Add(1)
 		s.serveResponses(w, r)
+	case "/v1/completions", "/completions":
+		s.stats.completions.Add(1)
+		s.serveCompletions(w, r)
+	case "/v1/moderations", "/moderations":
+		s.stats.moderations.Add(1)
+		s.serveModerations(w, r)
+	case "/v1/images/generations", "/images/generations":
+		s.stats.images.Add(1)
+		s.serveImages(w, r)
+	case "/v1/audio/speech", "/audio/speech":
+		s.stats.speech.Add(1)
+		s.serveSpeech(w, r)
+	case "/v1/audio/transcriptions", "/audio/transcriptions":
+		s.stats.transcriptions.Add(1)
+		s.serveTranscriptions(w, r)
 	case "/v1/models", "/models":
 		s.stats.models.Add(1)
 		s.serveModels(w, r)

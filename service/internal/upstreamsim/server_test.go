@@ -225,7 +225,8 @@ func TestSimEndpoints(t *testing.T) {
 	}
 	want := Stats{
 		Requests: map[string]uint64{EndpointChatCompletions: 2, EndpointEmbeddings: 0, EndpointModels: 0, EndpointOther: 1,
-			EndpointMessages: 0, EndpointCountTokens: 0, EndpointResponses: 0},
+			EndpointMessages: 0, EndpointCountTokens: 0, EndpointResponses: 0, EndpointCompletions: 0, EndpointModerations: 0,
+			EndpointImages: 0, EndpointSpeech: 0, EndpointTranscriptions: 0},
 		Rejected: map[string]uint64{
 			RejectBadRequest: 0, RejectUnauthorized: 1, RejectModelNotFound: 0, RejectMethodNotAllowed: 0, RejectTooLarge: 0,
 		},

@@ -9,8 +9,13 @@ const (
 	EndpointModels          = "models"
 	EndpointMessages        = "messages"
 	EndpointCountTokens     = "count_tokens"
-	EndpointResponses       = "responses" // POST /v1/responses and the by-id endpoints
-	EndpointOther           = "other"     // unknown paths, answered 404
+	EndpointResponses       = "responses"   // POST /v1/responses and the by-id endpoints
+	EndpointCompletions     = "completions" // legacy POST /v1/completions
+	EndpointModerations     = "moderations"
+	EndpointImages          = "images" // POST /v1/images/generations
+	EndpointSpeech          = "speech"
+	EndpointTranscriptions  = "transcriptions"
+	EndpointOther           = "other" // unknown paths, answered 404
 )
 
 // Fault kinds used as keys of Stats.Faults.
@@ -62,6 +67,7 @@ type Stats struct {
 
 type counters struct {
 	chat, embeddings, models, other, messages, countTokens, responses atomic.Uint64
+	completions, moderations, images, speech, transcriptions          atomic.Uint64
 	badRequest, unauthorized, modelNotFound, notAllowed, tooBig       atomic.Uint64
 	faultFailure, faultHang, faultReset, faultCut                     atomic.Uint64
 	faultErrorEvent, faultFailedAfterCreated                          atomic.Uint64
@@ -78,6 +84,11 @@ func (c *counters) snapshot() Stats {
 			EndpointModels:          c.models.Load(),
 			EndpointMessages:        c.messages.Load(),
 			EndpointCountTokens:     c.countTokens.Load(),
+			EndpointCompletions:     c.completions.Load(),
+			EndpointModerations:     c.moderations.Load(),
+			EndpointImages:          c.images.Load(),
+			EndpointSpeech:          c.speech.Load(),
+			EndpointTranscriptions:  c.transcriptions.Load(),
 			EndpointOther:           c.other.Load(),
 		},
 		Rejected: map[string]uint64{
@@ -105,6 +116,7 @@ func (c *counters) snapshot() Stats {
 func (c *counters) zero() {
 	for _, v := range []*atomic.Uint64{
 		&c.chat, &c.embeddings, &c.models, &c.other, &c.messages, &c.countTokens, &c.responses, &c.faultFailedAfterCreated,
+		&c.completions, &c.moderations, &c.images, &c.speech, &c.transcriptions,
 		&c.badRequest, &c.unauthorized, &c.modelNotFound, &c.notAllowed, &c.tooBig,
 		&c.faultFailure, &c.faultHang, &c.faultReset, &c.faultCut, &c.faultErrorEvent,
 		&c.streamsStarted, &c.streamsCompleted, &c.cancelled,
