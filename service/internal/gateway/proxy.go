@@ -127,6 +127,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		return
 	}
 	var req request
+	var e *apiError
 	if ep == epTranscriptions {
 		req, e = parseForm(b, r.Header.Get("Content-Type"))
 	} else {
