@@ -147,7 +147,6 @@ func appendChatCompletion(dst []byte, req *chatRequest) []byte {
 // counting every data event, the role chunk first.
 func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, req *chatRequest) {
 	cfg := req.cfg
-	ctx := r.Context()
 	rc := http.NewResponseController(w)
 	cut := hits(&req.rng, cfg.CutRate)
 
@@ -157,34 +156,12 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, req *chatReq
 	w.WriteHeader(http.StatusOK)
 	s.stats.streamsStarted.Add(1)
 
-	sent := 0
-	// emit writes one event and reports whether the stream goes on. It ends
-	// the stream, counting why, when the client went away or the cut is due.
-	emit := func(event []byte) bool {
-		if _, err := w.Write(event); err != nil {
-			s.stats.cancelled.Add(1)
-			return false
-		}
-		if err := rc.Flush(); err != nil {
-			s.stats.cancelled.Add(1)
-			return false
-		}
-		sent++
-		if cut && sent == cfg.CutAfterChunks {
-			s.stats.faultCut.Add(1)
-			dropConnection(w, false)
-			return false
-		}
-		return true
+	cutAfter := 0
+	if cut {
+		cutAfter = cfg.CutAfterChunks
 	}
-	// pause waits ChunkDelay between events, or notices a client gone.
-	pause := func() bool {
-		if sleep(ctx, cfg.ChunkDelay) {
-			return true
-		}
-		s.abandon(w)
-		return false
-	}
+	ew := s.eventWriter(w, r, cfg.ChunkDelay, cutAfter)
+	emit, pause := ew.emit, ew.pause
 
 	if cut && cfg.CutAfterChunks == 0 {
 		if err := rc.Flush(); err != nil {

@@ -275,7 +275,6 @@ func appendMessage(dst []byte, req *messagesRequest, u messageUsage) []byte {
 // (CutRate, CutAfterChunks) counts every event, message_start first.
 func (s *Server) streamMessage(w http.ResponseWriter, r *http.Request, req *messagesRequest, u messageUsage) {
 	cfg := req.cfg
-	ctx := r.Context()
 	rc := http.NewResponseController(w)
 	cut := hits(&req.rng, cfg.CutRate)
 	failAfterStart := hits(&req.rng, cfg.ErrorAfterStartRate)
@@ -295,31 +294,12 @@ func (s *Server) streamMessage(w http.ResponseWriter, r *http.Request, req *mess
 		return
 	}
 
-	sent := 0
-	emit := func(event []byte) bool {
-		if _, err := w.Write(event); err != nil {
-			s.stats.cancelled.Add(1)
-			return false
-		}
-		if err := rc.Flush(); err != nil {
-			s.stats.cancelled.Add(1)
-			return false
-		}
-		sent++
-		if cut && sent == cfg.CutAfterChunks {
-			s.stats.faultCut.Add(1)
-			dropConnection(w, false)
-			return false
-		}
-		return true
+	cutAfter := 0
+	if cut {
+		cutAfter = cfg.CutAfterChunks
 	}
-	pause := func() bool {
-		if sleep(ctx, cfg.ChunkDelay) {
-			return true
-		}
-		s.abandon(w)
-		return false
-	}
+	ew := s.eventWriter(w, r, cfg.ChunkDelay, cutAfter)
+	emit, pause := ew.emit, ew.pause
 
 	bp := getBuf()
 	defer putBuf(bp)

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/tidwall/gjson"
 )
@@ -125,4 +126,49 @@ func dropConnection(w http.ResponseWriter, reset bool) {
 		_ = tc.SetLinger(0)
 	}
 	_ = conn.Close()
+}
+
+// eventWriter sends a stream's events one at a time, each flushed, and
+// ends the stream, counting why, when the client went away or the
+// configured cut is due (cutAfter events; 0: no cut).
+type eventWriter struct {
+	s        *Server
+	w        http.ResponseWriter
+	r        *http.Request
+	rc       *http.ResponseController
+	delay    time.Duration
+	cutAfter int
+	sent     int
+}
+
+func (s *Server) eventWriter(w http.ResponseWriter, r *http.Request, delay time.Duration, cutAfter int) *eventWriter {
+	return &eventWriter{s: s, w: w, r: r, rc: http.NewResponseController(w), delay: delay, cutAfter: cutAfter}
+}
+
+// emit writes one event and reports whether the stream goes on.
+func (e *eventWriter) emit(event []byte) bool {
+	if _, err := e.w.Write(event); err != nil {
+		e.s.stats.cancelled.Add(1)
+		return false
+	}
+	if err := e.rc.Flush(); err != nil {
+		e.s.stats.cancelled.Add(1)
+		return false
+	}
+	e.sent++
+	if e.cutAfter > 0 && e.sent == e.cutAfter {
+		e.s.stats.faultCut.Add(1)
+		dropConnection(e.w, false)
+		return false
+	}
+	return true
+}
+
+// pause waits the chunk delay between events, or notices a client gone.
+func (e *eventWriter) pause() bool {
+	if sleep(e.r.Context(), e.delay) {
+		return true
+	}
+	e.s.abandon(e.w)
+	return false
 }

@@ -280,7 +280,6 @@ func appendMessageItem(dst []byte, r *simResponse, status string) []byte {
 // after CutAfterChunks events.
 func (s *Server) streamResponse(w http.ResponseWriter, r *http.Request, mr *modelRequest, resp *simResponse) {
 	cfg := mr.cfg
-	ctx := r.Context()
 	rc := http.NewResponseController(w)
 	cut := hits(&mr.rng, cfg.CutRate)
 	failAfterCreated := hits(&mr.rng, cfg.FailAfterCreatedRate)
@@ -294,7 +293,12 @@ func (s *Server) streamResponse(w http.ResponseWriter, r *http.Request, mr *mode
 	defer putBuf(bp)
 	b := (*bp)[:0]
 	defer func() { *bp = b }()
-	seq := 0
+	cutAfter := 0
+	if cut {
+		cutAfter = cfg.CutAfterChunks
+	}
+	ew := s.eventWriter(w, r, cfg.ChunkDelay, cutAfter)
+	pause := ew.pause
 	// emit writes one event, the data built by body, and reports whether
 	// the stream goes on.
 	emit := func(typ string, body func(b []byte) []byte) bool {
@@ -303,31 +307,10 @@ func (s *Server) streamResponse(w http.ResponseWriter, r *http.Request, mr *mode
 		b = append(b, "\ndata: {\"type\":\""...)
 		b = append(b, typ...)
 		b = append(b, `","sequence_number":`...)
-		b = strconv.AppendInt(b, int64(seq), 10)
+		b = strconv.AppendInt(b, int64(ew.sent), 10)
 		b = body(b)
 		b = append(b, "}\n\n"...)
-		seq++
-		if _, err := w.Write(b); err != nil {
-			s.stats.cancelled.Add(1)
-			return false
-		}
-		if err := rc.Flush(); err != nil {
-			s.stats.cancelled.Add(1)
-			return false
-		}
-		if cut && seq == cfg.CutAfterChunks {
-			s.stats.faultCut.Add(1)
-			dropConnection(w, false)
-			return false
-		}
-		return true
-	}
-	pause := func() bool {
-		if sleep(ctx, cfg.ChunkDelay) {
-			return true
-		}
-		s.abandon(w)
-		return false
+		return ew.emit(b)
 	}
 	withResponse := func(whole bool) func([]byte) []byte {
 		return func(b []byte) []byte { return appendResponse(append(b, `,"response":`...), resp, whole) }

@@ -46,13 +46,37 @@ type Server struct {
 	started int64       // Unix seconds, the "created" time of the listed models
 	// responses holds stored Responses API responses (responses.go).
 	responses responseStore
+	// routes are the model endpoints by path without /v1: gateways differ
+	// in whether their base URL carries it.
+	routes map[string]route
 }
 
 // New returns a simulator configured by cfg.
 func New(cfg Config) *Server {
 	s := &Server{started: time.Now().Unix()}
 	s.SetConfig(cfg)
+	count := func(path string, c *atomic.Uint64, serve http.HandlerFunc) {
+		s.routes[path] = route{c, serve}
+	}
+	s.routes = map[string]route{}
+	count("/chat/completions", &s.stats.chat, s.serveChat)
+	count("/embeddings", &s.stats.embeddings, s.serveEmbeddings)
+	count("/messages", &s.stats.messages, func(w http.ResponseWriter, r *http.Request) { s.serveMessages(w, r, false) })
+	count("/messages/count_tokens", &s.stats.countTokens, func(w http.ResponseWriter, r *http.Request) { s.serveMessages(w, r, true) })
+	count("/responses", &s.stats.responses, s.serveResponses)
+	count("/completions", &s.stats.completions, s.serveCompletions)
+	count("/moderations", &s.stats.moderations, s.serveModerations)
+	count("/images/generations", &s.stats.images, s.serveImages)
+	count("/audio/speech", &s.stats.speech, s.serveSpeech)
+	count("/audio/transcriptions", &s.stats.transcriptions, s.serveTranscriptions)
+	count("/models", &s.stats.models, s.serveModels)
 	return s
+}
+
+// route is one model endpoint: the counter of its requests and its handler.
+type route struct {
+	count *atomic.Uint64
+	serve http.HandlerFunc
 }
 
 // SetConfig replaces the configuration atomically. Each request reads the
@@ -75,40 +99,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.stats.inFlight.Add(1)
 		defer s.stats.inFlight.Add(-1)
 	}
+	if rt, ok := s.routes[strings.TrimPrefix(r.URL.Path, "/v1")]; ok {
+		rt.count.Add(1)
+		rt.serve(w, r)
+		return
+	}
 	switch r.URL.Path {
-	case "/v1/chat/completions", "/chat/completions":
-		s.stats.chat.Add(1)
-		s.serveChat(w, r)
-	case "/v1/embeddings", "/embeddings":
-		s.stats.embeddings.Add(1)
-		s.serveEmbeddings(w, r)
-	case "/v1/messages", "/messages":
-		s.stats.messages.Add(1)
-		s.serveMessages(w, r, false)
-	case "/v1/messages/count_tokens", "/messages/count_tokens":
-		s.stats.countTokens.Add(1)
-		s.serveMessages(w, r, true)
-	case "/v1/responses", "/responses":
-		s.stats.responses.Add(1)
-		s.serveResponses(w, r)
-	case "/v1/completions", "/completions":
-		s.stats.completions.Add(1)
-		s.serveCompletions(w, r)
-	case "/v1/moderations", "/moderations":
-		s.stats.moderations.Add(1)
-		s.serveModerations(w, r)
-	case "/v1/images/generations", "/images/generations":
-		s.stats.images.Add(1)
-		s.serveImages(w, r)
-	case "/v1/audio/speech", "/audio/speech":
-		s.stats.speech.Add(1)
-		s.serveSpeech(w, r)
-	case "/v1/audio/transcriptions", "/audio/transcriptions":
-		s.stats.transcriptions.Add(1)
-		s.serveTranscriptions(w, r)
-	case "/v1/models", "/models":
-		s.stats.models.Add(1)
-		s.serveModels(w, r)
 	case "/sim/stats":
 		s.serveStats(w, r)
 	case "/sim/reset":

@@ -118,23 +118,12 @@ func appendCompletionHead(dst []byte, req *chatRequest) []byte {
 // are empty, then [DONE].
 func (s *Server) streamCompletion(w http.ResponseWriter, r *http.Request, req *chatRequest) {
 	cfg := req.cfg
-	rc := http.NewResponseController(w)
 	h := w.Header()
 	h["Content-Type"] = contentTypeEventStream
 	h["Cache-Control"] = cacheControlNoCache
 	w.WriteHeader(http.StatusOK)
 	s.stats.streamsStarted.Add(1)
-	emit := func(b []byte) bool {
-		if _, err := w.Write(b); err != nil {
-			s.stats.cancelled.Add(1)
-			return false
-		}
-		if err := rc.Flush(); err != nil {
-			s.stats.cancelled.Add(1)
-			return false
-		}
-		return true
-	}
+	emit := s.eventWriter(w, r, cfg.ChunkDelay, 0).emit
 	bp := getBuf()
 	defer putBuf(bp)
 	b := appendCompletionHead(append((*bp)[:0], "data: "...), req)
