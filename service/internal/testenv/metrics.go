@@ -6,15 +6,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// MetricValue reads one series from g by name and labels (a subset of its
-// labels): a counter's or gauge's value, a histogram's sample count. A
-// series that does not exist reads 0, as a counter that never moved.
+// MetricValue reads name from g, summed over every series whose labels
+// include labels (as PromQL's sum(name{labels}) would): a counter's or
+// gauge's value, a histogram's sample count. Summing, not the first match,
+// keeps a test that leaves out a label (api, say) from reading whichever
+// series happens to sort first. No matching series reads 0, as a counter
+// that never moved.
 func MetricValue(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	sum := 0.0
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -32,13 +36,13 @@ func MetricValue(t testing.TB, g prometheus.Gatherer, name string, labels map[st
 			}
 			switch {
 			case mt.GetCounter() != nil:
-				return mt.GetCounter().GetValue()
+				sum += mt.GetCounter().GetValue()
 			case mt.GetGauge() != nil:
-				return mt.GetGauge().GetValue()
+				sum += mt.GetGauge().GetValue()
 			case mt.GetHistogram() != nil:
-				return float64(mt.GetHistogram().GetSampleCount())
+				sum += float64(mt.GetHistogram().GetSampleCount())
 			}
 		}
 	}
-	return 0
+	return sum
 }
