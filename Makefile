@@ -63,6 +63,8 @@ unit:
 	$(GO) test -race -count=1 ./service/...
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v '/service/')
 	$(GO) test -count=1 ./service/internal/reliability/ ./service/cmd/gateway/
+	# Every Go benchmark once, so a benchmark a change broke fails here, not in make bench.
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./service/...
 	bash scripts/fuzz.sh 5s
 
 run: build

@@ -33,7 +33,7 @@ func benchServer(b *testing.B, logRequests bool, answer []byte, contentType stri
 	doc := `
 client_keys: ["` + testClientKey + `"]
 upstreams:
-  - {name: a, base_url: "http://127.0.0.1:1/v1", api_key: "upstream-key"}
+  - {name: a, base_url: "http://127.0.0.1:1/v1", api_key: "upstream-key", apis: [chat, responses, messages]}
 models:
   - {name: m, route: [a], price: {input_per_mtok: 1, output_per_mtok: 2}, reference_price: {input_per_mtok: 3, output_per_mtok: 6}}
 log: {requests: ` + map[bool]string{true: "true", false: "false"}[logRequests] + `}

@@ -215,32 +215,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if c := s.state.Load().cors; c != nil && strings.HasPrefix(r.URL.Path, "/v1/") && c.apply(w, r) {
 		return // a CORS preflight
 	}
-	if r.Body != http.NoBody && !proxyPath(r.URL.Path) {
+	if pr, ok := proxyRoutes[r.URL.Path]; ok {
+		s.serveProxy(w, r, pr.ep, pr.forceStream)
+		return
+	}
+	if r.Body != http.NoBody {
 		unreadBody(w, r) // no other endpoint reads a body
 	}
 	switch r.URL.Path {
-	case "/v1/chat/completions":
-		s.serveProxy(w, r, epChat, false)
-	case "/v1/chat/completions/stream":
-		s.serveProxy(w, r, epChat, true)
-	case "/v1/embeddings":
-		s.serveProxy(w, r, epEmbeddings, false)
-	case "/v1/messages":
-		s.serveProxy(w, r, epMessages, false)
-	case "/v1/messages/count_tokens":
-		s.serveProxy(w, r, epCountTokens, false)
-	case "/v1/responses":
-		s.serveProxy(w, r, epResponses, false)
-	case "/v1/completions":
-		s.serveProxy(w, r, epCompletions, false)
-	case "/v1/moderations":
-		s.serveProxy(w, r, epModerations, false)
-	case "/v1/images/generations":
-		s.serveProxy(w, r, epImages, false)
-	case "/v1/audio/speech":
-		s.serveProxy(w, r, epSpeech, false)
-	case "/v1/audio/transcriptions":
-		s.serveProxy(w, r, epTranscriptions, false)
 	case "/v1/models":
 		s.serveModels(w, r)
 	case "/health", "/healthz":
@@ -266,17 +248,26 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// proxyPath reports whether ServeHTTP routes path to serveProxy, the only
-// handler that reads request bodies.
-func proxyPath(path string) bool {
-	switch path {
-	case "/v1/chat/completions", "/v1/chat/completions/stream", "/v1/embeddings",
-		"/v1/messages", "/v1/messages/count_tokens", "/v1/responses",
-		"/v1/completions", "/v1/moderations", "/v1/images/generations",
-		"/v1/audio/speech", "/v1/audio/transcriptions":
-		return true
-	}
-	return false
+// proxyRoute is where ServeHTTP sends a proxied API path.
+type proxyRoute struct {
+	ep          endpoint
+	forceStream bool
+}
+
+// proxyRoutes are the paths serveProxy serves, the only handler that
+// reads request bodies; every other path's body is left unread.
+var proxyRoutes = map[string]proxyRoute{
+	"/v1/chat/completions":        {ep: epChat},
+	"/v1/chat/completions/stream": {ep: epChat, forceStream: true},
+	"/v1/embeddings":              {ep: epEmbeddings},
+	"/v1/messages":                {ep: epMessages},
+	"/v1/messages/count_tokens":   {ep: epCountTokens},
+	"/v1/responses":               {ep: epResponses},
+	"/v1/completions":             {ep: epCompletions},
+	"/v1/moderations":             {ep: epModerations},
+	"/v1/images/generations":      {ep: epImages},
+	"/v1/audio/speech":            {ep: epSpeech},
+	"/v1/audio/transcriptions":    {ep: epTranscriptions},
 }
 
 // unreadBodyGrace is how long net/http may go on reading a request body
