@@ -21,7 +21,9 @@ import (
 //     the body's size, plus promptSlack for the chat template and system
 //     text the upstream adds. Images, files, audio and video the request
 //     only refers to (by URL or id) may cost far more tokens than their
-//     bytes: each such reference allows maxReferenceTokens more. Never
+//     bytes, and so may context the upstream holds (a Responses
+//     follow-up's earlier turns) or fetches (server-side tools): each such
+//     reference allows maxReferenceTokens more. Never
 //     more than maxPromptTokens, above every model's context.
 //   - completion tokens: the request's max_tokens or max_completion_tokens
 //     per choice, plus completionSlack; without one, maxCompletionTokens per
@@ -47,6 +49,12 @@ var referenceMarks = [][]byte{
 	[]byte(`"input_file"`), []byte(`"input_audio"`), []byte(`"audio_url"`), []byte(`"video_url"`),
 	// Anthropic's image and document blocks by URL ({"type":"url","url":…}).
 	[]byte(`"url"`),
+	// Context the upstream keeps and counts as input: a Responses
+	// follow-up's earlier turns, a stored conversation, a reusable prompt.
+	[]byte(`"previous_response_id"`), []byte(`"conversation"`), []byte(`"prompt"`),
+	// Server-side tools whose results enter the prompt (OpenAI's and
+	// Anthropic's web search by any version, file search, MCP, code).
+	[]byte(`"web_search`), []byte(`"file_search"`), []byte(`"mcp"`), []byte(`"code_interpreter"`),
 }
 
 // promptBound is the most prompt tokens the request could hold.

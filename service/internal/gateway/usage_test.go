@@ -34,6 +34,10 @@ func TestUsageBounds(t *testing.T) {
 		{"embeddings produce no completion", epEmbeddings, `{"model":"m","input":"hi"}`, 2, 1, 0, false},
 		{"embeddings of token arrays", epEmbeddings, `{"model":"m","input":[[1,2,3,4]]}`, 4, 0, 0, true},
 		{"reasoning beyond max_tokens (DeepSeek's reasoner)", epChat, `{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`, 9, 20_100, 20_000, true},
+		{"a Responses follow-up counts its earlier turns as input", epResponses, `{"model":"m","previous_response_id":"resp_1","input":"and then?"}`, 400_000, 50, 0, true},
+		{"a Responses request without stored context", epResponses, `{"model":"m","input":"and then?"}`, 400_000, 50, 0, false},
+		{"server-side web search brings pages into the prompt", epResponses, `{"model":"m","tools":[{"type":"web_search"}],"input":"news?"}`, 60_000, 50, 0, true},
+		{"Anthropic's web search tool", epMessages, `{"model":"m","max_tokens":100,"tools":[{"type":"web_search_20250305","name":"web_search"}],"messages":[{"role":"user","content":"news?"}]}`, 60_000, 50, 0, true},
 		{"reasoning claimed without bound", epChat, `{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}`, 9, 1<<31 - 1, 1<<31 - 1, false},
 	}
 	for _, tc := range cases {
