@@ -141,7 +141,7 @@ func decode(t *testing.T, b []byte) gatewayShape {
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 // golden compares a rendered config with testdata/name. The gateway's own
-// config tests (service/internal/config) load these files with the real
+// config tests (service/config) load these files with the real
 // loader, so the two programs cannot drift apart unnoticed.
 func golden(t *testing.T, name string, got []byte) {
 	t.Helper()
