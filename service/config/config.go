@@ -18,54 +18,54 @@ import (
 // Config is the whole gateway configuration, in the shape of SPEC.md.
 type Config struct {
 	Listen            string   `yaml:"listen"`
-	ClientKeys        []string `yaml:"client_keys"`
-	MaxBodyBytes      int64    `yaml:"max_body_bytes"`
-	StreamIdleTimeout Duration `yaml:"stream_idle_timeout"`
-	ShutdownTimeout   Duration `yaml:"shutdown_timeout"`
+	ClientKeys        []string `yaml:"client_keys,omitempty"`
+	MaxBodyBytes      int64    `yaml:"max_body_bytes,omitempty"`
+	StreamIdleTimeout Duration `yaml:"stream_idle_timeout,omitempty"`
+	ShutdownTimeout   Duration `yaml:"shutdown_timeout,omitempty"`
 	// ShutdownDelay is how long a draining gateway keeps serving (/ready
 	// failing, every answer saying Connection: close) before it closes its
 	// listener, so load balancers stop sending first.
-	ShutdownDelay Duration `yaml:"shutdown_delay"`
+	ShutdownDelay Duration `yaml:"shutdown_delay,omitempty"`
 	// BodyReadTimeout bounds reading one request body, so a client that
 	// announces a body and trickles it cannot hold a handler for long.
-	BodyReadTimeout Duration `yaml:"body_read_timeout"`
+	BodyReadTimeout Duration `yaml:"body_read_timeout,omitempty"`
 	// ReadHeaderTimeout bounds receiving a request's line and headers, so a
 	// client that connects and sends them slowly is cut off.
-	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout,omitempty"`
 	// IdleTimeout is how long a keep-alive connection may wait for its
 	// next request. Behind a load balancer it must exceed the balancer's
 	// own idle timeout (AWS ALB: 60s), or the balancer may send on a
 	// connection the gateway is closing.
-	IdleTimeout Duration `yaml:"idle_timeout"`
+	IdleTimeout Duration `yaml:"idle_timeout,omitempty"`
 	// MaxConnections bounds the client connections open at once on the
 	// listener (and, separately, on admin.listen); one beyond it is closed
 	// as it arrives. 0: half the process's open-file limit, leaving the
 	// other half for upstream and Redis connections; -1: no limit.
-	MaxConnections int `yaml:"max_connections"`
+	MaxConnections int `yaml:"max_connections,omitempty"`
 	// MaxConnectionsPerIP bounds the connections one client address may
 	// hold; 0 (the default) is no limit, since behind a load balancer every
 	// client arrives from the balancer's few addresses.
-	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip,omitempty"`
 	// ShutdownIdleTimeout: a draining gateway closes a keep-alive
 	// connection once it has been idle this long, rather than at once,
 	// where it would race with a client sending its next request on it.
-	ShutdownIdleTimeout Duration       `yaml:"shutdown_idle_timeout"`
-	Upstreams           []Upstream     `yaml:"upstreams"`
-	Models              []Model        `yaml:"models"`
-	Retry               Retry          `yaml:"retry"`
-	CircuitBreaker      CircuitBreaker `yaml:"circuit_breaker"`
-	Cache               Cache          `yaml:"cache"`
-	RateLimit           RateLimit      `yaml:"rate_limit"`
-	GPU                 GPU            `yaml:"gpu"`
-	SLO                 SLO            `yaml:"slo"`
-	Log                 Log            `yaml:"log"`
-	Admin               Admin          `yaml:"admin"`
-	CORS                CORS           `yaml:"cors"`
+	ShutdownIdleTimeout Duration       `yaml:"shutdown_idle_timeout,omitempty"`
+	Upstreams           []Upstream     `yaml:"upstreams,omitempty"`
+	Models              []Model        `yaml:"models,omitempty"`
+	Retry               Retry          `yaml:"retry,omitempty"`
+	CircuitBreaker      CircuitBreaker `yaml:"circuit_breaker,omitempty"`
+	Cache               Cache          `yaml:"cache,omitempty"`
+	RateLimit           RateLimit      `yaml:"rate_limit,omitempty"`
+	GPU                 GPU            `yaml:"gpu,omitempty"`
+	SLO                 SLO            `yaml:"slo,omitempty"`
+	Log                 Log            `yaml:"log,omitempty"`
+	Admin               Admin          `yaml:"admin,omitempty"`
+	CORS                CORS           `yaml:"cors,omitempty"`
 
 	// BufferBudgetBytes bounds the memory that all whole (non-streamed)
 	// upstream answers being read and sent may take at once; an answer
 	// that finds it taken waits a little, then gets a 503.
-	BufferBudgetBytes int64 `yaml:"buffer_budget_bytes"`
+	BufferBudgetBytes int64 `yaml:"buffer_budget_bytes,omitempty"`
 
 	// Warnings are problems that do not stop the gateway but that an
 	// operator must see, e.g. an upstream disabled because its key variable
@@ -79,23 +79,23 @@ type Upstream struct {
 	BaseURL string `yaml:"base_url"`
 	// APIKey is the gateway's own key for this upstream. Empty means the
 	// upstream needs no key (a model server on the GPU host).
-	APIKey string `yaml:"api_key"`
+	APIKey string `yaml:"api_key,omitempty"`
 	// Auth is how APIKey is sent: AuthBearer ("Authorization: Bearer"), or
 	// AuthXAPIKey ("x-api-key", Anthropic's native API). The default is
 	// x-api-key for api.anthropic.com and bearer elsewhere.
-	Auth           string   `yaml:"auth"`
-	Timeout        Duration `yaml:"timeout"`
-	ConnectTimeout Duration `yaml:"connect_timeout"`
+	Auth           string   `yaml:"auth,omitempty"`
+	Timeout        Duration `yaml:"timeout,omitempty"`
+	ConnectTimeout Duration `yaml:"connect_timeout,omitempty"`
 	// MaxIdleConns bounds the keep-alive pool to this upstream.
-	MaxIdleConns int `yaml:"max_idle_conns"`
+	MaxIdleConns int `yaml:"max_idle_conns,omitempty"`
 	// APIs are the client APIs this upstream speaks (APIChat …); a model's
 	// route for an API uses only the upstreams that speak it. Absent in
 	// the file, the loader sets DefaultAPIs(BaseURL).
-	APIs []string `yaml:"apis"`
+	APIs []string `yaml:"apis,omitempty"`
 	// ResponseRetention is how long the upstream keeps stored Responses
 	// API responses (OpenAI: 30 days); the gateway remembers which
 	// upstream created a response id for as long.
-	ResponseRetention Duration `yaml:"response_retention"`
+	ResponseRetention Duration `yaml:"response_retention,omitempty"`
 
 	// Disabled says why the upstream is out of every route (empty: in
 	// service). Set by the loader, not read from YAML.
@@ -146,7 +146,7 @@ type Model struct {
 	Name           string       `yaml:"name"`
 	Route          []RouteEntry `yaml:"route"`
 	Price          Price        `yaml:"price"`
-	ReferencePrice *Price       `yaml:"reference_price"`
+	ReferencePrice *Price       `yaml:"reference_price,omitempty"`
 }
 
 // RouteEntry is one link of a model's chain. In YAML it is either an
@@ -154,9 +154,9 @@ type Model struct {
 // (official APIs often spell model ids differently from relays) and gives
 // the price paid there.
 type RouteEntry struct {
-	Upstream string `yaml:"upstream"`
-	Model    string `yaml:"model"`
-	Price    *Price `yaml:"price"`
+	Upstream string `yaml:"upstream,omitempty"`
+	Model    string `yaml:"model,omitempty"`
+	Price    *Price `yaml:"price,omitempty"`
 }
 
 // Price is in US dollars per million tokens. The cache prices are what
@@ -166,8 +166,8 @@ type RouteEntry struct {
 type Price struct {
 	InputPerMTok      float64  `yaml:"input_per_mtok"`
 	OutputPerMTok     float64  `yaml:"output_per_mtok"`
-	CacheWritePerMTok *float64 `yaml:"cache_write_per_mtok"`
-	CacheReadPerMTok  *float64 `yaml:"cache_read_per_mtok"`
+	CacheWritePerMTok *float64 `yaml:"cache_write_per_mtok,omitempty"`
+	CacheReadPerMTok  *float64 `yaml:"cache_read_per_mtok,omitempty"`
 }
 
 // CacheWrite is the price of a cache write: its own, else the input price.
@@ -194,26 +194,26 @@ const (
 
 // Retry bounds the attempts on one upstream before falling back.
 type Retry struct {
-	Attempts   int      `yaml:"attempts"`
-	BackoffMin Duration `yaml:"backoff_min"`
-	BackoffMax Duration `yaml:"backoff_max"`
+	Attempts   int      `yaml:"attempts,omitempty"`
+	BackoffMin Duration `yaml:"backoff_min,omitempty"`
+	BackoffMax Duration `yaml:"backoff_max,omitempty"`
 }
 
 // CircuitBreaker stops traffic to an upstream after consecutive failures
 // and lets one probe through after the cool-down.
 type CircuitBreaker struct {
-	Failures int      `yaml:"failures"`
-	Cooldown Duration `yaml:"cooldown"`
+	Failures int      `yaml:"failures,omitempty"`
+	Cooldown Duration `yaml:"cooldown,omitempty"`
 }
 
 // Cache configures the Redis response cache; an empty RedisURL turns it off.
 type Cache struct {
-	RedisURL string   `yaml:"redis_url"`
-	TTL      Duration `yaml:"ttl"`
-	Timeout  Duration `yaml:"timeout"`
+	RedisURL string   `yaml:"redis_url,omitempty"`
+	TTL      Duration `yaml:"ttl,omitempty"`
+	Timeout  Duration `yaml:"timeout,omitempty"`
 	// Scope is who shares cached answers (CacheScopeKey, the default, and
 	// the others): a cached answer, and its Age, never crosses it.
-	Scope string `yaml:"scope"`
+	Scope string `yaml:"scope,omitempty"`
 }
 
 // Cache scopes. A shared answer tells its reader what someone else asked
@@ -231,19 +231,19 @@ const (
 
 // RateLimit is per client key; 0 turns a limit off.
 type RateLimit struct {
-	RPM int `yaml:"rpm"`
-	TPM int `yaml:"tpm"`
+	RPM int `yaml:"rpm,omitempty"`
+	TPM int `yaml:"tpm,omitempty"`
 }
 
 // GPU configures NVML telemetry.
 type GPU struct {
-	ExpectedCount int      `yaml:"expected_count"`
-	Interval      Duration `yaml:"interval"`
+	ExpectedCount int      `yaml:"expected_count,omitempty"`
+	Interval      Duration `yaml:"interval,omitempty"`
 }
 
 // SLO holds the objectives exported for alerting.
 type SLO struct {
-	LatencyP95 Duration `yaml:"latency_p95"`
+	LatencyP95 Duration `yaml:"latency_p95,omitempty"`
 }
 
 // Admin controls who can read /metrics and the detailed /health. By
@@ -252,8 +252,8 @@ type SLO struct {
 // requires a Bearer key for them. /ready and a status-only /health stay on
 // the main listener for load balancers either way.
 type Admin struct {
-	Listen string `yaml:"listen"`
-	Key    string `yaml:"key"`
+	Listen string `yaml:"listen,omitempty"`
+	Key    string `yaml:"key,omitempty"`
 }
 
 // CORS lets browser code on other origins call the API (paths under
@@ -262,12 +262,12 @@ type Admin struct {
 type CORS struct {
 	// AllowedOrigins are exact origins ("https://app.example.com") or "*"
 	// for any.
-	AllowedOrigins []string `yaml:"allowed_origins"`
+	AllowedOrigins []string `yaml:"allowed_origins,omitempty"`
 	// AllowedHeaders are request headers allowed beside the defaults
 	// (DefaultCORSHeaders).
-	AllowedHeaders []string `yaml:"allowed_headers"`
+	AllowedHeaders []string `yaml:"allowed_headers,omitempty"`
 	// MaxAge is how long a browser may cache a preflight's answer.
-	MaxAge Duration `yaml:"max_age"`
+	MaxAge Duration `yaml:"max_age,omitempty"`
 }
 
 // DefaultCORSHeaders are the request headers a preflight always allows:
@@ -285,8 +285,8 @@ func (c CORS) Enabled() bool { return len(c.AllowedOrigins) > 0 }
 
 // Log configures structured logging.
 type Log struct {
-	Level    string `yaml:"level"`
-	Requests *bool  `yaml:"requests"`
+	Level    string `yaml:"level,omitempty"`
+	Requests *bool  `yaml:"requests,omitempty"`
 }
 
 // Duration is a time.Duration written with a unit ("200ms", "1h"). A bare

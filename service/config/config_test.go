@@ -256,7 +256,7 @@ func TestRedactedHidesSecrets(t *testing.T) {
 // TestShippedConfigs loads every config the repository ships.
 func TestShippedConfigs(t *testing.T) {
 	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..", "..")
+	root := filepath.Join(filepath.Dir(file), "..", "..")
 	files, _ := filepath.Glob(filepath.Join(root, "config", "*.yaml"))
 	if len(files) == 0 {
 		t.Fatal("no config/*.yaml found")
@@ -298,27 +298,6 @@ func TestShippedConfigs(t *testing.T) {
 					t.Errorf("gateway.yaml: production config points %s at a local simulator", u.Name)
 				}
 			}
-		}
-	}
-}
-
-// TestInfraRenderedConfigs loads, with the real loader, the gateway configs
-// the Pulumi program renders (golden files its own tests keep current).
-func TestInfraRenderedConfigs(t *testing.T) {
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..", "..")
-	files, _ := filepath.Glob(filepath.Join(root, "infra", "internal", "gatewayconfig", "testdata", "*.yaml"))
-	if len(files) == 0 {
-		t.Fatal("no rendered configs found under infra/internal/gatewayconfig/testdata")
-	}
-	vars := env(map[string]string{"GATEWAY_API_KEY": "gw-key-0123456789abcdef", "HOLYSHEEP_API_KEY": "k", "OPENAI_API_KEY": "k"})
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := Parse(data, vars); err != nil {
-			t.Errorf("%s: the gateway refuses what the Pulumi program renders: %v", filepath.Base(f), err)
 		}
 	}
 }

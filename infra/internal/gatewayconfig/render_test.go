@@ -9,9 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/relaygate/relaygate/infra/internal/stackconfig"
+	gwconfig "github.com/relaygate/relaygate/service/config"
 )
 
 type source map[string]string
@@ -24,7 +23,7 @@ const (
 	openaiKey  = "sk-openai-secret-0123456789"
 )
 
-func config(t *testing.T, target string, overrides map[string]string) *stackconfig.Config {
+func stackCfg(t *testing.T, target string, overrides map[string]string) *stackconfig.Config {
 	t.Helper()
 	s := source{
 		"aws:region":                   "eu-west-1",
@@ -81,59 +80,14 @@ func config(t *testing.T, target string, overrides map[string]string) *stackconf
 	return c
 }
 
-// gatewayShape is the SPEC's gateway config, decoded strictly: a key the
-// gateway does not know fails the test the way it would fail the gateway.
-type gatewayShape struct {
-	Listen          string   `yaml:"listen"`
-	ShutdownDelay   string   `yaml:"shutdown_delay"`
-	ShutdownTimeout string   `yaml:"shutdown_timeout"`
-	ClientKeys      []string `yaml:"client_keys"`
-	Upstreams       []struct {
-		Name           string `yaml:"name"`
-		BaseURL        string `yaml:"base_url"`
-		APIKey         string `yaml:"api_key"`
-		Timeout        string `yaml:"timeout"`
-		ConnectTimeout string `yaml:"connect_timeout"`
-	} `yaml:"upstreams"`
-	Models []struct {
-		Name           string      `yaml:"name"`
-		Route          []yaml.Node `yaml:"route"`
-		Price          priceShape  `yaml:"price"`
-		ReferencePrice *priceShape `yaml:"reference_price"`
-	} `yaml:"models"`
-	Retry struct {
-		Attempts   int    `yaml:"attempts"`
-		BackoffMin string `yaml:"backoff_min"`
-		BackoffMax string `yaml:"backoff_max"`
-	} `yaml:"retry"`
-	Cache struct {
-		RedisURL string `yaml:"redis_url"`
-		TTL      string `yaml:"ttl"`
-	} `yaml:"cache"`
-	RateLimit struct {
-		RPM int `yaml:"rpm"`
-		TPM int `yaml:"tpm"`
-	} `yaml:"rate_limit"`
-	GPU struct {
-		ExpectedCount int `yaml:"expected_count"`
-	} `yaml:"gpu"`
-	SLO struct {
-		LatencyP95 string `yaml:"latency_p95"`
-	} `yaml:"slo"`
-}
-
-type priceShape struct {
-	InputPerMTok  float64 `yaml:"input_per_mtok"`
-	OutputPerMTok float64 `yaml:"output_per_mtok"`
-}
-
-func decode(t *testing.T, b []byte) gatewayShape {
+// load reads a rendered config with the gateway's own loader, the way the
+// gateway reads it in its container (keys from its environment).
+func load(t *testing.T, b []byte) *gwconfig.Config {
 	t.Helper()
-	var g gatewayShape
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&g); err != nil {
-		t.Fatalf("rendered config is not the gateway's shape: %v\n%s", err, b)
+	env := map[string]string{"GATEWAY_API_KEY": gatewayKey, "HOLYSHEEP_API_KEY": "hs-key", "OPENAI_API_KEY": openaiKey}
+	g, err := gwconfig.Parse(b, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatalf("the gateway refuses the rendered config: %v\n%s", err, b)
 	}
 	return g
 }
@@ -162,67 +116,65 @@ func golden(t *testing.T, name string, got []byte) {
 
 func TestRenderAWSHost(t *testing.T) {
 	t.Parallel()
-	c := config(t, "aws", nil)
+	c := stackCfg(t, "aws", nil)
 	b, err := Render(c, Endpoints{RedisURL: "redis://redis:6379/0", Drain: Drain{Delay: 35 * time.Second, Timeout: time.Minute}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "aws-host.yaml", b)
-	if !strings.Contains(string(b), "shutdown_delay: 35s\nshutdown_timeout: 1m\n") {
-		t.Errorf("the drain is not in the rendered config:\n%s", b)
-	}
-	g := decode(t, b)
+	g := load(t, b)
 
 	if g.Listen != ":8000" {
 		t.Errorf("listen = %q", g.Listen)
 	}
-	if len(g.ClientKeys) != 1 || g.ClientKeys[0] != "${GATEWAY_API_KEY}" {
-		t.Errorf("client_keys = %q", g.ClientKeys)
+	if len(g.ClientKeys) != 1 || g.ClientKeys[0] != gatewayKey {
+		t.Errorf("client_keys do not expand to the gateway key: %d keys", len(g.ClientKeys))
 	}
 	if len(g.Upstreams) != 3 {
 		t.Fatalf("upstreams = %+v", g.Upstreams)
 	}
 	hs, oa, local := g.Upstreams[0], g.Upstreams[1], g.Upstreams[2]
-	if hs.Name != "holysheep" || hs.BaseURL != "https://api.holysheep.ai/v1" || hs.APIKey != "${HOLYSHEEP_API_KEY}" || hs.Timeout != "3m" || hs.ConnectTimeout != "30s" {
-		t.Errorf("holysheep = %+v", hs)
+	if hs.Name != "holysheep" || hs.BaseURL != "https://api.holysheep.ai/v1" || hs.APIKey != "hs-key" || hs.Timeout.D() != 3*time.Minute || hs.ConnectTimeout.D() != 30*time.Second {
+		t.Errorf("holysheep = %+v", hs.Name)
 	}
-	if oa.APIKey != "${OPENAI_API_KEY}" || oa.Timeout != "" {
-		t.Errorf("openai = %+v", oa)
+	if oa.APIKey != openaiKey {
+		t.Errorf("openai's key is not ${OPENAI_API_KEY}")
 	}
 	if local.APIKey != "" {
-		t.Errorf("an upstream without apiKeyEnv got api_key %q", local.APIKey)
+		t.Errorf("an upstream without apiKeyEnv got an api_key")
+	}
+	if !strings.Contains(string(b), "\n    timeout: 3m\n") || strings.Count(string(b), "\n    timeout:") != 1 {
+		t.Errorf("only holysheep sets a timeout, written as 3m:\n%s", b)
 	}
 
 	m := g.Models[0]
 	if m.Name != "gpt-4.1" || m.Price.InputPerMTok != 1.5 || m.ReferencePrice == nil || m.ReferencePrice.OutputPerMTok != 8 {
 		t.Errorf("model = %+v", m)
 	}
-	if len(m.Route) != 2 || m.Route[0].Kind != yaml.ScalarNode || m.Route[0].Value != "holysheep" {
-		t.Fatalf("route[0] should be the bare name holysheep: %+v", m.Route)
+	if len(m.Route) != 2 || m.Route[0] != (gwconfig.RouteEntry{Upstream: "holysheep"}) || !strings.Contains(string(b), "      - holysheep\n") {
+		t.Fatalf("route[0] should be the bare name holysheep: %+v\n%s", m.Route, b)
 	}
-	var renamed struct {
-		Upstream string     `yaml:"upstream"`
-		Model    string     `yaml:"model"`
-		Price    priceShape `yaml:"price"`
-	}
-	if err := m.Route[1].Decode(&renamed); err != nil || renamed.Upstream != "openai" || renamed.Model != "gpt-4.1-2025-04-14" || renamed.Price.OutputPerMTok != 8 {
-		t.Errorf("route[1] = %+v (%v)", renamed, err)
+	if r := m.Route[1]; r.Upstream != "openai" || r.Model != "gpt-4.1-2025-04-14" || r.Price == nil || r.Price.OutputPerMTok != 8 {
+		t.Errorf("route[1] = %+v", r)
 	}
 	if g.Models[1].ReferencePrice != nil {
 		t.Errorf("a model without referencePrice got one: %+v", g.Models[1].ReferencePrice)
 	}
 
-	if g.Retry.Attempts != 4 || g.Retry.BackoffMin != "250ms" || g.Retry.BackoffMax != "1m" {
+	if g.Retry.Attempts != 4 || g.Retry.BackoffMin.D() != 250*time.Millisecond || g.Retry.BackoffMax.D() != time.Minute {
 		t.Errorf("retry = %+v", g.Retry)
 	}
-	if g.Cache.RedisURL != "redis://redis:6379/0" || g.Cache.TTL != "90m" {
+	if g.Cache.RedisURL != "redis://redis:6379/0" || g.Cache.TTL.D() != 90*time.Minute {
 		t.Errorf("cache = %+v", g.Cache)
 	}
 	if g.RateLimit.RPM != 600 || g.RateLimit.TPM != 100000 {
 		t.Errorf("rate_limit = %+v", g.RateLimit)
 	}
-	if g.GPU.ExpectedCount != 1 || g.SLO.LatencyP95 != "1500ms" {
+	if g.GPU.ExpectedCount != 1 || g.SLO.LatencyP95.D() != 1500*time.Millisecond {
 		t.Errorf("gpu = %+v, slo = %+v", g.GPU, g.SLO)
+	}
+	if g.ShutdownDelay.D() != 35*time.Second || g.ShutdownTimeout.D() != time.Minute {
+		t.Errorf("drain = %s, %s", g.ShutdownDelay, g.ShutdownTimeout)
 	}
 	for _, secret := range []string{gatewayKey, openaiKey} {
 		if bytes.Contains(b, []byte(secret)) {
@@ -236,7 +188,7 @@ func TestRenderAWSHost(t *testing.T) {
 
 func TestRenderLocalSimulator(t *testing.T) {
 	t.Parallel()
-	c := config(t, "local", map[string]string{
+	c := stackCfg(t, "local", map[string]string{
 		"relaygate:expectedGpuCount":  "0",
 		"relaygate:upstreamSimulator": "true",
 		"relaygate:upstreams":         "[]",
@@ -247,7 +199,7 @@ func TestRenderLocalSimulator(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "local-simulator.yaml", b)
-	g := decode(t, b)
+	g := load(t, b)
 	if len(g.Upstreams) != 1 || g.Upstreams[0].Name != stackconfig.SimulatorUpstream || g.Upstreams[0].BaseURL != "http://upstream-sim:9000/v1" || g.Upstreams[0].APIKey != "" {
 		t.Errorf("upstreams = %+v", g.Upstreams)
 	}
@@ -258,7 +210,7 @@ func TestRenderLocalSimulator(t *testing.T) {
 
 func TestRenderRefusesInconsistentEndpoints(t *testing.T) {
 	t.Parallel()
-	c := config(t, "aws", nil)
+	c := stackCfg(t, "aws", nil)
 	tests := []struct {
 		name string
 		ep   Endpoints
@@ -274,25 +226,5 @@ func TestRenderRefusesInconsistentEndpoints(t *testing.T) {
 				t.Errorf("Render error = %v, want one containing %q", err, tt.want)
 			}
 		})
-	}
-}
-
-func TestDuration(t *testing.T) {
-	t.Parallel()
-	for d, want := range map[time.Duration]string{
-		time.Hour:               "1h",
-		90 * time.Minute:        "90m",
-		180 * time.Second:       "3m",
-		45 * time.Second:        "45s",
-		1500 * time.Millisecond: "1500ms",
-		200 * time.Millisecond:  "200ms",
-		1500 * time.Microsecond: "1.5ms",
-	} {
-		if got := duration(d); got != want {
-			t.Errorf("duration(%s) = %q, want %q", d, got, want)
-		}
-		if parsed, err := time.ParseDuration(duration(d)); err != nil || parsed != d {
-			t.Errorf("duration(%s) = %q does not parse back (%v, %v)", d, duration(d), parsed, err)
-		}
 	}
 }

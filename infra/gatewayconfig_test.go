@@ -1,0 +1,51 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	gwconfig "github.com/relaygate/relaygate/service/config"
+)
+
+// TestEveryStackRendersAConfigTheGatewayLoads runs the program for every
+// committed stack and loads each gateway container's uploaded config with
+// the gateway's own loader, in that container's environment: what a deploy
+// writes is what the gateway in it accepts.
+func TestEveryStackRendersAConfigTheGatewayLoads(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ stack, target string }{{"dev", "aws"}, {"prod", "aws"}, {"local", "local"}} {
+		t.Run(tt.stack, func(t *testing.T) {
+			t.Parallel()
+			d, err := run(t, tt.stack, tt.target, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for _, c := range d.ofType(typeContainer) {
+				if !strings.HasSuffix(c.Name, "-gateway") {
+					continue
+				}
+				n++
+				env := map[string]string{}
+				for _, e := range getStrings(t, c, "envs") {
+					k, v, _ := strings.Cut(e, "=")
+					env[k] = v
+				}
+				y := gatewayYAML(t, c)
+				g, err := gwconfig.Parse([]byte(y), func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+				if err != nil {
+					t.Fatalf("%s: the gateway refuses its config: %v\n%s", c.Name, err, y)
+				}
+				if len(g.Models) == 0 || len(g.ClientKeys) != 1 || g.Cache.RedisURL == "" {
+					t.Errorf("%s: loaded %d models, %d client keys, redis %q", c.Name, len(g.Models), len(g.ClientKeys), g.Cache.RedisURL)
+				}
+				for _, w := range g.Warnings {
+					t.Logf("%s: %s", c.Name, w)
+				}
+			}
+			if n == 0 {
+				t.Fatal("no gateway container")
+			}
+		})
+	}
+}
