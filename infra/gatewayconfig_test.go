@@ -26,16 +26,7 @@ func TestEveryStackRendersAConfigTheGatewayLoads(t *testing.T) {
 					continue
 				}
 				n++
-				env := map[string]string{}
-				for _, e := range getStrings(t, c, "envs") {
-					k, v, _ := strings.Cut(e, "=")
-					env[k] = v
-				}
-				y := gatewayYAML(t, c)
-				g, err := gwconfig.Parse([]byte(y), func(k string) (string, bool) { v, ok := env[k]; return v, ok })
-				if err != nil {
-					t.Fatalf("%s: the gateway refuses its config: %v\n%s", c.Name, err, y)
-				}
+				g := loadGatewayConfig(t, c)
 				if len(g.Models) == 0 || len(g.ClientKeys) != 1 || g.Cache.RedisURL == "" {
 					t.Errorf("%s: loaded %d models, %d client keys, redis %q", c.Name, len(g.Models), len(g.ClientKeys), g.Cache.RedisURL)
 				}
@@ -48,4 +39,21 @@ func TestEveryStackRendersAConfigTheGatewayLoads(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loadGatewayConfig loads a gateway container's uploaded config with the
+// gateway's own loader, in that container's environment.
+func loadGatewayConfig(t *testing.T, gw recorded) *gwconfig.Config {
+	t.Helper()
+	env := map[string]string{}
+	for _, e := range getStrings(t, gw, "envs") {
+		k, v, _ := strings.Cut(e, "=")
+		env[k] = v
+	}
+	y := gatewayYAML(t, gw)
+	g, err := gwconfig.Parse([]byte(y), func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatalf("%s: the gateway refuses its config: %v\n%s", gw.Name, err, y)
+	}
+	return g
 }

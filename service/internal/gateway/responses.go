@@ -130,24 +130,38 @@ func (x *exchange) failPinned(err error) {
 // record remembers that the response id came from u, before the client
 // can see the id: a follow-up may arrive as soon as it has.
 func (x *exchange) record(u *route.Upstream, id string) {
+	if put := x.recorder(u, id); put != nil {
+		put()
+	}
+}
+
+// recorder notes id as this exchange's response and returns the write that
+// remembers its upstream, or nil when there is nothing to remember. A
+// stream runs the write while it holds its lifecycle events and waits for
+// it at the commit point, so the Redis round trip overlaps the upstream's
+// own time to first content instead of adding to it.
+func (x *exchange) recorder(u *route.Upstream, id string) func() {
 	if !validResponseID(id) {
-		return
+		return nil
 	}
 	x.respID = id // for a response.failed of the gateway's own
 	if x.noStore || x.byID != nil {
-		return
+		return nil
 	}
 	retention := time.Duration(0)
 	if uc, ok := x.st.cfg.Upstream(u.Name); ok {
 		retention = uc.ResponseRetention.D()
 	}
 	if retention <= 0 {
-		return
+		return nil
 	}
-	err := x.s.respIDs.Put(context.WithoutCancel(x.r.Context()), id, respids.Owner{Upstream: u.Name, Model: x.model}, retention)
-	if err != nil {
-		x.s.log.LogAttrs(x.r.Context(), slog.LevelWarn, "response id kept in this process only: Redis unreachable",
-			slog.String("request_id", x.rid), slog.String("response_id", id), slog.String("upstream", u.Name), slog.String("error", err.Error()))
+	ctx, rid, owner := context.WithoutCancel(x.r.Context()), x.rid, respids.Owner{Upstream: u.Name, Model: x.model}
+	store, log := x.s.respIDs, x.s.log
+	return func() {
+		if err := store.Put(ctx, id, owner, retention); err != nil {
+			log.LogAttrs(ctx, slog.LevelWarn, "response id kept in this process only: Redis unreachable",
+				slog.String("request_id", rid), slog.String("response_id", id), slog.String("upstream", owner.Upstream), slog.String("error", err.Error()))
+		}
 	}
 }
 

@@ -106,6 +106,15 @@ func (x *exchange) relayResponsesStream(ctx, actx context.Context, cancel contex
 	x.upstreamWait += time.Since(t0)
 	filled, held, committed := 0, 0, false
 	created := ""
+	x.respID = "" // an earlier attempt's id never reached the client
+	// recorded is closed once the response id's owner is written (see
+	// exchange.recorder); nil until response.created has been seen.
+	var recorded chan struct{}
+	defer func() {
+		if recorded != nil {
+			<-recorded
+		}
+	}()
 	for {
 		if filled == len(buf) {
 			if len(buf) >= maxEventBytes {
@@ -126,14 +135,29 @@ func (x *exchange) relayResponsesStream(ctx, actx context.Context, cancel contex
 			switch verdict {
 			case holdEvents:
 				held = end
+				if created != "" && recorded == nil {
+					recorded = make(chan struct{})
+					put := x.recorder(u, created)
+					go func() {
+						defer close(recorded)
+						if put != nil {
+							put()
+						}
+					}()
+				}
 			case failEvents:
 				if msg == "" {
 					msg = "no message"
 				}
 				return route.Attempt{Err: fmt.Errorf("stream failed before its first content: %s", msg), Retryable: true}
 			case commitEvents:
-				// The id the client is about to see is this upstream's.
-				x.record(u, created)
+				// The id the client is about to see is this upstream's:
+				// it is written before the client can see it.
+				if recorded != nil {
+					<-recorded
+				} else {
+					x.record(u, created)
+				}
 				x.commitStream(u, resp)
 				committed = true
 			}
