@@ -111,9 +111,19 @@ func (x *exchange) failPinned(err error) {
 	if errors.As(err, &ex) && len(ex.Failures) > 0 {
 		f := ex.Failures[len(ex.Failures)-1]
 		reason = f.Err.Error()
+		// The same answers as an unpinned request's (rateLimited,
+		// circuitsOpen), so an SDK's own retry waits usefully here too.
+		limited, after := ex.RateLimited()
+		open, probeIn := ex.CircuitsOpen()
 		switch {
+		case limited:
+			x.w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(after)))
+			status, code = http.StatusTooManyRequests, "rate_limit_exceeded"
+		case open:
+			x.w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(probeIn)))
+			status, code = http.StatusServiceUnavailable, "response_upstream_unavailable"
 		case f.Attempts == 0:
-			// Disabled, or its circuit is open: nothing was tried.
+			// Disabled: nothing was tried.
 			status, code = http.StatusServiceUnavailable, "response_upstream_unavailable"
 		case ex.Timeout():
 			status, code = http.StatusGatewayTimeout, "response_upstream_timeout"
@@ -122,7 +132,11 @@ func (x *exchange) failPinned(err error) {
 		x.s.log.Error("routing failed", "request_id", x.rid, "error", err.Error())
 		reason = "routing failed"
 	}
-	x.fail(&apiError{Status: status, Type: typeUpstream, Code: code, Message: fmt.Sprintf(
+	typ := typeUpstream
+	if status == http.StatusTooManyRequests {
+		typ = typeRateLimit
+	}
+	x.fail(&apiError{Status: status, Type: typ, Code: code, Message: fmt.Sprintf(
 		"Response %s lives on upstream %s, which could not serve this request: %s. The gateway does not send it to another upstream, which does not hold that response; retry later.",
 		x.pinnedID, x.pinned, reason)})
 }

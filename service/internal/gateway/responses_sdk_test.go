@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
@@ -168,6 +169,16 @@ func TestResponsesSDK(t *testing.T) {
 	}
 	if n := simB.Stats().Requests[upstreamsim.EndpointResponses]; n != bBefore {
 		t.Errorf("upstream b got %d requests while the creator was down", n-bBefore)
+	}
+	// The creator is rate limited: 429 with its Retry-After, as an
+	// unpinned request would get, so the SDK's retry waits it out.
+	simA.SetConfig(upstreamsim.Config{APIKey: "upstream-key-a", FailureRate: 1, FailureStatuses: []int{http.StatusTooManyRequests}, RetryAfter: 7 * time.Second})
+	_, err = client.Responses.New(ctx, responses.ResponseNewParams{Model: "m", PreviousResponseID: openai.String(follow.ID),
+		Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("once more")}}, option.WithMaxRetries(0))
+	apiErr = apiErrorOf(t, err)
+	if apiErr.StatusCode != http.StatusTooManyRequests || apiErr.Code != "rate_limit_exceeded" || apiErr.Response.Header.Get("Retry-After") != "7" ||
+		!strings.Contains(apiErr.Message, "upstream a") {
+		t.Errorf("creator rate limited: %d %s Retry-After %q %q", apiErr.StatusCode, apiErr.Code, apiErr.Response.Header.Get("Retry-After"), apiErr.Message)
 	}
 	simA.SetConfig(upstreamsim.Config{APIKey: "upstream-key-a", CompletionTokens: 6})
 
