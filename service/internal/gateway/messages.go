@@ -100,8 +100,9 @@ func (x *exchange) setMessageUsage() {
 	}
 }
 
-// billed is the finished request's usage as vendors bill it. Chat's cache
-// counts are zero: its prompt tokens are all billed as input.
+// billed is the finished request's usage as vendors bill it: prompt
+// tokens that wrote or read the upstream's prompt cache at those prices,
+// the rest as input. (OpenAI's APIs report reads only.)
 func (x *exchange) billed() route.Usage {
 	return route.Usage{Input: x.prompt - x.cacheWrite - x.cacheRead, CacheWrite: x.cacheWrite,
 		CacheRead: x.cacheRead, Output: x.completion}

@@ -329,7 +329,7 @@ func (x *exchange) eventUsage(ev []byte) bool {
 	if !u.IsObject() {
 		return false
 	}
-	x.setUsage(u.Get("prompt_tokens").Int(), u.Get("completion_tokens").Int(), reasoningTokens(u))
+	x.chatUsage(u)
 	return true
 }
 

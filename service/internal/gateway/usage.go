@@ -115,11 +115,21 @@ func (x *exchange) readUsage(data []byte) {
 		}
 		return
 	}
+	x.chatUsage(u)
+}
+
+// chatUsage reads a Chat Completions (or legacy completions, embeddings)
+// usage object. Cached prompt tokens (prompt_tokens_details.cached_tokens,
+// part of prompt_tokens as OpenAI counts them) are billed at the cache
+// read price, as OpenAI bills them; it reports whether u held usage.
+func (x *exchange) chatUsage(u gjson.Result) bool {
 	p, c := u.Get("prompt_tokens"), u.Get("completion_tokens")
 	if !p.Exists() && !c.Exists() {
-		return
+		return false
 	}
+	x.cacheRead = int(min(max(u.Get("prompt_tokens_details.cached_tokens").Int(), 0), max(p.Int(), 0)))
 	x.setUsage(p.Int(), c.Int(), reasoningTokens(u))
+	return true
 }
 
 // reasoningTokens is what a usage object says of reasoning tokens (see

@@ -3,9 +3,11 @@ package gateway
 import (
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestUsageBounds(t *testing.T) {
@@ -140,6 +142,54 @@ func TestCacheableAnswer(t *testing.T) {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
 			if got := cacheableAnswer(tc.ep, tc.ct, []byte(tc.body)); got != tc.want {
 				t.Errorf("cacheableAnswer(%v, %q, %.60s) = %t, want %t", tc.ep, tc.ct, tc.body, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestChatCachedTokensPricedAsCacheReads: Chat Completions' cached prompt
+// tokens (prompt_tokens_details.cached_tokens) cost the cache read price,
+// whole and streamed, as OpenAI bills them; without one they cost input.
+func TestChatCachedTokensPricedAsCacheReads(t *testing.T) {
+	const usage = `"usage":{"prompt_tokens":1000,"completion_tokens":100,"total_tokens":1100,"prompt_tokens_details":{"cached_tokens":800}}`
+	for _, tt := range []struct {
+		name, price string
+		stream      bool
+		want        float64 // dollars
+	}{
+		// 200 input at $1, 800 cache reads at $0.25, 100 output at $2 per million.
+		{"whole with cache price", "{input_per_mtok: 1, output_per_mtok: 2, cache_read_per_mtok: 0.25}", false, (200*1 + 800*0.25 + 100*2) / 1e6},
+		{"stream with cache price", "{input_per_mtok: 1, output_per_mtok: 2, cache_read_per_mtok: 0.25}", true, (200*1 + 800*0.25 + 100*2) / 1e6},
+		{"no cache price", "{input_per_mtok: 1, output_per_mtok: 2}", false, (1000*1 + 100*2) / 1e6},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			up := newFakeUpstream(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
+				if tt.stream {
+					w.Header().Set("Content-Type", "text/event-stream")
+					_, _ = io.WriteString(w, "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\"}]}\n\ndata: {\"choices\":[],"+usage+"}\n\ndata: [DONE]\n\n")
+					return
+				}
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = io.WriteString(w, strings.Replace(completionJSON, `"usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}`, usage, 1))
+			})
+			srv, _, m := newGateway(t, gwOpts{price: tt.price}, up)
+			body := chatBody
+			if tt.stream {
+				body = `{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`
+			}
+			if res := post(t, srv.URL, "/v1/chat/completions", body); res.status != http.StatusOK {
+				t.Fatalf("%d %s", res.status, res.body)
+			}
+			// The cost is counted last of the request's metrics, after
+			// the answer went out: wait for it.
+			cost := func() float64 {
+				return metricValue(t, m, "relaygate_cost_usd_total", map[string]string{"model": "m", "upstream": "a"})
+			}
+			for deadline := time.Now().Add(10 * time.Second); cost() == 0 && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if got := cost(); math.Abs(got-tt.want) > 1e-12 {
+				t.Errorf("cost $%.9f, want $%.9f", got, tt.want)
 			}
 		})
 	}
