@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/tidwall/gjson"
@@ -87,24 +86,10 @@ func (x *exchange) scanHeld(b []byte, created *string) (heldVerdict, string) {
 // lifecycle events until the commit point (see above).
 func (x *exchange) relayResponsesStream(ctx, actx context.Context, cancel context.CancelFunc, u *route.Upstream,
 	resp *http.Response, t0 time.Time) route.Attempt {
-	bp := streamBufPool.Get().(*[]byte)
-	buf := *bp
-	defer func() {
-		if cap(buf) == streamBufSize {
-			*bp = buf
-			streamBufPool.Put(bp)
-		}
-	}()
-	idle := x.st.cfg.StreamIdleTimeout.D()
-	var idleFired atomic.Bool
-	timer := time.AfterFunc(idle, func() { idleFired.Store(true); cancel() })
-	timer.Stop()
-	defer timer.Stop()
-	rc := http.NewResponseController(x.w)
-	defer func() { x.s.metrics.UpstreamDuration(u.Name, time.Since(t0).Seconds()) }()
-
-	x.upstreamWait += time.Since(t0)
-	filled, held, committed := 0, 0, false
+	ev := x.openEvents(cancel, u, resp, t0)
+	defer ev.close()
+	write := func(b []byte) error { _, err := x.w.Write(b); return err }
+	held, committed := 0, false
 	created := ""
 	x.respID = "" // an earlier attempt's id never reached the client
 	// recorded is closed once the response id's owner is written (see
@@ -116,22 +101,13 @@ func (x *exchange) relayResponsesStream(ctx, actx context.Context, cancel contex
 		}
 	}()
 	for {
-		if filled == len(buf) {
-			if len(buf) >= maxEventBytes {
-				return route.Attempt{Err: fmt.Errorf("stream event larger than %d bytes", maxEventBytes), Committed: committed}
-			}
-			buf = append(buf[:filled], make([]byte, len(buf))...)
+		err, tooLarge := ev.read()
+		if tooLarge != nil {
+			return route.Attempt{Err: tooLarge, Committed: committed}
 		}
-		timer.Reset(idle)
-		tr := time.Now()
-		n, err := resp.Body.Read(buf[filled:])
-		timer.Stop()
-		x.upstreamWait += time.Since(tr)
-		filled += n
-
-		end := completeEvents(buf[:filled])
+		end := completeEvents(ev.buf[:ev.filled])
 		if !committed && end > held {
-			verdict, msg := x.scanHeld(buf[held:end], &created)
+			verdict, msg := x.scanHeld(ev.buf[held:end], &created)
 			switch verdict {
 			case holdEvents:
 				held = end
@@ -163,14 +139,10 @@ func (x *exchange) relayResponsesStream(ctx, actx context.Context, cancel contex
 			}
 		}
 		if committed && end > 0 {
-			setWriteDeadline(x.w, time.Now().Add(idle))
-			events := redactAnswer(buf[:end], x.key)
+			events := redactAnswer(ev.buf[:end], x.key)
 			x.responsesEvents(events)
-			_, werr := x.w.Write(events)
-			filled = copy(buf, buf[end:filled])
-			if werr == nil {
-				werr = rc.Flush()
-			}
+			werr := ev.write(events, write)
+			ev.passed(end)
 			if werr != nil {
 				if x.sawDone {
 					return route.Attempt{}
@@ -179,10 +151,9 @@ func (x *exchange) relayResponsesStream(ctx, actx context.Context, cancel contex
 				return route.Attempt{Err: fmt.Errorf("writing to client: %w", werr), Committed: true}
 			}
 		}
-		if err == nil {
-			continue
-		}
 		switch {
+		case err == nil:
+			continue
 		case x.sawDone:
 			// The terminal event reached the client: the answer is whole,
 			// whatever came after it.
@@ -191,21 +162,8 @@ func (x *exchange) relayResponsesStream(ctx, actx context.Context, cancel contex
 			return route.Attempt{Err: errors.New("stream ended before its first content"), Retryable: true}
 		case err == io.EOF:
 			return route.Attempt{Err: errors.New("stream ended without response.completed"), Retryable: true, Committed: true}
-		case ctx.Err() != nil:
-			x.clientGone = true
-			return route.Attempt{Err: err, Committed: committed}
-		case idleFired.Load():
-			return route.Attempt{Err: fmt.Errorf("stream sent nothing for %s (stream_idle_timeout)", idle),
-				Retryable: true, Timeout: true, Committed: committed}
-		case errors.Is(actx.Err(), context.DeadlineExceeded):
-			return route.Attempt{Err: fmt.Errorf("stream not complete within timeout %s", u.Timeout),
-				Retryable: true, Timeout: true, Committed: committed}
 		}
-		when := beforeFirstEvent
-		if committed {
-			when = midAnswer
-		}
-		return route.Attempt{Err: x.fault(u, err, when), Retryable: true, Committed: committed}
+		return ev.broken(ctx, actx, err, committed)
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"mime"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/tidwall/gjson"
@@ -42,53 +41,23 @@ func isEventStream(ct string) bool {
 // ends the client's stream.
 func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelFunc, u *route.Upstream,
 	resp *http.Response, t0 time.Time, usageAdded bool) route.Attempt {
-	bp := streamBufPool.Get().(*[]byte)
-	buf := *bp
-	defer func() {
-		if cap(buf) == streamBufSize {
-			*bp = buf
-			streamBufPool.Put(bp)
-		}
-	}()
-
-	// The idle timer runs only while the gateway waits on the upstream's
-	// Read: armed before each read, stopped as it returns. Were it left
-	// running through the writes, a client that stops reading would block
-	// them past the timeout and the gateway would blame (and retry, and
-	// charge the breaker of) an upstream that was never silent.
-	idle := x.st.cfg.StreamIdleTimeout.D()
-	var idleFired atomic.Bool
-	timer := time.AfterFunc(idle, func() { idleFired.Store(true); cancel() })
-	timer.Stop()
-	defer timer.Stop()
-	rc := http.NewResponseController(x.w)
-	defer func() { x.s.metrics.UpstreamDuration(u.Name, time.Since(t0).Seconds()) }()
-	// Each write to the client gets the same idle time (see writeAll).
-
-	x.upstreamWait += time.Since(t0) // waiting for the headers
-	filled, committed := 0, false
+	ev := x.openEvents(cancel, u, resp, t0)
+	defer ev.close()
+	write := func(b []byte) error { return x.writeEvents(b, usageAdded) }
+	committed := false
 	for {
-		if filled == len(buf) {
-			if len(buf) >= maxEventBytes {
-				return route.Attempt{Err: fmt.Errorf("stream event larger than %d bytes", maxEventBytes), Committed: committed}
-			}
-			buf = append(buf[:filled], make([]byte, len(buf))...)
+		err, tooLarge := ev.read()
+		if tooLarge != nil {
+			return route.Attempt{Err: tooLarge, Committed: committed}
 		}
-		timer.Reset(idle)
-		tr := time.Now()
-		n, err := resp.Body.Read(buf[filled:])
-		timer.Stop()
-		x.upstreamWait += time.Since(tr)
-		filled += n
-
-		end := completeEvents(buf[:filled])
+		end := completeEvents(ev.buf[:ev.filled])
 		commit := committed
 		if !commit && end > 0 {
 			if x.ep != epMessages {
-				commit = hasData(buf[:end])
+				commit = hasData(ev.buf[:end])
 			} else {
 				var failed []byte
-				if commit, failed = messagesCommit(buf[:end]); failed != nil {
+				if commit, failed = messagesCommit(ev.buf[:end]); failed != nil {
 					// Before the commit point: as good as a failed
 					// connection, so it is retried or falls back.
 					return route.Attempt{Err: fmt.Errorf("stream error event before its first content (%s)", streamErrorText(failed, x.keyStr)),
@@ -101,16 +70,12 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 				x.commitStream(u, resp)
 				committed = true
 			}
-			setWriteDeadline(x.w, time.Now().Add(idle))
 			// Whole events only: a key cannot straddle them (it holds no
 			// blank line), so this finds every copy the upstream sent.
-			events := redactAnswer(buf[:end], x.key)
-			werr := x.writeEvents(events, usageAdded)
+			events := redactAnswer(ev.buf[:end], x.key)
+			werr := ev.write(events, write)
 			done := x.msgStopped || (x.ep != epMessages && hasDone(events))
-			filled = copy(buf, buf[end:filled])
-			if werr == nil {
-				werr = rc.Flush()
-			}
+			ev.passed(end)
 			if werr == nil && done {
 				x.sawDone = true
 			}
@@ -129,10 +94,8 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 			if !committed {
 				return route.Attempt{Err: errors.New("stream ended before its first event"), Retryable: true}
 			}
-			if filled > 0 { // a last event without its blank line: pass it as it came
-				setWriteDeadline(x.w, time.Now().Add(idle))
-				_ = x.writeEvents(redactAnswer(buf[:filled], x.key), usageAdded)
-				_ = rc.Flush()
+			if ev.filled > 0 { // a last event without its blank line: pass it as it came
+				_ = ev.write(redactAnswer(ev.buf[:ev.filled], x.key), write)
 			}
 			if x.ep == epMessages && !x.msgStopped {
 				// A Messages stream is whole only with message_stop:
@@ -141,26 +104,12 @@ func (x *exchange) relayStream(ctx, actx context.Context, cancel context.CancelF
 			}
 			return route.Attempt{}
 		}
-		switch {
-		case x.sawDone:
+		if x.sawDone {
 			// Clients (go-openai among them) hang up as soon as they read
 			// [DONE]; the answer was whole, whatever came after it.
 			return route.Attempt{}
-		case ctx.Err() != nil:
-			x.clientGone = true
-			return route.Attempt{Err: err, Committed: committed}
-		case idleFired.Load():
-			return route.Attempt{Err: fmt.Errorf("stream sent nothing for %s (stream_idle_timeout)", idle),
-				Retryable: true, Timeout: true, Committed: committed}
-		case errors.Is(actx.Err(), context.DeadlineExceeded):
-			return route.Attempt{Err: fmt.Errorf("stream not complete within timeout %s", u.Timeout),
-				Retryable: true, Timeout: true, Committed: committed}
 		}
-		when := beforeFirstEvent
-		if committed {
-			when = midAnswer
-		}
-		return route.Attempt{Err: x.fault(u, err, when), Retryable: true, Committed: committed}
+		return ev.broken(ctx, actx, err, committed)
 	}
 }
 
