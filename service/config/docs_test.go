@@ -354,3 +354,30 @@ func sameValue(v reflect.Value, doc string) error {
 	}
 	return nil
 }
+
+var yamlBlock = regexp.MustCompile("(?s)```yaml\n(.*?)```")
+
+// TestDocsConfigExamplesLoad: every YAML example in README.md and
+// docs/configuration.md is a config the loader accepts, so a reader who
+// copies one gets a gateway that starts.
+func TestDocsConfigExamplesLoad(t *testing.T) {
+	t.Parallel()
+	// Any ${VAR} an example names is set, to a value long enough for a key.
+	anyVar := func(string) (string, bool) { return "example-secret-0123456789", true }
+	n := 0
+	for _, p := range []string{filepath.Join("..", "..", "README.md"), configurationDoc} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range yamlBlock.FindAllStringSubmatch(string(b), -1) {
+			n++
+			if _, err := Parse([]byte(m[1]), anyVar); err != nil {
+				t.Errorf("%s: a YAML example does not load: %v\n%s", filepath.Base(p), err, m[1])
+			}
+		}
+	}
+	if n < 2 {
+		t.Errorf("found %d YAML examples in README.md and docs/configuration.md, want the README's and the reference's", n)
+	}
+}
