@@ -244,7 +244,7 @@ func newStackRun(t *testing.T, stackName string, changes map[string]setting) *st
 	return &stackRun{t: t, name: stackName, world: newWorld(), cfg: cfg, crypter: crypter}
 }
 
-// withOperator is the operator's settings for a stack (README), with changes.
+// withOperator is the operator's settings for a stack (docs/deploying.md), with changes.
 func withOperator(stackName string, changes map[string]setting) map[string]setting {
 	target := "aws"
 	if stackName == "local" {

@@ -13,8 +13,8 @@ import (
 )
 
 // TestCLIAcceptsTheCommittedStacks runs the CLI's own config validation
-// (pkg/v3/workspace) on each committed stack with what the README has an
-// operator set, as `pulumi preview` does before it runs anything.
+// (pkg/v3/workspace) on each committed stack with what docs/deploying.md
+// has an operator set, as `pulumi preview` does before it runs anything.
 func TestCLIAcceptsTheCommittedStacks(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {

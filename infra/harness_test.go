@@ -49,7 +49,7 @@ type setting struct {
 	unset  bool
 }
 
-// operatorSettings are what the README tells an operator to set.
+// operatorSettings are what docs/deploying.md tells an operator to set.
 func operatorSettings(target string) map[string]setting {
 	s := map[string]setting{"relaygate:gatewayApiKey": {value: fakeGatewayKey, secret: true}}
 	if target == "aws" {

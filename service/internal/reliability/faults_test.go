@@ -22,7 +22,7 @@ const faultRequests = 20_000
 // volume scales a request count down under the race detector, which makes
 // loopback HTTP about ten times slower: there the value is in the
 // interleavings, which a tenth of the requests already exercises. The full
-// count runs without -race (see the report in the README).
+// count runs without -race (make unit; docs/testing.md).
 func volume(n int) int {
 	if raceEnabled {
 		return max(n/10, 1)
