@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/anthropics/anthropic-sdk-go/v2"
+	"github.com/anthropics/anthropic-sdk-go/v2/option"
 
 	"github.com/relaygate/relaygate/service/internal/cache"
 	"github.com/relaygate/relaygate/service/internal/metrics"
@@ -90,7 +94,8 @@ func TestCacheScope(t *testing.T) {
 
 // TestMessagesCache: a deterministic Messages answer (temperature 0) and a
 // token count are cached like chat's; other anthropic-beta headers are
-// another request, and a stream is never served from the cache.
+// another request; a stream of the same request is the cached answer
+// replayed as its events (cache.MessagesStreamReplay).
 func TestMessagesCache(t *testing.T) {
 	rds := testenv.StartRedis(t)
 	sim := upstreamsim.New(upstreamsim.Config{})
@@ -128,9 +133,9 @@ func TestMessagesCache(t *testing.T) {
 		{"first message", "/v1/messages", msg, nil, "MISS", 1},
 		{"the same again", "/v1/messages", msg, nil, "HIT", 1},
 		{"another beta", "/v1/messages", msg, []string{"Anthropic-Beta", "b1"}, "MISS", 2},
-		{"streamed", "/v1/messages", strings.Replace(msg, `"temperature":0`, `"temperature":0,"stream":true`, 1), nil, "BYPASS", 3},
-		{"first count", "/v1/messages/count_tokens", count, nil, "MISS", 4},
-		{"the same count", "/v1/messages/count_tokens", count, nil, "HIT", 4},
+		{"streamed", "/v1/messages", strings.Replace(msg, `"temperature":0`, `"temperature":0,"stream":true`, 1), nil, "HIT", 2},
+		{"first count", "/v1/messages/count_tokens", count, nil, "MISS", 3},
+		{"the same count", "/v1/messages/count_tokens", count, nil, "HIT", 3},
 	}
 	for _, s := range steps {
 		r := post(t, srv.URL, s.path, s.body, s.hdr...)
@@ -142,5 +147,23 @@ func TestMessagesCache(t *testing.T) {
 		}
 		// An answer is stored before its request is counted.
 		waitMetric(t, m, "relaygate_requests_total", map[string]string{"model": "m", "api": "messages", "upstream": "a", "code": "200"}, float64(s.calls))
+	}
+
+	// The official SDK streams the cached answer and accumulates what the
+	// whole answer says; the upstream is asked only for the whole one.
+	// (The SDK has no temperature: it asks for caching with the header.)
+	ac := anthropicClient(srv.URL, option.WithHeader(CacheHeader, "force"))
+	p := anthropic.MessageNewParams{Model: "m", MaxTokens: 8, Messages: userText("cache me too")}
+	whole, err := ac.Messages.New(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	streamed, err := streamMessage(t, ac, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if up.calls.Load() != 4 || streamed.ID != whole.ID || len(streamed.Content) != 1 || streamed.Content[0].Text != whole.Content[0].Text ||
+		streamed.StopReason != whole.StopReason || streamed.Usage.InputTokens != whole.Usage.InputTokens || streamed.Usage.OutputTokens != whole.Usage.OutputTokens {
+		t.Errorf("streamed from the cache: %+v (upstream calls %d), whole: %+v", streamed, up.calls.Load(), whole)
 	}
 }

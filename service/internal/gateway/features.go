@@ -89,9 +89,10 @@ func (x *exchange) fromCache(body []byte, req *request) bool {
 	mode := x.r.Header.Get(CacheHeader)
 	force := mode == "force"
 	deterministic := force || req.temperatureZero || x.ep == epEmbeddings || x.ep == epCountTokens
-	// A Messages stream is never served from the cache: only chat has a
-	// replay of a whole answer as events (cache.StreamReplay).
-	if mode == "bypass" || !deterministic || (x.stream && x.ep != epChat) {
+	// A stream is served from a whole answer replayed as its events:
+	// chat's and Messages' have a replay (cache.StreamReplay,
+	// cache.MessagesStreamReplay), legacy completions' not yet.
+	if mode == "bypass" || !deterministic || (x.stream && x.ep != epChat && x.ep != epMessages) {
 		x.s.metrics.Cache(string(cache.ResultBypass))
 		return false
 	}
@@ -108,7 +109,12 @@ func (x *exchange) fromCache(body []byte, req *request) bool {
 	}
 	var replay []byte
 	if res == cache.ResultHit && x.stream {
-		if replay, err = cache.StreamReplay(e.Body, req.includeUsage); err != nil {
+		if x.ep == epMessages {
+			replay, err = cache.MessagesStreamReplay(e.Body)
+		} else {
+			replay, err = cache.StreamReplay(e.Body, req.includeUsage)
+		}
+		if err != nil {
 			// Counted as the miss it turns into: the upstream answers.
 			x.s.log.Warn("cached answer cannot be replayed as a stream; asking the upstream", "request_id", x.rid, "error", err.Error())
 			res = cache.ResultMiss
