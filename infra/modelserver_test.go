@@ -244,4 +244,3 @@ func TestLocalStackHasNoModelServer(t *testing.T) {
 		t.Errorf("a local model server without a GPU: %v", err)
 	}
 }
-

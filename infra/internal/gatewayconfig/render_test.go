@@ -86,12 +86,12 @@ func config(t *testing.T, target string, overrides map[string]string) *stackconf
 // gatewayShape is the SPEC's gateway config, decoded strictly: a key the
 // gateway does not know fails the test the way it would fail the gateway.
 type gatewayShape struct {
-	Listen          string   `yaml:"listen"`
-	ShutdownDelay   string   `yaml:"shutdown_delay"`
-	ShutdownTimeout string   `yaml:"shutdown_timeout"`
-	ClientKeys      []string `yaml:"client_keys"`
+	Listen          string          `yaml:"listen"`
+	ShutdownDelay   string          `yaml:"shutdown_delay"`
+	ShutdownTimeout string          `yaml:"shutdown_timeout"`
+	ClientKeys      []string        `yaml:"client_keys"`
 	Upstreams       []upstreamShape `yaml:"upstreams"`
-	Models []struct {
+	Models          []struct {
 		Name           string      `yaml:"name"`
 		Route          []yaml.Node `yaml:"route"`
 		Price          priceShape  `yaml:"price"`
