@@ -21,7 +21,7 @@ var HostBootstrap string
 // to it: rules and targets relative to the file. The rules' unit tests
 // (*.rules.test.yml) are left out; they are for promtool, not for Prometheus.
 //
-//go:embed prometheus/prometheus.yml prometheus/rules/*.rules.yml prometheus/targets/*.json prometheus/alertmanagers/*.json
+//go:embed prometheus/prometheus.yml prometheus/rules/*.rules.yml prometheus/targets/*.json prometheus/alertmanagers/*.json prometheus/model-servers/*.json
 var prometheusDir embed.FS
 
 // AlertmanagerConfig is Alertmanager's configuration

@@ -25,6 +25,8 @@ func TestCLIAcceptsTheCommittedStacks(t *testing.T) {
 		{"prod", nil},
 		{"local", nil},
 		{"dev", map[string]setting{"relaygate:alertWebhookUrl": {value: "https://hooks.example.com/T0/B0/x", secret: true}}},
+		// A gated model's token, undeclared like the webhook.
+		{"prod", map[string]setting{"relaygate:hfToken": {value: "hf_testtoken7d2c9a0b1e", secret: true}}},
 	} {
 		if _, _, err := cliConfig(t, tc.stack, withOperator(tc.stack, tc.changes)); err != nil {
 			t.Errorf("stack %s %v: the CLI refuses it: %v", tc.stack, tc.changes, err)

@@ -62,5 +62,7 @@ func build(ctx *pulumi.Context) (map[string]pulumi.Input, error) {
 		"imageRef":           out.ImageRef,
 		"hosts":              out.Hosts,
 		"instanceIds":        out.InstanceIDs,
+		"selfHostedModel":    pulumi.String(out.SelfHostedModel),
+		"selfHostedUpstream": pulumi.String(out.SelfHostedUpstream),
 	}, nil
 }

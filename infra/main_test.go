@@ -22,7 +22,7 @@ import (
 // The outputs the smoke test reads (SPEC.md), exactly.
 var specOutputs = []string{
 	"expectedGpuCount", "gatewayApiKey", "gatewayUrl", "hosts", "imageRef",
-	"instanceIds", "latencyBudgetP95Ms", "prometheusUrl",
+	"instanceIds", "latencyBudgetP95Ms", "prometheusUrl", "selfHostedModel", "selfHostedUpstream",
 }
 
 const (
@@ -754,6 +754,12 @@ func checkInstanceBound(t *testing.T, d *deployment, hosts int, managedRedis boo
 	want := map[string]int{typeNetwork: 1, typeVolume: 2, typeContainer: 3, typeRemoteImage: 2}
 	if managedRedis {
 		want = map[string]int{typeNetwork: 1, typeVolume: 1, typeContainer: 2, typeRemoteImage: 1}
+	}
+	// The model server: its container, weights volume and image.
+	if d.outputs["selfHostedModel"].Value != "" {
+		for _, typ := range []string{typeVolume, typeContainer, typeRemoteImage} {
+			want[typ]++
+		}
 	}
 	for i, id := range ids {
 		h := fmt.Sprintf("relaygate-%s-host-%d", d.stack, i)

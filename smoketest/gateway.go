@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // healthDoc is the part of GET /health the checks read.
@@ -42,9 +43,13 @@ type gpuDoc struct {
 	DriverVersion string `json:"driver_version"`
 	Count         int    `json:"count"`
 	Devices       []struct {
-		Index int    `json:"index"`
-		Name  string `json:"name"`
+		Index            int     `json:"index"`
+		Name             string  `json:"name"`
+		MemoryUsedBytes  uint64  `json:"memory_used_bytes"`
+		MemoryTotalBytes uint64  `json:"memory_total_bytes"`
+		UtilizationRatio float64 `json:"utilization_ratio"`
 	} `json:"devices"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // apiError is OpenAI's error shape, which the gateway answers with.

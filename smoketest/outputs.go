@@ -24,6 +24,11 @@ type Outputs struct {
 	ImageRef           string
 	Hosts              []string
 	InstanceIDs        []string
+	// SelfHostedModel is the model the hosts' model servers answer to and
+	// SelfHostedUpstream the gateway's upstream for them; empty (or
+	// absent, from an older stack) when the stack runs no model server.
+	SelfHostedModel    string
+	SelfHostedUpstream string
 }
 
 // String leaves the key out, so an Outputs printed with %v or %+v by
@@ -33,8 +38,8 @@ func (o Outputs) String() string {
 	if o.GatewayAPIKey != "" {
 		key = "[secret]"
 	}
-	return fmt.Sprintf("{gatewayUrl:%s prometheusUrl:%s gatewayApiKey:%s expectedGpuCount:%d latencyBudgetP95Ms:%d imageRef:%s hosts:%v instanceIds:%v}",
-		o.GatewayURL, o.PrometheusURL, key, o.ExpectedGPUCount, o.LatencyBudgetP95Ms, o.ImageRef, o.Hosts, o.InstanceIDs)
+	return fmt.Sprintf("{gatewayUrl:%s prometheusUrl:%s gatewayApiKey:%s expectedGpuCount:%d latencyBudgetP95Ms:%d imageRef:%s hosts:%v instanceIds:%v selfHostedModel:%s selfHostedUpstream:%s}",
+		o.GatewayURL, o.PrometheusURL, key, o.ExpectedGPUCount, o.LatencyBudgetP95Ms, o.ImageRef, o.Hosts, o.InstanceIDs, o.SelfHostedModel, o.SelfHostedUpstream)
 }
 
 // GoString is String, for %#v.
@@ -149,6 +154,11 @@ func ParseOutputs(raw map[string]any) (Outputs, error) {
 	o.ImageRef = str("imageRef", false)
 	o.Hosts = list("hosts")
 	o.InstanceIDs = list("instanceIds")
+	o.SelfHostedModel = str("selfHostedModel", false)
+	o.SelfHostedUpstream = str("selfHostedUpstream", false)
+	if (o.SelfHostedModel == "") != (o.SelfHostedUpstream == "") {
+		errs = append(errs, fmt.Errorf("outputs selfHostedModel %q and selfHostedUpstream %q must be set together", o.SelfHostedModel, o.SelfHostedUpstream))
+	}
 
 	if o.GatewayAPIKey == secretPlaceholder {
 		errs = append(errs, errors.New("output gatewayApiKey is the placeholder \"[secret]\": write the file with `pulumi stack output --json --show-secrets`"))

@@ -61,6 +61,24 @@ func TestParseOutputs(t *testing.T) {
 			},
 		},
 		{
+			name: "a stack with a model server",
+			edit: func(m map[string]any) {
+				m["selfHostedModel"], m["selfHostedUpstream"] = "qwen2.5-7b-instruct", "self-hosted"
+			},
+			want: &Outputs{
+				GatewayURL: "http://54.210.12.34:8000", PrometheusURL: "http://54.210.12.34:9090",
+				GatewayAPIKey: "0f3c9a1d5b7e2c4a6d8f0b1e3a5c7d9f", ExpectedGPUCount: 1, LatencyBudgetP95Ms: 1500,
+				ImageRef: "123456789012.dkr.ecr.us-east-1.amazonaws.com/relaygate-dev@sha256:5f0c",
+				Hosts:    []string{"54.210.12.34"}, InstanceIDs: []string{"i-0abc123def4567890"},
+				SelfHostedModel: "qwen2.5-7b-instruct", SelfHostedUpstream: "self-hosted",
+			},
+		},
+		{
+			name:    "a model without its upstream",
+			edit:    func(m map[string]any) { m["selfHostedModel"], m["selfHostedUpstream"] = "qwen2.5-7b-instruct", "" },
+			wantErr: []string{`outputs selfHostedModel "qwen2.5-7b-instruct" and selfHostedUpstream "" must be set together`},
+		},
+		{
 			name:    "secret not shown",
 			edit:    func(m map[string]any) { m["gatewayApiKey"] = "[secret]" },
 			wantErr: []string{"--show-secrets"},

@@ -33,6 +33,7 @@ const (
 	CheckMetrics          = "metrics"
 	CheckPrometheusTarget = "prometheus_target"
 	CheckPrometheusRules  = "prometheus_rules"
+	CheckModelServer      = "model_server"
 )
 
 // Step is one check's result. Hint says what to do when it did not pass.

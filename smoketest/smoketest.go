@@ -70,6 +70,10 @@ type Options struct {
 	// containers were just replaced. It decides nothing: when the time
 	// passes, the checks run anyway and the ready check reports it.
 	WaitReady time.Duration
+	// ModelServerWait bounds the wait for the self-hosted model to answer;
+	// UtilizationWindow is how long the model is kept busy while the
+	// GPU's utilization is watched.
+	ModelServerWait, UtilizationWindow time.Duration
 	// Progress receives a line as each check starts and ends; nil is quiet.
 	Progress io.Writer
 }
@@ -92,6 +96,12 @@ func (o *Options) defaults() {
 	}
 	if o.PrometheusWait <= 0 {
 		o.PrometheusWait = DefaultPrometheusWait
+	}
+	if o.ModelServerWait <= 0 {
+		o.ModelServerWait = DefaultModelServerWait
+	}
+	if o.UtilizationWindow <= 0 {
+		o.UtilizationWindow = DefaultUtilizationWindow
 	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
@@ -163,6 +173,14 @@ func Run(ctx context.Context, opts Options) *Report {
 		}
 		return ""
 	}
+	needModelServer := func() string {
+		if r.opts.Outputs.SelfHostedModel == "" {
+			return "the stack runs no model server (its selfHostedModel output is empty)"
+		}
+		return needKey()
+	}
+	r.stepTimeout(ctx, CheckModelServer, "the self-hosted model answers from the model server on the GPU", needModelServer,
+		r.opts.ModelServerWait+r.opts.UtilizationWindow+2*r.opts.StepTimeout, r.checkModelServer)
 	r.step(ctx, CheckCompletion, "a chat completion through go-openai", needKey, r.checkCompletion)
 	r.step(ctx, CheckStream, "a streamed completion through go-openai", needKey, r.checkStream)
 	r.step(ctx, CheckCache, "a repeated deterministic request comes from the cache", needKey, r.checkCache)

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/pulumi/pulumi-docker/sdk/v4/go/docker"
@@ -29,6 +30,10 @@ const (
 	SimulatorHost  = "upstream-sim"
 	SimulatorPort  = 9000
 	prometheusHost = "prometheus"
+	// ModelServerHost is the model server on the private network; it
+	// publishes no port, so only the containers there reach it.
+	ModelServerHost = "model-server"
+	ModelServerPort = 8000
 	// AlertmanagerHost is Alertmanager on the private network.
 	AlertmanagerHost = "alertmanager"
 	alertmanagerPort = 9093
@@ -43,6 +48,29 @@ var LocalRedisURL = fmt.Sprintf("redis://%s:6379/0", RedisHost)
 
 // SimulatorURL is the simulator's base URL on the private network.
 var SimulatorURL = fmt.Sprintf("http://%s:%d/v1", SimulatorHost, SimulatorPort)
+
+// ModelServerURL is the model server's OpenAI base URL on the private
+// network, the gateway's upstream stackconfig.SelfHostedUpstream.
+var ModelServerURL = fmt.Sprintf("http://%s:%d/v1", ModelServerHost, ModelServerPort)
+
+// ModelServerTargetsFile is the Prometheus file_sd file (relative to
+// /etc/prometheus) that lists the model server; prometheus.yml's
+// model-server job reads model-servers/*.json.
+const ModelServerTargetsFile = "model-servers/model-server.json"
+
+// ModelServerTargets is that file's content for the host's model server.
+func ModelServerTargets(servedName string) string {
+	return fmt.Sprintf("[{\"targets\": [\"%s:%d\"], \"labels\": {\"served_model\": %q}}]\n", ModelServerHost, ModelServerPort, servedName)
+}
+
+// ModelServerCacheDir is where the server keeps downloaded weights, on a
+// named volume so that a new container does not download them again.
+const ModelServerCacheDir = "/root/.cache/huggingface"
+
+// ModelServerStartPeriod is how long Docker gives the model server before a
+// failed health check counts: a first start downloads the weights (5 to 16
+// GB) and every start loads them onto the GPU and profiles its memory.
+const ModelServerStartPeriod = 20 * time.Minute
 
 // InstanceLabel is the label each network, volume and container on an EC2
 // host carries with the host's instance ID, and the RemoteImage trigger of
@@ -116,6 +144,10 @@ type Args struct {
 	// image. Only the local stack may set it.
 	Simulator bool
 
+	// ModelServer, when set, runs the model server on the engine's GPUs,
+	// before the gateway, which reaches it at ModelServerURL.
+	ModelServer *ModelServer
+
 	// Alertmanager, when set, runs beside Prometheus and takes its alerts;
 	// PrometheusFiles must then point Prometheus at it
 	// ("alertmanagers/alertmanager.json" holding AlertmanagerTargets).
@@ -130,6 +162,39 @@ type Alertmanager struct {
 	Config pulumi.StringInput
 }
 
+// ModelServer is the OpenAI-compatible model server container (vLLM).
+type ModelServer struct {
+	Image string
+	// Args are the server's arguments (ModelServerArgs).
+	Args []string
+	// Env is "NAME=value" entries; HF_TOKEN among them is a secret output.
+	Env       pulumi.StringArrayInput
+	ShmSizeMB int
+}
+
+// ModelServerArgs are vLLM's OpenAI server arguments for m.
+func ModelServerArgs(m stackconfig.ModelServer) []string {
+	args := []string{
+		"--model", m.Model,
+		"--served-model-name", m.ServedName,
+		"--host", "0.0.0.0",
+		"--port", fmt.Sprint(ModelServerPort),
+		"--download-dir", ModelServerCacheDir + "/hub",
+		"--max-model-len", fmt.Sprint(m.MaxModelLen),
+		"--gpu-memory-utilization", strconv.FormatFloat(m.GPUMemoryUtilization, 'f', -1, 64),
+		"--tensor-parallel-size", fmt.Sprint(max(m.TensorParallel, 1)),
+		"--dtype", m.Dtype,
+	}
+	if m.Quantization != "" {
+		args = append(args, "--quantization", m.Quantization)
+	}
+	return append(args, m.ExtraArgs...)
+}
+
+// modelServerEntrypoint runs the OpenAI server module, which has taken
+// --model in every vLLM release, whatever the image's own ENTRYPOINT is.
+var modelServerEntrypoint = []string{"python3", "-m", "vllm.entrypoints.openai.api_server"}
+
 // Stack is the component.
 type Stack struct {
 	pulumi.ResourceState
@@ -139,6 +204,7 @@ type Stack struct {
 	Prometheus   *docker.Container
 	Simulator    *docker.Container
 	Alertmanager *docker.Container
+	ModelServer  *docker.Container
 }
 
 // New deploys the containers.
@@ -293,6 +359,61 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			return nil, fmt.Errorf("containers %s: upstream simulator: %w", name, err)
 		}
 		gatewayDeps = append(gatewayDeps, s.Simulator)
+	}
+
+	if ms := args.ModelServer; ms != nil {
+		image, err := pull("model-server", pulumi.String(ms.Image))
+		if err != nil {
+			return nil, err
+		}
+		cache, err := volume("huggingface")
+		if err != nil {
+			return nil, err
+		}
+		// The environment may carry HF_TOKEN: secret in the state as a whole.
+		msOpts := append(slices.Clone(replace), pulumi.AdditionalSecretOutputs([]string{"envs"}))
+		s.ModelServer, err = docker.NewContainer(ctx, name+"-model-server", &docker.ContainerArgs{
+			Name:        pulumi.String(args.Prefix + "-model-server"),
+			Image:       image,
+			Entrypoints: pulumi.ToStringArray(modelServerEntrypoint),
+			Command:     pulumi.ToStringArray(ms.Args),
+			Envs:        ms.Env,
+			Gpus:        pulumi.String("all"),
+			// PyTorch's data loaders and NCCL (tensor parallelism) share
+			// tensors through /dev/shm; Docker's 64 MiB is too small.
+			ShmSize: pulumi.Int(ms.ShmSizeMB),
+			Volumes: docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
+				VolumeName: cache.Name, ContainerPath: pulumi.String(ModelServerCacheDir),
+			}},
+			// No published port: the gateway and Prometheus reach it on
+			// the private network, nothing outside the host does.
+			NetworksAdvanced: attach(ModelServerHost),
+			// /health answers 200 once the model is loaded. The image has
+			// python3 (curl is not promised).
+			Healthcheck: &docker.ContainerHealthcheckArgs{
+				Tests: pulumi.ToStringArray([]string{"CMD", "python3", "-c",
+					fmt.Sprintf("import urllib.request; urllib.request.urlopen('http://127.0.0.1:%d/health', timeout=5)", ModelServerPort)}),
+				Interval:      pulumi.String("30s"),
+				Timeout:       pulumi.String("10s"),
+				Retries:       pulumi.Int(3),
+				StartPeriod:   pulumi.String(ModelServerStartPeriod.String()),
+				StartInterval: pulumi.String("10s"),
+			},
+			SecurityOpts: noNewPrivileges,
+			Restart:      pulumi.String("unless-stopped"),
+			MustRun:      pulumi.Bool(true),
+			// `pulumi up` waits until the model is loaded (the gateway
+			// comes after it) and fails if it never is: an OOM or a
+			// refused download shows in `docker logs` of the container.
+			Wait:        pulumi.Bool(true),
+			WaitTimeout: pulumi.Int(int((ModelServerStartPeriod + 5*time.Minute) / time.Second)),
+			LogOpts:     logs,
+			Labels:      containerLabels(hostLabels),
+		}, msOpts...)
+		if err != nil {
+			return nil, fmt.Errorf("containers %s: model server: %w", name, err)
+		}
+		gatewayDeps = append(gatewayDeps, s.ModelServer)
 	}
 
 	gwOpts := slices.Clone(replace)

@@ -32,6 +32,10 @@ type Endpoints struct {
 	// SimulatorURL is the offline upstream simulator's base URL; empty when
 	// the stack does not run it.
 	SimulatorURL string
+	// ModelServerURL is the base URL of the host's own model server on the
+	// private Docker network, the upstream stackconfig.SelfHostedUpstream;
+	// empty when the stack runs none.
+	ModelServerURL string
 	// Drain is how the gateway stops when its container is replaced.
 	Drain Drain
 }
@@ -58,6 +62,9 @@ func Render(c *stackconfig.Config, ep Endpoints) ([]byte, error) {
 	}
 	if c.UpstreamSimulator != (ep.SimulatorURL != "") {
 		return nil, fmt.Errorf("gateway config for stack %s: upstreamSimulator is %t but the simulator URL is %q", c.Stack, c.UpstreamSimulator, ep.SimulatorURL)
+	}
+	if c.ModelServer.Enabled != (ep.ModelServerURL != "") {
+		return nil, fmt.Errorf("gateway config for stack %s: modelServer.enabled is %t but the model server URL is %q", c.Stack, c.ModelServer.Enabled, ep.ModelServerURL)
 	}
 	doc := config.Config{
 		Listen:     fmt.Sprintf(":%d", stackconfig.GatewayPort),
@@ -89,6 +96,12 @@ func Render(c *stackconfig.Config, ep Endpoints) ([]byte, error) {
 	if ep.SimulatorURL != "" {
 		doc.Upstreams = append(doc.Upstreams, config.Upstream{Name: stackconfig.SimulatorUpstream, BaseURL: ep.SimulatorURL})
 	}
+	if ep.ModelServerURL != "" {
+		// A model server answers only once its model is loaded, and a long
+		// completion on one GPU takes minutes.
+		doc.Upstreams = append(doc.Upstreams, config.Upstream{Name: stackconfig.SelfHostedUpstream, BaseURL: ep.ModelServerURL,
+			Timeout: config.Duration(ModelServerTimeout), ConnectTimeout: config.Duration(10 * time.Second)})
+	}
 	for _, m := range c.Models {
 		out := config.Model{Name: m.Name, Price: toPrice(m.Price)}
 		if m.ReferencePrice != nil {
@@ -119,6 +132,9 @@ func Render(c *stackconfig.Config, ep Endpoints) ([]byte, error) {
 	}
 	return out.Bytes(), nil
 }
+
+// ModelServerTimeout bounds one request to the self-hosted upstream.
+const ModelServerTimeout = 5 * time.Minute
 
 func envRef(name string) string { return "${" + name + "}" }
 

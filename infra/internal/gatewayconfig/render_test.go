@@ -56,6 +56,7 @@ func stackCfg(t *testing.T, target string, overrides map[string]string) *stackco
 		"relaygate:alertmanagerImage":  "prom/alertmanager:v0.28.1",
 		"relaygate:localGpu":           "false",
 		"relaygate:upstreamSimulator":  "false",
+		"relaygate:modelServer":        `{"enabled":false}`,
 		"relaygate:latencyBudgetP95Ms": "1500",
 		"relaygate:upstreams": `[{"name":"holysheep","baseUrl":"https://api.holysheep.ai/v1","apiKeyEnv":"HOLYSHEEP_API_KEY","timeout":"180s","connectTimeout":"30s"},` +
 			`{"name":"openai","baseUrl":"https://api.openai.com/v1","apiKeyEnv":"OPENAI_API_KEY"},` +
@@ -208,6 +209,39 @@ func TestRenderLocalSimulator(t *testing.T) {
 	}
 }
 
+// TestRenderModelServer: a host with a model server gets one more
+// upstream, its own server on the private network, with no key; a model
+// routes to it first. (service/config loads the golden file with the
+// gateway's loader.)
+func TestRenderModelServer(t *testing.T) {
+	t.Parallel()
+	c := stackCfg(t, "aws", map[string]string{
+		"relaygate:modelServer": `{"model":"Qwen/Qwen2.5-7B-Instruct","servedName":"qwen2.5-7b-instruct"}`,
+		"relaygate:models": `[{"name":"qwen2.5-7b-instruct","route":["self-hosted","openai"],"price":{"inputPerMtok":0.35,"outputPerMtok":0.35}},` +
+			`{"name":"gpt-4.1","route":["holysheep","openai"],"price":{"inputPerMtok":2,"outputPerMtok":8}}]`,
+	})
+	b, err := Render(c, Endpoints{RedisURL: "redis://redis:6379/0", ModelServerURL: "http://model-server:8000/v1", Drain: Drain{Timeout: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "aws-model-server.yaml", b)
+	g := load(t, b)
+	u, ok := g.Upstream(stackconfig.SelfHostedUpstream)
+	if !ok {
+		t.Fatalf("no %s upstream: %+v", stackconfig.SelfHostedUpstream, g.Upstreams)
+	}
+	if u.BaseURL != "http://model-server:8000/v1" || u.APIKey != "" || u.Timeout.D() != 5*time.Minute || u.ConnectTimeout.D() != 10*time.Second {
+		t.Errorf("self-hosted upstream = %+v", u)
+	}
+	if r := g.Models[0].Route; len(r) != 2 || r[0].Upstream != stackconfig.SelfHostedUpstream {
+		t.Errorf("qwen2.5-7b-instruct route = %+v", r)
+	}
+
+	if _, err := Render(c, Endpoints{RedisURL: "redis://redis:6379/0"}); err == nil || !strings.Contains(err.Error(), "modelServer.enabled is true but the model server URL is \"\"") {
+		t.Errorf("a stack with a model server rendered without its URL: %v", err)
+	}
+}
+
 func TestRenderRefusesInconsistentEndpoints(t *testing.T) {
 	t.Parallel()
 	c := stackCfg(t, "aws", nil)
@@ -218,6 +252,7 @@ func TestRenderRefusesInconsistentEndpoints(t *testing.T) {
 	}{
 		{"no redis", Endpoints{}, "no Redis URL"},
 		{"simulator the stack did not ask for", Endpoints{RedisURL: "redis://redis:6379/0", SimulatorURL: "http://upstream-sim:9000/v1"}, "upstreamSimulator is false"},
+		{"model server the stack did not ask for", Endpoints{RedisURL: "redis://redis:6379/0", ModelServerURL: "http://model-server:8000/v1"}, "modelServer.enabled is false"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

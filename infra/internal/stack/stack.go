@@ -42,6 +42,11 @@ type Outputs struct {
 	Hosts pulumi.StringArrayOutput
 	// InstanceIDs is empty for the local stack.
 	InstanceIDs pulumi.StringArrayOutput
+	// SelfHostedModel is the model name the hosts' model servers answer
+	// to, and SelfHostedUpstream the gateway's upstream for them; both
+	// empty when the stack runs no model server.
+	SelfHostedModel    string
+	SelfHostedUpstream string
 }
 
 // Source is the repository checkout the gateway image is built from.
@@ -178,6 +183,7 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 	}
 	gatewayYAML := renderGatewayConfig(cfg, redisURL, "")
 	promFiles, alertmanager, err := alerting(cfg)
+	modelServer := modelServerOf(cfg, promFiles)
 	if err != nil {
 		return nil, err
 	}
@@ -260,6 +266,7 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 			PrometheusImage: cfg.PrometheusImage,
 			PrometheusFiles: promFiles,
 			Alertmanager:    alertmanager,
+			ModelServer:     modelServer,
 			StopGrace:       drain(cfg).Grace(),
 			// A replaced instance (new AMI, user data or key) is a bare
 			// host behind the same provider: this makes every Docker
@@ -298,6 +305,8 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 		ImageRef:           image.Ref,
 		Hosts:              fleet.PublicIPs,
 		InstanceIDs:        fleet.InstanceIDs,
+		SelfHostedModel:    selfHostedModel(cfg),
+		SelfHostedUpstream: selfHostedUpstream(cfg),
 	}, nil
 }
 
@@ -326,6 +335,7 @@ func deployLocal(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Out
 	if err != nil {
 		return nil, err
 	}
+	modelServer := modelServerOf(cfg, promFiles)
 	if _, err := containers.New(ctx, name, containers.Args{
 		Prefix:          name,
 		Provider:        provider,
@@ -340,6 +350,7 @@ func deployLocal(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Out
 		PrometheusImage: cfg.PrometheusImage,
 		PrometheusFiles: promFiles,
 		Alertmanager:    alertmanager,
+		ModelServer:     modelServer,
 		Simulator:       cfg.UpstreamSimulator,
 	}); err != nil {
 		return nil, err
@@ -353,6 +364,8 @@ func deployLocal(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Out
 		ImageRef:           image.Ref,
 		Hosts:              pulumi.ToStringArray([]string{"127.0.0.1"}).ToStringArrayOutput(),
 		InstanceIDs:        pulumi.ToStringArray([]string{}).ToStringArrayOutput(),
+		SelfHostedModel:    selfHostedModel(cfg),
+		SelfHostedUpstream: selfHostedUpstream(cfg),
 	}, nil
 }
 
@@ -389,9 +402,50 @@ docker image inspect --format '{{.Id}}' "$ref"
 // known (the managed Redis's endpoint only exists after it is created).
 func renderGatewayConfig(cfg *stackconfig.Config, redisURL pulumi.StringOutput, simulatorURL string) pulumi.StringOutput {
 	return redisURL.ApplyT(func(url string) (string, error) {
-		b, err := gatewayconfig.Render(cfg, gatewayconfig.Endpoints{RedisURL: url, SimulatorURL: simulatorURL, Drain: drain(cfg)})
+		ep := gatewayconfig.Endpoints{RedisURL: url, SimulatorURL: simulatorURL, Drain: drain(cfg)}
+		if cfg.ModelServer.Enabled {
+			ep.ModelServerURL = containers.ModelServerURL
+		}
+		b, err := gatewayconfig.Render(cfg, ep)
 		return string(b), err
 	}).(pulumi.StringOutput)
+}
+
+// modelServerOf is the model server container of a stack, nil when it runs
+// none; it also points the host's Prometheus at the server (files is the
+// host's Prometheus files, changed in place).
+func modelServerOf(cfg *stackconfig.Config, files map[string]string) *containers.ModelServer {
+	m := cfg.ModelServer
+	if !m.Enabled {
+		return nil
+	}
+	files[containers.ModelServerTargetsFile] = containers.ModelServerTargets(m.ServedName)
+	// vLLM reports usage to its authors by default; a gateway's host
+	// keeps its traffic to what it needs.
+	env := pulumi.StringArray{pulumi.String("VLLM_NO_USAGE_STATS=1"), pulumi.String("DO_NOT_TRACK=1")}
+	if m.HFToken.IsSet() {
+		env = append(env, pulumi.Sprintf("HF_TOKEN=%s", m.HFToken.Output()))
+	}
+	return &containers.ModelServer{
+		Image:     m.Image,
+		Args:      containers.ModelServerArgs(m),
+		Env:       pulumi.ToSecret(env).(pulumi.StringArrayOutput),
+		ShmSizeMB: m.ShmSizeMB,
+	}
+}
+
+func selfHostedModel(cfg *stackconfig.Config) string {
+	if !cfg.ModelServer.Enabled {
+		return ""
+	}
+	return cfg.ModelServer.ServedName
+}
+
+func selfHostedUpstream(cfg *stackconfig.Config) string {
+	if !cfg.ModelServer.Enabled {
+		return ""
+	}
+	return stackconfig.SelfHostedUpstream
 }
 
 // alerting returns the Prometheus files for a stack and, with

@@ -96,6 +96,10 @@ type Config struct {
 	PrometheusImage   string
 	AlertmanagerImage string
 
+	// ModelServer is the OpenAI-compatible model server on each GPU host
+	// (on the local target only with localGpu).
+	ModelServer ModelServer
+
 	// Local target.
 	LocalGPU          bool
 	UpstreamSimulator bool

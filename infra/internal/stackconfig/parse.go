@@ -2,6 +2,7 @@ package stackconfig
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,7 +27,7 @@ var Keys = []string{
 	"vpcCidr", "allowedCidrs", "operatorCidrs",
 	"loadBalancer", "managedRedis", "redisNodeType", "tlsCertificateArn", "domainName", "hostedZoneId", "deletionProtection",
 	"imageTag", "reuseImage", "imageRetainCount", "redisImage", "prometheusImage", "alertmanagerImage",
-	"localGpu", "upstreamSimulator",
+	"localGpu", "upstreamSimulator", "modelServer",
 	"latencyBudgetP95Ms", "upstreams", "models", "retry", "cacheTtl", "rateLimit",
 	"gatewayApiKey",
 }
@@ -36,7 +37,7 @@ var Keys = []string{
 // and then refuses it for a `secret: true` key ("must be encrypted as it's
 // secret", pkg/workspace/config.go), and a declared key without a default is
 // required in every stack. The program insists that a set one is encrypted.
-var OptionalSecretKeys = []string{"alertWebhookUrl"}
+var OptionalSecretKeys = []string{"alertWebhookUrl", "hfToken"}
 
 // RenamedKeys are keys an older stack file may still hold, with what
 // replaced them.
@@ -247,6 +248,7 @@ func Parse(src Source, stack string) (*Config, error) {
 	} else {
 		c.CacheTTL = d
 	}
+	p.parseModelServer(c)
 	p.validateGateway(c)
 	p.validateSecrets(c)
 
@@ -346,6 +348,8 @@ func (p *parser) validateGateway(c *Config) {
 			p.fail(k+".name", "%q: use letters, digits, '.', '_' or '-'", u.Name)
 		case u.Name == SimulatorUpstream:
 			p.fail(k+".name", "%q is reserved for the simulator that upstreamSimulator adds", u.Name)
+		case u.Name == SelfHostedUpstream:
+			p.fail(k+".name", "%q is reserved for the model server that modelServer adds", u.Name)
 		case upstreams[u.Name]:
 			p.fail(k+".name", "%q is defined twice", u.Name)
 		}
@@ -363,6 +367,10 @@ func (p *parser) validateGateway(c *Config) {
 	if c.UpstreamSimulator {
 		upstreams[SimulatorUpstream] = true
 	}
+	if c.ModelServer.Enabled {
+		upstreams[SelfHostedUpstream] = true
+	}
+	routedToServer := false
 
 	if len(c.Models) == 0 {
 		p.fail("models", "needs at least one model")
@@ -386,12 +394,20 @@ func (p *parser) validateGateway(c *Config) {
 			switch {
 			case e.Upstream == SimulatorUpstream && !c.UpstreamSimulator:
 				p.fail(rk, "routes to %q but upstreamSimulator is false", e.Upstream)
+			case e.Upstream == SelfHostedUpstream && !c.ModelServer.Enabled:
+				p.fail(rk, "routes to %q but modelServer is disabled", e.Upstream)
 			case !upstreams[e.Upstream]:
 				p.fail(rk, "upstream %q is not defined in upstreams", e.Upstream)
 			case seen[e.Upstream]:
 				p.fail(rk, "upstream %q appears twice", e.Upstream)
 			}
 			seen[e.Upstream] = true
+			if e.Upstream == SelfHostedUpstream {
+				routedToServer = true
+				if name := cmp.Or(e.Model, m.Name); name != c.ModelServer.ServedName {
+					p.fail(rk, "sends model %q to %q, which serves %q only (modelServer.servedName); set the entry's model to it", name, SelfHostedUpstream, c.ModelServer.ServedName)
+				}
+			}
 			if e.Price != nil {
 				p.price(rk+".price", *e.Price)
 			}
@@ -400,6 +416,11 @@ func (p *parser) validateGateway(c *Config) {
 		if m.ReferencePrice != nil {
 			p.price(k+".referencePrice", *m.ReferencePrice)
 		}
+	}
+
+	if c.ModelServer.Enabled && !routedToServer && len(c.Models) > 0 {
+		c.Warnings = append(c.Warnings, fmt.Sprintf("the model server on each host serves %s but no model routes to %q; add a model to %s so clients can use it",
+			c.ModelServer.ServedName, SelfHostedUpstream, fullKey("models")))
 	}
 
 	if c.Retry.Attempts < 1 || c.Retry.Attempts > 10 {

@@ -59,11 +59,13 @@ func awsValues() map[string]string {
 		"relaygate:alertmanagerImage":  "prom/alertmanager:v0.28.1",
 		"relaygate:localGpu":           "false",
 		"relaygate:upstreamSimulator":  "false",
+		"relaygate:modelServer":        `{"enabled":true}`,
 		"relaygate:latencyBudgetP95Ms": "1500",
 		"relaygate:upstreams": `[{"name":"holysheep","baseUrl":"https://api.holysheep.ai/v1","apiKeyEnv":"HOLYSHEEP_API_KEY","timeout":"180s","connectTimeout":"30s"},` +
 			`{"name":"openai","baseUrl":"https://api.openai.com/v1","apiKeyEnv":"OPENAI_API_KEY"}]`,
 		"relaygate:models": `[{"name":"gpt-4.1","route":["holysheep",{"upstream":"openai","model":"gpt-4.1-2025-04-14","price":{"inputPerMtok":2,"outputPerMtok":8}}],` +
-			`"price":{"inputPerMtok":1.5,"outputPerMtok":6},"referencePrice":{"inputPerMtok":2,"outputPerMtok":8}}]`,
+			`"price":{"inputPerMtok":1.5,"outputPerMtok":6},"referencePrice":{"inputPerMtok":2,"outputPerMtok":8}},` +
+			`{"name":"qwen2.5-7b-instruct","route":["self-hosted"],"price":{"inputPerMtok":0.35,"outputPerMtok":0.35}}]`,
 		"relaygate:retry":           `{"attempts":3,"backoffMin":"200ms","backoffMax":"10s"}`,
 		"relaygate:cacheTtl":        "1h",
 		"relaygate:rateLimit":       `{"rpm":0,"tpm":0}`,
@@ -95,6 +97,7 @@ func localValues() map[string]string {
 	v["relaygate:allowedCidrs"] = "[]"
 	v["relaygate:expectedGpuCount"] = "0"
 	v["relaygate:upstreamSimulator"] = "true"
+	v["relaygate:modelServer"] = `{"enabled":false}`
 	v["relaygate:upstreams"] = "[]"
 	v["relaygate:models"] = `[{"name":"gpt-4.1","route":["upstream-sim"],"price":{"inputPerMtok":2,"outputPerMtok":8}}]`
 	return v
@@ -102,7 +105,7 @@ func localValues() map[string]string {
 
 func source(values map[string]string) mapSource {
 	secrets := map[string]bool{}
-	for _, k := range []string{"relaygate:gatewayApiKey", "relaygate:holysheepApiKey", "relaygate:openaiApiKey", "relaygate:alertWebhookUrl"} {
+	for _, k := range []string{"relaygate:gatewayApiKey", "relaygate:holysheepApiKey", "relaygate:openaiApiKey", "relaygate:alertWebhookUrl", "relaygate:hfToken"} {
 		if _, ok := values[k]; ok {
 			secrets[k] = true
 		}

@@ -48,6 +48,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	latencyTimeout := fs.Duration("latency-timeout", smoketest.DefaultLatencyTimeout, "time limit of the latency check")
 	promWait := fs.Duration("prometheus-wait", smoketest.DefaultPrometheusWait, "how long to wait for Prometheus to scrape the gateway")
 	waitReady := fs.Duration("wait-ready", 0, "before the checks, wait up to this long for GET /ready to answer 200, for a stack whose containers were just replaced (the deploy gate waits "+smoketest.DefaultDeployWaitReady.String()+"; 0: do not wait)")
+	modelServerWait := fs.Duration("model-server-wait", smoketest.DefaultModelServerWait, "how long to wait for the self-hosted model to load and answer")
 	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -75,7 +76,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Outputs: outputs, Stack: *stack, Model: *model,
 		Requests: *requests, Concurrency: *concurrency,
 		StepTimeout: *timeout, LatencyTimeout: *latencyTimeout, PrometheusWait: *promWait,
-		WaitReady: *waitReady, Progress: stderr,
+		WaitReady: *waitReady, ModelServerWait: *modelServerWait, Progress: stderr,
 	}
 	if *quiet {
 		opts.Progress = nil

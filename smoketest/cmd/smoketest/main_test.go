@@ -64,8 +64,8 @@ func TestUnreachableStack(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("stdout is not the JSON report: %v\n%s", err, out.String())
 	}
-	if rep.Passed || len(rep.Steps) != 11 || rep.Steps[0].Status != "fail" || rep.Steps[0].Hint == "" {
-		t.Errorf("report = %+v, want 11 checks, the first failed with a hint", rep)
+	if rep.Passed || len(rep.Steps) != 12 || rep.Steps[0].Status != "fail" || rep.Steps[0].Hint == "" {
+		t.Errorf("report = %+v, want 12 checks, the first failed with a hint", rep)
 	}
 	if !strings.Contains(errOut.String(), "GET /ready did not answer 200 within 300ms") {
 		t.Errorf("no bounded wait for /ready on stderr:\n%s", errOut.String())
