@@ -173,13 +173,7 @@ func Run(ctx context.Context, opts Options) *Report {
 		}
 		return ""
 	}
-	needModelServer := func() string {
-		if r.opts.Outputs.SelfHostedModel == "" {
-			return "the stack runs no model server (its selfHostedModel output is empty)"
-		}
-		return needKey()
-	}
-	r.stepTimeout(ctx, CheckModelServer, "the self-hosted model answers from the model server on the GPU", needModelServer,
+	r.stepTimeout(ctx, CheckModelServer, "the self-hosted model answers from the model server on the GPU", needKey,
 		r.opts.ModelServerWait+r.opts.UtilizationWindow+2*r.opts.StepTimeout, r.checkModelServer)
 	r.step(ctx, CheckCompletion, "a chat completion through go-openai", needKey, r.checkCompletion)
 	r.step(ctx, CheckStream, "a streamed completion through go-openai", needKey, r.checkStream)

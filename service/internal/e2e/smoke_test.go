@@ -145,7 +145,7 @@ func TestSmokeTestAgainstLocalStack(t *testing.T) {
 				o.Outputs.GatewayAPIKey = wrongKey
 			},
 			wantFail: []string{smoketest.CheckAuth},
-			wantSkip: []string{smoketest.CheckCompletion, smoketest.CheckStream, smoketest.CheckCache, smoketest.CheckLatency, smoketest.CheckMetrics},
+			wantSkip: []string{smoketest.CheckModelServer, smoketest.CheckCompletion, smoketest.CheckStream, smoketest.CheckCache, smoketest.CheckLatency, smoketest.CheckMetrics},
 			hints:    map[string]string{smoketest.CheckAuth: "pulumi config set --secret gatewayApiKey"},
 		},
 		{
@@ -234,8 +234,8 @@ func TestSmokeTestAgainstLocalStack(t *testing.T) {
 			if want := len(tc.wantFail)+len(tc.wantSkip) == 0; rep.Passed != want {
 				t.Errorf("Passed = %v, want %v", rep.Passed, want)
 			}
-			if len(rep.Steps) != 11 {
-				t.Errorf("%d checks ran, want all 11", len(rep.Steps))
+			if len(rep.Steps) != 12 {
+				t.Errorf("%d checks ran, want all 12", len(rep.Steps))
 			}
 			for name, want := range tc.hints {
 				st := rep.Step(name)
