@@ -135,7 +135,10 @@ func TestPoolSkipsDownMembers(t *testing.T) {
 		}
 	}
 	_, err = Chain{{Pool: NewPool(only, LeastBusy, nil)}}.Run(context.Background(), Policy{Attempts: 1}, Hooks{},
-		func(context.Context, *Target) Attempt { t.Fatal("a member with an open circuit was asked"); return Attempt{} })
+		func(context.Context, *Target) Attempt {
+			t.Fatal("a member with an open circuit was asked")
+			return Attempt{}
+		})
 	var ex *ExhaustedError
 	if !errors.As(err, &ex) {
 		t.Fatalf("err = %v", err)

@@ -256,11 +256,10 @@ const (
 	memberSkipped        // not to be asked again in this request
 )
 
-// linkTry is one member's part in a link: its failure so far and state.
+// linkTry is one member's part in a link: its failure so far.
 type linkTry struct {
-	idx   int
-	state int
-	f     Failure
+	idx int
+	f   Failure
 }
 
 // runLink runs one link of the chain (see Run): done is true when Run must
@@ -270,7 +269,7 @@ func runLink(ctx context.Context, p Policy, h Hooks, try func(ctx context.Contex
 	var buf [4]linkTry
 	tries := buf[:0]
 	var stateBuf [8]int8
-	states := stateBuf[:0]
+	var states []int8 // by member: memberFresh, memberRetry or memberSkipped
 	if len(members) <= len(stateBuf) {
 		states = stateBuf[:len(members)]
 	} else {
