@@ -133,10 +133,12 @@ func (h *Health) Probe(ctx context.Context, client *http.Client, onProbe func(er
 		if ctx.Err() != nil {
 			return
 		}
-		h.Record(err)
 		if onProbe != nil {
+			// Before Record: whoever sees the verdict flip finds the
+			// probe that flipped it counted.
 			onProbe(err)
 		}
+		h.Record(err)
 		select {
 		case <-ctx.Done():
 			return
