@@ -446,10 +446,15 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 			l.fail(p+".name", "%q is defined twice", u.Name)
 		}
 		seen[u.Name] = true
-		if err := checkBaseURL(u.BaseURL); err != nil {
+		if vars, ok := unset[p+".base_url"]; ok {
+			// An optional tier (model servers on GPU hosts that a stack
+			// may not have): off, said loudly, like an unset key.
+			u.Disabled = fmt.Sprintf("base_url: environment variable %s is not set", strings.Join(vars, ", "))
+			c.Warnings = append(c.Warnings, fmt.Sprintf("upstream %s is disabled: %s", u.Name, u.Disabled))
+		} else if err := checkBaseURL(u.BaseURL); err != nil {
 			l.fail(p+".base_url", "%v", err)
 		}
-		if vars, ok := unset[p+".api_key"]; ok {
+		if vars, ok := unset[p+".api_key"]; ok && u.Disabled == "" {
 			u.Disabled = fmt.Sprintf("api_key: environment variable %s is not set", strings.Join(vars, ", "))
 			c.Warnings = append(c.Warnings, fmt.Sprintf("upstream %s is disabled: %s", u.Name, u.Disabled))
 		}

@@ -2,6 +2,9 @@ package config
 
 import (
 	"math"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -134,5 +137,85 @@ models:
 				}
 			}
 		})
+	}
+}
+
+// TestUnsetBaseURLDisablesTheUpstream: a model server whose address comes
+// from an unset variable (a stack without GPU hosts) is off with a
+// warning, not a broken config; its pool is skipped.
+func TestUnsetBaseURLDisablesTheUpstream(t *testing.T) {
+	doc := `
+upstreams:
+  - {name: relay, base_url: "https://relay.example/v1"}
+  - {name: gpu-a, base_url: "${GPU_A_URL}", health: {}}
+  - {name: gpu-b, base_url: "http://${GPU_B_HOST}:8000/v1"}
+models:
+  - name: m
+    route: [relay, {pool: [gpu-a, gpu-b]}]
+`
+	cfg, err := Parse([]byte(doc), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"gpu-a", "gpu-b"} {
+		u, _ := cfg.Upstream(name)
+		if !strings.Contains(u.Disabled, "base_url: environment variable") {
+			t.Errorf("%s: Disabled = %q, want the unset base_url named", name, u.Disabled)
+		}
+	}
+	if len(cfg.Warnings) != 2 {
+		t.Errorf("warnings %v, want one per disabled upstream", cfg.Warnings)
+	}
+	cfg, err = Parse([]byte(doc), env(map[string]string{"GPU_A_URL": "http://10.0.1.10:8000/v1", "GPU_B_HOST": "10.0.1.11"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, _ := cfg.Upstream("gpu-b"); u.Disabled != "" || u.BaseURL != "http://10.0.1.11:8000/v1" {
+		t.Errorf("gpu-b with its variable set: %+v", u)
+	}
+}
+
+// TestShippedSelfHostedTier: config/gateway.yaml routes deepseek-v3.2
+// relay, official, then the GPU hosts' pool, whose members probe vLLM's
+// /health and price from their hourly cost; without the hosts' addresses
+// they are off, with them on.
+func TestShippedSelfHostedTier(t *testing.T) {
+	_, file, _, _ := runtime.Caller(0)
+	data, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "config", "gateway.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{"GATEWAY_API_KEY": "gw-key-0123456789abcdef", "HOLYSHEEP_API_KEY": "k", "DEEPSEEK_API_KEY": "k"}
+	cfg, err := Parse(data, env(vars))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"gpu-a", "gpu-b", "gpu-c"} {
+		if u, _ := cfg.Upstream(name); u == nil || u.Disabled == "" {
+			t.Errorf("%s is in service without its address", name)
+		}
+	}
+	vars["GPU_HOST_A_URL"], vars["GPU_HOST_B_URL"], vars["GPU_HOST_C_URL"] = "http://10.0.1.10:8000/v1", "http://10.0.1.11:8000/v1", "http://10.0.1.12:8000/v1"
+	if cfg, err = Parse(data, env(vars)); err != nil {
+		t.Fatal(err)
+	}
+	var m *Model
+	for i := range cfg.Models {
+		if cfg.Models[i].Name == "deepseek-v3.2" {
+			m = &cfg.Models[i]
+		}
+	}
+	if m == nil || len(m.Route) != 3 || m.Route[0].Upstream != "holysheep" || m.Route[1].Upstream != "deepseek" ||
+		strings.Join(m.Route[2].Pool, ",") != "gpu-a,gpu-b,gpu-c" {
+		t.Fatalf("deepseek-v3.2 route = %+v, want holysheep, deepseek, pool of the GPU hosts", m)
+	}
+	for _, name := range m.Route[2].Pool {
+		u, _ := cfg.Upstream(name)
+		if u.Disabled != "" || u.Health == nil || u.Health.Path != "/health" {
+			t.Errorf("%s: disabled %q, health %+v", name, u.Disabled, u.Health)
+		}
+		if p := cfg.PriceAt(m, m.Route[2], name); math.Abs(p.OutputPerMTok-0.55) > 1e-9 {
+			t.Errorf("%s prices at %+v, want 0.55 $/MTok (1.10 $/h over 2M tokens)", name, p)
+		}
 	}
 }
