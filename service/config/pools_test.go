@@ -4,10 +4,13 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 const poolDoc = `
@@ -217,5 +220,28 @@ func TestShippedSelfHostedTier(t *testing.T) {
 		if p := cfg.PriceAt(m, m.Route[2], name); math.Abs(p.OutputPerMTok-0.55) > 1e-9 {
 			t.Errorf("%s prices at %+v, want 0.55 $/MTok (1.10 $/h over 2M tokens)", name, p)
 		}
+	}
+}
+
+// TestPoolEntryRoundTrips: a pool entry written out (the Pulumi program
+// renders configs) loads back as the same pool, not as a bare name.
+func TestPoolEntryRoundTrips(t *testing.T) {
+	cfg, err := Parse([]byte(poolDoc), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := yaml.Marshal(cfg.Models[0].Route)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back []RouteEntry
+	if err := yaml.Unmarshal(out, &back); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if !reflect.DeepEqual(back, cfg.Models[0].Route) {
+		t.Errorf("route written as\n%s\nloads back as %+v, want %+v", out, back, cfg.Models[0].Route)
+	}
+	if !strings.HasPrefix(string(out), "- relay\n") {
+		t.Errorf("a plain entry is no longer a bare name:\n%s", out)
 	}
 }
