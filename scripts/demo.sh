@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 
 GATEWAY_PORT="${GATEWAY_PORT:-8000}"
 SIM_PORT="${SIM_PORT:-9001}"
+# Two simulated vLLM servers, the self-hosted pool: on the two ports after SIM_PORT.
+GPU_SIM_A_PORT=$((SIM_PORT + 1))
+GPU_SIM_B_PORT=$((SIM_PORT + 2))
 REDIS_PORT="${REDIS_PORT:-6390}"
 PROM_PORT="${PROM_PORT:-9090}"
 DEMO_DIR="${DEMO_DIR:-.demo}"
@@ -35,7 +38,7 @@ trap 'exit 130' INT TERM
 bash scripts/install-tools.sh demo
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$GATEWAY_PORT" "$SIM_PORT" "$REDIS_PORT" "$PROM_PORT"; do
+for p in "$GATEWAY_PORT" "$SIM_PORT" "$GPU_SIM_A_PORT" "$GPU_SIM_B_PORT" "$REDIS_PORT" "$PROM_PORT"; do
 	if port_busy "$p"; then
 		echo "demo: port $p on 127.0.0.1 is in use; free it or set GATEWAY_PORT/SIM_PORT/REDIS_PORT/PROM_PORT" >&2
 		exit 1
@@ -71,6 +74,15 @@ else
 	bin/upstream-sim -listen "127.0.0.1:$SIM_PORT" -latency 40ms -jitter 10ms -chunk-delay 15ms \
 		-completion-tokens 24 -tokens-per-chunk 2 \
 		-models gpt-4.1,claude-sonnet-4.5,gemini-2.5-flash,deepseek-v3.2 2>"$DEMO_DIR/upstream-sim.log" &
+	pids+=($!)
+	# The self-hosted tier: two "vLLM" servers, one slower, that load for a
+	# second (/health 503) before serving llama-3.1-8b.
+	export GPU_SIM_A_URL="http://127.0.0.1:$GPU_SIM_A_PORT/v1" GPU_SIM_B_URL="http://127.0.0.1:$GPU_SIM_B_PORT/v1"
+	bin/upstream-sim -listen "127.0.0.1:$GPU_SIM_A_PORT" -vllm -load-time 1s -latency 30ms -chunk-delay 10ms \
+		-completion-tokens 24 -tokens-per-chunk 2 -models llama-3.1-8b 2>"$DEMO_DIR/gpu-sim-a.log" &
+	pids+=($!)
+	bin/upstream-sim -listen "127.0.0.1:$GPU_SIM_B_PORT" -vllm -load-time 1s -latency 60ms -chunk-delay 10ms \
+		-completion-tokens 24 -tokens-per-chunk 2 -models llama-3.1-8b 2>"$DEMO_DIR/gpu-sim-b.log" &
 	pids+=($!)
 fi
 

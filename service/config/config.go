@@ -96,6 +96,16 @@ type Upstream struct {
 	// API responses (OpenAI: 30 days); the gateway remembers which
 	// upstream created a response id for as long.
 	ResponseRetention Duration `yaml:"response_retention,omitempty"`
+	// Health, when set, probes the upstream in the background; while its
+	// probe fails the upstream is out of every route and pool.
+	Health *HealthCheck `yaml:"health,omitempty"`
+	// HourlyCostUSD is what the upstream's hosts cost an hour (a model
+	// server on rented GPUs); with TokensPerHour it prices the tokens the
+	// upstream serves (see SelfHostedPrice).
+	HourlyCostUSD float64 `yaml:"hourly_cost_usd,omitempty"`
+	// TokensPerHour is the tokens (prompt and completion) an hour of the
+	// hosts is taken to serve: the hourly cost is spread over them.
+	TokensPerHour int64 `yaml:"tokens_per_hour,omitempty"`
 
 	// Disabled says why the upstream is out of every route (empty: in
 	// service). Set by the loader, not read from YAML.
@@ -152,11 +162,56 @@ type Model struct {
 // RouteEntry is one link of a model's chain. In YAML it is either an
 // upstream name, or a mapping that also renames the model for that upstream
 // (official APIs often spell model ids differently from relays) and gives
-// the price paid there.
+// the price paid there, or a pool: `{pool: [gpu-a, gpu-b], balance:
+// least_busy}`, equivalent upstreams that share the link's traffic (Model
+// and Price then apply to every member).
 type RouteEntry struct {
 	Upstream string `yaml:"upstream,omitempty"`
 	Model    string `yaml:"model,omitempty"`
 	Price    *Price `yaml:"price,omitempty"`
+	// Pool names the upstreams of a pool entry (Upstream is then empty).
+	Pool []string `yaml:"pool,omitempty"`
+	// Balance is how a pool picks its member: BalanceLeastBusy (the
+	// default) or BalanceWeighted.
+	Balance string `yaml:"balance,omitempty"`
+	// Weights are the weighted balance's shares by member name; a member
+	// not named weighs 1.
+	Weights map[string]int `yaml:"weights,omitempty"`
+}
+
+// Pool balancing (route entries' balance:).
+const (
+	// BalanceLeastBusy sends each request to the member with the fewest
+	// requests outstanding, ties taken in turn.
+	BalanceLeastBusy = "least_busy"
+	// BalanceWeighted shares requests by weight (smooth weighted round
+	// robin).
+	BalanceWeighted = "weighted"
+)
+
+// Upstreams are the entry's upstream names: its pool's members, or the one.
+func (e RouteEntry) Upstreams() []string {
+	if len(e.Pool) > 0 {
+		return e.Pool
+	}
+	return []string{e.Upstream}
+}
+
+// HealthCheck is an upstream's active health probe: a GET of Path every
+// Interval, a 2xx within Timeout being a pass. The upstream is down once
+// UnhealthyThreshold probes in a row fail, up again once HealthyThreshold
+// pass; it starts down until its first probe passes.
+type HealthCheck struct {
+	// Path is absolute on the base URL's host (vLLM serves /health at the
+	// root, beside /v1), and may carry a query.
+	Path               string   `yaml:"path,omitempty"`
+	Interval           Duration `yaml:"interval,omitempty"`
+	Timeout            Duration `yaml:"timeout,omitempty"`
+	HealthyThreshold   int      `yaml:"healthy_threshold,omitempty"`
+	UnhealthyThreshold int      `yaml:"unhealthy_threshold,omitempty"`
+	// SendKey sends the upstream's api_key with each probe, for a path that
+	// needs it (a relay's /v1/models); by default probes carry no key.
+	SendKey bool `yaml:"send_key,omitempty"`
 }
 
 // Price is in US dollars per million tokens. The cache prices are what
@@ -329,6 +384,12 @@ const (
 	DefaultBufferBudgetBytes = 256 << 20
 	// MinBufferBudgetBytes: below it, ordinary answers would queue.
 	MinBufferBudgetBytes = 1 << 20
+	// Health probe defaults; MinHealthInterval keeps a probe from
+	// becoming load of its own.
+	DefaultHealthPath     = "/health"
+	DefaultHealthInterval = 10 * time.Second
+	DefaultHealthTimeout  = 2 * time.Second
+	MinHealthInterval     = 100 * time.Millisecond
 )
 
 func (c *Config) applyDefaults() {
@@ -361,6 +422,26 @@ func (c *Config) applyDefaults() {
 			u.Auth = defaultAuth(u.BaseURL)
 		}
 		setDur(&u.ResponseRetention, DefaultResponseRetention)
+		if h := u.Health; h != nil {
+			if h.Path == "" {
+				h.Path = DefaultHealthPath
+			}
+			setDur(&h.Interval, DefaultHealthInterval)
+			setDur(&h.Timeout, min(DefaultHealthTimeout, h.Interval.D()))
+			if h.HealthyThreshold == 0 {
+				h.HealthyThreshold = 1
+			}
+			if h.UnhealthyThreshold == 0 {
+				h.UnhealthyThreshold = 1
+			}
+		}
+	}
+	for i := range c.Models {
+		for j := range c.Models[i].Route {
+			if e := &c.Models[i].Route[j]; e.Pool != nil && e.Balance == "" {
+				e.Balance = BalanceLeastBusy
+			}
+		}
 	}
 	if c.Retry.Attempts == 0 {
 		c.Retry.Attempts = DefaultAttempts
@@ -420,6 +501,33 @@ func (m *Model) PriceFor(e RouteEntry) Price {
 		return *e.Price
 	}
 	return m.Price
+}
+
+// PriceAt is what model m costs on one upstream of route entry e: the
+// entry's own price, else the upstream's self-hosted price (from its
+// hourly cost), else the model's.
+func (c *Config) PriceAt(m *Model, e RouteEntry, upstream string) Price {
+	if e.Price != nil {
+		return *e.Price
+	}
+	if u, ok := c.Upstream(upstream); ok {
+		if p, ok := u.SelfHostedPrice(); ok {
+			return p
+		}
+	}
+	return m.Price
+}
+
+// SelfHostedPrice is the price per million tokens of an upstream whose
+// hosts are paid by the hour: HourlyCostUSD / TokensPerHour × 10⁶, the same
+// for every kind of token, so that an hour serving TokensPerHour tokens
+// costs exactly the hours' price. ok is false without an hourly cost.
+func (u *Upstream) SelfHostedPrice() (p Price, ok bool) {
+	if u.HourlyCostUSD <= 0 || u.TokensPerHour <= 0 {
+		return Price{}, false
+	}
+	per := u.HourlyCostUSD / float64(u.TokensPerHour) * 1e6
+	return Price{InputPerMTok: per, OutputPerMTok: per}, true
 }
 
 // Redacted returns a copy safe to print: every secret replaced.

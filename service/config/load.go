@@ -104,7 +104,8 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// UnmarshalYAML accepts `holysheep` or `{upstream: openai, model: gpt-4.1}`.
+// UnmarshalYAML accepts `holysheep`, `{upstream: openai, model: gpt-4.1}`
+// or a pool, `{pool: [gpu-a, gpu-b], balance: least_busy}`.
 func (e *RouteEntry) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind == yaml.ScalarNode {
 		e.Upstream = n.Value
@@ -344,7 +345,32 @@ func (l *loader) checkKnown(n *yaml.Node, t reflect.Type, path string) {
 	switch {
 	case t == reflect.TypeOf(RouteEntry{}) && n.Kind == yaml.ScalarNode:
 		return
+	case t == reflect.TypeOf(RouteEntry{}) && n.Kind == yaml.MappingNode:
+		// A pool's members are names: a mapping there is most likely a
+		// pool nested in a pool, which would only ever be one pool.
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if v := n.Content[i+1]; n.Content[i].Value == "pool" && v.Kind == yaml.SequenceNode {
+				for j, c := range v.Content {
+					if c.Kind != yaml.ScalarNode {
+						l.errs = append(l.errs, fmt.Errorf("line %d: %s.pool[%d]: a pool's members are upstream names; a pool cannot hold another pool (list its upstreams in this one)",
+							c.Line, path, j))
+					}
+				}
+			}
+		}
+		l.checkStruct(n, t, path)
 	case t.Kind() == reflect.Struct && n.Kind == yaml.MappingNode:
+		l.checkStruct(n, t, path)
+	case t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode:
+		for i, c := range n.Content {
+			l.checkKnown(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i))
+		}
+	}
+}
+
+// checkStruct reports the keys of mapping n that match no field of t.
+func (l *loader) checkStruct(n *yaml.Node, t reflect.Type, path string) {
+	{
 		fields := map[string]reflect.Type{}
 		var names []string
 		for i := 0; i < t.NumField(); i++ {
@@ -364,10 +390,6 @@ func (l *loader) checkKnown(n *yaml.Node, t reflect.Type, path string) {
 				continue
 			}
 			l.checkKnown(n.Content[i+1], ft, joinPath(path, key.Value))
-		}
-	case t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode:
-		for i, c := range n.Content {
-			l.checkKnown(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i))
 		}
 	}
 }
@@ -424,10 +446,15 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 			l.fail(p+".name", "%q is defined twice", u.Name)
 		}
 		seen[u.Name] = true
-		if err := checkBaseURL(u.BaseURL); err != nil {
+		if vars, ok := unset[p+".base_url"]; ok {
+			// An optional tier (model servers on GPU hosts that a stack
+			// may not have): off, said loudly, like an unset key.
+			u.Disabled = fmt.Sprintf("base_url: environment variable %s is not set", strings.Join(vars, ", "))
+			c.Warnings = append(c.Warnings, fmt.Sprintf("upstream %s is disabled: %s", u.Name, u.Disabled))
+		} else if err := checkBaseURL(u.BaseURL); err != nil {
 			l.fail(p+".base_url", "%v", err)
 		}
-		if vars, ok := unset[p+".api_key"]; ok {
+		if vars, ok := unset[p+".api_key"]; ok && u.Disabled == "" {
 			u.Disabled = fmt.Sprintf("api_key: environment variable %s is not set", strings.Join(vars, ", "))
 			c.Warnings = append(c.Warnings, fmt.Sprintf("upstream %s is disabled: %s", u.Name, u.Disabled))
 		}
@@ -444,6 +471,7 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 		if u.ResponseRetention < 0 {
 			l.fail(p+".response_retention", "must not be negative")
 		}
+		l.checkSelfHosted(p, u)
 	}
 
 	if len(c.Models) == 0 {
@@ -466,13 +494,17 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 		inRoute := map[string]bool{}
 		for j, e := range m.Route {
 			rp := fmt.Sprintf("%s.route[%d]", p, j)
-			if _, ok := c.Upstream(e.Upstream); !ok {
-				l.fail(rp, "upstream %q is not defined in upstreams", e.Upstream)
+			if e.Pool != nil || e.Balance != "" || e.Weights != nil {
+				l.checkPool(c, rp, e, inRoute)
+			} else {
+				if _, ok := c.Upstream(e.Upstream); !ok {
+					l.fail(rp, "upstream %q is not defined in upstreams", e.Upstream)
+				}
+				if inRoute[e.Upstream] {
+					l.fail(rp, "upstream %q appears twice in the route", e.Upstream)
+				}
+				inRoute[e.Upstream] = true
 			}
-			if inRoute[e.Upstream] {
-				l.fail(rp, "upstream %q appears twice in the route", e.Upstream)
-			}
-			inRoute[e.Upstream] = true
 			if e.Price != nil {
 				l.checkPrice(rp+".price", *e.Price)
 			}
@@ -533,6 +565,86 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 	case "debug", "info", "warn", "error":
 	default:
 		l.fail("log.level", "%q: use debug, info, warn or error", c.Log.Level)
+	}
+}
+
+// checkPool validates a pool entry of a route: known, distinct members
+// (none also elsewhere in the route), a known balance, and weights only for
+// members of a weighted pool.
+func (l *loader) checkPool(c *Config, rp string, e RouteEntry, inRoute map[string]bool) {
+	if e.Upstream != "" {
+		l.fail(rp+".upstream", "an entry is either one upstream or a pool: move %q into pool, or drop pool", e.Upstream)
+	}
+	if len(e.Pool) == 0 {
+		l.fail(rp+".pool", "is empty; list the upstreams the pool shares its traffic among")
+	}
+	for k, name := range e.Pool {
+		pp := fmt.Sprintf("%s.pool[%d]", rp, k)
+		if _, ok := c.Upstream(name); !ok {
+			l.fail(pp, "upstream %q is not defined in upstreams", name)
+		}
+		if inRoute[name] {
+			l.fail(pp, "upstream %q appears twice in the route", name)
+		}
+		inRoute[name] = true
+	}
+	switch e.Balance {
+	case BalanceLeastBusy, BalanceWeighted:
+	default:
+		l.fail(rp+".balance", "%q: use %s (fewest requests outstanding) or %s (shares by weights)", e.Balance, BalanceLeastBusy, BalanceWeighted)
+	}
+	if e.Weights != nil && e.Balance != BalanceWeighted {
+		l.fail(rp+".weights", "are only read by balance: %s", BalanceWeighted)
+	}
+	names := make([]string, 0, len(e.Weights))
+	for name := range e.Weights {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		wp := rp + ".weights." + name
+		if !slices.Contains(e.Pool, name) {
+			l.fail(wp, "%q is not a member of the pool", name)
+		} else if e.Weights[name] < 1 {
+			l.fail(wp, "must be at least 1, got %d (to take a member out, remove it from the pool)", e.Weights[name])
+		}
+	}
+}
+
+// checkSelfHosted validates an upstream's health probe and hourly cost.
+func (l *loader) checkSelfHosted(p string, u *Upstream) {
+	if h := u.Health; h != nil {
+		hp := p + ".health"
+		if !strings.HasPrefix(h.Path, "/") {
+			l.fail(hp+".path", "%q must start with '/': it is a path on the base URL's host", h.Path)
+		} else if pu, err := url.Parse(h.Path); err != nil || pu.Host != "" || pu.Fragment != "" {
+			l.fail(hp+".path", "%q is not a path", h.Path)
+		}
+		if h.Interval.D() < MinHealthInterval {
+			l.fail(hp+".interval", "%s is shorter than %s", h.Interval, MinHealthInterval)
+		}
+		if h.Timeout > h.Interval {
+			l.fail(hp+".timeout", "%s is longer than interval %s", h.Timeout, h.Interval)
+		}
+		if h.HealthyThreshold < 1 || h.HealthyThreshold > 10 {
+			l.fail(hp+".healthy_threshold", "must be between 1 and 10, got %d", h.HealthyThreshold)
+		}
+		if h.UnhealthyThreshold < 1 || h.UnhealthyThreshold > 10 {
+			l.fail(hp+".unhealthy_threshold", "must be between 1 and 10, got %d", h.UnhealthyThreshold)
+		}
+		if h.SendKey && u.APIKey == "" && u.Disabled == "" {
+			l.fail(hp+".send_key", "the upstream has no api_key to send")
+		}
+	}
+	switch {
+	case u.HourlyCostUSD < 0:
+		l.fail(p+".hourly_cost_usd", "must not be negative")
+	case u.TokensPerHour < 0:
+		l.fail(p+".tokens_per_hour", "must not be negative")
+	case u.HourlyCostUSD > 0 && u.TokensPerHour == 0:
+		l.fail(p+".tokens_per_hour", "is needed with hourly_cost_usd: the hourly cost is spread over the tokens an hour serves")
+	case u.HourlyCostUSD == 0 && u.TokensPerHour > 0:
+		l.fail(p+".hourly_cost_usd", "is needed with tokens_per_hour, which only spreads it")
 	}
 }
 

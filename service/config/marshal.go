@@ -26,10 +26,10 @@ func (d Duration) MarshalYAML() (any, error) {
 	return t.String(), nil
 }
 
-// MarshalYAML writes a bare upstream name when the entry renames nothing
-// and prices nothing, the form SPEC.md's example uses.
+// MarshalYAML writes a bare upstream name when the entry renames nothing,
+// prices nothing and is no pool, the form SPEC.md's example uses.
 func (e RouteEntry) MarshalYAML() (any, error) {
-	if e.Model == "" && e.Price == nil {
+	if e.Model == "" && e.Price == nil && e.Pool == nil && e.Balance == "" && e.Weights == nil {
 		return e.Upstream, nil
 	}
 	type plain RouteEntry

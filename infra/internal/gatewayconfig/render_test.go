@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -152,7 +153,7 @@ func TestRenderAWSHost(t *testing.T) {
 	if m.Name != "gpt-4.1" || m.Price.InputPerMTok != 1.5 || m.ReferencePrice == nil || m.ReferencePrice.OutputPerMTok != 8 {
 		t.Errorf("model = %+v", m)
 	}
-	if len(m.Route) != 2 || m.Route[0] != (gwconfig.RouteEntry{Upstream: "holysheep"}) || !strings.Contains(string(b), "      - holysheep\n") {
+	if len(m.Route) != 2 || !reflect.DeepEqual(m.Route[0], gwconfig.RouteEntry{Upstream: "holysheep"}) || !strings.Contains(string(b), "      - holysheep\n") {
 		t.Fatalf("route[0] should be the bare name holysheep: %+v\n%s", m.Route, b)
 	}
 	if r := m.Route[1]; r.Upstream != "openai" || r.Model != "gpt-4.1-2025-04-14" || r.Price == nil || r.Price.OutputPerMTok != 8 {

@@ -6,7 +6,8 @@
 //	upstream-sim -listen 127.0.0.1:9001 -latency 40ms -failure-rate 0.05 -failure-statuses 503,429
 //
 // GET /sim/stats shows what it served and injected; POST /sim/reset zeroes
-// the counters. SIGINT or SIGTERM stops it: requests in flight get a short
+// the counters. With -vllm it acts as a vLLM server (/health, /metrics with
+// vLLM's names, -load-time, POST /sim/state?set=loading|ready|dead). SIGINT or SIGTERM stops it: requests in flight get a short
 // grace, then hung and delayed ones are released.
 package main
 
@@ -96,6 +97,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.IntVar(&c.CutAfterChunks, "cut-after", 0, "events sent before a cut stream is dropped (0: right after the headers)")
 	fs.IntVar(&c.ReasoningTokens, "reasoning-tokens", 0, "reasoning tokens each Responses answer reports (within output_tokens)")
 	fs.Float64Var(&c.FailAfterCreatedRate, "fail-after-created-rate", 0, "share of Responses streams failed with response.failed right after response.created, 0 to 1")
+	fs.BoolVar(&c.VLLM, "vllm", false, "act as a vLLM server: GET /health (503 while loading), GET /metrics with vLLM's metric names, POST /sim/state?set=loading|ready|dead")
+	fs.DurationVar(&c.LoadTime, "load-time", 0, "with -vllm: how long /health answers 503 after start, as while loading weights")
+	fs.IntVar(&c.MaxRunning, "max-running", 0, "with -vllm: chat requests running at once (max_num_seqs); more wait (0: no bound)")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -128,7 +132,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"latency", c.Latency}, {"jitter", c.Jitter}, {"chunk-delay", c.ChunkDelay}, {"retry-after", c.RetryAfter}} {
+	}{{"latency", c.Latency}, {"jitter", c.Jitter}, {"chunk-delay", c.ChunkDelay}, {"retry-after", c.RetryAfter}, {"load-time", c.LoadTime}} {
 		if d.v < 0 {
 			return options{}, fmt.Errorf("-%s: %v is negative", d.name, d.v)
 		}
@@ -140,10 +144,14 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	}{
 		{"completion-tokens", c.CompletionTokens, 1}, {"tokens-per-chunk", c.TokensPerChunk, 1},
 		{"embedding-dims", c.EmbeddingDims, 1}, {"cut-after", c.CutAfterChunks, 0}, {"reasoning-tokens", c.ReasoningTokens, 0},
+		{"max-running", c.MaxRunning, 0},
 	} {
 		if n.v < n.min {
 			return options{}, fmt.Errorf("-%s: %d is below %d", n.name, n.v, n.min)
 		}
+	}
+	if !c.VLLM && (c.LoadTime > 0 || c.MaxRunning > 0) {
+		return options{}, errors.New("-load-time and -max-running simulate vLLM: add -vllm")
 	}
 	return o, nil
 }

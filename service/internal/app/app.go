@@ -138,6 +138,9 @@ func (a *App) Reload(cfg *config.Config) {
 func (a *App) Close() error {
 	a.stop()
 	a.wg.Wait()
+	if a.Gateway != nil {
+		_ = a.Gateway.Close() // stops its health probes; never fails
+	}
 	return a.closeRedis()
 }
 

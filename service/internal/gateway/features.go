@@ -184,5 +184,5 @@ func (x *exchange) savedByCache() float64 {
 	if m == nil || len(m.chain) == 0 {
 		return 0
 	}
-	return m.chain[0].Price.UsageCost(x.billed())
+	return m.chain[0].Primary().Price.UsageCost(x.billed())
 }

@@ -17,6 +17,10 @@ type upstreamHealth struct {
 	Available bool   `json:"available"`
 	Disabled  string `json:"disabled,omitempty"`
 	route.BreakerStatus
+	// Probe is the active health probe's verdict (absent: no probe).
+	Probe *route.HealthStatus `json:"probe,omitempty"`
+	// Inflight is the attempts outstanding at the upstream now.
+	Inflight int64 `json:"inflight"`
 }
 
 // health is GET /health: liveness plus what an operator needs to see at a
@@ -59,7 +63,12 @@ func (s *Server) healthReport() health {
 	}
 	up := 0
 	for _, u := range st.upstreams {
-		uh := upstreamHealth{Name: u.Name, Available: u.Available(), Disabled: u.Disabled, BreakerStatus: u.Breaker.Status()}
+		uh := upstreamHealth{Name: u.Name, Available: u.Available(), Disabled: u.Disabled, BreakerStatus: u.Breaker.Status(),
+			Inflight: u.Load.Outstanding()}
+		if u.Health != nil {
+			ps := u.Health.Status()
+			uh.Probe = &ps
+		}
 		if uh.Available {
 			up++
 		}

@@ -94,8 +94,17 @@ func (x *exchange) pinnedChain(m *model, id string) (route.Chain, *apiError) {
 	}
 	x.pinned, x.pinnedID = o.Upstream, id
 	for i := range m.chain {
-		if m.chain[i].Upstream.Name == o.Upstream {
-			return m.chain[i : i+1], nil
+		if m.chain[i].Pool == nil {
+			if m.chain[i].Upstream.Name == o.Upstream {
+				return m.chain[i : i+1], nil
+			}
+			continue
+		}
+		// A pool's member: the follow-up goes to that member only.
+		for _, t := range m.chain[i].Pool.Members {
+			if t.Upstream.Name == o.Upstream {
+				return route.Chain{t}, nil
+			}
 		}
 	}
 	return nil, errBadRequestParam("previous_response_upstream_not_in_route", fmt.Sprintf(

@@ -63,6 +63,9 @@ type Server struct {
 	limiter       *ratelimit.Limiter
 	gpu           *gpu.Monitor
 	respIDs       *respids.Store
+	// probes are the health probes running, one per upstream that has one
+	// (probes.go).
+	probes probes
 }
 
 // New builds a server for cfg.
@@ -98,7 +101,8 @@ func (s *Server) Reload(cfg *config.Config) { s.apply(cfg) }
 
 func (s *Server) apply(cfg *config.Config) {
 	prev := s.state.Load()
-	st := newState(cfg, prev, s.breakerChanged)
+	st := newState(cfg, prev, stateHooks{breaker: s.breakerChanged, health: s.healthChanged,
+		load: func(name string) func(float64) { return s.metrics.UpstreamInflight(name).Add }})
 	size := cfg.BufferBudgetBytes
 	if size <= 0 {
 		size = config.DefaultBufferBudgetBytes
@@ -110,11 +114,7 @@ func (s *Server) apply(cfg *config.Config) {
 	}
 	for _, m := range st.models {
 		for api, chain := range m.chains {
-			ups := make([]string, 0, len(chain)+1)
-			for _, t := range chain {
-				ups = append(ups, t.Upstream.Name)
-			}
-			s.metrics.Prepare(m.name, api, append(ups, metrics.CacheUpstream))
+			s.metrics.Prepare(m.name, api, append(chainUpstreams(chain), metrics.CacheUpstream))
 		}
 	}
 	s.metrics.SetLatencyBudget(cfg.SLO.LatencyP95.D().Seconds())
@@ -132,6 +132,7 @@ func (s *Server) apply(cfg *config.Config) {
 		for _, u := range prev.upstreams {
 			if !kept[u.Name] {
 				s.metrics.UpstreamRemoved(u.Name)
+				s.metrics.UpstreamPoolsRemoved(u.Name)
 			}
 		}
 	}
@@ -139,6 +140,10 @@ func (s *Server) apply(cfg *config.Config) {
 		s.setUpstreamUp(u)
 	}
 	s.upMu.Unlock()
+	for i := range cfg.Upstreams {
+		s.metrics.UpstreamHourlyCost(cfg.Upstreams[i].Name, cfg.Upstreams[i].HourlyCostUSD)
+	}
+	s.syncProbes(st)
 	if prev != nil {
 		s.retire(prev, st)
 	}
@@ -177,6 +182,26 @@ func (s *Server) breakerChanged(u *route.Upstream, from, to route.BreakerState) 
 		"last_error", u.Breaker.Status().LastError)
 }
 
+// healthChanged is every health probe's OnChange: like breakerChanged,
+// only the current state's upstream with that probe sets the up series.
+func (s *Server) healthChanged(u *route.Upstream, up bool) {
+	s.upMu.Lock()
+	if st := s.state.Load(); st != nil {
+		for _, cur := range st.upstreams {
+			if cur.Name == u.Name && cur.Health == u.Health {
+				s.setUpstreamUp(cur)
+				break
+			}
+		}
+	}
+	s.upMu.Unlock()
+	if up {
+		s.log.Info("health probe passing", "upstream", u.Name)
+		return
+	}
+	s.log.Warn("health probe failing: upstream skipped", "upstream", u.Name, "error", errText(u.Health.Err()))
+}
+
 // setUpstreamUp exports u's relaygate_upstream_up; s.upMu is held. The
 // series follows the breaker's state, 0 while it is open, and not
 // Available, which turns true once the cool-down is over so that /ready
@@ -189,7 +214,7 @@ func (s *Server) setUpstreamUp(u *route.Upstream) {
 		s.metrics.UpstreamDisabled(u.Name)
 		return
 	}
-	s.metrics.UpstreamUp(u.Name, u.Breaker.State() != route.Open)
+	s.metrics.UpstreamUp(u.Name, u.Breaker.State() != route.Open && u.Health.Up())
 }
 
 var hdrClose = []string{"close"}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -74,19 +75,39 @@ func (m *model) chainFor(api string) route.Chain { return m.chains[api] }
 // notServedFor is the client's error for a model whose route has no
 // upstream that speaks api: the operator's configuration, named plainly.
 func (m *model) notServedFor(api string) *apiError {
-	names := make([]string, len(m.chain))
-	for i, t := range m.chain {
-		names[i] = t.Upstream.Name
-	}
+	names := chainUpstreams(m.chain)
 	return &apiError{Status: http.StatusBadRequest, Type: typeInvalidRequest, Code: "api_not_served", Param: "model",
 		Message: fmt.Sprintf("Model %s is not served for the %s API: none of its upstreams (%s) declares it; set apis: on an upstream.",
 			m.name, api, strings.Join(names, ", "))}
 }
 
+// chainUpstreams names every upstream of a chain, pools' members included,
+// in order.
+func chainUpstreams(c route.Chain) []string {
+	var names []string
+	for i := range c {
+		for _, t := range c[i].Members() {
+			names = append(names, t.Upstream.Name)
+		}
+	}
+	return names
+}
+
+// stateHooks are the Server's callbacks that newState wires into what it
+// builds: breakers' and health probes' changes, outstanding counts.
+type stateHooks struct {
+	breaker func(u *route.Upstream, from, to route.BreakerState)
+	health  func(u *route.Upstream, up bool)
+	load    func(name string) func(delta float64)
+}
+
 // newState builds routing state from cfg, reusing the upstreams (their
 // connection pools and breakers) of prev whose connection settings did not
 // change, so a reload neither drops warm connections nor forgets failures.
-func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream, from, to route.BreakerState)) *state {
+// An upstream keeps its outstanding count whatever changed, and its health
+// verdict while its probe stays the same.
+func newState(cfg *config.Config, prev *state, hooks stateHooks) *state {
+	onBreaker := hooks.breaker
 	st := &state{
 		cfg:        cfg,
 		models:     make(map[string]*model, len(cfg.Models)),
@@ -135,6 +156,24 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 				u.Breaker.OnChange = func(from, to route.BreakerState) { onBreaker(u, from, to) }
 			}
 		}
+		if o, ok := old[uc.Name]; ok && o.Load != nil {
+			u.Load = o.Load
+		} else {
+			u.Load = &route.Load{}
+			if hooks.load != nil {
+				u.Load.OnChange = hooks.load(u.Name)
+			}
+		}
+		if spec, ok := probeSpec(uc); ok {
+			if o, ok := old[uc.Name]; ok && o.Health != nil && o.Health.Spec == spec {
+				u.Health = o.Health
+			} else {
+				u.Health = route.NewHealth(spec)
+				if hooks.health != nil {
+					u.Health.OnChange = func(up bool) { hooks.health(u, up) }
+				}
+			}
+		}
 		st.upstreams = append(st.upstreams, u)
 		byName[u.Name] = u
 		apis[u] = uc.APIs
@@ -164,15 +203,41 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 		mc := &cfg.Models[i]
 		m := &model{name: mc.Name, chains: map[string]route.Chain{}}
 		for _, e := range mc.Route {
-			p := mc.PriceFor(e)
-			t := route.Target{
-				Upstream: byName[e.Upstream],
-				Model:    e.Model,
-				Price:    routePrice(p),
+			var members []route.Target
+			for _, name := range e.Upstreams() {
+				members = append(members, route.Target{
+					Upstream: byName[name],
+					Model:    e.Model,
+					Price:    routePrice(cfg.PriceAt(mc, e, name)),
+				})
 			}
-			m.chain = append(m.chain, t)
-			for _, api := range apis[t.Upstream] {
-				m.chains[api] = append(m.chains[api], t)
+			if e.Pool == nil {
+				t := members[0]
+				m.chain = append(m.chain, t)
+				for _, api := range apis[t.Upstream] {
+					m.chains[api] = append(m.chains[api], t)
+				}
+				continue
+			}
+			whole := newPool(e, members)
+			m.chain = append(m.chain, route.Target{Pool: whole})
+			// Each API's chain has the members that speak it: the whole
+			// pool when all do (one balance for the API's requests and
+			// the others'), a pool of its own for a part.
+			for _, api := range config.KnownAPIs {
+				var part []route.Target
+				for _, t := range members {
+					if slices.Contains(apis[t.Upstream], api) {
+						part = append(part, t)
+					}
+				}
+				switch len(part) {
+				case 0:
+				case len(members):
+					m.chains[api] = append(m.chains[api], route.Target{Pool: whole})
+				default:
+					m.chains[api] = append(m.chains[api], route.Target{Pool: newPool(e, part)})
+				}
 			}
 		}
 		if rp := mc.ReferencePrice; rp != nil {
@@ -186,6 +251,46 @@ func newState(cfg *config.Config, prev *state, onBreaker func(u *route.Upstream,
 	}
 	st.modelsJSON, _ = json.Marshal(list)
 	return st
+}
+
+// newPool builds a pool entry's members into a route.Pool.
+func newPool(e config.RouteEntry, members []route.Target) *route.Pool {
+	b := route.LeastBusy
+	var weights []int
+	if e.Balance == config.BalanceWeighted {
+		b = route.Weighted
+		for _, t := range members {
+			weights = append(weights, e.Weights[t.Upstream.Name])
+		}
+	}
+	return route.NewPool(members, b, weights)
+}
+
+// probeSpec is the health probe of an upstream in service that has one:
+// its path on the base URL's host, with the upstream's key only when
+// send_key asks for it.
+func probeSpec(uc *config.Upstream) (route.ProbeSpec, bool) {
+	h := uc.Health
+	if h == nil || uc.Disabled != "" {
+		return route.ProbeSpec{}, false
+	}
+	base, err := url.Parse(uc.BaseURL)
+	if err != nil {
+		return route.ProbeSpec{}, false // the loader refuses such a URL
+	}
+	spec := route.ProbeSpec{
+		URL:              base.Scheme + "://" + base.Host + h.Path,
+		Interval:         h.Interval.D(),
+		Timeout:          h.Timeout.D(),
+		HealthyThreshold: h.HealthyThreshold, UnhealthyThreshold: h.UnhealthyThreshold,
+	}
+	if h.SendKey && uc.APIKey != "" {
+		spec.AuthName, spec.AuthValue = "Authorization", "Bearer "+uc.APIKey
+		if uc.Auth == config.AuthXAPIKey {
+			spec.AuthName, spec.AuthValue = "X-Api-Key", uc.APIKey
+		}
+	}
+	return spec, true
 }
 
 func routePrice(p config.Price) route.Price {

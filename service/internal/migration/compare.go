@@ -196,7 +196,7 @@ func resolveTargets(cfg *config.Config, opts CompareOptions) (*config.Model, []*
 	ups := opts.Upstreams
 	if len(ups) == 0 {
 		for _, e := range model.Route {
-			ups = append(ups, e.Upstream)
+			ups = append(ups, e.Upstreams()...)
 		}
 	}
 	var targets []*target
@@ -210,7 +210,7 @@ func resolveTargets(cfg *config.Config, opts CompareOptions) (*config.Model, []*
 		}
 		entry := config.RouteEntry{Upstream: name}
 		for _, e := range model.Route {
-			if e.Upstream == name {
+			if slices.Contains(e.Upstreams(), name) {
 				entry = e
 			}
 		}
@@ -218,7 +218,7 @@ func resolveTargets(cfg *config.Config, opts CompareOptions) (*config.Model, []*
 			name:     name,
 			model:    model.Name,
 			baseURL:  u.BaseURL,
-			price:    model.PriceFor(entry),
+			price:    cfg.PriceAt(model, entry, name),
 			disabled: u.Disabled,
 			timeout:  u.Timeout.D(),
 		}

@@ -230,3 +230,18 @@ func (b *Breaker) notify(from, to BreakerState) {
 		b.OnChange(from, to)
 	}
 }
+
+// OpenFor says whether the breaker is open with cool-down left, and how
+// much: a link whose members are all so is answered 503 with Retry-After.
+func (b *Breaker) OpenFor() (open bool, retryIn time.Duration) {
+	if b.closed.Load() {
+		return false, 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state != Open {
+		return false, 0
+	}
+	left := b.cooldown - b.now().Sub(b.openedAt)
+	return left > 0, max(left, 0)
+}

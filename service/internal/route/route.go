@@ -26,13 +26,20 @@ type Upstream struct {
 	Breaker   *Breaker
 	// Disabled, when not empty, says why the upstream takes no traffic.
 	Disabled string
+	// Health is the upstream's active probe's verdict; nil: no probe, the
+	// upstream counts as healthy.
+	Health *Health
+	// Load counts the requests outstanding on the upstream, for pools
+	// (least busy) and relaygate_upstream_inflight; nil: not counted.
+	Load *Load
 }
 
 // Available says whether the upstream can take a request now, without
 // claiming a half-open probe. An open breaker whose cool-down is over
-// counts: the next request will be its probe (see Breaker.Admits).
+// counts: the next request will be its probe (see Breaker.Admits). A
+// failing health probe takes it out.
 func (u *Upstream) Available() bool {
-	return u.Disabled == "" && u.Breaker.Admits()
+	return u.Disabled == "" && u.Health.Up() && u.Breaker.Admits()
 }
 
 // Price is in US dollars per million tokens. Prompt caching is priced
@@ -48,13 +55,33 @@ type Price struct {
 // whole prompt and output.
 type Usage struct{ Input, CacheWrite, CacheRead, Output int }
 
-// Target is one link of a model's chain.
+// Target is one link of a model's chain: one upstream, or a pool of them.
 type Target struct {
 	Upstream *Upstream
 	// Model is the model id to send to this upstream; empty keeps the
 	// client's.
 	Model string
 	Price Price
+	// Pool, when set, makes the link a pool: its members share the link's
+	// requests, and Upstream, Model and Price are unused.
+	Pool *Pool
+}
+
+// Members are the targets a link sends to: its pool's members, or itself.
+func (t *Target) Members() []Target {
+	if t.Pool != nil {
+		return t.Pool.Members
+	}
+	return []Target{*t}
+}
+
+// Primary is the target a link tries first when nothing is busy: itself, or
+// its pool's first member (what a cache hit is priced at).
+func (t *Target) Primary() *Target {
+	if t.Pool != nil && len(t.Pool.Members) > 0 {
+		return &t.Pool.Members[0]
+	}
+	return t
 }
 
 // Chain is a model's targets in the order they are tried.
@@ -196,95 +223,195 @@ type Outcome struct {
 // ErrClientGone is returned when the client's context ended the request.
 var ErrClientGone = errors.New("client went away")
 
-// Run tries the chain: up to p.Attempts tries on each upstream, with backoff
-// between them, then the next upstream (at once after an attempt marked
-// Fallback). It stops at the first attempt that answers the client or
-// commits bytes to it. On exhaustion the error is an *ExhaustedError; when
-// ctx ends it is ErrClientGone wrapping ctx's cause.
+// Run tries the chain: up to p.Attempts tries on each link, with backoff
+// between tries at one upstream, then the next link (at once after an
+// attempt marked Fallback). A pool link spreads its tries over its members:
+// each try goes to a member its balance picks, one not yet tried in this
+// request first, so a retry after a failure goes to another member at once
+// (no backoff), and a member that refused (Fallback) or whose circuit is
+// open is passed over without using up a try. An upstream whose health
+// probe fails is skipped like a disabled one. Run stops at the first
+// attempt that answers the client or commits bytes to it. On exhaustion the
+// error is an *ExhaustedError; when ctx ends it is ErrClientGone wrapping
+// ctx's cause.
 func (c Chain) Run(ctx context.Context, p Policy, h Hooks, try func(ctx context.Context, t *Target) Attempt) (Outcome, error) {
 	var out Outcome
 	prev := ""
 	for i := range c {
-		t := &c[i]
-		u := t.Upstream
-		if u.Disabled != "" {
-			out.Failures = append(out.Failures, Failure{Upstream: u.Name, Err: errors.New(u.Disabled)})
-			continue
+		members, pool := c[i:i+1], c[i].Pool
+		if pool != nil {
+			members = pool.Members
 		}
-		if prev != "" && h.Fallback != nil {
-			h.Fallback(prev, u.Name)
+		if done, err := runLink(ctx, p, h, try, members, pool, &out, &prev); done {
+			return out, err
 		}
-		prev = u.Name
-		f := Failure{Upstream: u.Name}
-		for n := 1; n <= p.Attempts; n++ {
-			ok, probe, retryIn := u.Breaker.Allow()
-			if !ok {
-				if f.Err == nil {
-					f.Err = errCircuitOpen(u.Breaker.LastErr(), retryIn)
-					f.CircuitOpen, f.RetryIn = true, retryIn
-				}
-				break
-			}
-			if n > 1 && h.Retry != nil {
-				h.Retry(u.Name)
-			}
-			out.Attempts++
-			f.Attempts = n
-			a := try(ctx, t)
-			if ctx.Err() != nil && a.Err != nil {
-				u.Breaker.Release(probe)
-				return out, fmt.Errorf("%w: %w", ErrClientGone, context.Cause(ctx))
-			}
-			if h.Attempt != nil {
-				h.Attempt(u.Name, a)
-			}
-			if a.Err == nil {
-				u.Breaker.Success()
-				out.Target = t
-				return out, nil
-			}
-			f.Err, f.Timeout = a.Err, a.Timeout
-			f.RateLimited, f.RetryAfter = a.RateLimited, a.RetryAfter
-			if a.Fallback && !a.Committed {
-				// A failure (not a Release): an upstream that keeps
-				// refusing us should open its circuit, so that later
-				// requests go straight to the fallback and the outage
-				// shows in relaygate_upstream_up.
-				if a.Healthy {
-					u.Breaker.Success()
-				} else {
-					u.Breaker.Failure(a.Err, probe)
-				}
-				break
-			}
-			if !a.Retryable {
-				// A failure no other try would fix (the request could not
-				// be built, the answer is too large): no verdict on the
-				// upstream's health, and no point in going on.
-				u.Breaker.Release(probe)
-				out.Failures = append(out.Failures, f)
-				return out, &ExhaustedError{Failures: out.Failures}
-			}
-			u.Breaker.Failure(a.Err, probe)
-			if a.Committed {
-				out.Failures = append(out.Failures, f)
-				return out, &ExhaustedError{Failures: out.Failures}
-			}
-			if n == p.Attempts {
-				break
-			}
-			wait, ok := p.Backoff(n, a.RetryAfter)
-			if !ok {
-				f.Err = fmt.Errorf("%w; Retry-After %s exceeds backoff_max, falling back", a.Err, a.RetryAfter)
-				break
-			}
-			if err := sleep(ctx, wait); err != nil {
-				return out, fmt.Errorf("%w: %w", ErrClientGone, context.Cause(ctx))
-			}
-		}
-		out.Failures = append(out.Failures, f)
 	}
 	return out, &ExhaustedError{Failures: out.Failures}
+}
+
+// Member states within one link of one request (see runLink).
+const (
+	memberFresh   = iota // not asked yet
+	memberRetry          // failed in a way another try may fix
+	memberSkipped        // not to be asked again in this request
+)
+
+// linkTry is one member's part in a link: its failure so far.
+type linkTry struct {
+	idx int
+	f   Failure
+}
+
+// runLink runs one link of the chain (see Run): done is true when Run must
+// return err, false when the chain goes on to its next link.
+func runLink(ctx context.Context, p Policy, h Hooks, try func(ctx context.Context, t *Target) Attempt,
+	members []Target, pool *Pool, out *Outcome, prev *string) (done bool, err error) {
+	var buf [4]linkTry
+	tries := buf[:0]
+	var stateBuf [8]int8
+	var states []int8 // by member: memberFresh, memberRetry or memberSkipped
+	if len(members) <= len(stateBuf) {
+		states = stateBuf[:len(members)]
+	} else {
+		states = make([]int8, len(members))
+	}
+	// finish appends the failures of the members asked (or refused by
+	// their breaker), in the order they were first tried.
+	finish := func() {
+		for _, lt := range tries {
+			out.Failures = append(out.Failures, lt.f)
+		}
+	}
+	used := 0  // tries spent on failures another try may fix
+	asked := 0 // tries made on this link
+	for used < p.Attempts {
+		idx := -1
+		if pool != nil {
+			idx = pool.pick(states)
+		} else if states[0] != memberSkipped && members[0].Upstream.Disabled == "" && members[0].Upstream.Health.Up() {
+			idx = 0
+			members[0].Upstream.Load.add(1)
+		}
+		if idx < 0 {
+			break
+		}
+		t := &members[idx]
+		u := t.Upstream
+		var lt *linkTry
+		for k := range tries {
+			if tries[k].idx == idx {
+				lt = &tries[k]
+			}
+		}
+		if lt == nil {
+			if len(tries) == 0 && *prev != "" && h.Fallback != nil {
+				h.Fallback(*prev, u.Name)
+			}
+			tries = append(tries, linkTry{idx: idx, f: Failure{Upstream: u.Name}})
+			lt = &tries[len(tries)-1]
+		}
+		*prev = u.Name
+		if lt.f.Attempts > 0 {
+			// Another try at the same upstream: back off first.
+			wait, _ := p.Backoff(lt.f.Attempts, lt.f.RetryAfter)
+			if err := sleep(ctx, wait); err != nil {
+				u.Load.add(-1)
+				return true, fmt.Errorf("%w: %w", ErrClientGone, context.Cause(ctx))
+			}
+		}
+		ok, probe, retryIn := u.Breaker.Allow()
+		if !ok {
+			u.Load.add(-1)
+			if lt.f.Err == nil {
+				lt.f.Err = errCircuitOpen(u.Breaker.LastErr(), retryIn)
+				lt.f.CircuitOpen, lt.f.RetryIn = true, retryIn
+			}
+			states[idx] = memberSkipped
+			continue
+		}
+		if asked > 0 && h.Retry != nil {
+			h.Retry(u.Name)
+		}
+		asked++
+		out.Attempts++
+		lt.f.Attempts++
+		a := try(ctx, t)
+		u.Load.add(-1)
+		if ctx.Err() != nil && a.Err != nil {
+			u.Breaker.Release(probe)
+			return true, fmt.Errorf("%w: %w", ErrClientGone, context.Cause(ctx))
+		}
+		if h.Attempt != nil {
+			h.Attempt(u.Name, a)
+		}
+		if a.Err == nil {
+			u.Breaker.Success()
+			out.Target = t
+			return true, nil
+		}
+		lt.f.Err, lt.f.Timeout = a.Err, a.Timeout
+		lt.f.RateLimited, lt.f.RetryAfter = a.RateLimited, a.RetryAfter
+		if a.Fallback && !a.Committed {
+			// A failure (not a Release): an upstream that keeps
+			// refusing us should open its circuit, so that later
+			// requests go straight to the fallback and the outage
+			// shows in relaygate_upstream_up.
+			if a.Healthy {
+				u.Breaker.Success()
+			} else {
+				u.Breaker.Failure(a.Err, probe)
+			}
+			states[idx] = memberSkipped
+			continue
+		}
+		if !a.Retryable {
+			// A failure no other try would fix (the request could not
+			// be built, the answer is too large): no verdict on the
+			// upstream's health, and no point in going on.
+			u.Breaker.Release(probe)
+			finish()
+			return true, &ExhaustedError{Failures: out.Failures}
+		}
+		u.Breaker.Failure(a.Err, probe)
+		if a.Committed {
+			finish()
+			return true, &ExhaustedError{Failures: out.Failures}
+		}
+		used++
+		states[idx] = memberRetry
+		if used < p.Attempts && a.RetryAfter > p.BackoffMax {
+			// Not worth the wait (see Policy.Backoff): this upstream is
+			// done for the request; another member may still answer.
+			lt.f.Err = fmt.Errorf("%w; Retry-After %s exceeds backoff_max, falling back", a.Err, a.RetryAfter)
+			states[idx] = memberSkipped
+		}
+	}
+	if len(tries) == 0 {
+		// No member was asked: say why each was passed over.
+		for i := range members {
+			if f, ok := skipped(members[i].Upstream); ok {
+				out.Failures = append(out.Failures, f)
+			}
+		}
+		return false, nil
+	}
+	finish()
+	return false, nil
+}
+
+// skipped is the failure of an upstream passed over without being asked:
+// disabled, its health probe failing, or its circuit open.
+func skipped(u *Upstream) (Failure, bool) {
+	switch {
+	case u.Disabled != "":
+		return Failure{Upstream: u.Name, Err: errors.New(u.Disabled)}, true
+	case !u.Health.Up():
+		return Failure{Upstream: u.Name, Err: u.Health.Err()}, true
+	}
+	if open, retryIn := u.Breaker.OpenFor(); open {
+		return Failure{Upstream: u.Name, Err: errCircuitOpen(u.Breaker.LastErr(), retryIn), CircuitOpen: true, RetryIn: retryIn}, true
+	}
+	return Failure{}, false
 }
 
 // errCircuitOpen wraps the failure that opened the circuit, so that what

@@ -48,11 +48,30 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
 	if !s.parseChat(w, &req) {
 		return
 	}
+	var vr *vllmRequest
+	if req.cfg.VLLM {
+		v, ok := s.vllmBegin(r.Context(), req.cfg)
+		if !ok {
+			s.abandon(w)
+			return
+		}
+		vr = &v
+	}
+	answered := false
+	if vr != nil {
+		defer func() {
+			n, _ := req.completionTokens()
+			vr.end(s, answered, estimateTokens(req.digest.textBytes), n)
+		}()
+	}
 	if !s.simulate(w, r, &req.modelRequest) {
 		return
 	}
+	if vr != nil {
+		vr.firstToken()
+	}
 	if req.stream {
-		s.streamChat(w, r, &req)
+		answered = s.streamChat(w, r, &req)
 		return
 	}
 	bp := getBuf()
@@ -60,7 +79,9 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
 	*bp = appendChatCompletion(*bp, &req)
 	if err := writeJSON(w, http.StatusOK, *bp); err != nil {
 		s.stats.cancelled.Add(1)
+		return
 	}
+	answered = true
 }
 
 // parseChat reads and checks the chat-specific fields, answering 400 itself
@@ -144,8 +165,9 @@ func appendChatCompletion(dst []byte, req *chatRequest) []byte {
 // chat.completion.chunk shape: a role chunk, content chunks, a finish chunk,
 // with include_usage a usage chunk, then [DONE]. Each event is flushed as it
 // is written. A cut stream is dropped after Config.CutAfterChunks events,
-// counting every data event, the role chunk first.
-func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, req *chatRequest) {
+// counting every data event, the role chunk first. It reports whether the
+// stream reached [DONE].
+func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, req *chatRequest) (completed bool) {
 	cfg := req.cfg
 	rc := http.NewResponseController(w)
 	cut := hits(&req.rng, cfg.CutRate)
@@ -166,11 +188,11 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, req *chatReq
 	if cut && cfg.CutAfterChunks == 0 {
 		if err := rc.Flush(); err != nil {
 			s.stats.cancelled.Add(1)
-			return
+			return false
 		}
 		s.stats.faultCut.Add(1)
 		dropConnection(w, false)
-		return
+		return false
 	}
 
 	bp := getBuf()
@@ -192,14 +214,14 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, req *chatReq
 	b = append(b[:prefix], `{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}`...)
 	b = append(b, suffix...)
 	if !emit(b) {
-		return
+		return false
 	}
 
 	n, _ := req.completionTokens()
 	words := newWordStream(req.digest.seed)
 	for done := 0; done < n; {
 		if !pause() {
-			return
+			return false
 		}
 		b = append(b[:prefix], `{"index":0,"delta":{"content":"`...)
 		for k := 0; k < cfg.TokensPerChunk && done < n; k, done = k+1, done+1 {
@@ -208,19 +230,19 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, req *chatReq
 		b = append(b, `"},"logprobs":null,"finish_reason":null}`...)
 		b = append(b, suffix...)
 		if !emit(b) {
-			return
+			return false
 		}
 	}
 
 	if !pause() {
-		return
+		return false
 	}
 	b = append(b[:prefix], `{"index":0,"delta":{},"logprobs":null,"finish_reason":"`...)
 	b = append(b, req.finishReason()...)
 	b = append(b, `"}`...)
 	b = append(b, suffix...)
 	if !emit(b) {
-		return
+		return false
 	}
 
 	if req.includeUsage {
@@ -228,7 +250,7 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, req *chatReq
 		b = appendUsage(b, estimateTokens(req.digest.textBytes), n)
 		b = append(b, "}\n\n"...)
 		if !emit(b) {
-			return
+			return false
 		}
 	}
 
@@ -236,17 +258,18 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, req *chatReq
 		// The cut was set beyond the last chunk: drop before [DONE].
 		s.stats.faultCut.Add(1)
 		dropConnection(w, false)
-		return
+		return false
 	}
 	if _, err := w.Write(doneEvent); err != nil {
 		s.stats.cancelled.Add(1)
-		return
+		return false
 	}
 	if err := rc.Flush(); err != nil {
 		s.stats.cancelled.Add(1)
-		return
+		return false
 	}
 	s.stats.streamsCompleted.Add(1)
+	return true
 }
 
 // isEmptyArray reports whether an array has no elements, without building the

@@ -70,6 +70,17 @@ type Config struct {
 	// gateways which commit at the first byte cannot fall back from.
 	ReasoningTokens      int
 	FailAfterCreatedRate float64
+
+	// VLLM makes the simulator act as a vLLM server (vllm.go): GET
+	// /health (200 once loaded, 503 while loading), GET /metrics with
+	// vLLM's metric names, and POST /sim/state?set=loading|ready|dead to
+	// change its state at run time. LoadTime is how long it loads after
+	// New (read once, at New). MaxRunning bounds the chat requests running
+	// at once (vLLM's max_num_seqs); more wait, counted as
+	// vllm:num_requests_waiting. 0: no bound.
+	VLLM       bool
+	LoadTime   time.Duration
+	MaxRunning int
 }
 
 // settings is a Config with defaults applied and everything the hot path
@@ -81,6 +92,9 @@ type settings struct {
 	modelsJSON  []byte // the whole /v1/models body
 	retryAfter  []string
 	retryAfterM []string
+	// slots hold one token per running chat request when MaxRunning
+	// bounds them (VLLM only).
+	slots chan struct{}
 }
 
 func newSettings(cfg Config, created int64) *settings {
@@ -134,6 +148,9 @@ func newSettings(cfg Config, created int64) *settings {
 		s.retryAfterM = []string{strconv.FormatInt(s.RetryAfter.Milliseconds(), 10)}
 	}
 	s.modelsJSON = appendModelList(nil, s.Models, created)
+	if s.VLLM && s.MaxRunning > 0 {
+		s.slots = make(chan struct{}, s.MaxRunning)
+	}
 	return s
 }
 

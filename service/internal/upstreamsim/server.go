@@ -49,11 +49,13 @@ type Server struct {
 	// routes are the model endpoints by path without /v1: gateways differ
 	// in whether their base URL carries it.
 	routes map[string]route
+	// vllm is the vLLM server's state and metrics (Config.VLLM).
+	vllm *vllm
 }
 
 // New returns a simulator configured by cfg.
 func New(cfg Config) *Server {
-	s := &Server{started: time.Now().Unix()}
+	s := &Server{started: time.Now().Unix(), vllm: newVLLM(cfg.LoadTime)}
 	s.SetConfig(cfg)
 	count := func(path string, c *atomic.Uint64, serve http.HandlerFunc) {
 		s.routes[path] = route{c, serve}
@@ -95,9 +97,12 @@ func (s *Server) Stats() Stats {
 // ServeHTTP routes a request. Model endpoints are served with and without the
 // /v1 prefix, since gateways differ in whether their base URL carries it.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !strings.HasPrefix(r.URL.Path, "/sim/") {
+	if !isSimPath(r.URL.Path) {
 		s.stats.inFlight.Add(1)
 		defer s.stats.inFlight.Add(-1)
+		if cfg := s.cfg.Load(); cfg.VLLM && s.serveVLLM(w, r, cfg) {
+			return
+		}
 	}
 	if rt, ok := s.routes[strings.TrimPrefix(r.URL.Path, "/v1")]; ok {
 		rt.count.Add(1)
@@ -109,6 +114,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveStats(w, r)
 	case "/sim/reset":
 		s.serveReset(w, r)
+	case "/sim/state":
+		s.serveState(w, r)
 	default:
 		if rest, ok := strings.CutPrefix(strings.TrimPrefix(r.URL.Path, "/v1"), "/responses/"); ok && rest != "" {
 			s.stats.responses.Add(1)
