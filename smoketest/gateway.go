@@ -26,6 +26,12 @@ type healthDoc struct {
 		Disabled  string `json:"disabled"`
 		State     string `json:"state"`
 		LastError string `json:"last_error"`
+		// Probe is the upstream's active health probe, when it has one.
+		Probe *struct {
+			Up        bool   `json:"up"`
+			Pending   bool   `json:"pending"`
+			LastError string `json:"last_error"`
+		} `json:"probe"`
 	} `json:"upstreams"`
 	Cache *redisDoc `json:"cache"`
 	GPU   *gpuDoc   `json:"gpu"`
@@ -105,13 +111,27 @@ func (r *runner) checkHealth(ctx context.Context, s *Step) {
 		return
 	}
 	r.health = h
-	var ups, broken []string
+	var ups, broken, probing []string
 	for _, u := range h.Upstreams {
 		switch {
 		case u.Available:
 			ups = append(ups, u.Name+" ok")
 		case u.Disabled != "":
 			ups = append(ups, u.Name+" disabled")
+		case u.Probe != nil && !u.Probe.Up:
+			// Its probe says it is not serving: a model server still
+			// loading, or gone. The model_server check waits for it and
+			// diagnoses it; the other upstreams decide this check.
+			state := "down"
+			if u.Probe.Pending {
+				state = "not probed yet"
+			}
+			ups = append(ups, u.Name+" probe "+state)
+			msg := u.Name + " (health probe " + state
+			if u.Probe.LastError != "" {
+				msg += ": " + u.Probe.LastError
+			}
+			probing = append(probing, msg+")")
 		default:
 			ups = append(ups, u.Name+" circuit "+u.State)
 			msg := u.Name + " (circuit " + u.State
@@ -124,6 +144,9 @@ func (r *runner) checkHealth(ctx context.Context, s *Step) {
 	detail := fmt.Sprintf("status %s; upstreams: %s; cache %s", h.Status, strings.Join(ups, ", "), h.Cache.describe())
 	if h.Version != "" {
 		detail += "; version " + h.Version
+	}
+	if len(probing) > 0 {
+		detail += "; its probe keeps out " + strings.Join(probing, ", ")
 	}
 	switch {
 	case h.Status == "draining":

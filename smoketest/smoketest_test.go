@@ -79,6 +79,10 @@ func TestCheckHealthVerdicts(t *testing.T) {
 			Pass, "upstreams: relay ok, openai disabled; cache off", ""},
 		{"open circuit", `{"status":"degraded","upstreams":[{"name":"relay","available":false,"state":"open","last_error":"HTTP 401: invalid key"},{"name":"openai","available":true,"state":"closed"}]}`,
 			Fail, "failing: relay (circuit open: HTTP 401: invalid key)", "pulumi config set --secret holysheepApiKey"},
+		{"model server still loading", `{"status":"degraded","upstreams":[{"name":"relay","available":true,"state":"closed"},{"name":"self-hosted","available":false,"state":"closed","probe":{"up":false,"consecutive_failures":3,"last_error":"HTTP 503"}}],"cache":{"enabled":true,"up":true}}`,
+			Pass, "upstreams: relay ok, self-hosted probe down; cache up; its probe keeps out self-hosted (health probe down: HTTP 503)", ""},
+		{"every upstream kept out by its probe", `{"status":"unavailable","upstreams":[{"name":"self-hosted","available":false,"state":"closed","probe":{"up":false,"pending":true}}]}`,
+			Fail, "self-hosted probe not probed yet", "no usable upstream"},
 		{"draining", `{"status":"draining","upstreams":[]}`, Fail, "status draining", "run the smoke test again"},
 		{"not relaygate", `<html>hello</html>`, Fail, "is gatewayUrl pointing at Relaygate?", ""},
 	}
