@@ -21,27 +21,9 @@ import (
 // operations it covers take milliseconds.
 const testTimeout = 30 * time.Second
 
-// lockedBuffer collects log output written from concurrent calls.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func newTestCache(t *testing.T, url string, ttl, timeout time.Duration) (*Cache, *lockedBuffer) {
+func newTestCache(t *testing.T, url string, ttl, timeout time.Duration) (*Cache, *testenv.SyncBuffer) {
 	t.Helper()
-	logs := &lockedBuffer{}
+	logs := &testenv.SyncBuffer{}
 	c, err := New(Options{
 		URL:     url,
 		TTL:     ttl,

@@ -21,6 +21,7 @@ import (
 
 	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/metrics"
+	"github.com/relaygate/relaygate/service/internal/testenv"
 )
 
 // newYAMLGateway serves a gateway for a whole YAML config, for tests whose
@@ -287,7 +288,7 @@ func TestAPILabel(t *testing.T) {
 		}
 		writeSSE(w, r, 2, 0)
 	})
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	gw, _, m := newGateway(t, gwOpts{logWriter: &logs}, up)
 	tests := []struct {
 		api, path, body string
@@ -320,24 +321,6 @@ func TestAPILabel(t *testing.T) {
 	if got := metricValue(t, m, "relaygate_ttft_seconds", map[string]string{"model": "m", "api": "chat"}); got != 1 {
 		t.Errorf("relaygate_ttft_seconds{api=chat} count = %v, want 1", got)
 	}
-}
-
-// syncBuffer is a log sink the handler writes while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestCORS(t *testing.T) {
