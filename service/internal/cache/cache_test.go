@@ -162,10 +162,9 @@ func TestCacheTTL(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	rdb := inspector(t, srv)
 	ctx := testContext(t)
-
-	t.Run("entries carry the configured TTL", func(t *testing.T) {
-		c, _ := newTestCache(t, srv.URL, time.Hour, time.Second)
-		key := KeyPrefix + "ttl-hour"
+	// set stores an entry under key and returns the TTL Redis gave it.
+	set := func(t *testing.T, c *Cache, key string) time.Duration {
+		t.Helper()
 		if err := c.Set(ctx, key, Entry{Body: []byte("x")}); err != nil {
 			t.Fatalf("Set: %v", err)
 		}
@@ -173,6 +172,12 @@ func TestCacheTTL(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		return ttl
+	}
+
+	t.Run("entries carry the configured TTL", func(t *testing.T) {
+		c, _ := newTestCache(t, srv.URL, time.Hour, time.Second)
+		ttl := set(t, c, KeyPrefix+"ttl-hour")
 		// Redis's own clock counts down; only the upper side is exact.
 		if ttl > time.Hour || ttl < 50*time.Minute {
 			t.Fatalf("PTTL = %v, want just under 1h", ttl)
@@ -183,14 +188,7 @@ func TestCacheTTL(t *testing.T) {
 		const ttl = 300 * time.Millisecond
 		c, _ := newTestCache(t, srv.URL, ttl, time.Second)
 		key := KeyPrefix + "ttl-short"
-		if err := c.Set(ctx, key, Entry{Body: []byte("x")}); err != nil {
-			t.Fatalf("Set: %v", err)
-		}
-		left, err := rdb.PTTL(ctx, key).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if left > ttl || left == -1 {
+		if left := set(t, c, key); left > ttl || left == -1 {
 			t.Fatalf("PTTL = %v, want at most %v", left, ttl)
 		}
 		// Wait for Redis to expire it; the deadline is only a failure guard.
