@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/relaygate/relaygate/service/config"
+	"github.com/relaygate/relaygate/service/internal/cache"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/testenv"
 )
@@ -110,6 +111,7 @@ type gwOpts struct {
 	backoff   string    // backoff_max
 	price     string    // the model's price mapping, YAML; the default when empty
 	upstream  string    // YAML keys added to every upstream's mapping, e.g. ", auth: x-api-key"
+	redisURL  string    // a response cache on this Redis (extra sets its cache: keys)
 }
 
 // allAPIs is gwOpts.upstream for upstreams that speak every API.
@@ -127,8 +129,16 @@ func newGateway(t *testing.T, o gwOpts, ups ...*fakeUpstream) (*httptest.Server,
 	if o.logBuffer != nil {
 		logw = o.logBuffer
 	}
+	var c *cache.Cache
+	if o.redisURL != "" {
+		var err error
+		if c, err = cache.New(cache.Options{URL: o.redisURL, TTL: time.Hour, Timeout: 5 * time.Second}); err != nil {
+			t.Fatalf("cache: %v", err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+	}
 	m := metrics.New()
-	gw := New(cfg, Options{Logger: slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: m})
+	gw := New(cfg, Options{Logger: slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: m, Cache: c})
 	srv := httptest.NewServer(gw)
 	t.Cleanup(srv.Close)
 	return srv, gw, m
