@@ -20,6 +20,7 @@ import (
 
 	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/app"
+	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 
@@ -586,11 +587,5 @@ func (l *load) wait(t testing.TB) *tally {
 // only where no signal exists to wait on (counters of another component).
 func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(guard)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within %s", what, guard)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, guard, what, cond)
 }
