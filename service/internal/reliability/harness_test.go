@@ -583,6 +583,21 @@ func (l *load) wait(t testing.TB) *tally {
 	return &l.tally
 }
 
+// dialGuarded connects to addr with its reads and writes bounded by guard,
+// for tests that speak raw bytes; the caller closes it.
+func dialGuarded(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, guard)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	if err := conn.SetDeadline(time.Now().Add(guard)); err != nil {
+		_ = conn.Close()
+		t.Fatal(err)
+	}
+	return conn
+}
+
 // waitUntil polls cond until it holds, failing the test after guard. Used
 // only where no signal exists to wait on (counters of another component).
 func waitUntil(t testing.TB, what string, cond func() bool) {

@@ -27,14 +27,8 @@ import (
 // what a hostile client would.
 func rawExchange(t testing.TB, addr, head string, body func(io.Writer) error) reply {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, guard)
-	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
-	}
+	conn := dialGuarded(t, addr)
 	defer conn.Close()
-	if err := conn.SetDeadline(time.Now().Add(guard)); err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
 	if _, err := io.WriteString(conn, head); err != nil {
 		t.Fatalf("write head: %v", err)
