@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 
@@ -144,9 +145,9 @@ func TestClientDisconnects(t *testing.T) {
 			waitUntil(t, "no upstream request in flight", func() bool { return sim.Stats().InFlight == 0 })
 			reg := gw.app.Metrics.Registry
 			waitUntil(t, "no gateway request in flight", func() bool {
-				return metricSum(t, reg, "relaygate_inflight_requests", nil) == 0
+				return testenv.MetricValue(t, reg, "relaygate_inflight_requests", nil) == 0
 			})
-			if got := metricSum(t, reg, "relaygate_requests_total", map[string]string{"code": "499"}); got != clients {
+			if got := testenv.MetricValue(t, reg, "relaygate_requests_total", map[string]string{"code": "499"}); got != clients {
 				t.Errorf("relaygate_requests_total{code=499} = %v, want %d", got, clients)
 			}
 

@@ -525,7 +525,7 @@ func TestHostileUpstreamAbsurdUsage(t *testing.T) {
 	ctx := context.Background()
 	reg := gw.app.Metrics.Registry
 	cost := func(model string) float64 {
-		return metricSum(t, reg, "relaygate_cost_usd_total", map[string]string{"model": model})
+		return testenv.MetricValue(t, reg, "relaygate_cost_usd_total", map[string]string{"model": model})
 	}
 
 	// The control: an honest answer is billed, 10 prompt and 5
@@ -558,15 +558,15 @@ func TestHostileUpstreamAbsurdUsage(t *testing.T) {
 				t.Fatalf("want the answer passed on: %s", r)
 			}
 			waitUntil(t, "the request is counted", func() bool {
-				return metricSum(t, reg, "relaygate_requests_total", map[string]string{"model": tc.attack, "code": "200"}) == 1
+				return testenv.MetricValue(t, reg, "relaygate_requests_total", map[string]string{"model": tc.attack, "code": "200"}) == 1
 			})
 			if got := cost(tc.attack); got > 0.01 {
 				t.Errorf("one answer added $%.2f to relaygate_cost_usd_total", got)
 			}
-			if got := metricSum(t, reg, "relaygate_tokens_total", map[string]string{"model": tc.attack}); got > 0 {
+			if got := testenv.MetricValue(t, reg, "relaygate_tokens_total", map[string]string{"model": tc.attack}); got > 0 {
 				t.Errorf("%g tokens counted in relaygate_tokens_total", got)
 			}
-			if got := metricSum(t, reg, "relaygate_usage_suspicious_total", map[string]string{"model": tc.attack}); got != 1 {
+			if got := testenv.MetricValue(t, reg, "relaygate_usage_suspicious_total", map[string]string{"model": tc.attack}); got != 1 {
 				t.Errorf("relaygate_usage_suspicious_total = %g, want 1", got)
 			}
 		})
@@ -741,7 +741,7 @@ func TestHostileUpstreamBufferBudget(t *testing.T) {
 	// The first answer's 900 KiB are reserved from its Content-Length as
 	// soon as its headers are in.
 	waitUntil(t, "the first answer holds its share of the budget", func() bool {
-		return metricSum(t, gw.app.Metrics.Registry, "relaygate_response_buffer_bytes", nil) >= 900<<10
+		return testenv.MetricValue(t, gw.app.Metrics.Registry, "relaygate_response_buffer_bytes", nil) >= 900<<10
 	})
 	r := do(c, chat(context.Background(), gw.URL, clientKey, "second", false, "x"))
 	e, err := openAIError(r)
