@@ -267,9 +267,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	outcomes := make(chan relOutcome, 1<<20)
 	var wg sync.WaitGroup
 	for w := range freeWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			// Bounded: a worker stops when a connection is refused after
 			// SIGTERM, or after far more requests than the test needs.
 			for i := 0; i < 100_000; i++ {
@@ -284,7 +282,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 					return
 				}
 			}
-		}()
+		})
 	}
 	waitFor(t, "requests under load before SIGTERM", func() bool { return sent.Load() >= int64(warm) })
 
@@ -407,9 +405,7 @@ func TestSIGHUPUnderLoad(t *testing.T) {
 	results := make(chan routed, 1<<20)
 	var wg sync.WaitGroup
 	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for i := 0; i < 100_000 && !stop.Load(); i++ {
 				p := phase.Load()
 				kind := "whole"
@@ -419,7 +415,7 @@ func TestSIGHUPUnderLoad(t *testing.T) {
 				results <- routed{relDo(c, addr, fmt.Sprintf("free-%s-%d-%d", kind, w, i), nil), p}
 				sent.Add(1)
 			}
-		}()
+		})
 	}
 	reload := func(next int32, write func()) {
 		t.Helper()

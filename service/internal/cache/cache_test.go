@@ -135,9 +135,7 @@ func TestCacheHitMissAndExactBodies(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make(chan error, 16)
 		for i := range 16 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				key := fmt.Sprintf("%sconcurrent-%d", KeyPrefix, i)
 				body := []byte(strings.Repeat("x", i))
 				if err := c.Set(ctx, key, Entry{Body: body}); err != nil {
@@ -148,7 +146,7 @@ func TestCacheHitMissAndExactBodies(t *testing.T) {
 				if err != nil || res != ResultHit || !bytes.Equal(got.Body, body) {
 					errs <- fmt.Errorf("key %d: %s, %v, body %q", i, res, err, got.Body)
 				}
-			}()
+			})
 		}
 		wg.Wait()
 		close(errs)

@@ -150,15 +150,13 @@ func TestGuardLateFailuresDoNotStretchBackoff(t *testing.T) {
 	release := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			_ = g.Do(ctx, func(context.Context) error {
 				started <- struct{}{}
 				<-release
 				return errDown
 			})
-		}()
+		})
 	}
 	<-started
 	<-started

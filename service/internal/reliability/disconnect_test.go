@@ -104,9 +104,7 @@ func TestClientDisconnects(t *testing.T) {
 			for i := range clients {
 				ctx, cancel := context.WithCancel(context.Background())
 				cancels[i] = cancel
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
+				wg.Go(func() {
 					resp, err := c.Do(chat(ctx, gw.URL, clientKey, "m", tc.stream, fmt.Sprintf("leaving %d", i)))
 					if err != nil {
 						if ctx.Err() == nil {
@@ -124,7 +122,7 @@ func TestClientDisconnects(t *testing.T) {
 						return
 					}
 					errs <- fmt.Errorf("an answer came (%d) while the upstream should hold it", resp.StatusCode)
-				}()
+				})
 			}
 			if !tc.midStream {
 				waitUntil(t, "the upstream holds every request", func() bool { return sim.Stats().InFlight == clients })

@@ -2,6 +2,7 @@ package reliability
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -153,21 +154,11 @@ type gatewaySpec struct {
 }
 
 func (s gatewaySpec) yaml() string {
-	if s.attempts == 0 {
-		s.attempts = 2
-	}
-	if s.backoffMax == "" {
-		s.backoffMax = "20ms"
-	}
-	if s.breakerFailures == 0 {
-		s.breakerFailures = 1_000_000
-	}
-	if s.breakerCooldown == "" {
-		s.breakerCooldown = "1h"
-	}
-	if s.streamIdle == "" {
-		s.streamIdle = "60s"
-	}
+	s.attempts = cmp.Or(s.attempts, 2)
+	s.backoffMax = cmp.Or(s.backoffMax, "20ms")
+	s.breakerFailures = cmp.Or(s.breakerFailures, 1_000_000)
+	s.breakerCooldown = cmp.Or(s.breakerCooldown, "1h")
+	s.streamIdle = cmp.Or(s.streamIdle, "60s")
 	keys := s.keys
 	if keys == nil {
 		keys = []string{clientKey}
@@ -182,10 +173,7 @@ func (s gatewaySpec) yaml() string {
 	}
 	fmt.Fprintf(&y, "]\nstream_idle_timeout: %s\nupstreams:\n", s.streamIdle)
 	for _, u := range s.upstreams {
-		timeout := u.timeout
-		if timeout == "" {
-			timeout = "60s"
-		}
+		timeout := cmp.Or(u.timeout, "60s")
 		fmt.Fprintf(&y, "  - {name: %s, base_url: %q, timeout: %s, connect_timeout: %s", u.name, u.url, timeout, timeout)
 		if u.key != "" {
 			fmt.Fprintf(&y, ", api_key: %q", u.key)
@@ -539,9 +527,7 @@ func startLoad(t testing.TB, c *http.Client, spec loadSpec) *load {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range spec.workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= spec.requests || ctx.Err() != nil {
@@ -551,7 +537,7 @@ func startLoad(t testing.TB, c *http.Client, spec loadSpec) *load {
 				l.tally.add(spec.judge(i, r), r)
 				l.progress.add()
 			}
-		}()
+		})
 	}
 	go func() { wg.Wait(); close(l.done) }()
 	t.Cleanup(func() { cancel(); <-l.done })

@@ -35,14 +35,12 @@ func rawExchange(t testing.TB, addr, head string, body func(io.Writer) error) re
 	}
 	var wg sync.WaitGroup
 	if body != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			// The gateway may hang up mid-body once it has answered:
 			// the write error is expected then, and the answer is what
 			// the test checks.
 			_ = body(conn)
-		}()
+		})
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {

@@ -667,9 +667,7 @@ func TestHostileUpstreamMemorySpike(t *testing.T) {
 	var wg sync.WaitGroup
 	results := make([]reply, clients)
 	for i := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			resp, err := c.Do(chat(context.Background(), gw.URL, clientKey, "large", false, "x"))
 			if err != nil {
 				results[i] = reply{err: err}
@@ -678,7 +676,7 @@ func TestHostileUpstreamMemorySpike(t *testing.T) {
 			defer resp.Body.Close()
 			n, err := io.Copy(io.Discard, resp.Body)
 			results[i] = reply{status: resp.StatusCode, header: resp.Header, err: err, body: []byte(strconv.FormatInt(n, 10))}
-		}()
+		})
 	}
 	wg.Wait()
 	close(stop)
