@@ -39,21 +39,6 @@ func newYAMLGateway(t *testing.T, yaml string) (*httptest.Server, *metrics.Metri
 	return srv, m
 }
 
-func do(t *testing.T, method, url string, body io.Reader, hdr ...string) result {
-	t.Helper()
-	req, _ := http.NewRequest(method, url, body)
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return result{resp.StatusCode, resp.Header, b}
-}
-
 func TestModelByID(t *testing.T) {
 	up := newFakeUpstream(t, okCompletion)
 	gw, _ := newYAMLGateway(t, fmt.Sprintf(`
@@ -268,7 +253,7 @@ models:
 		})
 	}
 	// Every model is listed, whatever APIs it is served for.
-	res := do(t, "GET", gw.URL+"/v1/models", nil, "Authorization", "Bearer "+testClientKey)
+	res := do(t, "GET", gw.URL+"/v1/models", nil, withKey()...)
 	for _, name := range []string{"mixed", "chatty", "fallback", "claude"} {
 		if !strings.Contains(string(res.body), `"id":"`+name+`"`) {
 			t.Errorf("/v1/models does not list %s: %s", name, res.body)
