@@ -75,13 +75,7 @@ func startHostile(t testing.TB) *hostileUpstream {
 	srv, _ := serve(t, http.HandlerFunc(h.serve), nil)
 	// Handlers blocked in "hold" or "huge-content-length" end with the
 	// test, before the server's Close waits for them.
-	t.Cleanup(func() {
-		select {
-		case <-h.release:
-		default:
-			close(h.release)
-		}
-	})
+	testenv.CloseAtEnd(t, h.release)
 	h.base = srv.URL + "/v1"
 	return h
 }

@@ -18,3 +18,17 @@ func WaitFor(t testing.TB, guard time.Duration, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// CloseAtEnd closes ch when the test ends, unless the test has closed it
+// already, so handlers blocked on it return. Register it after the server
+// whose handlers wait on ch: cleanups run last first, and the server's Close
+// waits for its handlers.
+func CloseAtEnd(t testing.TB, ch chan struct{}) {
+	t.Cleanup(func() {
+		select {
+		case <-ch:
+		default:
+			close(ch)
+		}
+	})
+}
