@@ -173,13 +173,23 @@ func httpReady(url string) func(context.Context) error {
 // tcpReady returns a probe that succeeds when addr accepts a connection
 // (nginx has no endpoint of its own to ask).
 func tcpReady(addr string) func(context.Context) error {
+	return talkReady(addr, func(net.Conn) error { return nil })
+}
+
+// talkReady returns a probe that succeeds when addr accepts a connection
+// and talk, given it with the probe's deadline set, succeeds.
+func talkReady(addr string, talk func(net.Conn) error) func(context.Context) error {
 	return func(ctx context.Context) error {
 		var d net.Dialer
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return err
 		}
-		return conn.Close()
+		defer conn.Close()
+		if dl, ok := ctx.Deadline(); ok {
+			_ = conn.SetDeadline(dl)
+		}
+		return talk(conn)
 	}
 }
 

@@ -316,16 +316,7 @@ func allReady(addrs []string) func(context.Context) error {
 
 // redisReady succeeds when redis answers PING.
 func redisReady(addr string) func(context.Context) error {
-	return func(ctx context.Context) error {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		if dl, ok := ctx.Deadline(); ok {
-			_ = conn.SetDeadline(dl)
-		}
+	return talkReady(addr, func(conn net.Conn) error {
 		if _, err := conn.Write([]byte("PING\r\n")); err != nil {
 			return err
 		}
@@ -337,7 +328,7 @@ func redisReady(addr string) func(context.Context) error {
 			return fmt.Errorf("redis PING answered %q", strings.TrimSpace(line))
 		}
 		return nil
-	}
+	})
 }
 
 // gatewayConfig is the gateway's config for the suite: every feature

@@ -58,9 +58,7 @@ schedule:
 			break schedule
 		case <-timer.C:
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			one, err := readStream(ctx, e, api, body, shape)
 			mu.Lock()
 			defer mu.Unlock()
@@ -74,7 +72,7 @@ schedule:
 			r.ttft = append(r.ttft, one.ttft)
 			r.gaps = append(r.gaps, one.gaps...)
 			r.heldBack += one.heldBack
-		}()
+		})
 	}
 	wg.Wait()
 	r.elapsed = time.Since(start)
@@ -264,9 +262,7 @@ func holdIdleStreams(ctx context.Context, e entry, body []byte, asked, n, batche
 				return ctx.Err()
 			}
 			batch.Add(1)
-			all.Add(1)
-			go func() {
-				defer all.Done()
+			all.Go(func() {
 				first := func(err error) {
 					<-sem
 					if err != nil {
@@ -279,7 +275,7 @@ func holdIdleStreams(ctx context.Context, e entry, body []byte, asked, n, batche
 				if err := holdStream(hold, client, e, body, first); err != nil {
 					fail(err)
 				}
-			}()
+			})
 		}
 		return nil
 	}

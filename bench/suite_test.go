@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -47,9 +46,7 @@ func TestSuiteSmoke(t *testing.T) {
 	// run takes.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	var progress logWriter
-	rep, err := Run(ctx, cfg, &progress)
-	t.Log("progress:\n" + progress.String())
+	rep, err := Run(ctx, cfg, testLog{t})
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -168,20 +165,11 @@ func buildBinaries(t *testing.T) string {
 	return dir
 }
 
-// logWriter collects progress lines for the test log.
-type logWriter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
+// testLog writes the suite's progress lines to the test log as they come, so
+// a wedged run shows how far it got.
+type testLog struct{ t *testing.T }
 
-func (w *logWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.Write(p)
-}
-
-func (w *logWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
+func (w testLog) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }

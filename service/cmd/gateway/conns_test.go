@@ -90,7 +90,7 @@ func rawConn(t *testing.T, addr, data string) rawResult {
 func TestStalledBodyIsCut(t *testing.T) {
 	up := startRelUpstream(t)
 	close(up.release)
-	addr, sigs, done := relRun(t, connConfig(t, up.URL, "body_read_timeout: 1s\n"))
+	addr, sigs, done := startGateway(t, connConfig(t, up.URL, "body_read_timeout: 1s\n"), 0)
 	t.Cleanup(func() { relSignal(t, sigs, syscall.SIGTERM); <-done })
 
 	auth := "Authorization: Bearer " + relKey + "\r\n"
@@ -138,7 +138,7 @@ func TestStalledBodyIsCut(t *testing.T) {
 func TestTransferEncodingClosesTheConnection(t *testing.T) {
 	up := startRelUpstream(t)
 	close(up.release)
-	addr, sigs, done := relRun(t, connConfig(t, up.URL, ""))
+	addr, sigs, done := startGateway(t, connConfig(t, up.URL, ""), 0)
 	t.Cleanup(func() { relSignal(t, sigs, syscall.SIGTERM); <-done })
 
 	const body = `{"model":"m","messages":[{"role":"user","content":"hi"}]}`
@@ -210,7 +210,7 @@ func TestDrainAnswersOnIdleKeepAliveConnections(t *testing.T) {
 	up := startRelUpstream(t)
 	close(up.release)
 	// A long idle grace, so the test does not race it on a slow machine.
-	addr, sigs, done := relRun(t, connConfig(t, up.URL, "shutdown_idle_timeout: 20s\n"))
+	addr, sigs, done := startGateway(t, connConfig(t, up.URL, "shutdown_idle_timeout: 20s\n"), 0)
 	exited := false
 	t.Cleanup(func() {
 		if exited {

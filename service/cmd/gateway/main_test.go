@@ -49,10 +49,11 @@ func streamInFlight(t *testing.T, addr string) *bufio.Reader {
 }
 
 // startGateway runs the command's loop in-process with a signal channel
-// the test controls.
-func startGateway(t *testing.T, cfgPath string) (addr string, sigs chan os.Signal, done chan error) {
+// the test controls, buffered by sigBuffer: with 0, a send returns once the
+// loop has taken the signal.
+func startGateway(t *testing.T, cfgPath string, sigBuffer int) (addr string, sigs chan os.Signal, done chan error) {
 	t.Helper()
-	sigs = make(chan os.Signal, 1)
+	sigs = make(chan os.Signal, sigBuffer)
 	done = make(chan error, 1)
 	started := make(chan net.Addr, 1)
 	go func() { done <- run(cfgPath, sigs, func(a net.Addr) { started <- a }) }()
@@ -61,7 +62,7 @@ func startGateway(t *testing.T, cfgPath string) (addr string, sigs chan os.Signa
 		return a.String(), sigs, done
 	case err := <-done:
 		t.Fatalf("gateway did not start: %v", err)
-	case <-time.After(30 * time.Second):
+	case <-time.After(relGuard):
 		t.Fatal("gateway did not start")
 	}
 	return "", nil, nil
@@ -79,7 +80,7 @@ func TestSIGTERMFinishesStreamsInFlight(t *testing.T) {
 	defer up.Close()
 	cfgPath := filepath.Join(t.TempDir(), "gateway.yaml")
 	writeConfig(t, cfgPath, up.URL, "m")
-	addr, sigs, done := startGateway(t, cfgPath)
+	addr, sigs, done := startGateway(t, cfgPath, 1)
 
 	rd := streamInFlight(t, addr)
 
@@ -118,7 +119,7 @@ func TestSIGHUPReloadsAndKeepsConfigOnError(t *testing.T) {
 	defer up.Close()
 	cfgPath := filepath.Join(t.TempDir(), "gateway.yaml")
 	writeConfig(t, cfgPath, up.URL, "m1")
-	addr, sigs, done := startGateway(t, cfgPath)
+	addr, sigs, done := startGateway(t, cfgPath, 1)
 	defer func() { sigs <- syscall.SIGTERM; <-done }()
 
 	models := func() string {
@@ -180,7 +181,7 @@ func TestSecondSignalCutsTheDrain(t *testing.T) {
 	defer up.Close()
 	cfgPath := filepath.Join(t.TempDir(), "gateway.yaml")
 	writeConfig(t, cfgPath, up.URL, "m") // shutdown_timeout: 30s
-	addr, sigs, done := startGateway(t, cfgPath)
+	addr, sigs, done := startGateway(t, cfgPath, 1)
 
 	streamInFlight(t, addr)
 	sigs <- syscall.SIGTERM

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 
@@ -55,13 +56,7 @@ func startRelUpstream(t *testing.T) *relUpstream {
 	srv := httptest.NewServer(u)
 	t.Cleanup(srv.Close)
 	// Held requests must not keep srv.Close waiting if the test fails.
-	t.Cleanup(func() {
-		select {
-		case <-u.release:
-		default:
-			close(u.release)
-		}
-	})
+	testenv.CloseAtEnd(t, u.release)
 	u.URL = srv.URL + "/v1"
 	return u
 }
@@ -136,24 +131,6 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// relRun starts the command's loop in-process.
-func relRun(t *testing.T, cfgPath string) (addr string, sigs chan os.Signal, done chan error) {
-	t.Helper()
-	sigs = make(chan os.Signal)
-	done = make(chan error, 1)
-	started := make(chan net.Addr, 1)
-	go func() { done <- run(cfgPath, sigs, func(a net.Addr) { started <- a }) }()
-	select {
-	case a := <-started:
-		return a.String(), sigs, done
-	case err := <-done:
-		t.Fatalf("gateway did not start: %v", err)
-	case <-time.After(relGuard):
-		t.Fatal("gateway did not start")
-	}
-	return "", nil, nil
 }
 
 func relSignal(t *testing.T, sigs chan<- os.Signal, sig os.Signal) {
@@ -253,7 +230,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	up := startRelUpstream(t)
 	cfgPath := filepath.Join(t.TempDir(), "gateway.yaml")
 	relConfig(t, cfgPath, "one", map[string]string{"one": up.URL})
-	addr, sigs, done := relRun(t, cfgPath)
+	addr, sigs, done := startGateway(t, cfgPath, 0)
 
 	const freeWorkers, heldRequests = 16, 8
 	warm := 2000
@@ -266,9 +243,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	outcomes := make(chan relOutcome, 1<<20)
 	var wg sync.WaitGroup
 	for w := range freeWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			// Bounded: a worker stops when a connection is refused after
 			// SIGTERM, or after far more requests than the test needs.
 			for i := 0; i < 100_000; i++ {
@@ -283,7 +258,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 					return
 				}
 			}
-		}()
+		})
 	}
 	waitFor(t, "requests under load before SIGTERM", func() bool { return sent.Load() >= int64(warm) })
 
@@ -385,7 +360,7 @@ func TestSIGHUPUnderLoad(t *testing.T) {
 	ups := map[string]string{"one": one.URL, "two": two.URL}
 	cfgPath := filepath.Join(t.TempDir(), "gateway.yaml")
 	relConfig(t, cfgPath, "one", ups)
-	addr, sigs, done := relRun(t, cfgPath)
+	addr, sigs, done := startGateway(t, cfgPath, 0)
 
 	// phase is what the config in force says at the time a request
 	// starts; a request that starts in phase p must be routed as p says.
@@ -406,9 +381,7 @@ func TestSIGHUPUnderLoad(t *testing.T) {
 	results := make(chan routed, 1<<20)
 	var wg sync.WaitGroup
 	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for i := 0; i < 100_000 && !stop.Load(); i++ {
 				p := phase.Load()
 				kind := "whole"
@@ -418,7 +391,7 @@ func TestSIGHUPUnderLoad(t *testing.T) {
 				results <- routed{relDo(c, addr, fmt.Sprintf("free-%s-%d-%d", kind, w, i), nil), p}
 				sent.Add(1)
 			}
-		}()
+		})
 	}
 	reload := func(next int32, write func()) {
 		t.Helper()
@@ -473,11 +446,5 @@ func TestSIGHUPUnderLoad(t *testing.T) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(relGuard)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within %s", what, relGuard)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testenv.WaitFor(t, relGuard, what, cond)
 }

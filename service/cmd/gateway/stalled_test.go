@@ -309,9 +309,7 @@ func TestStallHelper(t *testing.T) {
 	var wg sync.WaitGroup
 	const dialers = 32
 	for d := range dialers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			dl := net.Dialer{Timeout: 10 * time.Second}
 			for i := d; i < n; i += dialers {
 				c, err := dl.Dial("tcp", addr)
@@ -327,7 +325,7 @@ func TestStallHelper(t *testing.T) {
 				}
 				conns[i] = c
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	msg := fmt.Sprintf("opened %d failed %d", n-int(failed.Load()), failed.Load())

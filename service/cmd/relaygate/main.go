@@ -194,12 +194,8 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 		noWarmup    = fs.Bool("no-warmup", false, "do not open connections (GET /models) before measuring")
 	)
 	out.register(fs, "text")
-	if err := fs.Parse(args); err != nil {
-		return usageStatus(err)
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "relaygate compare: unexpected arguments %q\n", fs.Args())
-		return exitUsage
+	if status, ok := parseArgs(fs, args, stderr); !ok {
+		return status
 	}
 	volume, err := parseVolume(*monthly)
 	if err == nil {
@@ -276,12 +272,8 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		timeout    = fs.Duration("timeout", 2*time.Minute, "limit for all the queries")
 	)
 	out.register(fs, "markdown")
-	if err := fs.Parse(args); err != nil {
-		return usageStatus(err)
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "relaygate report: unexpected arguments %q\n", fs.Args())
-		return exitUsage
+	if status, ok := parseArgs(fs, args, stderr); !ok {
+		return status
 	}
 	win, err := migration.ParseWindow(*window)
 	if err == nil {
@@ -327,11 +319,21 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	return exitOK
 }
 
-func usageStatus(err error) int {
-	if errors.Is(err, flag.ErrHelp) {
-		return exitOK
+// parseArgs parses a subcommand's flags, which take no arguments after
+// them. When it returns false the command ends with the status: success
+// for -help, a usage error otherwise.
+func parseArgs(fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK, false
+		}
+		return exitUsage, false
 	}
-	return exitUsage
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected arguments %q\n", fs.Name(), fs.Args())
+		return exitUsage, false
+	}
+	return exitOK, true
 }
 
 // pickModel is the model asked for, or the config's only one.

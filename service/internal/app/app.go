@@ -86,8 +86,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	a.stop = stop
-	a.wg.Add(1)
-	go func() { defer a.wg.Done(); a.GPU.Run(runCtx) }()
+	a.wg.Go(func() { a.GPU.Run(runCtx) })
 
 	a.Gateway = gateway.New(cfg, gateway.Options{Logger: log, Metrics: a.Metrics, Version: o.version,
 		Cache: a.cache, Limiter: a.limiter, GPU: a.GPU, ResponseIDs: a.respIDs})

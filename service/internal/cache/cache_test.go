@@ -21,27 +21,9 @@ import (
 // operations it covers take milliseconds.
 const testTimeout = 30 * time.Second
 
-// lockedBuffer collects log output written from concurrent calls.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func newTestCache(t *testing.T, url string, ttl, timeout time.Duration) (*Cache, *lockedBuffer) {
+func newTestCache(t *testing.T, url string, ttl, timeout time.Duration) (*Cache, *testenv.SyncBuffer) {
 	t.Helper()
-	logs := &lockedBuffer{}
+	logs := &testenv.SyncBuffer{}
 	c, err := New(Options{
 		URL:     url,
 		TTL:     ttl,
@@ -153,9 +135,7 @@ func TestCacheHitMissAndExactBodies(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make(chan error, 16)
 		for i := range 16 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				key := fmt.Sprintf("%sconcurrent-%d", KeyPrefix, i)
 				body := []byte(strings.Repeat("x", i))
 				if err := c.Set(ctx, key, Entry{Body: body}); err != nil {
@@ -166,7 +146,7 @@ func TestCacheHitMissAndExactBodies(t *testing.T) {
 				if err != nil || res != ResultHit || !bytes.Equal(got.Body, body) {
 					errs <- fmt.Errorf("key %d: %s, %v, body %q", i, res, err, got.Body)
 				}
-			}()
+			})
 		}
 		wg.Wait()
 		close(errs)
@@ -180,10 +160,9 @@ func TestCacheTTL(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	rdb := inspector(t, srv)
 	ctx := testContext(t)
-
-	t.Run("entries carry the configured TTL", func(t *testing.T) {
-		c, _ := newTestCache(t, srv.URL, time.Hour, time.Second)
-		key := KeyPrefix + "ttl-hour"
+	// set stores an entry under key and returns the TTL Redis gave it.
+	set := func(t *testing.T, c *Cache, key string) time.Duration {
+		t.Helper()
 		if err := c.Set(ctx, key, Entry{Body: []byte("x")}); err != nil {
 			t.Fatalf("Set: %v", err)
 		}
@@ -191,6 +170,12 @@ func TestCacheTTL(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		return ttl
+	}
+
+	t.Run("entries carry the configured TTL", func(t *testing.T) {
+		c, _ := newTestCache(t, srv.URL, time.Hour, time.Second)
+		ttl := set(t, c, KeyPrefix+"ttl-hour")
 		// Redis's own clock counts down; only the upper side is exact.
 		if ttl > time.Hour || ttl < 50*time.Minute {
 			t.Fatalf("PTTL = %v, want just under 1h", ttl)
@@ -201,14 +186,7 @@ func TestCacheTTL(t *testing.T) {
 		const ttl = 300 * time.Millisecond
 		c, _ := newTestCache(t, srv.URL, ttl, time.Second)
 		key := KeyPrefix + "ttl-short"
-		if err := c.Set(ctx, key, Entry{Body: []byte("x")}); err != nil {
-			t.Fatalf("Set: %v", err)
-		}
-		left, err := rdb.PTTL(ctx, key).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if left > ttl || left == -1 {
+		if left := set(t, c, key); left > ttl || left == -1 {
 			t.Fatalf("PTTL = %v, want at most %v", left, ttl)
 		}
 		// Wait for Redis to expire it; the deadline is only a failure guard.

@@ -24,11 +24,14 @@ func mustKey(t *testing.T, path, body string, force bool) string {
 	return key
 }
 
+// req is what Key is asked about: a request's path and body, and whether
+// the config forces caching whatever the temperature.
+type req struct {
+	path, body string
+	force      bool
+}
+
 func TestKeyEquivalence(t *testing.T) {
-	type req struct {
-		path, body string
-		force      bool
-	}
 	base := req{chatPath, baseBody, false}
 	tests := []struct {
 		name string
@@ -95,42 +98,48 @@ func TestKeyEquivalence(t *testing.T) {
 	}
 }
 
+// verdict is what Key makes of a request.
+type verdict int
+
+const (
+	cacheable   verdict = iota // a key
+	uncacheable                // no key, no error: the answer may vary
+	invalid                    // an error: not a JSON object
+)
+
 func TestKeyCacheability(t *testing.T) {
 	tests := []struct {
-		name    string
-		path    string
-		body    string
-		force   bool
-		wantOK  bool
-		wantErr bool
+		name string
+		req  req
+		want verdict
 	}{
-		{"temperature 0", chatPath, baseBody, false, true, false},
-		{"temperature 0.7", chatPath, `{"model":"m","messages":[],"temperature":0.7}`, false, false, false},
-		{"temperature 0.7 forced", chatPath, `{"model":"m","messages":[],"temperature":0.7}`, true, true, false},
-		{"temperature absent (default 1)", chatPath, `{"model":"m","messages":[]}`, false, false, false},
-		{"temperature absent forced", chatPath, `{"model":"m","messages":[]}`, true, true, false},
-		{"temperature null", chatPath, `{"model":"m","messages":[],"temperature":null}`, false, false, false},
-		{"temperature as a string", chatPath, `{"model":"m","messages":[],"temperature":"0"}`, false, false, false},
-		{"tiny non-zero temperature", chatPath, `{"model":"m","messages":[],"temperature":1e-9}`, false, false, false},
-		{"embeddings sample nothing", embedPath, `{"model":"text-embedding-3-small","input":"hi"}`, false, true, false},
+		{"temperature 0", req{chatPath, baseBody, false}, cacheable},
+		{"temperature 0.7", req{chatPath, `{"model":"m","messages":[],"temperature":0.7}`, false}, uncacheable},
+		{"temperature 0.7 forced", req{chatPath, `{"model":"m","messages":[],"temperature":0.7}`, true}, cacheable},
+		{"temperature absent (default 1)", req{chatPath, `{"model":"m","messages":[]}`, false}, uncacheable},
+		{"temperature absent forced", req{chatPath, `{"model":"m","messages":[]}`, true}, cacheable},
+		{"temperature null", req{chatPath, `{"model":"m","messages":[],"temperature":null}`, false}, uncacheable},
+		{"temperature as a string", req{chatPath, `{"model":"m","messages":[],"temperature":"0"}`, false}, uncacheable},
+		{"tiny non-zero temperature", req{chatPath, `{"model":"m","messages":[],"temperature":1e-9}`, false}, uncacheable},
+		{"embeddings sample nothing", req{embedPath, `{"model":"text-embedding-3-small","input":"hi"}`, false}, cacheable},
 
-		{"malformed JSON", chatPath, `{"model":`, false, false, true},
-		{"empty body", chatPath, ``, false, false, true},
-		{"array body", chatPath, `[1,2]`, false, false, true},
-		{"null body", chatPath, `null`, false, false, true},
-		{"string body", chatPath, `"hi"`, true, false, true},
-		{"two objects", chatPath, `{"temperature":0} {}`, false, false, true},
-		{"trailing garbage", chatPath, `{"temperature":0}}`, false, false, true},
+		{"malformed JSON", req{chatPath, `{"model":`, false}, invalid},
+		{"empty body", req{chatPath, ``, false}, invalid},
+		{"array body", req{chatPath, `[1,2]`, false}, invalid},
+		{"null body", req{chatPath, `null`, false}, invalid},
+		{"string body", req{chatPath, `"hi"`, true}, invalid},
+		{"two objects", req{chatPath, `{"temperature":0} {}`, false}, invalid},
+		{"trailing garbage", req{chatPath, `{"temperature":0}}`, false}, invalid},
 	}
 	keyShape := regexp.MustCompile(`^relaygate:cache:v2:test:[0-9a-f]{64}$`)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			key, ok, err := Key(testScope, tt.path, []byte(tt.body), tt.force)
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			key, ok, err := Key(testScope, tt.req.path, []byte(tt.req.body), tt.req.force)
+			if wantErr := tt.want == invalid; (err != nil) != wantErr {
+				t.Fatalf("err = %v, want error %v", err, wantErr)
 			}
-			if ok != tt.wantOK {
-				t.Fatalf("ok = %v, want %v", ok, tt.wantOK)
+			if wantOK := tt.want == cacheable; ok != wantOK {
+				t.Fatalf("ok = %v, want %v", ok, wantOK)
 			}
 			if ok && !keyShape.MatchString(key) {
 				t.Fatalf("key %q does not look like %s", key, keyShape)

@@ -208,24 +208,28 @@ func StreamReplay(completionBody []byte, includeUsage bool) ([]byte, error) {
 		for _, piece := range splitText(deref(m.ReasoningContent)) {
 			emitDelta(ch.Index, delta{ReasoningContent: &piece}, jsonNull)
 		}
-		if toks, ok := tokenPieces(deref(m.Content), lp.Content); perToken && ok {
-			for i := range toks {
-				emitLP(ch.Index, delta{Content: &toks[i]}, tokenLogprobs("content", lp.Content[i]), jsonNull)
+		// emitText sends the content or the refusal (kind): a delta per
+		// token with that token's logprobs when they spell it, else in
+		// splitText's pieces.
+		emitText := func(kind, text string, entries []json.RawMessage) {
+			field := func(s *string) delta {
+				if kind == "refusal" {
+					return delta{Refusal: s}
+				}
+				return delta{Content: s}
 			}
-		} else {
-			for _, piece := range splitText(deref(m.Content)) {
-				emitDelta(ch.Index, delta{Content: &piece}, jsonNull)
+			if toks, ok := tokenPieces(text, entries); perToken && ok {
+				for i := range toks {
+					emitLP(ch.Index, field(&toks[i]), tokenLogprobs(kind, entries[i]), jsonNull)
+				}
+				return
+			}
+			for _, piece := range splitText(text) {
+				emitDelta(ch.Index, field(&piece), jsonNull)
 			}
 		}
-		if toks, ok := tokenPieces(deref(m.Refusal), lp.Refusal); perToken && ok {
-			for i := range toks {
-				emitLP(ch.Index, delta{Refusal: &toks[i]}, tokenLogprobs("refusal", lp.Refusal[i]), jsonNull)
-			}
-		} else {
-			for _, piece := range splitText(deref(m.Refusal)) {
-				emitDelta(ch.Index, delta{Refusal: &piece}, jsonNull)
-			}
-		}
+		emitText("content", deref(m.Content), lp.Content)
+		emitText("refusal", deref(m.Refusal), lp.Refusal)
 		for i, tc := range m.ToolCalls {
 			emitDelta(ch.Index, delta{ToolCalls: []toolCallDelta{{
 				Index: i, ID: tc.ID, Type: tc.Type,

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -14,6 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/relaygate/relaygate/service/internal/testenv"
 	openai "github.com/sashabaranov/go-openai"
 )
 
@@ -276,18 +275,10 @@ func TestStreamReplayThroughOpenAIClient(t *testing.T) {
 	if err != nil {
 		t.Fatalf("open stream: %v", err)
 	}
-	defer stream.Close()
 
 	var content strings.Builder
 	var usage *openai.Usage
-	for {
-		resp, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("Recv: %v", err)
-		}
+	for _, resp := range testenv.ReadChatStream(t, stream) {
 		for _, c := range resp.Choices {
 			content.WriteString(c.Delta.Content)
 		}

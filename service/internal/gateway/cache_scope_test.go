@@ -4,18 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
 
-	"github.com/relaygate/relaygate/service/internal/cache"
-	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
@@ -46,16 +41,8 @@ func TestCacheScope(t *testing.T) {
 			if tt.scope != "" {
 				scope = ", scope: " + tt.scope
 			}
-			cfg := gatewayConfig(t, gwOpts{noAuth: true, extra: fmt.Sprintf("client_keys: [%q, %q]\ncache: {redis_url: %q, ttl: 1h%s}\n",
+			srv, _, m := newGateway(t, gwOpts{noAuth: true, redisURL: rds.URL, extra: fmt.Sprintf("client_keys: [%q, %q]\ncache: {redis_url: %q, ttl: 1h%s}\n",
 				testClientKey, otherKey, rds.URL, scope)}, up)
-			c, err := cache.New(cache.Options{URL: rds.URL, TTL: time.Hour, Timeout: 5 * time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = c.Close() })
-			m := metrics.New()
-			srv := httptest.NewServer(New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m, Cache: c}))
-			t.Cleanup(srv.Close)
 
 			// One prompt per subtest: they share the Redis.
 			body := fmt.Sprintf(`{"model":"m","messages":[{"role":"user","content":"scope %d"}],"temperature":0}`, i)
@@ -112,15 +99,7 @@ func TestMessagesCache(t *testing.T) {
 		}
 		_, _ = io.WriteString(w, messageJSON)
 	})
-	cfg := gatewayConfig(t, gwOpts{extra: fmt.Sprintf("cache: {redis_url: %q, ttl: 1h}\n", rds.URL)}, up)
-	c, err := cache.New(cache.Options{URL: rds.URL, TTL: time.Hour, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	m := metrics.New()
-	srv := httptest.NewServer(New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m, Cache: c}))
-	t.Cleanup(srv.Close)
+	srv, _, m := newGateway(t, gwOpts{redisURL: rds.URL, extra: fmt.Sprintf("cache: {redis_url: %q, ttl: 1h}\n", rds.URL)}, up)
 
 	const msg = `{"model":"m","max_tokens":8,"temperature":0,"messages":[{"role":"user","content":"cache me"}]}`
 	const count = `{"model":"m","messages":[{"role":"user","content":"cache me"}]}`

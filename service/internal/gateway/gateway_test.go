@@ -607,25 +607,11 @@ func TestBadInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			req, _ := http.NewRequest(tt.method, gw.URL+tt.path, strings.NewReader(tt.body))
-			req.Header.Set("Authorization", "Bearer "+testClientKey)
-			for i := 0; i+1 < len(tt.hdr); i += 2 {
-				if tt.hdr[i+1] == "" {
-					req.Header.Del(tt.hdr[i])
-				} else {
-					req.Header.Set(tt.hdr[i], tt.hdr[i+1])
-				}
+			res := do(t, tt.method, gw.URL+tt.path, strings.NewReader(tt.body), withKey(tt.hdr...)...)
+			if res.status != tt.status {
+				t.Fatalf("status %d, want %d: %s", res.status, tt.status, res.body)
 			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != tt.status {
-				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.status, b)
-			}
-			if _, _, code := openAIError(t, b); code != tt.code {
+			if _, _, code := openAIError(t, res.body); code != tt.code {
 				t.Errorf("code %q, want %q", code, tt.code)
 			}
 		})

@@ -3,14 +3,9 @@ package gateway
 import (
 	"bytes"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
-
-	"github.com/relaygate/relaygate/service/config"
-	"github.com/relaygate/relaygate/service/internal/metrics"
 )
 
 // cannedTransport answers every request at once from memory, so a
@@ -38,11 +33,7 @@ models:
   - {name: m, route: [a], price: {input_per_mtok: 1, output_per_mtok: 2}, reference_price: {input_per_mtok: 3, output_per_mtok: 6}}
 log: {requests: ` + map[bool]string{true: "true", false: "false"}[logRequests] + `}
 `
-	cfg, err := config.Parse([]byte(doc), func(string) (string, bool) { return "", false })
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := New(cfg, Options{Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)), Metrics: metrics.New()})
+	srv := newBenchServer(b, doc)
 	srv.state.Load().upstreams[0].Transport = &cannedTransport{body: answer, header: http.Header{"Content-Type": {contentType}}}
 	return srv
 }
@@ -79,15 +70,8 @@ func BenchmarkHandler(b *testing.B) {
 			srv := benchServer(b, c.log, []byte(c.answer), c.ct)
 			body := []byte(c.body)
 			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				req := httptest.NewRequest("POST", c.path, bytes.NewReader(body))
-				req.Header.Set("Authorization", "Bearer "+testClientKey)
-				rec := httptest.NewRecorder()
-				srv.ServeHTTP(rec, req)
-				if rec.Code != 200 {
-					b.Fatalf("status %d: %s", rec.Code, rec.Body)
-				}
+			for b.Loop() {
+				serveBench(b, srv, c.path, body)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/relaygate/relaygate/service/config"
+	"github.com/relaygate/relaygate/service/internal/cache"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/testenv"
 )
@@ -110,6 +112,7 @@ type gwOpts struct {
 	backoff   string    // backoff_max
 	price     string    // the model's price mapping, YAML; the default when empty
 	upstream  string    // YAML keys added to every upstream's mapping, e.g. ", auth: x-api-key"
+	redisURL  string    // a response cache on this Redis (extra sets its cache: keys)
 }
 
 // allAPIs is gwOpts.upstream for upstreams that speak every API.
@@ -127,8 +130,16 @@ func newGateway(t *testing.T, o gwOpts, ups ...*fakeUpstream) (*httptest.Server,
 	if o.logBuffer != nil {
 		logw = o.logBuffer
 	}
+	var c *cache.Cache
+	if o.redisURL != "" {
+		var err error
+		if c, err = cache.New(cache.Options{URL: o.redisURL, TTL: time.Hour, Timeout: 5 * time.Second}); err != nil {
+			t.Fatalf("cache: %v", err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+	}
 	m := metrics.New()
-	gw := New(cfg, Options{Logger: slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: m})
+	gw := New(cfg, Options{Logger: slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})), Metrics: m, Cache: c})
 	srv := httptest.NewServer(gw)
 	t.Cleanup(srv.Close)
 	return srv, gw, m
@@ -137,18 +148,10 @@ func newGateway(t *testing.T, o gwOpts, ups ...*fakeUpstream) (*httptest.Server,
 // gatewayConfig is newGateway's configuration, also for reloading one.
 func gatewayConfig(t *testing.T, o gwOpts, ups ...*fakeUpstream) *config.Config {
 	t.Helper()
-	if o.attempts == 0 {
-		o.attempts = 2
-	}
-	if o.timeout == "" {
-		o.timeout = "5s"
-	}
-	if o.breakerN == 0 {
-		o.breakerN = 100
-	}
-	if o.idle == "" {
-		o.idle = "5s"
-	}
+	o.attempts = cmp.Or(o.attempts, 2)
+	o.timeout = cmp.Or(o.timeout, "5s")
+	o.breakerN = cmp.Or(o.breakerN, 100)
+	o.idle = cmp.Or(o.idle, "5s")
 	var y strings.Builder
 	y.WriteString("listen: \"127.0.0.1:0\"\n")
 	if !o.noAuth {
@@ -177,17 +180,11 @@ func gatewayConfig(t *testing.T, o gwOpts, ups ...*fakeUpstream) *config.Config 
 	if o.routeA != "" {
 		route = o.routeA
 	}
-	if o.price == "" {
-		o.price = "{input_per_mtok: 1, output_per_mtok: 2}"
-	}
+	o.price = cmp.Or(o.price, "{input_per_mtok: 1, output_per_mtok: 2}")
 	fmt.Fprintf(&y, "models:\n  - name: m\n    route: [%s]\n    price: %s\n    reference_price: {input_per_mtok: 3, output_per_mtok: 6}\n", route, o.price)
-	if o.backoff == "" {
-		o.backoff = "5ms"
-	}
+	o.backoff = cmp.Or(o.backoff, "5ms")
 	fmt.Fprintf(&y, "retry: {attempts: %d, backoff_min: 1ms, backoff_max: %s}\n", o.attempts, o.backoff)
-	if o.cooldown == "" {
-		o.cooldown = "1h"
-	}
+	o.cooldown = cmp.Or(o.cooldown, "1h")
 	fmt.Fprintf(&y, "circuit_breaker: {failures: %d, cooldown: %s}\n", o.breakerN, o.cooldown)
 	y.WriteString("log: {level: debug}\n")
 	y.WriteString(o.extra)
@@ -204,11 +201,11 @@ type result struct {
 	body   []byte
 }
 
-func post(t *testing.T, url, path, body string, hdr ...string) result {
+// do sends a request and reads the whole answer. hdr is header name and
+// value pairs, set in order; an empty value removes the header.
+func do(t *testing.T, method, url string, body io.Reader, hdr ...string) result {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, url+path, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+testClientKey)
+	req, _ := http.NewRequest(method, url, body)
 	for i := 0; i+1 < len(hdr); i += 2 {
 		if hdr[i+1] == "" {
 			req.Header.Del(hdr[i])
@@ -218,11 +215,24 @@ func post(t *testing.T, url, path, body string, hdr ...string) result {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("POST %s: %v", path, err)
+		t.Fatalf("%s %s: %v", method, url, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return result{resp.StatusCode, resp.Header, b}
+}
+
+// withKey is hdr after the test client's Authorization, which hdr may
+// replace or remove.
+func withKey(hdr ...string) []string {
+	return append([]string{"Authorization", "Bearer " + testClientKey}, hdr...)
+}
+
+// post sends a JSON body with the test client's key.
+func post(t *testing.T, url, path, body string, hdr ...string) result {
+	t.Helper()
+	hdr = append([]string{"Content-Type", "application/json"}, hdr...)
+	return do(t, http.MethodPost, url+path, strings.NewReader(body), withKey(hdr...)...)
 }
 
 // openAIError decodes an error body, failing the test if it is not in

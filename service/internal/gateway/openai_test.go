@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"io"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -11,6 +10,7 @@ import (
 
 	openai "github.com/sashabaranov/go-openai"
 
+	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 
@@ -48,14 +48,7 @@ func TestOpenAIClient(t *testing.T) {
 	var content strings.Builder
 	var usage *openai.Usage
 	finish := openai.FinishReason("")
-	for {
-		chunk, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("stream recv: %v", err)
-		}
+	for _, chunk := range testenv.ReadChatStream(t, stream) {
 		if chunk.Usage != nil {
 			usage = chunk.Usage
 		}
@@ -66,7 +59,6 @@ func TestOpenAIClient(t *testing.T) {
 			}
 		}
 	}
-	stream.Close()
 	if content.Len() == 0 || finish != openai.FinishReasonStop || usage == nil {
 		t.Fatalf("stream: content %q finish %q usage %v", content.String(), finish, usage)
 	}
@@ -88,19 +80,11 @@ func TestOpenAIClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for {
-		chunk, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, chunk := range testenv.ReadChatStream(t, stream) {
 		if len(chunk.Choices) == 0 {
 			t.Fatalf("a chunk without choices reached a client that did not ask for usage: %+v", chunk)
 		}
 	}
-	stream.Close()
 
 	emb, err := client.CreateEmbeddings(ctx, openai.EmbeddingRequest{Model: "m", Input: []string{"a", "b"}})
 	if err != nil || len(emb.Data) != 2 || len(emb.Data[0].Embedding) == 0 {

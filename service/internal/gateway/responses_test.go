@@ -56,19 +56,6 @@ func TestParseResponsesRequest(t *testing.T) {
 func TestResponsesByIDErrors(t *testing.T) {
 	_, up := responsesSim(t, "upstream-key-a", upstreamsim.Config{})
 	gwSrv, _, _ := newGateway(t, gwOpts{}, up)
-	do := func(method, path, key string) (int, []byte) {
-		req, _ := http.NewRequest(method, gwSrv.URL+path, nil)
-		if key != "" {
-			req.Header.Set("Authorization", "Bearer "+key)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, b
-	}
 	tests := []struct {
 		method, path, key string
 		status            int
@@ -84,7 +71,12 @@ func TestResponsesByIDErrors(t *testing.T) {
 		{http.MethodGet, "/v1/responses/resp_1", "", 401, "invalid_api_key"},
 	}
 	for _, tt := range tests {
-		status, body := do(tt.method, tt.path, tt.key)
+		var hdr []string
+		if tt.key != "" {
+			hdr = []string{"Authorization", "Bearer " + tt.key}
+		}
+		r := do(t, tt.method, gwSrv.URL+tt.path, nil, hdr...)
+		status, body := r.status, r.body
 		if status != tt.status {
 			t.Errorf("%s %s = %d %s, want %d", tt.method, tt.path, status, body, tt.status)
 			continue

@@ -21,6 +21,7 @@ import (
 
 	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/metrics"
+	"github.com/relaygate/relaygate/service/internal/testenv"
 )
 
 // newYAMLGateway serves a gateway for a whole YAML config, for tests whose
@@ -36,21 +37,6 @@ func newYAMLGateway(t *testing.T, yaml string) (*httptest.Server, *metrics.Metri
 	srv := httptest.NewServer(gw)
 	t.Cleanup(srv.Close)
 	return srv, m
-}
-
-func do(t *testing.T, method, url string, body io.Reader, hdr ...string) result {
-	t.Helper()
-	req, _ := http.NewRequest(method, url, body)
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return result{resp.StatusCode, resp.Header, b}
 }
 
 func TestModelByID(t *testing.T) {
@@ -267,7 +253,7 @@ models:
 		})
 	}
 	// Every model is listed, whatever APIs it is served for.
-	res := do(t, "GET", gw.URL+"/v1/models", nil, "Authorization", "Bearer "+testClientKey)
+	res := do(t, "GET", gw.URL+"/v1/models", nil, withKey()...)
 	for _, name := range []string{"mixed", "chatty", "fallback", "claude"} {
 		if !strings.Contains(string(res.body), `"id":"`+name+`"`) {
 			t.Errorf("/v1/models does not list %s: %s", name, res.body)
@@ -287,7 +273,7 @@ func TestAPILabel(t *testing.T) {
 		}
 		writeSSE(w, r, 2, 0)
 	})
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	gw, _, m := newGateway(t, gwOpts{logWriter: &logs}, up)
 	tests := []struct {
 		api, path, body string
@@ -320,24 +306,6 @@ func TestAPILabel(t *testing.T) {
 	if got := metricValue(t, m, "relaygate_ttft_seconds", map[string]string{"model": "m", "api": "chat"}); got != 1 {
 		t.Errorf("relaygate_ttft_seconds{api=chat} count = %v, want 1", got)
 	}
-}
-
-// syncBuffer is a log sink the handler writes while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestCORS(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -278,43 +279,56 @@ func TestSnapshotJSONNames(t *testing.T) {
 	}
 }
 
+// hostGauges is the exposition of the gauges every scrape has, whether or
+// not NVML answered.
+func hostGauges(available, count, expected int) string {
+	return fmt.Sprintf(`
+# HELP relaygate_gpu_available 1 when NVML answered the last refresh, 0 when it could not (GET /health says why).
+# TYPE relaygate_gpu_available gauge
+relaygate_gpu_available %d
+# HELP relaygate_gpu_count GPUs NVML reports on this host (0 when NVML is unavailable).
+# TYPE relaygate_gpu_count gauge
+relaygate_gpu_count %d
+# HELP relaygate_gpu_expected_count GPUs this host is configured to have; alerts compare relaygate_gpu_count against it.
+# TYPE relaygate_gpu_expected_count gauge
+relaygate_gpu_expected_count %d
+`, available, count, expected)
+}
+
+// h100Gauges is the exposition of h100(0)'s readings but power, which a
+// driver may not report.
+const h100Gauges = `
+# HELP relaygate_gpu_memory_total_bytes GPU memory installed.
+# TYPE relaygate_gpu_memory_total_bytes gauge
+relaygate_gpu_memory_total_bytes{gpu="0"} 8.589934592e+10
+# HELP relaygate_gpu_memory_used_bytes GPU memory in use.
+# TYPE relaygate_gpu_memory_used_bytes gauge
+relaygate_gpu_memory_used_bytes{gpu="0"} 4.294967296e+10
+# HELP relaygate_gpu_temperature_celsius GPU core temperature.
+# TYPE relaygate_gpu_temperature_celsius gauge
+relaygate_gpu_temperature_celsius{gpu="0"} 61
+# HELP relaygate_gpu_utilization_ratio Share of the last sample period the GPU was busy (0..1).
+# TYPE relaygate_gpu_utilization_ratio gauge
+relaygate_gpu_utilization_ratio{gpu="0"} 0.73
+`
+
 func TestCollector(t *testing.T) {
 	tests := []struct {
 		name     string
 		drv      *fakeDriver
 		expected int
 		refresh  bool
-		want     string
+		want     string // the order of families does not matter
 	}{
 		{
 			name: "before first refresh",
 			drv:  &fakeDriver{devices: []fakeDevice{h100(0)}}, expected: 1,
-			want: `
-# HELP relaygate_gpu_available 1 when NVML answered the last refresh, 0 when it could not (GET /health says why).
-# TYPE relaygate_gpu_available gauge
-relaygate_gpu_available 0
-# HELP relaygate_gpu_count GPUs NVML reports on this host (0 when NVML is unavailable).
-# TYPE relaygate_gpu_count gauge
-relaygate_gpu_count 0
-# HELP relaygate_gpu_expected_count GPUs this host is configured to have; alerts compare relaygate_gpu_count against it.
-# TYPE relaygate_gpu_expected_count gauge
-relaygate_gpu_expected_count 1
-`,
+			want: hostGauges(0, 0, 1),
 		},
 		{
 			name: "no NVML",
 			drv:  &fakeDriver{initErrs: []error{errors.New("nvml init: ERROR_LIBRARY_NOT_FOUND")}}, expected: 2, refresh: true,
-			want: `
-# HELP relaygate_gpu_available 1 when NVML answered the last refresh, 0 when it could not (GET /health says why).
-# TYPE relaygate_gpu_available gauge
-relaygate_gpu_available 0
-# HELP relaygate_gpu_count GPUs NVML reports on this host (0 when NVML is unavailable).
-# TYPE relaygate_gpu_count gauge
-relaygate_gpu_count 0
-# HELP relaygate_gpu_expected_count GPUs this host is configured to have; alerts compare relaygate_gpu_count against it.
-# TYPE relaygate_gpu_expected_count gauge
-relaygate_gpu_expected_count 2
-`,
+			want: hostGauges(0, 0, 2),
 		},
 		{
 			name: "one GPU without power, one lost",
@@ -323,66 +337,24 @@ relaygate_gpu_expected_count 2
 				withErrs(h100(1), map[string]error{"handle": errors.New("ERROR_GPU_IS_LOST")}),
 			}},
 			expected: 2, refresh: true,
-			want: `
-# HELP relaygate_gpu_available 1 when NVML answered the last refresh, 0 when it could not (GET /health says why).
-# TYPE relaygate_gpu_available gauge
-relaygate_gpu_available 1
-# HELP relaygate_gpu_count GPUs NVML reports on this host (0 when NVML is unavailable).
-# TYPE relaygate_gpu_count gauge
-relaygate_gpu_count 2
-# HELP relaygate_gpu_expected_count GPUs this host is configured to have; alerts compare relaygate_gpu_count against it.
-# TYPE relaygate_gpu_expected_count gauge
-relaygate_gpu_expected_count 2
+			want: hostGauges(1, 2, 2) + `
 # HELP relaygate_gpu_info Always 1; labels name each GPU and the driver.
 # TYPE relaygate_gpu_info gauge
 relaygate_gpu_info{driver_version="550.54.15",gpu="0",name="NVIDIA H100 80GB HBM3"} 1
 relaygate_gpu_info{driver_version="550.54.15",gpu="1",name=""} 1
-# HELP relaygate_gpu_memory_total_bytes GPU memory installed.
-# TYPE relaygate_gpu_memory_total_bytes gauge
-relaygate_gpu_memory_total_bytes{gpu="0"} 8.589934592e+10
-# HELP relaygate_gpu_memory_used_bytes GPU memory in use.
-# TYPE relaygate_gpu_memory_used_bytes gauge
-relaygate_gpu_memory_used_bytes{gpu="0"} 4.294967296e+10
-# HELP relaygate_gpu_temperature_celsius GPU core temperature.
-# TYPE relaygate_gpu_temperature_celsius gauge
-relaygate_gpu_temperature_celsius{gpu="0"} 61
-# HELP relaygate_gpu_utilization_ratio Share of the last sample period the GPU was busy (0..1).
-# TYPE relaygate_gpu_utilization_ratio gauge
-relaygate_gpu_utilization_ratio{gpu="0"} 0.73
-`,
+` + h100Gauges,
 		},
 		{
 			name: "healthy GPU exports power",
 			drv:  &fakeDriver{version: "550.54.15", devices: []fakeDevice{h100(0)}}, refresh: true,
-			want: `
-# HELP relaygate_gpu_available 1 when NVML answered the last refresh, 0 when it could not (GET /health says why).
-# TYPE relaygate_gpu_available gauge
-relaygate_gpu_available 1
-# HELP relaygate_gpu_count GPUs NVML reports on this host (0 when NVML is unavailable).
-# TYPE relaygate_gpu_count gauge
-relaygate_gpu_count 1
-# HELP relaygate_gpu_expected_count GPUs this host is configured to have; alerts compare relaygate_gpu_count against it.
-# TYPE relaygate_gpu_expected_count gauge
-relaygate_gpu_expected_count 0
+			want: hostGauges(1, 1, 0) + `
 # HELP relaygate_gpu_info Always 1; labels name each GPU and the driver.
 # TYPE relaygate_gpu_info gauge
 relaygate_gpu_info{driver_version="550.54.15",gpu="0",name="NVIDIA H100 80GB HBM3"} 1
-# HELP relaygate_gpu_memory_total_bytes GPU memory installed.
-# TYPE relaygate_gpu_memory_total_bytes gauge
-relaygate_gpu_memory_total_bytes{gpu="0"} 8.589934592e+10
-# HELP relaygate_gpu_memory_used_bytes GPU memory in use.
-# TYPE relaygate_gpu_memory_used_bytes gauge
-relaygate_gpu_memory_used_bytes{gpu="0"} 4.294967296e+10
 # HELP relaygate_gpu_power_watts GPU board power draw.
 # TYPE relaygate_gpu_power_watts gauge
 relaygate_gpu_power_watts{gpu="0"} 312.5
-# HELP relaygate_gpu_temperature_celsius GPU core temperature.
-# TYPE relaygate_gpu_temperature_celsius gauge
-relaygate_gpu_temperature_celsius{gpu="0"} 61
-# HELP relaygate_gpu_utilization_ratio Share of the last sample period the GPU was busy (0..1).
-# TYPE relaygate_gpu_utilization_ratio gauge
-relaygate_gpu_utilization_ratio{gpu="0"} 0.73
-`,
+` + h100Gauges,
 		},
 	}
 	for _, tt := range tests {

@@ -2,6 +2,7 @@ package netlimit
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -85,6 +86,33 @@ func closedByPeer(t *testing.T, c net.Conn) bool {
 	return err != nil
 }
 
+// servingIdleNew opens three connections through l and leaves them, in
+// order, serving a request, idle since now, and new with no request yet
+// (waiting since it was accepted). It returns the client ends.
+func servingIdleNew(t *testing.T, l *Listener, accepted <-chan net.Conn) [3]net.Conn {
+	t.Helper()
+	var clients, conns [3]net.Conn
+	for i := range conns {
+		clients[i] = dial(t, l)
+		conns[i] = <-accepted
+	}
+	l.ConnState(conns[0], http.StateActive)
+	l.ConnState(conns[1], http.StateIdle)
+	return clients
+}
+
+// leftOpen is nil when the listener's side of c is still open: a short
+// read times out rather than ending. Else it is what the read returned.
+func leftOpen(c net.Conn) error {
+	_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return nil
+	}
+	return fmt.Errorf("the read ended (%v) instead of timing out", err)
+}
+
 func TestLimits(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -144,17 +172,9 @@ func TestLimits(t *testing.T) {
 // is never closed, and with every slot serving, the new one is refused.
 func TestEvictsWaitingAtMax(t *testing.T) {
 	l, accepted, refused := served(t, Limits{Max: 3})
-	var clients [3]net.Conn
-	var conns [3]net.Conn
-	for i := range conns {
-		clients[i] = dial(t, l)
-		conns[i] = <-accepted
-	}
-	l.ConnState(conns[0], http.StateActive) // serving a request
-	l.ConnState(conns[1], http.StateIdle)   // between requests: waiting since now
-	// conns[2] is new with no request yet, waiting since it was accepted.
+	clients := servingIdleNew(t, l, accepted)
 
-	// conns[2] has waited longest: the next connection closes it.
+	// The new one has waited longest: the next connection closes it.
 	late := dial(t, l)
 	lateConn := <-accepted
 	if !closedByPeer(t, clients[2]) {
@@ -166,7 +186,7 @@ func TestEvictsWaitingAtMax(t *testing.T) {
 	if l.Open() != 3 {
 		t.Errorf("open = %d, want 3", l.Open())
 	}
-	// Then conns[1], idle longer than the newcomer.
+	// Then the idle one, idle longer than the newcomer.
 	dial(t, l)
 	second := <-accepted
 	if !closedByPeer(t, clients[1]) {
@@ -180,9 +200,7 @@ func TestEvictsWaitingAtMax(t *testing.T) {
 	if _, err := lateConn.Read(make([]byte, 1)); err != nil {
 		t.Fatalf("the newcomer was closed: %v", err)
 	}
-	_ = clients[0].SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	var ne net.Error
-	if _, err := clients[0].Read(make([]byte, 1)); !errors.As(err, &ne) || !ne.Timeout() {
+	if err := leftOpen(clients[0]); err != nil {
 		t.Errorf("the serving connection was closed: %v", err)
 	}
 
@@ -200,15 +218,7 @@ func TestEvictsWaitingAtMax(t *testing.T) {
 
 func TestCloseIdle(t *testing.T) {
 	l, accepted, _ := served(t, Limits{})
-	var conns [3]net.Conn
-	var clients [3]net.Conn
-	for i := range conns {
-		clients[i] = dial(t, l)
-		conns[i] = <-accepted
-	}
-	l.ConnState(conns[0], http.StateActive) // serving a request
-	l.ConnState(conns[1], http.StateIdle)   // idle just now
-	// conns[2] is new with no request: idle since it was accepted.
+	clients := servingIdleNew(t, l, accepted)
 
 	if open := l.CloseIdle(time.Hour); open != 3 {
 		t.Fatalf("CloseIdle(1h) left %d open, want all 3", open)
@@ -218,10 +228,7 @@ func TestCloseIdle(t *testing.T) {
 	}
 	for i, want := range []bool{false, true, true} {
 		if i == 0 {
-			_ = clients[0].SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-			_, err := clients[0].Read(make([]byte, 1))
-			var ne net.Error
-			if !errors.As(err, &ne) || !ne.Timeout() {
+			if err := leftOpen(clients[0]); err != nil {
 				t.Errorf("the active connection was closed: %v", err)
 			}
 			continue

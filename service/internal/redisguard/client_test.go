@@ -54,7 +54,7 @@ func TestRouteClientLogs(t *testing.T) {
 	srv := testenv.StartRedis(t)
 	srv.Stop() // a port where nothing answers
 
-	logs := &logBuffer{}
+	logs := &testenv.SyncBuffer{}
 	RouteClientLogs(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	c, err := NewClient(srv.URL, time.Second)
 	if err != nil {
@@ -66,7 +66,7 @@ func TestRouteClientLogs(t *testing.T) {
 	if err := c.Ping(ctx).Err(); err == nil {
 		t.Fatal("PING to a stopped server succeeded")
 	}
-	if logs.count("component=go-redis") == 0 || logs.count("level=DEBUG") == 0 {
-		t.Fatalf("go-redis's dial failure did not reach the slog logger at debug:\n%s", logs.buf.String())
+	if logs.Count("component=go-redis") == 0 || logs.Count("level=DEBUG") == 0 {
+		t.Fatalf("go-redis's dial failure did not reach the slog logger at debug:\n%s", logs.String())
 	}
 }

@@ -1,7 +1,6 @@
 package redisguard
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -9,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/relaygate/relaygate/service/internal/testenv"
 )
 
 // fakeClock lets the tests move past back-offs and log intervals without
@@ -30,27 +31,9 @@ func (c *fakeClock) advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// logBuffer is a slog destination safe for the Guard's concurrent writes.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) count(substr string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Count(b.buf.String(), substr)
-}
-
-func newTestGuard(t *testing.T) (*Guard, *fakeClock, *logBuffer) {
+func newTestGuard(t *testing.T) (*Guard, *fakeClock, *testenv.SyncBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testenv.SyncBuffer{}
 	g := New(Options{
 		Name:        "cache",
 		Timeout:     5 * time.Second,
@@ -167,15 +150,13 @@ func TestGuardLateFailuresDoNotStretchBackoff(t *testing.T) {
 	release := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			_ = g.Do(ctx, func(context.Context) error {
 				started <- struct{}{}
 				<-release
 				return errDown
 			})
-		}()
+		})
 	}
 	<-started
 	<-started
@@ -231,26 +212,26 @@ func TestGuardLogsOutageOncePerInterval(t *testing.T) {
 	for range 5 {
 		probeFail()
 	}
-	if n := logs.count(outage); n != 1 {
+	if n := logs.Count(outage); n != 1 {
 		t.Fatalf("%d outage lines within one interval, want 1", n)
 	}
 	clock.advance(30 * time.Second)
 	probeFail()
-	if n := logs.count(outage); n != 2 {
+	if n := logs.Count(outage); n != 2 {
 		t.Fatalf("%d outage lines after the interval, want 2", n)
 	}
-	if !strings.Contains(logs.buf.String(), "failures_not_logged=5") {
-		t.Errorf("second outage line does not count the failures it summarises:\n%s", logs.buf.String())
+	if !strings.Contains(logs.String(), "failures_not_logged=5") {
+		t.Errorf("second outage line does not count the failures it summarises:\n%s", logs.String())
 	}
 
 	clock.advance(time.Second)
 	_ = g.Do(ctx, succeed)
-	if n := logs.count("redis reachable again"); n != 1 {
+	if n := logs.Count("redis reachable again"); n != 1 {
 		t.Fatalf("%d recovery lines, want 1", n)
 	}
 	// A new outage right after recovery is logged at once.
 	_ = g.Do(ctx, fail)
-	if n := logs.count(outage); n != 3 {
+	if n := logs.Count(outage); n != 3 {
 		t.Fatalf("%d outage lines after a new outage, want 3", n)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 
@@ -103,9 +104,7 @@ func TestClientDisconnects(t *testing.T) {
 			for i := range clients {
 				ctx, cancel := context.WithCancel(context.Background())
 				cancels[i] = cancel
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
+				wg.Go(func() {
 					resp, err := c.Do(chat(ctx, gw.URL, clientKey, "m", tc.stream, fmt.Sprintf("leaving %d", i)))
 					if err != nil {
 						if ctx.Err() == nil {
@@ -123,7 +122,7 @@ func TestClientDisconnects(t *testing.T) {
 						return
 					}
 					errs <- fmt.Errorf("an answer came (%d) while the upstream should hold it", resp.StatusCode)
-				}()
+				})
 			}
 			if !tc.midStream {
 				waitUntil(t, "the upstream holds every request", func() bool { return sim.Stats().InFlight == clients })
@@ -144,9 +143,9 @@ func TestClientDisconnects(t *testing.T) {
 			waitUntil(t, "no upstream request in flight", func() bool { return sim.Stats().InFlight == 0 })
 			reg := gw.app.Metrics.Registry
 			waitUntil(t, "no gateway request in flight", func() bool {
-				return metricSum(t, reg, "relaygate_inflight_requests", nil) == 0
+				return testenv.MetricValue(t, reg, "relaygate_inflight_requests", nil) == 0
 			})
-			if got := metricSum(t, reg, "relaygate_requests_total", map[string]string{"code": "499"}); got != clients {
+			if got := testenv.MetricValue(t, reg, "relaygate_requests_total", map[string]string{"code": "499"}); got != clients {
 				t.Errorf("relaygate_requests_total{code=499} = %v, want %d", got, clients)
 			}
 

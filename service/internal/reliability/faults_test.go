@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 
@@ -127,8 +128,8 @@ func TestFaultsWithHealthyFallback(t *testing.T) {
 			res.onlyOK(t, "with a healthy fallback")
 
 			reg := gw.app.Metrics.Registry
-			errs := metricSum(t, reg, "relaygate_upstream_requests_total", map[string]string{"upstream": "primary", "result": "error"}) +
-				metricSum(t, reg, "relaygate_upstream_requests_total", map[string]string{"upstream": "primary", "result": "timeout"})
+			errs := testenv.MetricValue(t, reg, "relaygate_upstream_requests_total", map[string]string{"upstream": "primary", "result": "error"}) +
+				testenv.MetricValue(t, reg, "relaygate_upstream_requests_total", map[string]string{"upstream": "primary", "result": "timeout"})
 			injected := uint64(errs)
 			if psim != nil {
 				injected = psim.Stats().Faults[f.kind]
@@ -140,13 +141,13 @@ func TestFaultsWithHealthyFallback(t *testing.T) {
 			if f.kind == upstreamsim.FaultFailure && f.sim.RetryAfter > 0 {
 				// Retry-After (2s) is past backoff_max (20ms): the gateway
 				// must fall back at once, never retry the primary.
-				if r := metricSum(t, reg, "relaygate_retries_total", map[string]string{"upstream": "primary"}); r != 0 {
+				if r := testenv.MetricValue(t, reg, "relaygate_retries_total", map[string]string{"upstream": "primary"}); r != 0 {
 					t.Errorf("the primary was retried %v times despite a Retry-After past backoff_max", r)
 				}
 			}
 			t.Logf("%d requests, %d failed; primary: %d faults injected; fallback answered %d; circuit opened %v times",
 				n, n-res.get("ok"), injected, fallbackAnswered,
-				metricSum(t, reg, "relaygate_circuit_transitions_total", map[string]string{"upstream": "primary", "state": "open"}))
+				testenv.MetricValue(t, reg, "relaygate_circuit_transitions_total", map[string]string{"upstream": "primary", "state": "open"}))
 		})
 	}
 }
@@ -259,7 +260,7 @@ func TestFaultsWithoutFallback(t *testing.T) {
 				}
 			}
 			waitUntil(t, "gateway requests in flight drop to 0", func() bool {
-				return metricSum(t, gw.app.Metrics.Registry, "relaygate_inflight_requests", nil) == 0
+				return testenv.MetricValue(t, gw.app.Metrics.Registry, "relaygate_inflight_requests", nil) == 0
 			})
 			injected := "refused connections"
 			if psim != nil {

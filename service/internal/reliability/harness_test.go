@@ -2,6 +2,7 @@ package reliability
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/app"
+	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 
@@ -152,21 +154,11 @@ type gatewaySpec struct {
 }
 
 func (s gatewaySpec) yaml() string {
-	if s.attempts == 0 {
-		s.attempts = 2
-	}
-	if s.backoffMax == "" {
-		s.backoffMax = "20ms"
-	}
-	if s.breakerFailures == 0 {
-		s.breakerFailures = 1_000_000
-	}
-	if s.breakerCooldown == "" {
-		s.breakerCooldown = "1h"
-	}
-	if s.streamIdle == "" {
-		s.streamIdle = "60s"
-	}
+	s.attempts = cmp.Or(s.attempts, 2)
+	s.backoffMax = cmp.Or(s.backoffMax, "20ms")
+	s.breakerFailures = cmp.Or(s.breakerFailures, 1_000_000)
+	s.breakerCooldown = cmp.Or(s.breakerCooldown, "1h")
+	s.streamIdle = cmp.Or(s.streamIdle, "60s")
 	keys := s.keys
 	if keys == nil {
 		keys = []string{clientKey}
@@ -181,10 +173,7 @@ func (s gatewaySpec) yaml() string {
 	}
 	fmt.Fprintf(&y, "]\nstream_idle_timeout: %s\nupstreams:\n", s.streamIdle)
 	for _, u := range s.upstreams {
-		timeout := u.timeout
-		if timeout == "" {
-			timeout = "60s"
-		}
+		timeout := cmp.Or(u.timeout, "60s")
 		fmt.Fprintf(&y, "  - {name: %s, base_url: %q, timeout: %s, connect_timeout: %s", u.name, u.url, timeout, timeout)
 		if u.key != "" {
 			fmt.Fprintf(&y, ", api_key: %q", u.key)
@@ -538,9 +527,7 @@ func startLoad(t testing.TB, c *http.Client, spec loadSpec) *load {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range spec.workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= spec.requests || ctx.Err() != nil {
@@ -550,7 +537,7 @@ func startLoad(t testing.TB, c *http.Client, spec loadSpec) *load {
 				l.tally.add(spec.judge(i, r), r)
 				l.progress.add()
 			}
-		}()
+		})
 	}
 	go func() { wg.Wait(); close(l.done) }()
 	t.Cleanup(func() { cancel(); <-l.done })
@@ -582,15 +569,24 @@ func (l *load) wait(t testing.TB) *tally {
 	return &l.tally
 }
 
+// dialGuarded connects to addr with its reads and writes bounded by guard,
+// for tests that speak raw bytes; the caller closes it.
+func dialGuarded(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, guard)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	if err := conn.SetDeadline(time.Now().Add(guard)); err != nil {
+		_ = conn.Close()
+		t.Fatal(err)
+	}
+	return conn
+}
+
 // waitUntil polls cond until it holds, failing the test after guard. Used
 // only where no signal exists to wait on (counters of another component).
 func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(guard)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached within %s", what, guard)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, guard, what, cond)
 }

@@ -27,28 +27,20 @@ import (
 // what a hostile client would.
 func rawExchange(t testing.TB, addr, head string, body func(io.Writer) error) reply {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, guard)
-	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
-	}
+	conn := dialGuarded(t, addr)
 	defer conn.Close()
-	if err := conn.SetDeadline(time.Now().Add(guard)); err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
 	if _, err := io.WriteString(conn, head); err != nil {
 		t.Fatalf("write head: %v", err)
 	}
 	var wg sync.WaitGroup
 	if body != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			// The gateway may hang up mid-body once it has answered:
 			// the write error is expected then, and the answer is what
 			// the test checks.
 			_ = body(conn)
-		}()
+		})
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {

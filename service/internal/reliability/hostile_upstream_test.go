@@ -75,13 +75,7 @@ func startHostile(t testing.TB) *hostileUpstream {
 	srv, _ := serve(t, http.HandlerFunc(h.serve), nil)
 	// Handlers blocked in "hold" or "huge-content-length" end with the
 	// test, before the server's Close waits for them.
-	t.Cleanup(func() {
-		select {
-		case <-h.release:
-		default:
-			close(h.release)
-		}
-	})
+	testenv.CloseAtEnd(t, h.release)
 	h.base = srv.URL + "/v1"
 	return h
 }
@@ -525,7 +519,7 @@ func TestHostileUpstreamAbsurdUsage(t *testing.T) {
 	ctx := context.Background()
 	reg := gw.app.Metrics.Registry
 	cost := func(model string) float64 {
-		return metricSum(t, reg, "relaygate_cost_usd_total", map[string]string{"model": model})
+		return testenv.MetricValue(t, reg, "relaygate_cost_usd_total", map[string]string{"model": model})
 	}
 
 	// The control: an honest answer is billed, 10 prompt and 5
@@ -558,15 +552,15 @@ func TestHostileUpstreamAbsurdUsage(t *testing.T) {
 				t.Fatalf("want the answer passed on: %s", r)
 			}
 			waitUntil(t, "the request is counted", func() bool {
-				return metricSum(t, reg, "relaygate_requests_total", map[string]string{"model": tc.attack, "code": "200"}) == 1
+				return testenv.MetricValue(t, reg, "relaygate_requests_total", map[string]string{"model": tc.attack, "code": "200"}) == 1
 			})
 			if got := cost(tc.attack); got > 0.01 {
 				t.Errorf("one answer added $%.2f to relaygate_cost_usd_total", got)
 			}
-			if got := metricSum(t, reg, "relaygate_tokens_total", map[string]string{"model": tc.attack}); got > 0 {
+			if got := testenv.MetricValue(t, reg, "relaygate_tokens_total", map[string]string{"model": tc.attack}); got > 0 {
 				t.Errorf("%g tokens counted in relaygate_tokens_total", got)
 			}
-			if got := metricSum(t, reg, "relaygate_usage_suspicious_total", map[string]string{"model": tc.attack}); got != 1 {
+			if got := testenv.MetricValue(t, reg, "relaygate_usage_suspicious_total", map[string]string{"model": tc.attack}); got != 1 {
 				t.Errorf("relaygate_usage_suspicious_total = %g, want 1", got)
 			}
 		})
@@ -667,9 +661,7 @@ func TestHostileUpstreamMemorySpike(t *testing.T) {
 	var wg sync.WaitGroup
 	results := make([]reply, clients)
 	for i := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			resp, err := c.Do(chat(context.Background(), gw.URL, clientKey, "large", false, "x"))
 			if err != nil {
 				results[i] = reply{err: err}
@@ -678,7 +670,7 @@ func TestHostileUpstreamMemorySpike(t *testing.T) {
 			defer resp.Body.Close()
 			n, err := io.Copy(io.Discard, resp.Body)
 			results[i] = reply{status: resp.StatusCode, header: resp.Header, err: err, body: []byte(strconv.FormatInt(n, 10))}
-		}()
+		})
 	}
 	wg.Wait()
 	close(stop)
@@ -741,7 +733,7 @@ func TestHostileUpstreamBufferBudget(t *testing.T) {
 	// The first answer's 900 KiB are reserved from its Content-Length as
 	// soon as its headers are in.
 	waitUntil(t, "the first answer holds its share of the budget", func() bool {
-		return metricSum(t, gw.app.Metrics.Registry, "relaygate_response_buffer_bytes", nil) >= 900<<10
+		return testenv.MetricValue(t, gw.app.Metrics.Registry, "relaygate_response_buffer_bytes", nil) >= 900<<10
 	})
 	r := do(c, chat(context.Background(), gw.URL, clientKey, "second", false, "x"))
 	e, err := openAIError(r)

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -41,14 +40,8 @@ var (
 // redisCommand sends one command in RESP and returns the first reply line.
 func redisCommand(t testing.TB, addr string, args ...string) string {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, guard)
-	if err != nil {
-		t.Fatalf("redis %s: %v", addr, err)
-	}
+	conn := dialGuarded(t, addr)
 	defer conn.Close()
-	if err := conn.SetDeadline(time.Now().Add(guard)); err != nil {
-		t.Fatal(err)
-	}
 	cmd := fmt.Sprintf("*%d\r\n", len(args))
 	for _, a := range args {
 		cmd += fmt.Sprintf("$%d\r\n%s\r\n", len(a), a)

@@ -72,13 +72,11 @@ func TestSoak(t *testing.T) {
 	var skipped atomic.Int64
 	var wg sync.WaitGroup
 	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for i := range jobs {
 				res.add(soakRequest(c, gw.URL, i))
 			}
-		}()
+		})
 	}
 
 	type sample struct {

@@ -114,6 +114,12 @@ func TestBreakerLateOutcomes(t *testing.T) {
 // must turn true on the clock alone, without any Allow.
 func TestAvailableOnceTheCooldownIsOver(t *testing.T) {
 	const cooldown = 30 * time.Second
+	// opened trips the breaker (two failures) and lets wait pass.
+	opened := func(b *Breaker, clk *fakeClock, wait time.Duration) {
+		b.Failure(errors.New("x"), false)
+		b.Failure(errors.New("x"), false)
+		clk.t = clk.t.Add(wait)
+	}
 	tests := []struct {
 		name     string
 		setup    func(b *Breaker, clk *fakeClock)
@@ -124,30 +130,20 @@ func TestAvailableOnceTheCooldownIsOver(t *testing.T) {
 		{"closed", func(*Breaker, *fakeClock) {}, "", true, Closed},
 		{"failing but below the threshold", func(b *Breaker, _ *fakeClock) { b.Failure(errors.New("x"), false) }, "", true, Closed},
 		{"open within the cool-down", func(b *Breaker, clk *fakeClock) {
-			b.Failure(errors.New("x"), false)
-			b.Failure(errors.New("x"), false)
-			clk.t = clk.t.Add(cooldown - time.Nanosecond)
+			opened(b, clk, cooldown-time.Nanosecond)
 		}, "", false, Open},
 		{"open at the end of the cool-down", func(b *Breaker, clk *fakeClock) {
-			b.Failure(errors.New("x"), false)
-			b.Failure(errors.New("x"), false)
-			clk.t = clk.t.Add(cooldown)
+			opened(b, clk, cooldown)
 		}, "", true, Open},
 		{"open long after the cool-down", func(b *Breaker, clk *fakeClock) {
-			b.Failure(errors.New("x"), false)
-			b.Failure(errors.New("x"), false)
-			clk.t = clk.t.Add(time.Hour)
+			opened(b, clk, time.Hour)
 		}, "", true, Open},
 		{"half-open with the probe out", func(b *Breaker, clk *fakeClock) {
-			b.Failure(errors.New("x"), false)
-			b.Failure(errors.New("x"), false)
-			clk.t = clk.t.Add(cooldown)
+			opened(b, clk, cooldown)
 			b.Allow()
 		}, "", true, HalfOpen},
 		{"failed probe opens it again", func(b *Breaker, clk *fakeClock) {
-			b.Failure(errors.New("x"), false)
-			b.Failure(errors.New("x"), false)
-			clk.t = clk.t.Add(cooldown)
+			opened(b, clk, cooldown)
 			b.Allow()
 			b.Failure(errors.New("still down"), true)
 		}, "", false, Open},

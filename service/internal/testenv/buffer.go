@@ -2,11 +2,14 @@ package testenv
 
 import (
 	"bytes"
+	"net"
+	"strings"
 	"sync"
 )
 
 // SyncBuffer is a bytes.Buffer that many goroutines may write at once: the
-// place tests collect a gateway's log output to read it back.
+// place tests collect a gateway's log output, or a child process's output
+// from exec's copying goroutines, to read it back.
 type SyncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
@@ -23,4 +26,35 @@ func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Count reports how many times substr has been written so far.
+func (b *SyncBuffer) Count(substr string) int {
+	return strings.Count(b.String(), substr)
+}
+
+// Tail returns the last limit bytes written, trimmed, or "(no output)": enough
+// of a child's output to show why it died.
+func (b *SyncBuffer) Tail(limit int) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.buf.Bytes()
+	if len(s) > limit {
+		s = s[len(s)-limit:]
+	}
+	if t := strings.TrimSpace(string(s)); t != "" {
+		return t
+	}
+	return "(no output)"
+}
+
+// freePort returns a 127.0.0.1 port that was free a moment ago. Another
+// process can take it before the caller binds it, so callers retry.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }

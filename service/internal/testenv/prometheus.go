@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,9 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -33,6 +29,9 @@ const (
 	prometheusStopTimeout  = 30 * time.Second
 	prometheusWaitTimeout  = 2 * time.Minute
 )
+
+// prometheusOutputTail is how much of the server's output an error quotes.
+const prometheusOutputTail = 8 << 10
 
 // prometheusJob is the scrape job of the gateway in deploy/prometheus/prometheus.yml;
 // the alert rules select on it (up{job="relaygate"}).
@@ -64,13 +63,7 @@ type Prometheus struct {
 	// not cover.
 	API promv1.API
 
-	proc *prometheusProcess
-}
-
-type prometheusProcess struct {
-	cmd    *exec.Cmd
-	exited chan struct{} // closed once cmd.Wait has returned
-	out    *prometheusOutput
+	proc *child
 }
 
 // StartPrometheus starts prometheus on a free 127.0.0.1 port with a temporary
@@ -112,7 +105,7 @@ func StartPrometheus(t testing.TB, opts PrometheusOptions) *Prometheus {
 	// can take it before prometheus binds; a few attempts make that harmless.
 	var lastErr error
 	for attempt := range 5 {
-		port, err := prometheusFreePort()
+		port, err := freePort()
 		if err != nil {
 			t.Fatalf("testenv: find a free port for prometheus: %v", err)
 		}
@@ -129,14 +122,14 @@ func StartPrometheus(t testing.TB, opts PrometheusOptions) *Prometheus {
 		}
 		client, err := api.NewClient(api.Config{Address: "http://" + addr})
 		if err != nil {
-			proc.stop()
+			proc.stop(prometheusStopTimeout)
 			t.Fatalf("testenv: prometheus client for %s: %v", addr, err)
 		}
 		p := &Prometheus{Addr: addr, URL: "http://" + addr, API: promv1.NewAPI(client), proc: proc}
 		t.Cleanup(func() {
-			p.proc.stop()
+			p.proc.stop(prometheusStopTimeout)
 			if t.Failed() {
-				t.Logf("testenv: prometheus output:\n%s", p.proc.out.tail())
+				t.Logf("testenv: prometheus output:\n%s", p.proc.out.Tail(prometheusOutputTail))
 			}
 		})
 		return p
@@ -182,7 +175,7 @@ func (p *Prometheus) WaitForSeries(ctx context.Context, promql string) (model.Ve
 			}
 			return nil, fmt.Errorf("prometheus: waiting for %q: %w (last: %v)", promql, ctx.Err(), lastErr)
 		case <-p.proc.exited:
-			return nil, fmt.Errorf("prometheus: waiting for %q: the server exited: %s", promql, p.proc.out.tail())
+			return nil, fmt.Errorf("prometheus: waiting for %q: the server exited: %s", promql, p.proc.out.Tail(prometheusOutputTail))
 		case <-tick.C:
 		}
 	}
@@ -291,26 +284,17 @@ func writePrometheusTargets(dir string, targets []string) error {
 	return nil
 }
 
-func startPrometheusProcess(ctx context.Context, bin, configFile, storage, addr string) (*prometheusProcess, error) {
+func startPrometheusProcess(ctx context.Context, bin, configFile, storage, addr string) (*child, error) {
 	cmd := exec.Command(bin,
 		"--config.file="+configFile,
 		"--storage.tsdb.path="+storage,
 		"--web.listen-address="+addr,
 		"--log.level=warn",
 	)
-	out := &prometheusOutput{}
-	cmd.Stdout = out
-	cmd.Stderr = out
-	cmd.SysProcAttr = prometheusProcAttr()
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+	p, err := startChild(cmd, prometheusProcAttr())
+	if err != nil {
+		return nil, err
 	}
-	p := &prometheusProcess{cmd: cmd, exited: make(chan struct{}), out: out}
-	// This goroutine ends when the process exits, which stop guarantees.
-	go func() {
-		_ = cmd.Wait()
-		close(p.exited)
-	}()
 
 	ctx, cancel := context.WithTimeout(ctx, prometheusStartTimeout)
 	defer cancel()
@@ -325,11 +309,11 @@ func startPrometheusProcess(ctx context.Context, bin, configFile, storage, addr 
 		}
 		select {
 		case <-p.exited:
-			return nil, fmt.Errorf("prometheus on %s exited: %s", addr, out.tail())
+			return nil, fmt.Errorf("prometheus on %s exited: %s", addr, p.out.Tail(prometheusOutputTail))
 		case <-ctx.Done():
-			p.stop()
+			p.stop(prometheusStopTimeout)
 			return nil, fmt.Errorf("prometheus on %s not ready within %s: %w; output: %s",
-				addr, prometheusStartTimeout, lastErr, out.tail())
+				addr, prometheusStartTimeout, lastErr, p.out.Tail(prometheusOutputTail))
 		case <-tick.C:
 		}
 	}
@@ -351,23 +335,6 @@ func prometheusReady(ctx context.Context, url string) error {
 	return nil
 }
 
-// stop asks prometheus to shut down cleanly, kills it if it will not, and
-// waits for it to exit.
-func (p *prometheusProcess) stop() {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(prometheusStopTimeout):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
-
 // moduleRoot is the directory of go.mod above the working directory, which
 // `go test` sets to the package under test.
 func moduleRoot() (string, error) {
@@ -385,40 +352,4 @@ func moduleRoot() (string, error) {
 		}
 		dir = parent
 	}
-}
-
-func prometheusFreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// prometheusOutput collects the child's output, written from exec's copying
-// goroutine and read when the server misbehaves.
-type prometheusOutput struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *prometheusOutput) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *prometheusOutput) tail() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	const limit = 8 << 10
-	s := b.buf.Bytes()
-	if len(s) > limit {
-		s = s[len(s)-limit:]
-	}
-	if len(s) == 0 {
-		return "(no output)"
-	}
-	return strings.TrimSpace(string(s))
 }

@@ -11,7 +11,6 @@ package testenv
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -28,6 +27,10 @@ import (
 // answers in milliseconds, but a loaded CI machine can be slow.
 const redisStartTimeout = 30 * time.Second
 
+// redisOutputTail is how much of redis-server's output an error quotes:
+// enough to show why it died.
+const redisOutputTail = 4 << 10
+
 // Redis is a redis-server child process owned by one test.
 type Redis struct {
 	// Addr is host:port on 127.0.0.1.
@@ -40,14 +43,7 @@ type Redis struct {
 	dir  string
 
 	mu   sync.Mutex
-	proc *redisProcess // nil while stopped
-}
-
-// redisProcess is one run of redis-server; Restart makes a new one.
-type redisProcess struct {
-	cmd    *exec.Cmd
-	exited chan struct{} // closed once cmd.Wait has returned
-	out    *redisOutput
+	proc *child // nil while stopped; Restart makes a new one
 }
 
 // StartRedis starts redis-server on a free 127.0.0.1 port with persistence off,
@@ -63,7 +59,7 @@ func StartRedis(t testing.TB) *Redis {
 	// harmless.
 	var lastErr error
 	for range 5 {
-		port, err := redisFreePort()
+		port, err := freePort()
 		if err != nil {
 			t.Fatalf("testenv: find a free port for redis-server: %v", err)
 		}
@@ -136,7 +132,7 @@ func redisBinary(t testing.TB) string {
 	return bin
 }
 
-func startRedisProcess(bin string, port int, dir string) (*redisProcess, error) {
+func startRedisProcess(bin string, port int, dir string) (*child, error) {
 	cmd := exec.Command(bin,
 		"--port", strconv.Itoa(port),
 		"--bind", "127.0.0.1",
@@ -147,26 +143,17 @@ func startRedisProcess(bin string, port int, dir string) (*redisProcess, error) 
 		"--logfile", "",
 		"--loglevel", "warning",
 	)
-	out := &redisOutput{}
-	cmd.Stdout = out
-	cmd.Stderr = out
-	cmd.SysProcAttr = redisProcAttr()
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+	p, err := startChild(cmd, redisProcAttr())
+	if err != nil {
+		return nil, err
 	}
-	p := &redisProcess{cmd: cmd, exited: make(chan struct{}), out: out}
-	// This goroutine ends when the process exits, which kill guarantees.
-	go func() {
-		_ = cmd.Wait()
-		close(p.exited)
-	}()
 
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	deadline := time.Now().Add(redisStartTimeout)
 	for {
 		select {
 		case <-p.exited:
-			return nil, fmt.Errorf("redis-server on port %d exited: %s", port, p.out.tail())
+			return nil, fmt.Errorf("redis-server on port %d exited: %s", port, p.out.Tail(redisOutputTail))
 		default:
 		}
 		err := pingRedis(addr)
@@ -176,17 +163,12 @@ func startRedisProcess(bin string, port int, dir string) (*redisProcess, error) 
 		if time.Now().After(deadline) {
 			p.kill()
 			return nil, fmt.Errorf("redis-server on %s did not answer PING within %s: %w; output: %s",
-				addr, redisStartTimeout, err, p.out.tail())
+				addr, redisStartTimeout, err, p.out.Tail(redisOutputTail))
 		}
 		// Polling is the only way to learn that redis-server is ready: it
 		// writes no readiness signal we could wait on at loglevel warning.
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-func (p *redisProcess) kill() {
-	_ = p.cmd.Process.Kill()
-	<-p.exited
 }
 
 // pingRedis speaks just enough RESP to tell that the server is serving, so
@@ -212,41 +194,4 @@ func pingRedis(addr string) error {
 		return errors.New("PING answered " + strings.TrimSpace(line))
 	}
 	return nil
-}
-
-func redisFreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// redisOutput collects a child's output, written from exec's copying goroutine
-// and read by the test when the child misbehaves.
-type redisOutput struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *redisOutput) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// tail returns the last few KiB of output, enough to show why a server died.
-func (b *redisOutput) tail() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	const limit = 4 << 10
-	s := b.buf.Bytes()
-	if len(s) > limit {
-		s = s[len(s)-limit:]
-	}
-	if len(s) == 0 {
-		return "(no output)"
-	}
-	return string(s)
 }

@@ -1,0 +1,34 @@
+package testenv
+
+import (
+	"testing"
+	"time"
+)
+
+// WaitFor polls cond until it holds and fails t if it does not within guard,
+// a failure guard rather than an expectation. It is for where no signal
+// exists to wait on, such as another component's counters.
+func WaitFor(t testing.TB, guard time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(guard)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached within %s", what, guard)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// CloseAtEnd closes ch when the test ends, unless the test has closed it
+// already, so handlers blocked on it return. Register it after the server
+// whose handlers wait on ch: cleanups run last first, and the server's Close
+// waits for its handlers.
+func CloseAtEnd(t testing.TB, ch chan struct{}) {
+	t.Cleanup(func() {
+		select {
+		case <-ch:
+		default:
+			close(ch)
+		}
+	})
+}
