@@ -14,7 +14,7 @@ import (
 	"sync"
 
 	"github.com/relaygate/relaygate/service/internal/cache"
-	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/gateway"
 	"github.com/relaygate/relaygate/service/internal/gpu"
 	"github.com/relaygate/relaygate/service/internal/metrics"

@@ -21,7 +21,7 @@ import (
 
 	"github.com/relaygate/relaygate/deploy"
 	"github.com/relaygate/relaygate/service/internal/app"
-	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 	"github.com/relaygate/relaygate/smoketest"
