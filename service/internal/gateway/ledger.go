@@ -88,9 +88,11 @@ func (x *exchange) fallbackPath() []string {
 // X-Request-Id the client chose.
 func rowID() string {
 	var b [16]byte
+	var h [32]byte
 	u1, u2 := rand.Uint64(), rand.Uint64()
 	for i := range 8 {
 		b[i], b[8+i] = byte(u1>>(8*i)), byte(u2>>(8*i))
 	}
-	return hex.EncodeToString(b[:])
+	hex.Encode(h[:], b[:])
+	return string(h[:])
 }
