@@ -31,35 +31,7 @@ const clientKey = "sk-ledger-test-client-key-0123456789"
 // assertion: a slow machine sends fewer requests and proves the same.
 func TestPostgresKilledUnderLoad(t *testing.T) {
 	pg := testenv.StartPostgres(t)
-	sim := httptest.NewServer(upstreamsim.New(upstreamsim.Config{Latency: 5 * time.Millisecond, CompletionTokens: 8}))
-	t.Cleanup(sim.Close)
-	doc := fmt.Sprintf(`listen: "127.0.0.1:0"
-client_keys: [%q]
-upstreams:
-  - {name: sim, base_url: %q}
-models:
-  - name: m
-    route: [sim]
-    price: {input_per_mtok: 1, output_per_mtok: 2}
-    reference_price: {input_per_mtok: 4, output_per_mtok: 8}
-gpu: {interval: 1h}
-log: {requests: false}
-ledger:
-  postgres_url: %q
-  spill_dir: %q
-  batch_interval: 50ms
-  fsync_interval: 50ms
-  write_timeout: 1s
-`, clientKey, sim.URL+"/v1", pg.URL, t.TempDir())
-	cfg, err := config.Parse([]byte(doc), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	a, err := app.New(context.Background(), cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := startApp(t, pg)
 	closed := false
 	t.Cleanup(func() {
 		if !closed {
@@ -204,4 +176,116 @@ ledger:
 	if spilled == 0 || replayed < spilled {
 		t.Errorf("spilled %.0f, replayed %.0f: rows written while Postgres was down must spill and be replayed", spilled, replayed)
 	}
+}
+
+// startApp builds a gateway as the command does, on an upstream simulator,
+// with its ledger on pg. The caller closes it.
+func startApp(t *testing.T, pg *testenv.Postgres) *app.App {
+	t.Helper()
+	sim := httptest.NewServer(upstreamsim.New(upstreamsim.Config{Latency: 5 * time.Millisecond, CompletionTokens: 8}))
+	t.Cleanup(sim.Close)
+	doc := fmt.Sprintf(`listen: "127.0.0.1:0"
+client_keys: [%q]
+upstreams:
+  - {name: sim, base_url: %q}
+models:
+  - name: m
+    route: [sim]
+    price: {input_per_mtok: 1, output_per_mtok: 2}
+    reference_price: {input_per_mtok: 4, output_per_mtok: 8}
+gpu: {interval: 1h}
+log: {requests: false}
+ledger:
+  postgres_url: %q
+  spill_dir: %q
+  batch_interval: 50ms
+  fsync_interval: 50ms
+  write_timeout: 1s
+`, clientKey, sim.URL+"/v1", pg.URL, t.TempDir())
+	cfg, err := config.Parse([]byte(doc), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := app.New(context.Background(), cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("app.New: %v", err)
+	}
+	return a
+}
+
+// TestGatewayStartsWithPostgresDown: a gateway whose Postgres is down at
+// start serves anyway, spills the rows (and counts it), and replays them
+// once Postgres is up, schema migrations included.
+func TestGatewayStartsWithPostgresDown(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	pg.Stop()
+	a := startApp(t, pg)
+	t.Cleanup(func() { _ = a.Close() })
+	gw := httptest.NewServer(a.Handler())
+	t.Cleanup(gw.Close)
+
+	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions",
+		bytes.NewReader([]byte(`{"model":"m","messages":[{"role":"user","content":"hello"}]}`)))
+	req.Header.Set("Authorization", "Bearer "+clientKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d with Postgres down, want the request served", resp.StatusCode)
+	}
+	id := resp.Header.Get("X-Request-Id")
+	deadline := time.Now().Add(time.Minute)
+	for metricValue(t, a, "relaygate_ledger_rows_total", "spilled") < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the row was not spilled")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if metricValue(t, a, "relaygate_ledger_errors_total", "migrate") < 1 || metricValue(t, a, "relaygate_ledger_postgres_up", "") != 0 {
+		t.Error("Postgres down at start is not counted in relaygate_ledger_errors_total{op=migrate} and relaygate_ledger_postgres_up")
+	}
+	pg.Start()
+	for {
+		row, ok, err := a.Ledger.Lookup(context.Background(), id)
+		if ok {
+			if row.Status != 200 || row.Model != "m" || row.Upstream != "sim" || !row.UsageKnown || row.CostUSD <= 0 {
+				t.Errorf("row %+v", row)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("request %s not in the ledger a minute after Postgres came back (%v)", id, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if metricValue(t, a, "relaygate_ledger_postgres_up", "") != 1 {
+		t.Error("relaygate_ledger_postgres_up is not 1 after the replay")
+	}
+}
+
+// metricValue reads a series of the app's registry by its one label's
+// value ("" for a series without labels).
+func metricValue(t *testing.T, a *app.App, name, label string) float64 {
+	t.Helper()
+	mfs, err := a.Metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if label == "" && len(m.GetLabel()) == 0 {
+				return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			}
+			if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label {
+				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return -1
 }
