@@ -19,8 +19,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -450,7 +452,7 @@ func (l *Ledger) copy(ctx context.Context, rows []Row) error {
 			if path == nil {
 				path = []string{}
 			}
-			return []any{r.ID, r.Time, r.RequestID, r.KeyName, r.Team, r.API, r.Model, r.Upstream, int32(r.Status), r.Stream,
+			return []any{text(r.ID), r.Time, text(r.RequestID), text(r.KeyName), text(r.Team), text(r.API), text(r.Model), text(r.Upstream), int32(r.Status), r.Stream,
 				r.UsageKnown, r.PromptTokens, r.CompletionTokens, r.CachedTokens, r.ReasoningTokens,
 				r.CostUSD, r.SavingsUSD, r.CacheHit, ms(r.Latency), ttft, int32(r.Attempts), path}, nil
 		}))
@@ -465,3 +467,16 @@ func (l *Ledger) copy(ctx context.Context, rows []Row) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
+// text is s as Postgres takes it: valid UTF-8 without NUL bytes. A row
+// Postgres refused would be retried for ever and hold every row after it
+// in the spill file; names come from the config, which may hold either.
+func text(s string) string {
+	if strings.IndexByte(s, 0) >= 0 {
+		s = strings.ReplaceAll(s, "\x00", "")
+	}
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
+	}
+	return s
+}

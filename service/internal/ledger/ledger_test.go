@@ -351,3 +351,21 @@ func TestSpillDirIsExclusive(t *testing.T) {
 		t.Errorf("a bad URL: %v, want an error that does not quote it", err)
 	}
 }
+
+// TestTextPostgresWouldRefuse: a NUL byte or invalid UTF-8 in a name (a
+// model name in the config may hold either) is cleaned, not retried for
+// ever in front of every later row.
+func TestTextPostgresWouldRefuse(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	l := open(t, testOptions(pg.URL, t.TempDir()))
+	p := pool(t, pg.URL)
+	odd := testRow(1)
+	odd.Model = "m\x00odd\xff"
+	l.Write(odd)
+	l.Write(testRow(2))
+	waitRows(t, p, 2)
+	got, ok, err := l.Lookup(context.Background(), odd.RequestID)
+	if err != nil || !ok || got.Model != "modd\uFFFD" {
+		t.Errorf("Lookup = %q %v %v, want the model cleaned", got.Model, ok, err)
+	}
+}
