@@ -29,16 +29,16 @@ type App struct {
 	Gateway *gateway.Server
 	Metrics *metrics.Metrics
 	GPU     *gpu.Monitor
+	// Ledger is the usage ledger; nil when ledger.postgres_url is unset.
+	Ledger *ledger.Ledger
 
 	cfg     *config.Config
 	log     *slog.Logger
 	cache   *cache.Cache
 	limiter *ratelimit.Limiter
 	respIDs *respids.Store
-	// Ledger is the usage ledger; nil when ledger.postgres_url is unset.
-	Ledger *ledger.Ledger
-	stop   context.CancelFunc
-	wg     sync.WaitGroup
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
 }
 
 // Option adjusts how New builds the app.
