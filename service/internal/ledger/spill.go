@@ -61,7 +61,7 @@ const (
 // a previous run left, oldest first, to be replayed before anything newer.
 func openSpill(dir string, maxSegment int64) (*spill, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("spill directory: %w", err)
+		return nil, fmt.Errorf("spill directory: %w; set ledger.spill_dir to a writable directory that survives a restart (a volume in a container)", err)
 	}
 	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o640)
 	if err != nil {
