@@ -276,4 +276,3 @@ func (p *Postgres) Logs() string {
 	}
 	return p.proc.out.tail()
 }
-
