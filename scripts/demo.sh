@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make demo: the whole product on one machine. Starts real Redis, real
-# Prometheus (with the project's config and alert rules) and the gateway as
+# Prometheus (with the project's config and alert rules), a real Postgres
+# for the usage ledger (a throwaway cluster: initdb and pg_ctl into a
+# temporary directory, loopback only) and the gateway as
 # local processes, wired to the HolySheep relay when HOLYSHEEP_API_KEY is set
 # and to the offline upstream simulator otherwise; runs a client session and
 # prints what it saw, then runs the post-deploy smoke test against the local
@@ -18,16 +20,24 @@ GPU_SIM_A_PORT=$((SIM_PORT + 1))
 GPU_SIM_B_PORT=$((SIM_PORT + 2))
 REDIS_PORT="${REDIS_PORT:-6390}"
 PROM_PORT="${PROM_PORT:-9090}"
+PG_PORT="${PG_PORT:-5433}"
 DEMO_DIR="${DEMO_DIR:-.demo}"
 
 pids=()
+pg_dir=""   # the ledger's Postgres cluster, while one runs
+as_pg=()    # how to run Postgres's binaries: initdb refuses root
 cleanup() {
 	trap - EXIT INT TERM
 	if ((${#pids[@]})); then
 		echo
-		echo "demo: stopping gateway, simulator, Redis and Prometheus"
+		echo "demo: stopping gateway, simulator, Redis, Prometheus and Postgres"
 		kill "${pids[@]}" 2>/dev/null || true
 		wait "${pids[@]}" 2>/dev/null || true
+	fi
+	if [[ -n "$pg_dir" ]]; then
+		# After the gateway, which flushes its ledger rows as it stops.
+		"${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" stop -m fast >/dev/null 2>&1 || true
+		rm -rf "$pg_dir"
 	fi
 }
 trap cleanup EXIT
@@ -38,9 +48,9 @@ trap 'exit 130' INT TERM
 bash scripts/install-tools.sh demo
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$GATEWAY_PORT" "$SIM_PORT" "$GPU_SIM_A_PORT" "$GPU_SIM_B_PORT" "$REDIS_PORT" "$PROM_PORT"; do
+for p in "$GATEWAY_PORT" "$SIM_PORT" "$GPU_SIM_A_PORT" "$GPU_SIM_B_PORT" "$REDIS_PORT" "$PROM_PORT" "$PG_PORT"; do
 	if port_busy "$p"; then
-		echo "demo: port $p on 127.0.0.1 is in use; free it or set GATEWAY_PORT/SIM_PORT/REDIS_PORT/PROM_PORT" >&2
+		echo "demo: port $p on 127.0.0.1 is in use; free it or set GATEWAY_PORT/SIM_PORT/REDIS_PORT/PROM_PORT/PG_PORT" >&2
 		exit 1
 	fi
 done
@@ -90,6 +100,23 @@ redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
 	--dir "$DEMO_DIR/redis" >"$DEMO_DIR/redis.log" 2>&1 &
 pids+=($!)
 
+# The usage ledger's Postgres: a fresh cluster in a temporary directory
+# (outside the checkout, which the postgres user may not be able to reach
+# when we are root), trust authentication on 127.0.0.1 only.
+pg_bin="$(compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -n 1)"
+pg_dir="$(mktemp -d "${TMPDIR:-/tmp}/relaygate-demo-pg.XXXXXX")"
+if [[ "$(id -u)" == 0 ]]; then
+	chmod 0711 "$pg_dir"
+	chown postgres: "$pg_dir"
+	as_pg=(runuser -u postgres --)
+fi
+(cd "$pg_dir" && "${as_pg[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync) \
+	>"$DEMO_DIR/postgres-initdb.log" 2>&1
+(cd "$pg_dir" && "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgres.log" -w start \
+	-o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pg_dir") >"$DEMO_DIR/postgres-pg_ctl.log" 2>&1
+export LEDGER_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
+export LEDGER_SPILL_DIR="$DEMO_DIR/ledger-spill"
+
 # Prometheus runs the project's config and rules from a copy whose targets
 # point at this gateway and whose intervals suit a short demo.
 cp -r deploy/prometheus/. "$DEMO_DIR/prometheus/"
@@ -106,7 +133,7 @@ pids+=($!)
 
 wait_http "http://127.0.0.1:$GATEWAY_PORT/health" gateway
 wait_http "http://127.0.0.1:$PROM_PORT/-/ready" Prometheus
-echo "demo: gateway http://127.0.0.1:$GATEWAY_PORT  Prometheus http://127.0.0.1:$PROM_PORT  Redis 127.0.0.1:$REDIS_PORT"
+echo "demo: gateway http://127.0.0.1:$GATEWAY_PORT  Prometheus http://127.0.0.1:$PROM_PORT  Redis 127.0.0.1:$REDIS_PORT  Postgres (ledger) 127.0.0.1:$PG_PORT"
 
 bin/democlient -gateway "http://127.0.0.1:$GATEWAY_PORT" -prometheus "http://127.0.0.1:$PROM_PORT"
 
@@ -136,6 +163,15 @@ echo "demo: smoke test against the local processes (bin/smoketest -outputs $DEMO
 smoke_rc=0
 bin/smoketest -outputs "$DEMO_DIR/outputs.json" -requests 20 -json "$DEMO_DIR/smoke-report.json" || smoke_rc=$?
 
+# The ledger batches rows for ledger.batch_interval; what it holds now is
+# every request above, by model and status.
+sleep 1
+echo
+echo "demo: the usage ledger in Postgres (one row per request, answered or refused):"
+"$pg_bin/psql" "$LEDGER_POSTGRES_URL" -X -P pager=off -c \
+	"SELECT model, status, count(*) AS requests, sum(prompt_tokens + completion_tokens) AS tokens, round(sum(cost_usd)::numeric, 6) AS cost_usd, round(sum(savings_usd)::numeric, 6) AS savings_usd FROM ledger GROUP BY 1, 2 ORDER BY 1, 2" ||
+	echo "demo: the ledger could not be read (its log: $DEMO_DIR/gateway.log)"
+
 if [[ -t 0 ]]; then
 	trap 'exit "$smoke_rc"' INT TERM
 	echo
@@ -145,6 +181,7 @@ if [[ -t 0 ]]; then
 	echo "demo: running. Try it:"
 	echo "  curl -s http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions -H 'Authorization: Bearer $GATEWAY_API_KEY' \\"
 	echo "       -d '{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"
+	echo "  The ledger: $pg_bin/psql '$LEDGER_POSTGRES_URL' -c 'SELECT * FROM ledger ORDER BY at DESC LIMIT 5'"
 	echo "  Logs are in $DEMO_DIR/. Ctrl-C stops everything."
 	wait
 fi

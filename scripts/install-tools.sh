@@ -17,6 +17,9 @@ need_pkgs=()
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
+# The ledger's tests and the demo run Debian's Postgres binaries from
+# /usr/lib/postgresql/*/bin (initdb, pg_ctl, postgres), not a system cluster.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_pkgs+=(postgresql)
 if [[ "$mode" == test ]]; then
 	command -v shellcheck >/dev/null 2>&1 || need_pkgs+=(shellcheck)
 	command -v amtool >/dev/null 2>&1 || need_pkgs+=(prometheus-alertmanager)
@@ -32,14 +35,14 @@ if ((${#need_pkgs[@]})); then
 	$sudo apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 	# On a machine run by systemd the packages start their own services
-	# (Prometheus on :9090, Redis on :6379, Alertmanager on :9093), which would take the ports
+	# (Prometheus on :9090, Redis on :6379, Alertmanager on :9093, Postgres on :5432), which would take the ports
 	# the demo and the tests start their own servers on. Only the services
 	# of packages installed just now are stopped, and kept from starting
 	# at boot.
 	if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
 		for svc in "${need_pkgs[@]}"; do
 			case "$svc" in
-			prometheus | redis-server | prometheus-alertmanager) ;;
+			prometheus | redis-server | prometheus-alertmanager | postgresql) ;;
 			nginx-light) svc=nginx ;;
 			*) continue ;;
 			esac

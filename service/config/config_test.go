@@ -263,7 +263,8 @@ func TestShippedConfigs(t *testing.T) {
 	}
 	vars := map[string]string{"GATEWAY_API_KEY": "gw-key-0123456789abcdef", "HOLYSHEEP_API_KEY": "k", "OPENAI_API_KEY": "k",
 		"UPSTREAM_SIM_URL": "http://127.0.0.1:9001/v1", "GATEWAY_PORT": "8000",
-		"RELAY_SIM_URL": "http://127.0.0.1:9101/v1", "OFFICIAL_SIM_URL": "http://127.0.0.1:9102/v1", "REDIS_URL": "redis://127.0.0.1:6379/0"}
+		"RELAY_SIM_URL": "http://127.0.0.1:9101/v1", "OFFICIAL_SIM_URL": "http://127.0.0.1:9102/v1", "REDIS_URL": "redis://127.0.0.1:6379/0",
+		"LEDGER_POSTGRES_URL": "postgres://postgres@127.0.0.1:5433/postgres?sslmode=disable", "LEDGER_SPILL_DIR": ".demo/ledger-spill"}
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {

@@ -245,12 +245,13 @@ var plainDefault = regexp.MustCompile("^`([^`]*)`(?: \\(.*\\))?$")
 // value.
 func TestConfigurationDocDefaults(t *testing.T) {
 	t.Parallel()
-	// The smallest config the loader accepts, with CORS on (its max_age
-	// default applies only then).
+	// The smallest config the loader accepts, with CORS and the ledger on
+	// (their defaults apply only then).
 	cfg, err := Parse([]byte(`
 upstreams: [{name: relay, base_url: "https://relay.example/v1"}]
 models: [{name: m, route: [relay]}]
 cors: {allowed_origins: ["*"]}
+ledger: {postgres_url: "postgres://relaygate@127.0.0.1:5432/relaygate"}
 `), env(nil))
 	if err != nil {
 		t.Fatal(err)

@@ -40,6 +40,9 @@ type Options struct {
 	// ResponseIDs remembers which upstream created each Responses API
 	// response; nil keeps them in a map of this process only.
 	ResponseIDs *respids.Store
+	// Ledger takes one row per request answered or refused; nil: no
+	// ledger.
+	Ledger LedgerWriter
 }
 
 // Server is the gateway's http.Handler.
@@ -66,6 +69,7 @@ type Server struct {
 	// probes are the health probes running, one per upstream that has one
 	// (probes.go).
 	probes probes
+	ledger LedgerWriter
 }
 
 // New builds a server for cfg.
@@ -78,6 +82,7 @@ func New(cfg *config.Config, opts Options) *Server {
 		cache:   opts.Cache,
 		limiter: opts.Limiter,
 		gpu:     opts.GPU,
+		ledger:  opts.Ledger,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
