@@ -22,8 +22,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/app"
-	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/gateway"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/netlimit"

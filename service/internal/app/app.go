@@ -13,8 +13,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/cache"
-	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/gateway"
 	"github.com/relaygate/relaygate/service/internal/gpu"
 	"github.com/relaygate/relaygate/service/internal/metrics"

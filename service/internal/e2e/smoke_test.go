@@ -20,8 +20,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/relaygate/relaygate/deploy"
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/app"
-	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 	"github.com/relaygate/relaygate/smoketest"

@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/config"
 )
 
 // corsPolicy is config cors, resolved once per state: header values are

@@ -8,8 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/cache"
-	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 )
 

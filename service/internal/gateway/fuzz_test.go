@@ -12,7 +12,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 )
 

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 )
 

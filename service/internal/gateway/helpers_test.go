@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/testenv"
 )

@@ -18,8 +18,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/cache"
-	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/gpu"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/ratelimit"

@@ -21,7 +21,7 @@ import (
 
 	openai "github.com/sashabaranov/go-openai"
 
-	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/config"
 )
 
 // StreamMode says which requests of a comparison are streamed.

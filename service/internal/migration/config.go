@@ -7,7 +7,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/config"
 )
 
 // unusedClientKey stands in for a client key whose variable is unset. It is

@@ -14,7 +14,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 

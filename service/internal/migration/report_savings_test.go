@@ -4,7 +4,7 @@ import (
 	"math"
 	"testing"
 
-	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/config"
 )
 
 // TestSplitSavings: what the report says each model saved, from the

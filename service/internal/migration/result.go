@@ -5,7 +5,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/config"
 )
 
 // CompareResult is what Compare measured; it is also the JSON output.

@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/app"
-	"github.com/relaygate/relaygate/service/internal/config"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 

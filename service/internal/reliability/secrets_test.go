@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relaygate/relaygate/service/internal/config"
+	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
