@@ -256,7 +256,7 @@ func TestRedactedHidesSecrets(t *testing.T) {
 // TestShippedConfigs loads every config the repository ships.
 func TestShippedConfigs(t *testing.T) {
 	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..", "..")
+	root := filepath.Join(filepath.Dir(file), "..", "..")
 	files, _ := filepath.Glob(filepath.Join(root, "config", "*.yaml"))
 	if len(files) == 0 {
 		t.Fatal("no config/*.yaml found")
@@ -306,7 +306,7 @@ func TestShippedConfigs(t *testing.T) {
 // the Pulumi program renders (golden files its own tests keep current).
 func TestInfraRenderedConfigs(t *testing.T) {
 	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..", "..")
+	root := filepath.Join(filepath.Dir(file), "..", "..")
 	files, _ := filepath.Glob(filepath.Join(root, "infra", "internal", "gatewayconfig", "testdata", "*.yaml"))
 	if len(files) == 0 {
 		t.Fatal("no rendered configs found under infra/internal/gatewayconfig/testdata")

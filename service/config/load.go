@@ -529,6 +529,7 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 		l.fail("admin.key", "is %d characters; use at least 16", len(c.Admin.Key))
 	}
 	l.checkCORS(&c.CORS)
+	l.checkKeys(c, unset)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
