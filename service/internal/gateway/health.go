@@ -111,7 +111,7 @@ func (s *Server) modelsRequest(w http.ResponseWriter, r *http.Request) *state {
 		methodNotAllowed(w, r, "GET")
 		return nil
 	}
-	if _, e := st.authorize(r, epChat); e != nil {
+	if _, _, e := st.authorize(r, epChat); e != nil {
 		writeError(w, e)
 		return nil
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/relaygate/relaygate/service/config"
+	"github.com/relaygate/relaygate/service/internal/budget"
 	"github.com/relaygate/relaygate/service/internal/cache"
 	"github.com/relaygate/relaygate/service/internal/gpu"
 	"github.com/relaygate/relaygate/service/internal/metrics"
@@ -37,6 +38,8 @@ type Options struct {
 	Cache   *cache.Cache
 	Limiter *ratelimit.Limiter
 	GPU     *gpu.Monitor
+	// Budgets enforces named keys' limits and budgets; nil: none are.
+	Budgets *budget.Enforcer
 	// ResponseIDs remembers which upstream created each Responses API
 	// response; nil keeps them in a map of this process only.
 	ResponseIDs *respids.Store
@@ -63,6 +66,7 @@ type Server struct {
 	limiter       *ratelimit.Limiter
 	gpu           *gpu.Monitor
 	respIDs       *respids.Store
+	budgets       *budget.Enforcer
 }
 
 // New builds a server for cfg.
@@ -75,6 +79,7 @@ func New(cfg *config.Config, opts Options) *Server {
 		cache:   opts.Cache,
 		limiter: opts.Limiter,
 		gpu:     opts.GPU,
+		budgets: opts.Budgets,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -99,6 +104,7 @@ func (s *Server) Reload(cfg *config.Config) { s.apply(cfg) }
 func (s *Server) apply(cfg *config.Config) {
 	prev := s.state.Load()
 	st := newState(cfg, prev, s.breakerChanged)
+	s.addKeys(st, cfg)
 	size := cfg.BufferBudgetBytes
 	if size <= 0 {
 		size = config.DefaultBufferBudgetBytes
@@ -143,7 +149,7 @@ func (s *Server) apply(cfg *config.Config) {
 		s.retire(prev, st)
 	}
 
-	if len(cfg.ClientKeys) == 0 {
+	if len(cfg.ClientKeys) == 0 && len(cfg.Keys) == 0 {
 		s.log.Warn("client_keys is empty: the gateway is OPEN, anyone who can reach it can spend your upstream credit")
 	}
 	for _, w := range cfg.Warnings {
@@ -235,6 +241,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.serveMetrics(w, r)
+	case "/admin/spend":
+		if s.state.Load().cfg.Admin.Listen != "" {
+			s.notFound(w, r)
+			return
+		}
+		s.serveSpend(w, r)
 	default:
 		if isResponsesPath(r.URL.Path) {
 			s.serveResponseByID(w, r)
@@ -291,7 +303,7 @@ func unreadBody(w http.ResponseWriter, r *http.Request) {
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(unreadBodyGrace))
 }
 
-// AdminHandler serves /metrics, the detailed /health and /ready, for the
+// AdminHandler serves /metrics, /admin/spend, the detailed /health and /ready, for the
 // separate admin listener (config admin.listen).
 func (s *Server) AdminHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -302,6 +314,8 @@ func (s *Server) AdminHandler() http.Handler {
 		switch r.URL.Path {
 		case "/metrics":
 			s.serveMetrics(w, r)
+		case "/admin/spend":
+			s.serveSpend(w, r)
 		case "/health", "/healthz":
 			s.serveHealth(w, r, true)
 		case "/ready", "/readyz":
@@ -338,12 +352,13 @@ func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
 
 // authorize checks the client's key in constant time against every
 // configured key (no early exit, so timing does not tell which key or how
-// much of it matched). It returns an opaque client id for rate limits.
+// much of it matched). It returns an opaque client id for rate limits
+// and, for a named key (config keys:), its policy.
 // Anthropic-format clients (their SDKs, Claude Code) send the key as
 // x-api-key, so the Messages endpoints take it there too.
-func (st *state) authorize(r *http.Request, ep endpoint) (client string, e *apiError) {
+func (st *state) authorize(r *http.Request, ep endpoint) (client string, pol *keyPolicy, e *apiError) {
 	if len(st.keys) == 0 {
-		return "open", nil
+		return "open", nil, nil
 	}
 	sum, ok := bearerSum(r)
 	how := "'Authorization: Bearer YOUR_KEY'"
@@ -356,14 +371,19 @@ func (st *state) authorize(r *http.Request, ep endpoint) (client string, e *apiE
 		}
 	}
 	if !ok {
-		return "", &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
+		return "", nil, &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
 			Message: "You didn't provide an API key. Send it as " + how + "."}
 	}
-	if !matchKey(sum, st.keys) {
-		return "", &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
+	i := matchIndex(sum, st.keys)
+	if i < 0 {
+		return "", nil, &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
 			Message: "Incorrect API key provided."}
 	}
-	return hex.EncodeToString(sum[:8]), nil
+	if p := st.owners[i]; p != nil {
+		// By name, so that a rotated key keeps its rate limit and cache.
+		return "key:" + p.name, p, nil
+	}
+	return hex.EncodeToString(sum[:8]), nil, nil
 }
 
 // bearerSum is the SHA-256 of the request's Bearer key. Keys are compared

@@ -62,6 +62,7 @@ type Metrics struct {
 	usageSuspicious  *prometheus.CounterVec
 	responseBuffer   prometheus.Gauge
 	responseIDsLocal *prometheus.CounterVec
+	keys             *keyMetrics // by named key and team (keys.go)
 
 	cacheSeries    map[string]prometheus.Counter // fixed results, read-only after New
 	upstreamSeries sync.Map                      // attemptKey → prometheus.Counter, upstream → prometheus.Observer
@@ -219,6 +220,7 @@ func New() *Metrics {
 		Help: "Responses API id look-ups and records (op: put, get, delete) that Redis could not serve and this process's own bounded map did; ids recorded so are unknown to other replicas.",
 	}, []string{"op"})
 	f(m.responseIDsLocal)
+	m.keys = newKeyMetrics(f)
 	m.cacheSeries = map[string]prometheus.Counter{}
 	for _, res := range []string{"hit", "miss", "error", "bypass"} {
 		m.cacheSeries[res] = m.cacheRequests.WithLabelValues(res)
