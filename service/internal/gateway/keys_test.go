@@ -415,7 +415,7 @@ func TestBudgetBoundaryConcurrent(t *testing.T) {
 	rdb := redisClient(t, rds.URL)
 	// A little latency keeps the requests in flight together.
 	sim := startSim(t, upstreamsim.Config{Latency: 20 * time.Millisecond})
-	const budgetUSD, clients = 100, 200
+	const budgetUSD, clients = 500, 200
 	cfg := keysConfig(t, rds.URL, sim, fmt.Sprintf(`
 keys: [{name: hot, key: sk-hot-key-0123456789abc, budget: {usd: %d, period: day}}]
 `, budgetUSD))
@@ -433,9 +433,9 @@ keys: [{name: hot, key: sk-hot-key-0123456789abc, budget: {usd: %d, period: day}
 			if c%2 == 1 {
 				body = `{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`
 			}
-			// Each client's share of the budget is half an answer: a
-			// client still served after a few is not being refused.
-			for i := 0; i < 5; i++ {
+			// Each client's share of the budget is 2.5 answers: a client
+			// still served after 10 is not being refused.
+			for i := 0; i < 10; i++ {
 				req, _ := http.NewRequest(http.MethodPost, reps[c%2].url+"/v1/chat/completions", strings.NewReader(body))
 				req.Header.Set("Authorization", "Bearer sk-hot-key-0123456789abc")
 				resp, err := hc.Do(req)
