@@ -841,7 +841,12 @@ func (x *exchange) finish() {
 	switch {
 	case x.upstream == metrics.CacheUpstream:
 		if x.usageKnown {
-			s.metrics.CacheSaving(x.model, x.savedByCache())
+			saved := x.savedByCache()
+			s.metrics.CacheSaving(x.model, saved)
+			if x.pol != nil {
+				// Free to the key, worth its reference to the report.
+				x.pol.series.Reference.Add(saved)
+			}
 		}
 	case x.answered && x.byID == nil:
 		// Counted whatever became of the request afterwards: a client
