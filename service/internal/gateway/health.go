@@ -30,7 +30,10 @@ type health struct {
 	Auth          bool             `json:"auth"`
 	Cache         redisHealth      `json:"cache"`
 	RateLimit     redisHealth      `json:"rate_limit"`
-	GPU           *gpu.Snapshot    `json:"gpu,omitempty"`
+	// Budgets is the Redis of named keys' limits and budgets, enabled
+	// when some key has them.
+	Budgets redisHealth   `json:"budgets"`
+	GPU     *gpu.Snapshot `json:"gpu,omitempty"`
 }
 
 // redisHealth says whether a Redis-backed feature is on and reachable. A
@@ -52,6 +55,10 @@ func (s *Server) healthReport() health {
 	if s.limiter != nil {
 		ls := s.limiter.Status()
 		h.RateLimit = redisHealth{Enabled: true, Status: &ls}
+	}
+	if s.budgets != nil && st.limitedKeys {
+		bs := s.budgets.Status()
+		h.Budgets = redisHealth{Enabled: true, Status: &bs}
 	}
 	if s.gpu != nil {
 		g := s.gpu.Snapshot()
