@@ -525,3 +525,42 @@ keys:
 		}
 	}
 }
+
+// TestKeyChargedWhenClientLeaves: a stream whose client hangs up as soon
+// as it has [DONE] (as go-openai does), and a whole answer whose client
+// closes its connection unread, are charged all the same.
+func TestKeyChargedWhenClientLeaves(t *testing.T) {
+	rds := testenv.StartRedis(t)
+	rdb := redisClient(t, rds.URL)
+	sim := startSim(t, upstreamsim.Config{ChunkDelay: time.Millisecond})
+	cfg := keysConfig(t, rds.URL, sim, `
+keys: [{name: leaver, key: sk-leaver-key-0123456789abc, budget: {usd: 100, period: day}}]
+`)
+	r := startReplica(t, cfg)
+	for i, body := range []string{
+		`{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`,
+		`{"model":"m","messages":[{"role":"user","content":"hi"}]}`,
+	} {
+		tr := &http.Transport{}
+		req, _ := http.NewRequest(http.MethodPost, r.url+"/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer sk-leaver-key-0123456789abc")
+		resp, err := (&http.Client{Transport: tr}).Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("request %d: %v %v", i, resp, err)
+		}
+		if i == 0 {
+			var seen strings.Builder
+			buf := make([]byte, 512)
+			for !strings.Contains(seen.String(), "[DONE]") {
+				n, err := resp.Body.Read(buf)
+				seen.Write(buf[:n])
+				if err != nil {
+					t.Fatalf("stream ended without [DONE]: %v", err)
+				}
+			}
+		}
+		resp.Body.Close()
+		tr.CloseIdleConnections()
+		waitSpend(t, rdb, keySub("", "leaver"), "key", int64(i+1)*answerCost)
+	}
+}
