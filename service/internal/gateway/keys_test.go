@@ -25,6 +25,7 @@ import (
 
 	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/budget"
+	"github.com/relaygate/relaygate/service/internal/cache"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
@@ -562,5 +563,56 @@ keys: [{name: leaver, key: sk-leaver-key-0123456789abc, budget: {usd: 100, perio
 		resp.Body.Close()
 		tr.CloseIdleConnections()
 		waitSpend(t, rdb, keySub("", "leaver"), "key", int64(i+1)*answerCost)
+	}
+}
+
+// TestKeyCacheScopes: a named key's rotated secrets share its cache;
+// under cache.scope team the keys of one team share, and no other key.
+func TestKeyCacheScopes(t *testing.T) {
+	rds := testenv.StartRedis(t)
+	sim := startSim(t, upstreamsim.Config{})
+	for _, scope := range []string{"key", "team"} {
+		t.Run(scope, func(t *testing.T) {
+			doc := `
+teams: [{name: search}]
+keys:
+  - {name: a, team: search, key: [sk-a-old-key-0123456789, sk-a-new-key-0123456789]}
+  - {name: b, team: search, key: sk-b-key-0123456789abc}
+  - {name: c, key: sk-c-key-0123456789abc}
+`
+			cfg := keysConfig(t, rds.URL, sim, doc)
+			cfg.Cache.Scope = scope
+			c, err := cache.New(cache.Options{URL: rds.URL, TTL: time.Hour, Timeout: 2 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = c.Close() })
+			m := metrics.New()
+			srv := httptest.NewServer(New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m, Cache: c}))
+			t.Cleanup(srv.Close)
+			body := `{"model":"m","temperature":0,"messages":[{"role":"user","content":"scope ` + scope + `"}]}`
+			ask := func(key string) string {
+				r := post(t, srv.URL, "/v1/chat/completions", body, "Authorization", "Bearer "+key)
+				if r.status != 200 {
+					t.Fatalf("%s: %d %s", key, r.status, r.body)
+				}
+				return r.header.Get("X-Cache")
+			}
+			if got := ask("sk-a-old-key-0123456789"); got != "MISS" {
+				t.Fatalf("first: X-Cache %q", got)
+			}
+			// Stored after the answer, before the request is counted.
+			waitMetric(t, m, "relaygate_key_requests_total", map[string]string{"key": "a"}, 1)
+			if got := ask("sk-a-new-key-0123456789"); got != "HIT" {
+				t.Errorf("a's other secret: X-Cache %q, want HIT", got)
+			}
+			want := map[string]string{"key": "MISS", "team": "HIT"}[scope]
+			if got := ask("sk-b-key-0123456789abc"); got != want {
+				t.Errorf("b, of the same team: X-Cache %q, want %s", got, want)
+			}
+			if got := ask("sk-c-key-0123456789abc"); got != "MISS" {
+				t.Errorf("c, of no team: X-Cache %q, want MISS", got)
+			}
+		})
 	}
 }

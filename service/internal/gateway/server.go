@@ -380,8 +380,9 @@ func (st *state) authorize(r *http.Request, ep endpoint) (client string, pol *ke
 			Message: "Incorrect API key provided."}
 	}
 	if p := st.owners[i]; p != nil {
-		// By name, so that a rotated key keeps its rate limit and cache.
-		return "key:" + p.name, p, nil
+		// By name, so that a rotated key keeps its rate limit and cache
+		// ("n." cannot start a hex id, and a scope id has no ':').
+		return "n." + p.name, p, nil
 	}
 	return hex.EncodeToString(sum[:8]), nil, nil
 }
