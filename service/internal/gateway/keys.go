@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"slices"
@@ -39,6 +40,9 @@ type keyPolicy struct {
 // in st.owners at the same index.
 func (s *Server) addKeys(st *state, cfg *config.Config) {
 	st.owners = make([]*keyPolicy, len(st.keys), len(st.keys)+len(cfg.Keys))
+	for _, sum := range st.keys {
+		st.clientIDs = append(st.clientIDs, hex.EncodeToString(sum[:8]))
+	}
 	for i := range cfg.Keys {
 		k := &cfg.Keys[i]
 		p := &keyPolicy{name: k.Name, team: k.Team, models: k.Models, closed: k.OnRedisError == config.OnRedisErrorClosed,
@@ -67,6 +71,9 @@ func (s *Server) addKeys(st *state, cfg *config.Config) {
 		for _, sum := range k.Sums() {
 			st.keys = append(st.keys, sum)
 			st.owners = append(st.owners, p)
+			// By name, so that a rotated key keeps its rate limit and
+			// cache ("n." cannot start a hex id; a cache scope has no ':').
+			st.clientIDs = append(st.clientIDs, "n."+k.Name)
 		}
 		st.named = append(st.named, p)
 	}

@@ -379,12 +379,7 @@ func (st *state) authorize(r *http.Request, ep endpoint) (client string, pol *ke
 		return "", nil, &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
 			Message: "Incorrect API key provided."}
 	}
-	if p := st.owners[i]; p != nil {
-		// By name, so that a rotated key keeps its rate limit and cache
-		// ("n." cannot start a hex id, and a scope id has no ':').
-		return "n." + p.name, p, nil
-	}
-	return hex.EncodeToString(sum[:8]), nil, nil
+	return st.clientIDs[i], st.owners[i], nil
 }
 
 // bearerSum is the SHA-256 of the request's Bearer key. Keys are compared

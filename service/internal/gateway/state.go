@@ -20,8 +20,10 @@ import (
 type state struct {
 	cfg  *config.Config
 	keys [][sha256.Size]byte
-	// owners[i] is the named key keys[i] belongs to; nil for client_keys.
-	owners []*keyPolicy
+	// owners[i] is the named key keys[i] belongs to, nil for client_keys;
+	// clientIDs[i] its opaque id for rate limits and the cache (addKeys).
+	owners    []*keyPolicy
+	clientIDs []string
 	// named are the named keys' policies; limitedKeys: one of them has
 	// limits or a budget in Redis.
 	named       []*keyPolicy
