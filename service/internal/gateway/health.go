@@ -111,26 +111,33 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 // modelsRequest is the start of GET /v1/models and /v1/models/{id}: the
 // method and the client key checked, the state to answer from, or nil
 // once the client has been answered.
-func (s *Server) modelsRequest(w http.ResponseWriter, r *http.Request) *state {
+func (s *Server) modelsRequest(w http.ResponseWriter, r *http.Request) (*state, *keyPolicy) {
 	w.Header().Set("X-Request-Id", requestID(r))
 	st := s.state.Load()
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		methodNotAllowed(w, r, "GET")
-		return nil
+		return nil, nil
 	}
-	if _, _, e := st.authorize(r, epChat); e != nil {
+	_, pol, e := st.authorize(r, epChat)
+	if e != nil {
 		writeError(w, e)
-		return nil
+		return nil, nil
 	}
-	return st
+	return st, pol
 }
 
+// serveModels lists the models; a named key with an allow-list sees only
+// those it may use.
 func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
-	st := s.modelsRequest(w, r)
+	st, pol := s.modelsRequest(w, r)
 	if st == nil {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
+	if pol != nil && pol.modelsJSON != nil {
+		_, _ = w.Write(pol.modelsJSON)
+		return
+	}
 	_, _ = w.Write(st.modelsJSON)
 }
 
@@ -141,12 +148,16 @@ const modelsPrefix = "/v1/models/"
 // serveModel is GET /v1/models/{id}: the model in OpenAI's shape, or a 404
 // in OpenAI's shape (model_not_found) for an id the gateway does not serve.
 func (s *Server) serveModel(w http.ResponseWriter, r *http.Request) {
-	st := s.modelsRequest(w, r)
+	st, pol := s.modelsRequest(w, r)
 	if st == nil {
 		return
 	}
 	id := strings.TrimPrefix(r.URL.Path, modelsPrefix)
 	b, ok := st.modelJSON[id]
+	if ok && pol != nil {
+		by, _ := pol.refusedModel(id)
+		ok = by == ""
+	}
 	if !ok {
 		writeError(w, &apiError{Status: http.StatusNotFound, Type: typeInvalidRequest, Code: "model_not_found", Param: "model",
 			Message: fmt.Sprintf("The model %q does not exist on this gateway; GET /v1/models lists the models it serves.", truncate(sanitizePath(id), 100))})

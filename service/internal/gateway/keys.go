@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -34,6 +35,9 @@ type keyPolicy struct {
 	series *metrics.KeySeries
 	// remaining gauges, nil for a scope without a budget.
 	keyLeft, teamLeft prometheus.Gauge
+	// modelsJSON is GET /v1/models for the key: the models its
+	// allow-lists let it use; nil without allow-lists.
+	modelsJSON []byte
 }
 
 // addKeys appends the named keys' sums to st.keys, each with its policy
@@ -53,6 +57,9 @@ func (s *Server) addKeys(st *state, cfg *config.Config) {
 		team := cfg.Team(k.Team)
 		if team != nil && len(team.Models) > 0 {
 			p.teamModels = team.Models
+		}
+		if p.models != nil || p.teamModels != nil {
+			p.modelsJSON = allowedModelsJSON(cfg, st, p)
 		}
 		if cfg.Limited(k) {
 			p.sub = &budget.Subject{Key: scopeOf(k.Name, k.RPM, k.TPM, k.Budget)}
@@ -215,4 +222,20 @@ func matchIndex(sum [sha256.Size]byte, keys [][sha256.Size]byte) int {
 		idx = subtle.ConstantTimeSelect(subtle.ConstantTimeCompare(sum[:], keys[i][:]), i, idx)
 	}
 	return idx
+}
+
+// allowedModelsJSON is the model list of GET /v1/models with only the
+// models p may use, in the config's order.
+func allowedModelsJSON(cfg *config.Config, st *state, p *keyPolicy) []byte {
+	data := []json.RawMessage{}
+	for i := range cfg.Models {
+		if by, _ := p.refusedModel(cfg.Models[i].Name); by == "" {
+			data = append(data, st.modelJSON[cfg.Models[i].Name])
+		}
+	}
+	b, _ := json.Marshal(struct {
+		Object string            `json:"object"`
+		Data   []json.RawMessage `json:"data"`
+	}{"list", data})
+	return b
 }

@@ -200,6 +200,25 @@ keys:
 		t.Errorf("Messages for m: %v", err)
 	}
 
+	// GET /v1/models lists what the key may use.
+	for key, want := range map[string]string{"sk-own-list-key-0123456789": "m", "sk-team-list-key-0123456789": "m",
+		"sk-any-model-key-0123456789": "m,m2"} {
+		list, err := oc(key).ListModels(ctx)
+		var ids []string
+		for _, m := range list.Models {
+			ids = append(ids, m.ID)
+		}
+		if err != nil || strings.Join(ids, ",") != want {
+			t.Errorf("models of %s: %v %v, want %s", key, ids, err, want)
+		}
+	}
+	if _, err := oc("sk-own-list-key-0123456789").GetModel(ctx, "m2"); err == nil {
+		t.Error("GET /v1/models/m2 with a key that may not use it: no error")
+	}
+	if _, err := oc("sk-any-model-key-0123456789").GetModel(ctx, "m2"); err != nil {
+		t.Errorf("GET /v1/models/m2: %v", err)
+	}
+
 	if got := metricValue(t, r.m, "relaygate_refusals_total", map[string]string{"reason": "model_not_allowed", "key": "own-list"}); got != 2 {
 		t.Errorf("refusals of own-list = %v, want 2", got)
 	}
