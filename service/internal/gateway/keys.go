@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,8 +34,10 @@ type keyPolicy struct {
 	sub    *budget.Subject
 	closed bool // on_redis_error: closed
 	series *metrics.KeySeries
-	// remaining gauges, nil for a scope without a budget.
-	keyLeft, teamLeft prometheus.Gauge
+	// keyLeft and teamLeft are the remaining-budget gauges, nil for a
+	// scope without a budget. Made at the first answer from Redis, so no
+	// series says 0 before anything is known.
+	keyLeft, teamLeft func() prometheus.Gauge
 	// modelsJSON is GET /v1/models for the key: the models its
 	// allow-lists let it use; nil without allow-lists.
 	modelsJSON []byte
@@ -68,10 +71,10 @@ func (s *Server) addKeys(st *state, cfg *config.Config) {
 				p.sub.Team = &ts
 			}
 			if k.Budget != nil {
-				p.keyLeft = s.metrics.BudgetRemaining(metrics.ScopeKey, k.Name)
+				p.keyLeft = sync.OnceValue(func() prometheus.Gauge { return s.metrics.BudgetRemaining(metrics.ScopeKey, k.Name) })
 			}
 			if team != nil && team.Budget != nil {
-				p.teamLeft = s.metrics.BudgetRemaining(metrics.ScopeTeam, team.Name)
+				p.teamLeft = sync.OnceValue(func() prometheus.Gauge { return s.metrics.BudgetRemaining(metrics.ScopeTeam, team.Name) })
 			}
 			st.limitedKeys = true
 		}
@@ -83,6 +86,34 @@ func (s *Server) addKeys(st *state, cfg *config.Config) {
 			st.clientIDs = append(st.clientIDs, "n."+k.Name)
 		}
 		st.named = append(st.named, p)
+	}
+}
+
+// forgetKeys deletes the series of the named keys, and the budget series
+// of the keys and teams, that prev had and st does not.
+func (s *Server) forgetKeys(prev, st *state) {
+	type pair struct{ team, key string }
+	kept := map[pair]bool{}
+	budgets := map[string]bool{}
+	for _, p := range st.named {
+		kept[pair{p.team, p.name}] = true
+		if p.keyLeft != nil {
+			budgets[metrics.ScopeKey+"\x00"+p.name] = true
+		}
+		if p.teamLeft != nil {
+			budgets[metrics.ScopeTeam+"\x00"+p.team] = true
+		}
+	}
+	for _, p := range prev.named {
+		if !kept[pair{p.team, p.name}] {
+			s.metrics.KeyRemoved(p.team, p.name)
+		}
+		if p.keyLeft != nil && !budgets[metrics.ScopeKey+"\x00"+p.name] {
+			s.metrics.BudgetRemoved(metrics.ScopeKey, p.name)
+		}
+		if p.teamLeft != nil && !budgets[metrics.ScopeTeam+"\x00"+p.team] {
+			s.metrics.BudgetRemoved(metrics.ScopeTeam, p.team)
+		}
 	}
 }
 
@@ -180,10 +211,10 @@ const (
 
 func (p *keyPolicy) setRemaining(keySpent, teamSpent budget.Micros) {
 	if p.keyLeft != nil {
-		p.keyLeft.Set(budget.USD(p.sub.Key.Budget - keySpent))
+		p.keyLeft().Set(budget.USD(p.sub.Key.Budget - keySpent))
 	}
 	if p.teamLeft != nil {
-		p.teamLeft.Set(budget.USD(p.sub.Team.Budget - teamSpent))
+		p.teamLeft().Set(budget.USD(p.sub.Team.Budget - teamSpent))
 	}
 }
 

@@ -635,3 +635,72 @@ keys:
 		})
 	}
 }
+
+// TestKeyReloadForgetsSeries: a reload that removes a key, or a budget,
+// removes their series; a remaining-budget series exists only once Redis
+// has said what is spent.
+func TestKeyReloadForgetsSeries(t *testing.T) {
+	rds := testenv.StartRedis(t)
+	sim := startSim(t, upstreamsim.Config{})
+	r := startReplica(t, keysConfig(t, rds.URL, sim, `
+teams: [{name: t, budget: {usd: 10, period: month}}]
+keys:
+  - {name: a, team: t, key: sk-reload-a-0123456789, budget: {usd: 5, period: day}}
+  - {name: b, team: t, key: sk-reload-b-0123456789}
+`))
+	count := func(name string, labels map[string]string) int {
+		t.Helper()
+		n := 0
+		fams, err := r.m.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range fams {
+			if f.GetName() != name {
+				continue
+			}
+		series:
+			for _, m := range f.GetMetric() {
+				have := map[string]string{}
+				for _, l := range m.GetLabel() {
+					have[l.GetName()] = l.GetValue()
+				}
+				for k, v := range labels {
+					if have[k] != v {
+						continue series
+					}
+				}
+				n++
+			}
+		}
+		return n
+	}
+	if n := count("relaygate_budget_remaining_usd", nil); n != 0 {
+		t.Errorf("%d remaining-budget series before any request, want none", n)
+	}
+	wantStatus(t, chat(t, r.url, "sk-reload-b-0123456789", "m"), 200, "", "")
+	wantStatus(t, chat(t, r.url, "sk-reload-a-0123456789", "m"), 200, "", "")
+	waitMetric(t, r.m, "relaygate_budget_remaining_usd", map[string]string{"scope": "key", "name": "a"}, 4)
+	if got := metricValue(t, r.m, "relaygate_budget_remaining_usd", map[string]string{"scope": "team", "name": "t"}); got != 8 {
+		t.Errorf("team remaining %v, want 8", got)
+	}
+	if count("relaygate_key_requests_total", map[string]string{"key": "b"}) != 1 {
+		t.Fatal("no series for key b")
+	}
+	r.gw.Reload(keysConfig(t, rds.URL, sim, `
+teams: [{name: t, budget: {usd: 10, period: month}}]
+keys: [{name: a, team: t, key: sk-reload-a-0123456789}]
+`))
+	if n := count("relaygate_key_requests_total", map[string]string{"key": "b"}) + count("relaygate_refusals_total", map[string]string{"key": "b"}); n != 0 {
+		t.Errorf("%d series of removed key b remain", n)
+	}
+	if n := count("relaygate_budget_remaining_usd", map[string]string{"scope": "key"}); n != 0 {
+		t.Errorf("%d key budget series remain after a's budget was removed", n)
+	}
+	if n := count("relaygate_budget_remaining_usd", map[string]string{"scope": "team", "name": "t"}); n != 1 {
+		t.Errorf("the team's budget series: %d, want 1 (it still has one)", n)
+	}
+	if n := count("relaygate_key_requests_total", map[string]string{"key": "a"}); n != 1 {
+		t.Errorf("key a's series: %d, want 1", n)
+	}
+}

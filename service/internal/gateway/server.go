@@ -146,6 +146,7 @@ func (s *Server) apply(cfg *config.Config) {
 	}
 	s.upMu.Unlock()
 	if prev != nil {
+		s.forgetKeys(prev, st)
 		s.retire(prev, st)
 	}
 

@@ -102,3 +102,20 @@ func (s *KeySeries) Refused(reason string) { s.refusals[reason].Inc() }
 func (m *Metrics) BudgetRemaining(scope, name string) prometheus.Gauge {
 	return m.keys.remaining.WithLabelValues(scope, name)
 }
+
+// KeyRemoved deletes the series of a named key a reload removed (or moved
+// to another team), so they do not linger with their last values.
+func (m *Metrics) KeyRemoved(team, key string) {
+	k := m.keys
+	l := prometheus.Labels{"team": team, "key": key}
+	for _, v := range []*prometheus.CounterVec{k.requests, k.tokens, k.spend, k.reference, k.refusals, k.redisErrors} {
+		v.DeletePartialMatch(l)
+	}
+	k.remaining.Delete(prometheus.Labels{"scope": ScopeKey, "name": key})
+}
+
+// BudgetRemoved deletes the remaining-budget series of a key or team
+// whose budget a reload removed.
+func (m *Metrics) BudgetRemoved(scope, name string) {
+	m.keys.remaining.Delete(prometheus.Labels{"scope": scope, "name": name})
+}
