@@ -153,6 +153,10 @@ func (s *Server) apply(cfg *config.Config) {
 	if len(cfg.ClientKeys) == 0 && len(cfg.Keys) == 0 {
 		s.log.Warn("client_keys is empty: the gateway is OPEN, anyone who can reach it can spend your upstream credit")
 	}
+	if st.limitedKeys && s.budgets == nil {
+		// A reload cannot connect a Redis the gateway started without.
+		s.log.Warn("keys or teams have limits or budgets, but the gateway has no Redis for them (cache.redis_url at start): they are NOT enforced until a restart")
+	}
 	for _, w := range cfg.Warnings {
 		s.log.Warn(w)
 	}
