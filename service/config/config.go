@@ -61,6 +61,11 @@ type Config struct {
 	Log                 Log            `yaml:"log,omitempty"`
 	Admin               Admin          `yaml:"admin,omitempty"`
 	CORS                CORS           `yaml:"cors,omitempty"`
+	// Teams and Keys are named client keys with their own model
+	// allow-lists, limits and budgets (keys.go); client_keys stays the
+	// plain, anonymous list beside them.
+	Teams []Team `yaml:"teams,omitempty"`
+	Keys  []Key  `yaml:"keys,omitempty"`
 
 	// BufferBudgetBytes bounds the memory that all whole (non-streamed)
 	// upstream answers being read and sent may take at once; an answer
@@ -505,6 +510,7 @@ func (c *Config) applyDefaults() {
 		c.Log.Level = "info"
 	}
 	c.Ledger.applyDefaults()
+	c.applyKeyDefaults()
 	if c.Log.Requests == nil {
 		on := true
 		c.Log.Requests = &on
@@ -599,6 +605,10 @@ func (c *Config) Redacted() Config {
 	out.Upstreams = append([]Upstream(nil), c.Upstreams...)
 	for i := range out.Upstreams {
 		out.Upstreams[i].APIKey = redact(out.Upstreams[i].APIKey)
+	}
+	out.Keys = append([]Key(nil), c.Keys...)
+	for i := range out.Keys {
+		out.Keys[i] = out.Keys[i].redacted()
 	}
 	out.Cache.RedisURL = RedactURL(c.Cache.RedisURL)
 	out.Admin.Key = redact(c.Admin.Key)

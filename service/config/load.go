@@ -563,6 +563,7 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 	}
 	l.checkCORS(&c.CORS)
 	l.checkLedger(&c.Ledger, unset)
+	l.checkKeys(c, unset)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

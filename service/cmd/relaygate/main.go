@@ -9,7 +9,8 @@
 // usage, with the monthly cost and savings at a volume you give.
 //
 // report, after migrating: reads the same figures for the traffic the
-// gateway served from Prometheus over a window.
+// gateway served from Prometheus over a window; -by team or -by key adds
+// the table per team or named key (config keys:).
 //
 // Both print a table (text, Markdown or JSON) and can write JSON and a PNG
 // chart of the latency distributions. Progress and problems go to stderr, so
@@ -270,6 +271,7 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		match      = fs.String("match", "", `label matchers added to every series, e.g. 'env="prod"'`)
 		configPath = fs.String("config", defaultConfig(getenv), "gateway configuration, for reference prices (empty: leave out what needs them)")
 		timeout    = fs.Duration("timeout", 2*time.Minute, "limit for all the queries")
+		by         = fs.String("by", "", "also break the figures down by team or key (named keys, config keys:)")
 	)
 	out.register(fs, "markdown")
 	if status, ok := parseArgs(fs, args, stderr); !ok {
@@ -278,6 +280,9 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	win, err := migration.ParseWindow(*window)
 	if err == nil {
 		err = out.check()
+	}
+	if err == nil && *by != "" && *by != migration.ByTeam && *by != migration.ByKey {
+		err = fmt.Errorf("-by %q: use team or key", *by)
 	}
 	var end time.Time
 	if err == nil && *endFlag != "" {
@@ -306,7 +311,7 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	defer cancel()
 	res, err := migration.Report(ctx, migration.ReportOptions{
 		API: promv1.NewAPI(client), Source: config.RedactURL(*promURL),
-		Window: win, End: end, Match: *match, Config: cfg,
+		Window: win, End: end, Match: *match, Config: cfg, By: *by,
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "relaygate report: %v\n", err)

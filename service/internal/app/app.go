@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/relaygate/relaygate/service/config"
+	"github.com/relaygate/relaygate/service/internal/budget"
 	"github.com/relaygate/relaygate/service/internal/cache"
 	"github.com/relaygate/relaygate/service/internal/gateway"
 	"github.com/relaygate/relaygate/service/internal/gpu"
@@ -36,6 +37,7 @@ type App struct {
 	log     *slog.Logger
 	cache   *cache.Cache
 	limiter *ratelimit.Limiter
+	budgets *budget.Enforcer
 	respIDs *respids.Store
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
@@ -76,6 +78,15 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 			return nil, fmt.Errorf("rate limit: %w", err)
 		}
 	}
+	// Named keys' limits and budgets live in the cache's Redis too; the
+	// enforcer opens no connection until a key with limits is used.
+	if cfg.Cache.RedisURL != "" {
+		a.budgets, err = budget.New(budget.Options{URL: cfg.Cache.RedisURL, Timeout: cfg.Cache.Timeout.D(), Logger: log})
+		if err != nil {
+			a.closeRedis()
+			return nil, fmt.Errorf("budgets: %w", err)
+		}
+	}
 	// Response ids live in the cache's Redis, when there is one, so that
 	// every replica sends a response's follow-ups to its upstream.
 	a.respIDs, err = respids.New(respids.Options{RedisURL: cfg.Cache.RedisURL, Timeout: cfg.Cache.Timeout.D(), Logger: log,
@@ -103,7 +114,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	a.wg.Go(func() { a.GPU.Run(runCtx) })
 
 	gopts := gateway.Options{Logger: log, Metrics: a.Metrics, Version: o.version,
-		Cache: a.cache, Limiter: a.limiter, GPU: a.GPU, ResponseIDs: a.respIDs}
+		Cache: a.cache, Limiter: a.limiter, GPU: a.GPU, ResponseIDs: a.respIDs, Budgets: a.budgets}
 	if a.Ledger != nil {
 		gopts.Ledger = a.Ledger
 	}
@@ -178,6 +189,9 @@ func (a *App) closeRedis() error {
 	}
 	if a.limiter != nil {
 		errs = append(errs, a.limiter.Close())
+	}
+	if a.budgets != nil {
+		errs = append(errs, a.budgets.Close())
 	}
 	if a.respIDs != nil {
 		errs = append(errs, a.respIDs.Close())

@@ -59,13 +59,17 @@ func (x *exchange) chargeTokens() {
 }
 
 // cacheScope is the cache partition this request reads and writes
-// (config cache.scope): "global", or one per client key. Keys do not
-// belong to teams yet, so under scope team each key is a team of its own.
-// Without client_keys every client is the one client "open", so every
+// (config cache.scope): "global", or one per client key (a named key's
+// rotated secrets share one). Under scope team the named keys of a team
+// share; a key without a team, and every key of client_keys, is a team of
+// its own. Without keys every client is the one client "open", so every
 // scope shares.
 func (x *exchange) cacheScope() string {
-	if x.st.cfg.Cache.Scope == config.CacheScopeGlobal {
+	switch {
+	case x.st.cfg.Cache.Scope == config.CacheScopeGlobal:
 		return "global"
+	case x.st.cfg.Cache.Scope == config.CacheScopeTeam && x.team != "":
+		return "team." + x.team
 	}
 	return "key." + x.client
 }

@@ -34,7 +34,10 @@ type health struct {
 	Auth          bool             `json:"auth"`
 	Cache         redisHealth      `json:"cache"`
 	RateLimit     redisHealth      `json:"rate_limit"`
-	GPU           *gpu.Snapshot    `json:"gpu,omitempty"`
+	// Budgets is the Redis of named keys' limits and budgets, enabled
+	// when some key has them.
+	Budgets redisHealth   `json:"budgets"`
+	GPU     *gpu.Snapshot `json:"gpu,omitempty"`
 }
 
 // redisHealth says whether a Redis-backed feature is on and reachable. A
@@ -56,6 +59,10 @@ func (s *Server) healthReport() health {
 	if s.limiter != nil {
 		ls := s.limiter.Status()
 		h.RateLimit = redisHealth{Enabled: true, Status: &ls}
+	}
+	if s.budgets != nil && st.limitedKeys {
+		bs := s.budgets.Status()
+		h.Budgets = redisHealth{Enabled: true, Status: &bs}
 	}
 	if s.gpu != nil {
 		g := s.gpu.Snapshot()
@@ -113,26 +120,33 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 // modelsRequest is the start of GET /v1/models and /v1/models/{id}: the
 // method and the client key checked, the state to answer from, or nil
 // once the client has been answered.
-func (s *Server) modelsRequest(w http.ResponseWriter, r *http.Request) *state {
+func (s *Server) modelsRequest(w http.ResponseWriter, r *http.Request) (*state, *keyPolicy) {
 	w.Header().Set("X-Request-Id", requestID(r))
 	st := s.state.Load()
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		methodNotAllowed(w, r, "GET")
-		return nil
+		return nil, nil
 	}
-	if _, e := st.authorize(r, epChat); e != nil {
+	_, pol, e := st.authorize(r, epChat)
+	if e != nil {
 		writeError(w, e)
-		return nil
+		return nil, nil
 	}
-	return st
+	return st, pol
 }
 
+// serveModels lists the models; a named key with an allow-list sees only
+// those it may use.
 func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
-	st := s.modelsRequest(w, r)
+	st, pol := s.modelsRequest(w, r)
 	if st == nil {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
+	if pol != nil && pol.modelsJSON != nil {
+		_, _ = w.Write(pol.modelsJSON)
+		return
+	}
 	_, _ = w.Write(st.modelsJSON)
 }
 
@@ -143,12 +157,16 @@ const modelsPrefix = "/v1/models/"
 // serveModel is GET /v1/models/{id}: the model in OpenAI's shape, or a 404
 // in OpenAI's shape (model_not_found) for an id the gateway does not serve.
 func (s *Server) serveModel(w http.ResponseWriter, r *http.Request) {
-	st := s.modelsRequest(w, r)
+	st, pol := s.modelsRequest(w, r)
 	if st == nil {
 		return
 	}
 	id := strings.TrimPrefix(r.URL.Path, modelsPrefix)
 	b, ok := st.modelJSON[id]
+	if ok && pol != nil {
+		by, _ := pol.refusedModel(id)
+		ok = by == ""
+	}
 	if !ok {
 		writeError(w, &apiError{Status: http.StatusNotFound, Type: typeInvalidRequest, Code: "model_not_found", Param: "model",
 			Message: fmt.Sprintf("The model %q does not exist on this gateway; GET /v1/models lists the models it serves.", truncate(sanitizePath(id), 100))})

@@ -55,9 +55,11 @@ type exchange struct {
 	errMsg          string
 	client          string // opaque id of the client key, for rate limits
 	cacheKey        string // set when the answer may be stored
-	// keyName and team are the client key's configured names, for the
-	// ledger (empty until keys have names).
+	// keyName and team name a named client key (config keys:) and its
+	// team, as metric labels and for the ledger: config names only. Both
+	// are empty for keys of the plain client_keys list and without auth.
 	keyName, team string
+	pol           *keyPolicy // the named key's policy; nil as keyName is empty
 	// failures are the upstreams that failed before one answered (or
 	// all, when none did), for the ledger's fallback path.
 	failures []route.Failure
@@ -154,6 +156,9 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	chain := m.chainFor(x.api)
 	if chain == nil {
 		x.fail(m.notServedFor(x.api))
+		return
+	}
+	if x.pol != nil && !x.enforceKey(m.name) {
 		return
 	}
 	x.stream = ep.streams() && (forceStream || req.stream)
@@ -373,7 +378,7 @@ func cacheHeaderValue(result string) []string {
 // rate limits; otherwise the client has been answered.
 func (x *exchange) admit(st *state) bool {
 	x.st = st
-	client, e := st.authorize(x.r, x.ep)
+	client, pol, e := st.authorize(x.r, x.ep)
 	if e != nil {
 		// A client without a valid key gets nothing more from this
 		// connection: not its body read, nor an idle keep-alive slot.
@@ -382,6 +387,9 @@ func (x *exchange) admit(st *state) bool {
 		return false
 	}
 	x.client = client
+	if pol != nil {
+		x.pol, x.keyName, x.team = pol, pol.name, pol.team
+	}
 	return x.allow()
 }
 
@@ -825,6 +833,9 @@ func (x *exchange) finish() {
 		x.status = 499
 	}
 	s.metrics.Request(x.model, x.api, x.upstream, x.status, d.Seconds())
+	if x.pol != nil {
+		x.pol.series.Requests.Inc()
+	}
 	if x.upstream != metrics.NoUpstream {
 		s.metrics.Overhead((d - x.upstreamWait).Seconds())
 	}
@@ -834,7 +845,12 @@ func (x *exchange) finish() {
 	switch {
 	case x.upstream == metrics.CacheUpstream:
 		if x.usageKnown {
-			s.metrics.CacheSaving(x.model, x.savedByCache())
+			saved := x.savedByCache()
+			s.metrics.CacheSaving(x.model, saved)
+			if x.pol != nil {
+				// Free to the key, worth its reference to the report.
+				x.pol.series.Reference.Add(saved)
+			}
 		}
 	case x.answered && x.byID == nil:
 		// Counted whatever became of the request afterwards: a client
@@ -851,6 +867,9 @@ func (x *exchange) finish() {
 			}
 			s.metrics.Usage(x.model, x.api, x.upstream, x.prompt, x.completion, cost, ref, hasRef)
 			x.chargeTokens()
+			if x.pol != nil {
+				x.chargeKey(cost, ref, hasRef)
+			}
 		} else if x.ep.billsTokens() {
 			s.metrics.UsageUnknown(x.model)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/relaygate/relaygate/service/config"
+	"github.com/relaygate/relaygate/service/internal/budget"
 	"github.com/relaygate/relaygate/service/internal/cache"
 	"github.com/relaygate/relaygate/service/internal/gpu"
 	"github.com/relaygate/relaygate/service/internal/metrics"
@@ -37,6 +38,8 @@ type Options struct {
 	Cache   *cache.Cache
 	Limiter *ratelimit.Limiter
 	GPU     *gpu.Monitor
+	// Budgets enforces named keys' limits and budgets; nil: none are.
+	Budgets *budget.Enforcer
 	// ResponseIDs remembers which upstream created each Responses API
 	// response; nil keeps them in a map of this process only.
 	ResponseIDs *respids.Store
@@ -68,8 +71,9 @@ type Server struct {
 	respIDs       *respids.Store
 	// probes are the health probes running, one per upstream that has one
 	// (probes.go).
-	probes probes
-	ledger LedgerWriter
+	probes  probes
+	ledger  LedgerWriter
+	budgets *budget.Enforcer
 }
 
 // New builds a server for cfg.
@@ -83,6 +87,7 @@ func New(cfg *config.Config, opts Options) *Server {
 		limiter: opts.Limiter,
 		gpu:     opts.GPU,
 		ledger:  opts.Ledger,
+		budgets: opts.Budgets,
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -108,6 +113,7 @@ func (s *Server) apply(cfg *config.Config) {
 	prev := s.state.Load()
 	st := newState(cfg, prev, stateHooks{breaker: s.breakerChanged, health: s.healthChanged,
 		load: func(name string) func(float64) { return s.metrics.UpstreamInflight(name).Add }})
+	s.addKeys(st, cfg)
 	size := cfg.BufferBudgetBytes
 	if size <= 0 {
 		size = config.DefaultBufferBudgetBytes
@@ -150,11 +156,16 @@ func (s *Server) apply(cfg *config.Config) {
 	}
 	s.syncProbes(st)
 	if prev != nil {
+		s.forgetKeys(prev, st)
 		s.retire(prev, st)
 	}
 
-	if len(cfg.ClientKeys) == 0 {
+	if len(cfg.ClientKeys) == 0 && len(cfg.Keys) == 0 {
 		s.log.Warn("client_keys is empty: the gateway is OPEN, anyone who can reach it can spend your upstream credit")
+	}
+	if st.limitedKeys && s.budgets == nil {
+		// A reload cannot connect a Redis the gateway started without.
+		s.log.Warn("keys or teams have limits or budgets, but the gateway has no Redis for them (cache.redis_url at start): they are NOT enforced until a restart")
 	}
 	for _, w := range cfg.Warnings {
 		s.log.Warn(w)
@@ -265,6 +276,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.serveMetrics(w, r)
+	case "/admin/spend":
+		if s.state.Load().cfg.Admin.Listen != "" {
+			s.notFound(w, r)
+			return
+		}
+		s.serveSpend(w, r)
 	default:
 		if isResponsesPath(r.URL.Path) {
 			s.serveResponseByID(w, r)
@@ -321,7 +338,7 @@ func unreadBody(w http.ResponseWriter, r *http.Request) {
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(unreadBodyGrace))
 }
 
-// AdminHandler serves /metrics, the detailed /health and /ready, for the
+// AdminHandler serves /metrics, /admin/spend, the detailed /health and /ready, for the
 // separate admin listener (config admin.listen).
 func (s *Server) AdminHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -332,6 +349,8 @@ func (s *Server) AdminHandler() http.Handler {
 		switch r.URL.Path {
 		case "/metrics":
 			s.serveMetrics(w, r)
+		case "/admin/spend":
+			s.serveSpend(w, r)
 		case "/health", "/healthz":
 			s.serveHealth(w, r, true)
 		case "/ready", "/readyz":
@@ -368,12 +387,13 @@ func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
 
 // authorize checks the client's key in constant time against every
 // configured key (no early exit, so timing does not tell which key or how
-// much of it matched). It returns an opaque client id for rate limits.
+// much of it matched). It returns an opaque client id for rate limits
+// and, for a named key (config keys:), its policy.
 // Anthropic-format clients (their SDKs, Claude Code) send the key as
 // x-api-key, so the Messages endpoints take it there too.
-func (st *state) authorize(r *http.Request, ep endpoint) (client string, e *apiError) {
+func (st *state) authorize(r *http.Request, ep endpoint) (client string, pol *keyPolicy, e *apiError) {
 	if len(st.keys) == 0 {
-		return "open", nil
+		return "open", nil, nil
 	}
 	sum, ok := bearerSum(r)
 	how := "'Authorization: Bearer YOUR_KEY'"
@@ -386,14 +406,15 @@ func (st *state) authorize(r *http.Request, ep endpoint) (client string, e *apiE
 		}
 	}
 	if !ok {
-		return "", &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
+		return "", nil, &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
 			Message: "You didn't provide an API key. Send it as " + how + "."}
 	}
-	if !matchKey(sum, st.keys) {
-		return "", &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
+	i := matchIndex(sum, st.keys)
+	if i < 0 {
+		return "", nil, &apiError{Status: http.StatusUnauthorized, Type: typeInvalidRequest, Code: "invalid_api_key",
 			Message: "Incorrect API key provided."}
 	}
-	return hex.EncodeToString(sum[:8]), nil
+	return st.clientIDs[i], st.owners[i], nil
 }
 
 // bearerSum is the SHA-256 of the request's Bearer key. Keys are compared

@@ -19,13 +19,21 @@ import (
 // state is everything derived from one configuration. The server swaps it
 // whole on reload, so a request sees one consistent config from start to end.
 type state struct {
-	cfg        *config.Config
-	keys       [][sha256.Size]byte
-	adminKey   [][sha256.Size]byte // none: /metrics and /health details are open
-	models     map[string]*model
-	upstreams  []*route.Upstream
-	policy     route.Policy
-	modelsJSON []byte
+	cfg  *config.Config
+	keys [][sha256.Size]byte
+	// owners[i] is the named key keys[i] belongs to, nil for client_keys;
+	// clientIDs[i] its opaque id for rate limits and the cache (addKeys).
+	owners    []*keyPolicy
+	clientIDs []string
+	// named are the named keys' policies; limitedKeys: one of them has
+	// limits or a budget in Redis.
+	named       []*keyPolicy
+	limitedKeys bool
+	adminKey    [][sha256.Size]byte // none: /metrics and /health details are open
+	models      map[string]*model
+	upstreams   []*route.Upstream
+	policy      route.Policy
+	modelsJSON  []byte
 	// modelJSON is each model's GET /v1/models/{id} answer, built once.
 	modelJSON map[string][]byte
 	cors      *corsPolicy // nil: CORS off

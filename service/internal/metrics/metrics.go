@@ -62,7 +62,8 @@ type Metrics struct {
 	usageSuspicious  *prometheus.CounterVec
 	responseBuffer   prometheus.Gauge
 	responseIDsLocal *prometheus.CounterVec
-	pools            poolSeries // pools.go
+	pools            poolSeries  // pools.go
+	keys             *keyMetrics // by named key and team (keys.go)
 
 	cacheSeries    map[string]prometheus.Counter // fixed results, read-only after New
 	upstreamSeries sync.Map                      // attemptKey → prometheus.Counter, upstream → prometheus.Observer
@@ -221,6 +222,7 @@ func New() *Metrics {
 	}, []string{"op"})
 	f(m.responseIDsLocal)
 	m.pools = newPoolSeries(f)
+	m.keys = newKeyMetrics(f)
 	m.cacheSeries = map[string]prometheus.Counter{}
 	for _, res := range []string{"hit", "miss", "error", "bypass"} {
 		m.cacheSeries[res] = m.cacheRequests.WithLabelValues(res)

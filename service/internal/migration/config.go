@@ -40,14 +40,15 @@ func parseConfig(data []byte, lookup func(string) (string, bool)) (*config.Confi
 	return config.Parse(data, func(name string) (string, bool) {
 		v, ok := lookup(name)
 		if (!ok || v == "") && onlyClientKeys[name] {
-			return unusedClientKey, true
+			// One per variable: two keys must not be the same key.
+			return unusedClientKey + "-" + name, true
 		}
 		return v, ok
 	})
 }
 
 // clientKeyOnlyVars returns the variables referenced under the top-level
-// client_keys and nowhere else. A variable that also feeds, say, an
+// client_keys, or as a named key's secret (keys[].key), and nowhere else. A variable that also feeds, say, an
 // upstream's api_key is left alone, so the placeholder can never be sent to
 // an upstream. A document that does not parse yields none: config.Parse then
 // reports what is wrong with it.
@@ -63,8 +64,22 @@ func clientKeyOnlyVars(data []byte) map[string]bool {
 	inKeys, elsewhere := map[string]bool{}, map[string]bool{}
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		into := elsewhere
-		if root.Content[i].Value == "client_keys" {
+		switch v := root.Content[i+1]; root.Content[i].Value {
+		case "client_keys":
 			into = inKeys
+		case "keys":
+			if v.Kind == yaml.SequenceNode {
+				for _, k := range v.Content {
+					for j := 0; k.Kind == yaml.MappingNode && j+1 < len(k.Content); j += 2 {
+						to := elsewhere
+						if k.Content[j].Value == "key" {
+							to = inKeys
+						}
+						collectVars(k.Content[j+1], to)
+					}
+				}
+				continue
+			}
 		}
 		collectVars(root.Content[i+1], into)
 	}

@@ -43,6 +43,8 @@ type ReportOptions struct {
 	// routing and the cache and to state reference cost per million tokens.
 	// Nil leaves those figures out.
 	Config *config.Config
+	// By adds the table per team (ByTeam) or per named key (ByKey).
+	By string
 }
 
 // Report reads what the gateway served over the window from Prometheus.
@@ -63,6 +65,9 @@ func Report(ctx context.Context, opts ReportOptions) (*ReportResult, error) {
 	if opts.End.IsZero() {
 		opts.End = time.Now()
 	}
+	if opts.By != "" && opts.By != ByTeam && opts.By != ByKey {
+		return nil, fmt.Errorf("report: by %q: use team or key", opts.By)
+	}
 	q := &querier{api: opts.API, end: opts.End, window: model.Duration(opts.Window).String(), match: opts.Match}
 	res := &ReportResult{
 		Source: opts.Source, Match: opts.Match,
@@ -82,6 +87,12 @@ func Report(ctx context.Context, opts ReportOptions) (*ReportResult, error) {
 
 	if err := res.read(ctx, q, opts.Config); err != nil {
 		return nil, err
+	}
+	if opts.By != "" {
+		res.By = opts.By
+		if err := res.readGroups(ctx, q, opts.By, float64(month)/float64(res.Covered)); err != nil {
+			return nil, err
+		}
 	}
 	res.Notes = append(res.Notes, q.warnings...)
 	return res, nil

@@ -25,6 +25,10 @@ type ReportResult struct {
 	CoveredSeconds float64       `json:"covered_seconds"`
 	window         time.Duration
 
+	// By is ByTeam or ByKey when Groups holds the figures per team or
+	// named key; empty otherwise.
+	By        string           `json:"by,omitempty"`
+	Groups    []GroupReport    `json:"groups,omitempty"`
 	Upstreams []UpstreamReport `json:"upstreams"`
 	Models    []ModelReport    `json:"models"`
 	Total     ModelReport      `json:"total"`
@@ -202,6 +206,9 @@ func (r *ReportResult) Tables() []*Table {
 		fb.Notes = append(fb.Notes, "No request fell back in the window.")
 	}
 	tables := []*Table{models, ups, cache, fb}
+	if r.By != "" {
+		tables = append([]*Table{r.groupTable()}, tables...)
+	}
 	if len(r.Notes) > 0 {
 		tables = append(tables, &Table{Title: "Notes", Notes: r.Notes})
 	}

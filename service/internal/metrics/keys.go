@@ -1,0 +1,121 @@
+package metrics
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Refusal reasons of relaygate_refusals_total.
+const (
+	RefusedModel      = "model_not_allowed"
+	RefusedBudget     = "budget_exceeded"
+	RefusedRateLimit  = "rate_limited"
+	RefusedRedisError = "redis_unavailable"
+)
+
+// Budget scopes of relaygate_budget_remaining_usd.
+const (
+	ScopeKey  = "key"
+	ScopeTeam = "team"
+)
+
+// keyMetrics are the series by named key (config keys:) and its team.
+// Both labels come from the config only, never from a request.
+type keyMetrics struct {
+	requests, spend, reference *prometheus.CounterVec
+	tokens                     *prometheus.CounterVec
+	refusals                   *prometheus.CounterVec
+	redisErrors                *prometheus.CounterVec
+	remaining                  *prometheus.GaugeVec
+}
+
+func newKeyMetrics(register func(prometheus.Collector)) *keyMetrics {
+	k := &keyMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relaygate_key_requests_total",
+			Help: "Requests of each named client key (config keys:), by team and key name, whatever their answer.",
+		}, []string{"team", "key"}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relaygate_key_tokens_total",
+			Help: "Tokens the upstreams reported for each named key's answers, by team, key and kind (prompt, completion).",
+		}, []string{"team", "key", "kind"}),
+		spend: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relaygate_spend_usd_total",
+			Help: "What each named key's answers cost at the configured prices, in US dollars, by team and key: what its budget is charged.",
+		}, []string{"team", "key"}),
+		reference: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relaygate_key_reference_cost_usd_total",
+			Help: "What each named key's answers would have cost at their models' reference prices, in US dollars, by team and key (answers of models without a reference price count at what they cost).",
+		}, []string{"team", "key"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relaygate_refusals_total",
+			Help: "Requests of named keys the gateway refused, by reason (model_not_allowed, budget_exceeded, rate_limited, redis_unavailable), team and key.",
+		}, []string{"reason", "team", "key"}),
+		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relaygate_key_redis_errors_total",
+			Help: "Requests of named keys whose limits and budget Redis could not check, by team, key and what on_redis_error made of them (served, refused), or, for answers whose cost Redis could not record, uncharged.",
+		}, []string{"team", "key", "action"}),
+		remaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "relaygate_budget_remaining_usd",
+			Help: "What is left of a key's or team's budget this period, in US dollars, by scope (key, team) and name, as this replica last read it from Redis; negative when spent beyond it by requests in flight.",
+		}, []string{"scope", "name"}),
+	}
+	for _, c := range []prometheus.Collector{k.requests, k.tokens, k.spend, k.reference, k.refusals, k.redisErrors, k.remaining} {
+		register(c)
+	}
+	return k
+}
+
+// KeySeries are one named key's series, resolved once when a config is
+// applied, so a request records them without hashing labels.
+type KeySeries struct {
+	Requests, Prompt, Completion, Spend, Reference prometheus.Counter
+	refusals                                       map[string]prometheus.Counter
+	// RedisServed and RedisRefused count requests Redis could not check
+	// (on_redis_error open and closed), RedisUncharged answers whose cost
+	// it could not record.
+	RedisServed, RedisRefused, RedisUncharged prometheus.Counter
+}
+
+// Key returns the series of the named key key of team team ("" for none).
+func (m *Metrics) Key(team, key string) *KeySeries {
+	k := m.keys
+	s := &KeySeries{
+		Requests:       k.requests.WithLabelValues(team, key),
+		Prompt:         k.tokens.WithLabelValues(team, key, "prompt"),
+		Completion:     k.tokens.WithLabelValues(team, key, "completion"),
+		Spend:          k.spend.WithLabelValues(team, key),
+		Reference:      k.reference.WithLabelValues(team, key),
+		RedisServed:    k.redisErrors.WithLabelValues(team, key, "served"),
+		RedisRefused:   k.redisErrors.WithLabelValues(team, key, "refused"),
+		RedisUncharged: k.redisErrors.WithLabelValues(team, key, "uncharged"),
+		refusals:       map[string]prometheus.Counter{},
+	}
+	for _, r := range []string{RefusedModel, RefusedBudget, RefusedRateLimit, RefusedRedisError} {
+		s.refusals[r] = k.refusals.WithLabelValues(r, team, key)
+	}
+	return s
+}
+
+// Refused counts a refusal of the key for reason (one of the Refused
+// constants).
+func (s *KeySeries) Refused(reason string) { s.refusals[reason].Inc() }
+
+// BudgetRemaining is the remaining-budget gauge of a key or team.
+func (m *Metrics) BudgetRemaining(scope, name string) prometheus.Gauge {
+	return m.keys.remaining.WithLabelValues(scope, name)
+}
+
+// KeyRemoved deletes the series of a named key a reload removed (or moved
+// to another team), so they do not linger with their last values.
+func (m *Metrics) KeyRemoved(team, key string) {
+	k := m.keys
+	l := prometheus.Labels{"team": team, "key": key}
+	for _, v := range []*prometheus.CounterVec{k.requests, k.tokens, k.spend, k.reference, k.refusals, k.redisErrors} {
+		v.DeletePartialMatch(l)
+	}
+	k.remaining.Delete(prometheus.Labels{"scope": ScopeKey, "name": key})
+}
+
+// BudgetRemoved deletes the remaining-budget series of a key or team
+// whose budget a reload removed.
+func (m *Metrics) BudgetRemoved(scope, name string) {
+	m.keys.remaining.Delete(prometheus.Labels{"scope": scope, "name": name})
+}
