@@ -266,6 +266,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/v1/models":
 		s.serveModels(w, r)
+	case generationPath:
+		s.serveGeneration(w, r)
 	case "/health", "/healthz":
 		s.serveHealth(w, r, s.state.Load().cfg.Admin.Listen == "")
 	case "/ready", "/readyz":
