@@ -67,6 +67,9 @@ type Config struct {
 	// that finds it taken waits a little, then gets a 503.
 	BufferBudgetBytes int64 `yaml:"buffer_budget_bytes,omitempty"`
 
+	// Ledger writes one row per request to Postgres (see Ledger).
+	Ledger Ledger `yaml:"ledger,omitempty"`
+
 	// Warnings are problems that do not stop the gateway but that an
 	// operator must see, e.g. an upstream disabled because its key variable
 	// is unset. The loader fills it; it is not read from YAML.
@@ -235,6 +238,34 @@ type RateLimit struct {
 	TPM int `yaml:"tpm,omitempty"`
 }
 
+// Ledger configures the usage ledger: one row per answered or refused
+// request in Postgres, written off the request path in batches. An empty
+// PostgresURL turns it off. Rows that cannot reach Postgres go to
+// append-only files in SpillDir and are replayed once it is back.
+type Ledger struct {
+	// PostgresURL is a postgres:// URL; a secret (it may hold a password).
+	PostgresURL string `yaml:"postgres_url,omitempty"`
+	// SpillDir holds the spill files; it must be on a disk that survives a
+	// restart and be used by one gateway process only.
+	SpillDir string `yaml:"spill_dir,omitempty"`
+	// BatchInterval is the longest a row waits in memory for its batch.
+	BatchInterval Duration `yaml:"batch_interval,omitempty"`
+	// BatchRows is the most rows one COPY writes.
+	BatchRows int `yaml:"batch_rows,omitempty"`
+	// QueueRows bounds the rows held in memory; beyond it a row goes to
+	// the spill file at once.
+	QueueRows int `yaml:"queue_rows,omitempty"`
+	// FsyncInterval is how often spilled rows are fsynced: a crash loses
+	// at most the rows spilled since the last fsync.
+	FsyncInterval Duration `yaml:"fsync_interval,omitempty"`
+	// WriteTimeout bounds one batch's write to Postgres; a batch not
+	// committed by then goes to the spill file.
+	WriteTimeout Duration `yaml:"write_timeout,omitempty"`
+}
+
+// Enabled reports whether the ledger is on.
+func (l Ledger) Enabled() bool { return l.PostgresURL != "" }
+
 // GPU configures NVML telemetry.
 type GPU struct {
 	ExpectedCount int      `yaml:"expected_count,omitempty"`
@@ -329,6 +360,15 @@ const (
 	DefaultBufferBudgetBytes = 256 << 20
 	// MinBufferBudgetBytes: below it, ordinary answers would queue.
 	MinBufferBudgetBytes = 1 << 20
+
+	// The ledger's defaults (ledger:). The spill directory is where a
+	// Debian package keeps service state; give the container a volume there.
+	DefaultLedgerSpillDir      = "/var/lib/relaygate/ledger"
+	DefaultLedgerBatchInterval = 200 * time.Millisecond
+	DefaultLedgerBatchRows     = 500
+	DefaultLedgerQueueRows     = 10000
+	DefaultLedgerFsyncInterval = 200 * time.Millisecond
+	DefaultLedgerWriteTimeout  = 5 * time.Second
 )
 
 func (c *Config) applyDefaults() {
@@ -383,6 +423,7 @@ func (c *Config) applyDefaults() {
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
+	c.Ledger.applyDefaults()
 	if c.Log.Requests == nil {
 		on := true
 		c.Log.Requests = &on
@@ -396,6 +437,24 @@ func defaultAuth(baseURL string) string {
 		return AuthXAPIKey
 	}
 	return AuthBearer
+}
+
+func (l *Ledger) applyDefaults() {
+	if !l.Enabled() {
+		return
+	}
+	if l.SpillDir == "" {
+		l.SpillDir = DefaultLedgerSpillDir
+	}
+	setDur(&l.BatchInterval, DefaultLedgerBatchInterval)
+	setDur(&l.FsyncInterval, DefaultLedgerFsyncInterval)
+	setDur(&l.WriteTimeout, DefaultLedgerWriteTimeout)
+	if l.BatchRows == 0 {
+		l.BatchRows = DefaultLedgerBatchRows
+	}
+	if l.QueueRows == 0 {
+		l.QueueRows = DefaultLedgerQueueRows
+	}
 }
 
 func setDur(d *Duration, def time.Duration) {
@@ -435,6 +494,7 @@ func (c *Config) Redacted() Config {
 	}
 	out.Cache.RedisURL = RedactURL(c.Cache.RedisURL)
 	out.Admin.Key = redact(c.Admin.Key)
+	out.Ledger.PostgresURL = RedactPostgresURL(c.Ledger.PostgresURL)
 	return out
 }
 

@@ -86,6 +86,7 @@ func trimSecrets(c *Config) {
 		c.Upstreams[i].APIKey = strings.TrimSpace(c.Upstreams[i].APIKey)
 	}
 	c.Admin.Key = strings.TrimSpace(c.Admin.Key)
+	c.Ledger.PostgresURL = strings.TrimSpace(c.Ledger.PostgresURL)
 }
 
 // UnmarshalYAML accepts only strings with a unit.
@@ -529,6 +530,7 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 		l.fail("admin.key", "is %d characters; use at least 16", len(c.Admin.Key))
 	}
 	l.checkCORS(&c.CORS)
+	l.checkLedger(&c.Ledger, unset)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -592,6 +594,43 @@ func (l *loader) checkCORS(c *CORS) {
 	}
 }
 
+// checkLedger validates the ledger's settings. Its URL is never quoted in a
+// message: it may hold a password.
+func (l *loader) checkLedger(c *Ledger, unset map[string][]string) {
+	if vars, ok := unset["ledger.postgres_url"]; ok {
+		l.fail("ledger.postgres_url", "environment variable %s is not set; set it, or remove ledger.postgres_url to run without the ledger", strings.Join(vars, ", "))
+		return
+	}
+	if !c.Enabled() {
+		if c.SpillDir != "" || c.BatchInterval != 0 || c.BatchRows != 0 || c.QueueRows != 0 || c.FsyncInterval != 0 || c.WriteTimeout != 0 {
+			l.fail("ledger.postgres_url", "is empty, so the ledger is off and its other settings do nothing; set postgres_url, or remove the ledger section")
+		}
+		return
+	}
+	u, err := url.Parse(c.PostgresURL)
+	switch {
+	case strings.Contains(c.PostgresURL, "@") && (err != nil || u.User == nil || u.Fragment != "" || strings.ContainsAny(u.Host+u.Path, "@#?")):
+		l.fail("ledger.postgres_url", "cannot be read unambiguously: percent-encode special characters ('#', '/', '?', '@') in the password")
+	case err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || (u.Host == "" && u.Query().Get("host") == ""):
+		l.fail("ledger.postgres_url", "must be a postgres:// or postgresql:// URL with a host (e.g. postgres://relaygate@db.internal:5432/relaygate)")
+	}
+	if c.BatchInterval.D() < time.Millisecond || c.BatchInterval.D() > time.Minute {
+		l.fail("ledger.batch_interval", "%s: use between 1ms and 1m", c.BatchInterval)
+	}
+	if c.FsyncInterval.D() < time.Millisecond || c.FsyncInterval.D() > time.Minute {
+		l.fail("ledger.fsync_interval", "%s: use between 1ms and 1m; a crash loses at most this much of the spilled rows", c.FsyncInterval)
+	}
+	if c.WriteTimeout.D() < 10*time.Millisecond {
+		l.fail("ledger.write_timeout", "%s is under 10ms, too short for a round trip to Postgres", c.WriteTimeout)
+	}
+	if c.BatchRows < 1 || c.BatchRows > 100000 {
+		l.fail("ledger.batch_rows", "must be between 1 and 100000, got %d", c.BatchRows)
+	}
+	if c.QueueRows < 1 || c.QueueRows > 10000000 {
+		l.fail("ledger.queue_rows", "must be between 1 and 10000000, got %d", c.QueueRows)
+	}
+}
+
 func (l *loader) checkPrice(path string, p Price) {
 	if p.InputPerMTok < 0 || p.OutputPerMTok < 0 || p.CacheWrite() < 0 || p.CacheRead() < 0 {
 		l.fail(path, "prices must not be negative")
@@ -613,6 +652,29 @@ func checkBaseURL(raw string) error {
 		return errors.New("must not have a query or fragment")
 	}
 	return nil
+}
+
+// RedactPostgresURL hides a Postgres URL's password, in its user part or
+// its query (password=, sslpassword=). Anything the parser cannot read
+// unambiguously is hidden whole.
+func RedactPostgresURL(raw string) string {
+	if raw == "" {
+		return ""
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Fragment != "" || (strings.Contains(raw, "@") && u.User == nil) ||
+		(u.User != nil && strings.ContainsAny(u.Host+u.Path, "@#?")) {
+		return redact(raw)
+	}
+	if q := u.Query(); q.Has("password") || q.Has("sslpassword") {
+		for _, k := range []string{"password", "sslpassword"} {
+			if q.Has(k) {
+				q.Set(k, "xxxxx")
+			}
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
 }
 
 // RedactURL hides credentials in a URL so it can be logged. A URL whose

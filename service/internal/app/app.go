@@ -17,6 +17,7 @@ import (
 	"github.com/relaygate/relaygate/service/internal/cache"
 	"github.com/relaygate/relaygate/service/internal/gateway"
 	"github.com/relaygate/relaygate/service/internal/gpu"
+	"github.com/relaygate/relaygate/service/internal/ledger"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 	"github.com/relaygate/relaygate/service/internal/ratelimit"
 	"github.com/relaygate/relaygate/service/internal/redisguard"
@@ -34,8 +35,10 @@ type App struct {
 	cache   *cache.Cache
 	limiter *ratelimit.Limiter
 	respIDs *respids.Store
-	stop    context.CancelFunc
-	wg      sync.WaitGroup
+	// Ledger is the usage ledger; nil when ledger.postgres_url is unset.
+	Ledger *ledger.Ledger
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // Option adjusts how New builds the app.
@@ -81,6 +84,17 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		a.closeRedis()
 		return nil, fmt.Errorf("response ids: %w", err)
 	}
+	if cfg.Ledger.Enabled() {
+		// Postgres need not be up: rows spill to disk until it is.
+		l := cfg.Ledger
+		a.Ledger, err = ledger.Open(ctx, ledger.Options{URL: l.PostgresURL, SpillDir: l.SpillDir,
+			BatchInterval: l.BatchInterval.D(), BatchRows: l.BatchRows, QueueRows: l.QueueRows,
+			FsyncInterval: l.FsyncInterval.D(), WriteTimeout: l.WriteTimeout.D(), Logger: log, Registerer: a.Metrics.Registry})
+		if err != nil {
+			a.closeRedis()
+			return nil, err
+		}
+	}
 	a.GPU = gpu.NewMonitor(gpu.Options{Interval: cfg.GPU.Interval.D(), ExpectedCount: cfg.GPU.ExpectedCount, Logger: log})
 	a.Metrics.Registry.MustRegister(a.GPU.Collector())
 
@@ -89,8 +103,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	a.wg.Add(1)
 	go func() { defer a.wg.Done(); a.GPU.Run(runCtx) }()
 
-	a.Gateway = gateway.New(cfg, gateway.Options{Logger: log, Metrics: a.Metrics, Version: o.version,
-		Cache: a.cache, Limiter: a.limiter, GPU: a.GPU, ResponseIDs: a.respIDs})
+	gopts := gateway.Options{Logger: log, Metrics: a.Metrics, Version: o.version,
+		Cache: a.cache, Limiter: a.limiter, GPU: a.GPU, ResponseIDs: a.respIDs}
+	if a.Ledger != nil {
+		gopts.Ledger = a.Ledger
+	}
+	a.Gateway = gateway.New(cfg, gopts)
 	return a, nil
 }
 
@@ -126,6 +144,7 @@ func (a *App) Reload(cfg *config.Config) {
 	keep("cache", cfg.Cache != old.Cache, func() { cfg.Cache = old.Cache })
 	keep("rate_limit", cfg.RateLimit != old.RateLimit, func() { cfg.RateLimit = old.RateLimit })
 	keep("gpu", cfg.GPU != old.GPU, func() { cfg.GPU = old.GPU })
+	keep("ledger", cfg.Ledger != old.Ledger, func() { cfg.Ledger = old.Ledger })
 	if len(restart) > 0 {
 		a.log.Warn("config reload: these settings take effect only after a restart; their running values are kept",
 			"settings", strings.Join(restart, ", "))
@@ -134,11 +153,20 @@ func (a *App) Reload(cfg *config.Config) {
 	a.cfg = cfg
 }
 
-// Close stops the GPU monitor and closes the Redis clients.
+// Close stops the GPU monitor, flushes the ledger and closes the Redis
+// clients. Called after the drain, so every request's row is queued.
 func (a *App) Close() error {
 	a.stop()
 	a.wg.Wait()
-	return a.closeRedis()
+	var lerr error
+	if a.Ledger != nil {
+		// Rows Postgres does not take in time go to the spill file, for
+		// the next start to replay.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*a.cfg.Ledger.WriteTimeout.D())
+		lerr = a.Ledger.Close(ctx)
+		cancel()
+	}
+	return errors.Join(lerr, a.closeRedis())
 }
 
 func (a *App) closeRedis() error {

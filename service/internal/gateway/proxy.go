@@ -55,10 +55,17 @@ type exchange struct {
 	errMsg          string
 	client          string // opaque id of the client key, for rate limits
 	cacheKey        string // set when the answer may be stored
+	// keyName and team are the client key's configured names, for the
+	// ledger (empty until keys have names).
+	keyName, team string
+	// failures are the upstreams that failed before one answered (or
+	// all, when none did), for the ledger's fallback path.
+	failures []route.Failure
 
 	price              route.Price
 	reference          *route.Price
 	prompt, completion int
+	reasoning          int // of completion, where the usage says
 	usageKnown         bool
 	// key is the answering upstream's key, removed from what it sends.
 	key    []byte
@@ -170,7 +177,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	out, err := chain.Run(r.Context(), st.policy, hooks, func(ctx context.Context, t *route.Target) route.Attempt {
 		return x.attempt(ctx, t, b, &req)
 	})
-	x.attempts = out.Attempts
+	x.attempts, x.failures = out.Attempts, out.Failures
 	if out.Target != nil {
 		return
 	}
@@ -880,6 +887,7 @@ func (x *exchange) finish() {
 		}
 		s.log.LogAttrs(x.r.Context(), level, "request", attrs...)
 	}
+	x.writeLedger(d)
 	if x.abort {
 		// Cut the connection without the final chunk, so the client sees
 		// a broken stream rather than one that looks complete.

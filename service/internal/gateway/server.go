@@ -40,6 +40,9 @@ type Options struct {
 	// ResponseIDs remembers which upstream created each Responses API
 	// response; nil keeps them in a map of this process only.
 	ResponseIDs *respids.Store
+	// Ledger takes one row per request answered or refused; nil: no
+	// ledger.
+	Ledger LedgerWriter
 }
 
 // Server is the gateway's http.Handler.
@@ -63,6 +66,7 @@ type Server struct {
 	limiter       *ratelimit.Limiter
 	gpu           *gpu.Monitor
 	respIDs       *respids.Store
+	ledger        LedgerWriter
 }
 
 // New builds a server for cfg.
@@ -75,6 +79,7 @@ func New(cfg *config.Config, opts Options) *Server {
 		cache:   opts.Cache,
 		limiter: opts.Limiter,
 		gpu:     opts.GPU,
+		ledger:  opts.Ledger,
 	}
 	if s.log == nil {
 		s.log = slog.Default()

@@ -147,6 +147,7 @@ func (x *exchange) setUsage(prompt, completion, reasoning int64) {
 		return
 	}
 	x.prompt, x.completion, x.usageKnown, x.usageSuspicious = int(prompt), int(completion), true, false
+	x.reasoning = int(max(reasoning, 0))
 }
 
 // suspicious counts and logs an answer whose usage was not believed.

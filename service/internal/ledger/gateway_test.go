@@ -1,0 +1,207 @@
+package ledger_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/relaygate/relaygate/service/config"
+	"github.com/relaygate/relaygate/service/internal/app"
+	"github.com/relaygate/relaygate/service/internal/testenv"
+	"github.com/relaygate/relaygate/service/internal/upstreamsim"
+)
+
+const clientKey = "sk-ledger-test-client-key-0123456789"
+
+// TestPostgresKilledUnderLoad is the issue's acceptance test: real
+// requests at about 300 a second through a real gateway (app.New, as the
+// command builds it) while its Postgres is shut down in immediate mode and
+// started again. Afterwards every X-Request-Id a client got is in the
+// ledger exactly once, and nothing else is. The rate is a target, not an
+// assertion: a slow machine sends fewer requests and proves the same.
+func TestPostgresKilledUnderLoad(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	sim := httptest.NewServer(upstreamsim.New(upstreamsim.Config{Latency: 5 * time.Millisecond, CompletionTokens: 8}))
+	t.Cleanup(sim.Close)
+	doc := fmt.Sprintf(`listen: "127.0.0.1:0"
+client_keys: [%q]
+upstreams:
+  - {name: sim, base_url: %q}
+models:
+  - name: m
+    route: [sim]
+    price: {input_per_mtok: 1, output_per_mtok: 2}
+    reference_price: {input_per_mtok: 4, output_per_mtok: 8}
+gpu: {interval: 1h}
+log: {requests: false}
+ledger:
+  postgres_url: %q
+  spill_dir: %q
+  batch_interval: 50ms
+  fsync_interval: 50ms
+  write_timeout: 1s
+`, clientKey, sim.URL+"/v1", pg.URL, t.TempDir())
+	cfg, err := config.Parse([]byte(doc), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	a, err := app.New(context.Background(), cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			_ = a.Close()
+		}
+	})
+	gw := httptest.NewServer(a.Handler())
+	t.Cleanup(gw.Close)
+
+	const rate, seconds = 300, 6
+	const total = rate * seconds
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: time.Minute}
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":"hello"}]}`)
+	var (
+		mu       sync.Mutex
+		got      = map[string]int{} // X-Request-Id → answers carrying it
+		statuses = map[int]int{}
+		failures []error
+	)
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	start := time.Now()
+	stopped, restarted := false, false
+	for i := range total {
+		// Postgres goes down a third of the way in and comes back at two
+		// thirds, with requests arriving all along.
+		switch {
+		case !stopped && i >= total/3:
+			stopped = true
+			go pg.Stop()
+		case !restarted && i >= 2*total/3:
+			restarted = true
+			wg.Add(1)
+			go func() { defer wg.Done(); pg.Start() }()
+		}
+		if d := time.Until(start.Add(time.Duration(i) * time.Second / rate)); d > 0 {
+			time.Sleep(d)
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", bytes.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+clientKey)
+			resp, err := client.Do(req)
+			if err != nil {
+				mu.Lock()
+				failures = append(failures, err)
+				mu.Unlock()
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			mu.Lock()
+			got[resp.Header.Get("X-Request-Id")]++
+			statuses[resp.StatusCode]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if len(failures) > 0 {
+		t.Fatalf("%d requests failed at the client, e.g. %v", len(failures), failures[0])
+	}
+	if statuses[200] != total {
+		t.Errorf("statuses %v: the gateway must serve all %d while Postgres is down", statuses, total)
+	}
+	t.Logf("%d requests in %s (%.0f/s), Postgres down for a third of them", total, elapsed.Round(time.Millisecond), float64(total)/elapsed.Seconds())
+
+	p, err := pgxpool.New(context.Background(), pg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	// The replay catches up while the gateway runs.
+	deadline := time.Now().Add(60 * time.Second)
+	var n int
+	for time.Now().Before(deadline) {
+		if err := p.QueryRow(context.Background(), "SELECT count(*) FROM ledger").Scan(&n); err == nil && n >= total {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	closed = true
+	if err := a.Close(); err != nil {
+		t.Fatalf("app.Close: %v", err)
+	}
+	rows, err := p.Query(context.Background(), "SELECT request_id, count(*) FROM ledger GROUP BY request_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type idCount struct {
+		ID string
+		N  int
+	}
+	counts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[idCount])
+	if err != nil {
+		t.Fatal(err)
+	}
+	inLedger := map[string]int{}
+	for _, c := range counts {
+		inLedger[c.ID] = c.N
+	}
+	missing, dup, extra := 0, 0, 0
+	for id, k := range got {
+		if k != 1 {
+			t.Errorf("X-Request-Id %s answered %d times", id, k)
+		}
+		switch inLedger[id] {
+		case 0:
+			missing++
+		case 1:
+		default:
+			dup++
+		}
+	}
+	for id := range inLedger {
+		if got[id] == 0 {
+			extra++
+		}
+	}
+	if missing > 0 || dup > 0 || extra > 0 || len(got) != total {
+		t.Errorf("of %d requests: %d missing from the ledger, %d in it more than once, %d rows no client saw", len(got), missing, dup, extra)
+	}
+	var spilled, replayed float64
+	mfs, _ := a.Metrics.Registry.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != "relaygate_ledger_rows_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			switch m.GetLabel()[0].GetValue() {
+			case "spilled":
+				spilled = m.GetCounter().GetValue()
+			case "replayed":
+				replayed = m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Logf("ledger: %d rows, %.0f spilled while Postgres was down, %.0f replayed", len(counts), spilled, replayed)
+	if spilled == 0 || replayed < spilled {
+		t.Errorf("spilled %.0f, replayed %.0f: rows written while Postgres was down must spill and be replayed", spilled, replayed)
+	}
+}
