@@ -34,6 +34,7 @@ const (
 	CheckPrometheusTarget = "prometheus_target"
 	CheckPrometheusRules  = "prometheus_rules"
 	CheckModelServer      = "model_server"
+	CheckLedger           = "ledger"
 )
 
 // Step is one check's result. Hint says what to do when it did not pass.

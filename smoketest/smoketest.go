@@ -74,6 +74,8 @@ type Options struct {
 	// UtilizationWindow is how long the model is kept busy while the
 	// GPU's utilization is watched.
 	ModelServerWait, UtilizationWindow time.Duration
+	// LedgerWait bounds the wait for the completion's row in the ledger.
+	LedgerWait time.Duration
 	// Progress receives a line as each check starts and ends; nil is quiet.
 	Progress io.Writer
 }
@@ -103,6 +105,9 @@ func (o *Options) defaults() {
 	if o.UtilizationWindow <= 0 {
 		o.UtilizationWindow = DefaultUtilizationWindow
 	}
+	if o.LedgerWait <= 0 {
+		o.LedgerWait = DefaultLedgerWait
+	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
@@ -127,6 +132,8 @@ type runner struct {
 	okStreams    int // of which streams
 	cacheHitSeen bool
 	streamSeen   bool
+	// ledgerProbe is the completion check's request, once answered.
+	ledgerProbe *ledgerProbe
 }
 
 // Run runs every check against the stack and returns the report. It fails
@@ -186,6 +193,16 @@ func Run(ctx context.Context, opts Options) *Report {
 	r.step(ctx, CheckCache, "a repeated deterministic request comes from the cache", needKey, r.checkCache)
 	r.stepTimeout(ctx, CheckLatency, "latency percentiles against latencyBudgetP95Ms", needKey, r.opts.LatencyTimeout, r.checkLatency)
 	r.step(ctx, CheckMetrics, "relaygate_ metrics exported and moving", needKey, r.checkMetrics)
+	needCompletion := func() string {
+		if why := needKey(); why != "" {
+			return why
+		}
+		if r.ledgerProbe == nil {
+			return "needs an answered completion to look up (see " + CheckCompletion + ")"
+		}
+		return ""
+	}
+	r.stepTimeout(ctx, CheckLedger, "the completion's row is in the usage ledger", needCompletion, r.opts.LedgerWait+r.opts.StepTimeout, r.checkLedger)
 	needProm := func() string {
 		if r.opts.Outputs.PrometheusURL == "" {
 			return "the stack has no prometheusUrl output"
