@@ -9,6 +9,7 @@ import (
 	pkgengine "github.com/pulumi/pulumi/pkg/v3/engine"
 
 	"github.com/relaygate/relaygate/infra/internal/stackconfig"
+	gwconfig "github.com/relaygate/relaygate/service/config"
 )
 
 // fakeHFToken is a Hugging Face token an operator sets with --secret.
@@ -90,11 +91,13 @@ func TestModelServerOnGPUHosts(t *testing.T) {
 				if !dependsOn(gw, typeContainer, h+"-model-server") {
 					t.Errorf("%s: the gateway does not wait for the model server: deps %v", h, gw.Deps)
 				}
-				y := gatewayYAML(t, gw)
-				for _, want := range []string{"- name: self-hosted\n      base_url: http://model-server:8000/v1\n", "- name: qwen2.5-7b-instruct\n      route:\n        - self-hosted\n"} {
-					if !strings.Contains(y, want) {
-						t.Errorf("%s: gateway config lacks %q:\n%s", h, want, y)
-					}
+				g := loadGatewayConfig(t, gw)
+				if u, ok := g.Upstream("self-hosted"); !ok || u.BaseURL != "http://model-server:8000/v1" {
+					t.Errorf("%s: no self-hosted upstream at http://model-server:8000/v1: %+v", h, u)
+				}
+				if i := slices.IndexFunc(g.Models, func(m gwconfig.Model) bool { return m.Name == "qwen2.5-7b-instruct" }); i < 0 ||
+					len(g.Models[i].Route) == 0 || g.Models[i].Route[0].Upstream != "self-hosted" {
+					t.Errorf("%s: qwen2.5-7b-instruct does not route to self-hosted first", h)
 				}
 
 				prom := d.named(t, typeContainer, h+"-prometheus")

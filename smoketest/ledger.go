@@ -33,9 +33,12 @@ type ledgerProbe struct {
 	promptTokens, complTok int
 }
 
-// generation is a ledger row as GET /v1/generation answers it.
+// generation is a ledger row as GET /v1/generation answers it. The
+// request's id is "id"; an answer in the ledger's own row shape has the row's
+// id there and the request's in "request_id", so both are read.
 type generation struct {
 	ID               string   `json:"id"`
+	RequestID        string   `json:"request_id"`
 	Model            string   `json:"model"`
 	Upstream         string   `json:"upstream"`
 	Status           int      `json:"status"`
@@ -43,6 +46,14 @@ type generation struct {
 	CompletionTokens int      `json:"completion_tokens"`
 	CostUSD          float64  `json:"cost_usd"`
 	LatencyMS        *float64 `json:"latency_ms"`
+}
+
+// requestID is the request the row is for.
+func (g generation) requestID() string {
+	if g.RequestID != "" {
+		return g.RequestID
+	}
+	return g.ID
 }
 
 // checkLedger: the completion check's request reached the ledger in
@@ -116,8 +127,8 @@ func (r *runner) verifyGeneration(s *Step, p ledgerProbe, body []byte, after tim
 		return
 	}
 	var wrong []string
-	if g.ID != p.requestID {
-		wrong = append(wrong, fmt.Sprintf("id %q, not %q", g.ID, p.requestID))
+	if g.requestID() != p.requestID {
+		wrong = append(wrong, fmt.Sprintf("id %q, not %q", g.requestID(), p.requestID))
 	}
 	if g.Model != p.model {
 		wrong = append(wrong, fmt.Sprintf("model %q, not %q", g.Model, p.model))

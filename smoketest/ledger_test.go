@@ -32,6 +32,8 @@ type fakeLedgerGateway struct {
 	oldGateway   bool   // no /v1/generation route at all
 	rowTokens    [2]int // the row's tokens; zero: what the answer said
 	rowModel     string // the row's model; empty: the request's
+	rowShape     bool   // answer in the ledger row's shape: its own id, the request's in request_id
+	rowID        string // the row's request id; empty: the request's
 
 	lookups atomic.Int64
 	lastID  atomic.Value // the request ID of the last completion
@@ -74,8 +76,15 @@ func (f *fakeLedgerGateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if model == "" {
 			model = "gpt-4.1"
 		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"id": id, "model": model, "upstream": "holysheep", "status": 200,
-			"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "cost_usd": 0.000066, "latency_ms": 812.5})
+		if f.rowID != "" {
+			id = f.rowID
+		}
+		row := map[string]any{"id": id, "model": model, "upstream": "holysheep", "status": 200,
+			"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "cost_usd": 0.000066, "latency_ms": 812.5}
+		if f.rowShape {
+			row["id"], row["request_id"] = "01JROWID0000000000000000", id
+		}
+		_ = json.NewEncoder(w).Encode(row)
 	default:
 		w.WriteHeader(http.StatusNotFound)
 		_, _ = w.Write([]byte(`{"error":{"message":"not found","type":"invalid_request_error"}}`))
@@ -115,6 +124,10 @@ func TestCheckLedger(t *testing.T) {
 	}{
 		{"found after a few batches", &fakeLedgerGateway{writtenAfter: 3}, true, Pass,
 			"in the ledger after", "", 4},
+		{"found, in the ledger row's shape", &fakeLedgerGateway{rowShape: true}, true, Pass,
+			"in the ledger after", "", 1},
+		{"another request's row", &fakeLedgerGateway{rowID: "someone-else"}, true, Fail,
+			`id "someone-else", not "req-`, "bug in the gateway's ledger", 1},
 		{"no ledger on a stack without one", &fakeLedgerGateway{disabled: true}, false, Skip,
 			"the gateway has no usage ledger (ledger_disabled)", "", 1},
 		{"no ledger on a stack with one", &fakeLedgerGateway{disabled: true}, true, Fail,
