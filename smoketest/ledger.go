@@ -87,7 +87,7 @@ func (r *runner) checkLedger(ctx context.Context, s *Step) {
 						"and that the gateway's environment has LEDGER_POSTGRES_URL; `pulumi up` renders both")
 				return
 			}
-			s.Status, s.Detail = Skip, "the gateway has no usage ledger ("+codeLedgerDisabled+"): the stack's ledger is off"
+			s.Status, s.Detail = NotApplicable, "the gateway has no usage ledger ("+codeLedgerDisabled+"): the stack's ledger is off"
 			return
 		case code == http.StatusNotFound && errCode == codeGenerationNotFound:
 			// Not written yet: rows go to Postgres in batches.

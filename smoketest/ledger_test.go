@@ -128,7 +128,7 @@ func TestCheckLedger(t *testing.T) {
 			"in the ledger after", "", 1},
 		{"another request's row", &fakeLedgerGateway{rowID: "someone-else"}, true, Fail,
 			`id "someone-else", not "req-`, "bug in the gateway's ledger", 1},
-		{"no ledger on a stack without one", &fakeLedgerGateway{disabled: true}, false, Skip,
+		{"no ledger on a stack without one", &fakeLedgerGateway{disabled: true}, false, NotApplicable,
 			"the gateway has no usage ledger (ledger_disabled)", "", 1},
 		{"no ledger on a stack with one", &fakeLedgerGateway{disabled: true}, true, Fail,
 			"answers ledger_disabled", "LEDGER_POSTGRES_URL", 1},

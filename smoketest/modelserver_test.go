@@ -184,7 +184,8 @@ func TestModelServerHint(t *testing.T) {
 }
 
 // TestRunSkipsTheModelServerWithoutOne: a stack whose outputs name no
-// model server (local) skips the check, saying why.
+// model server (local) has the check marked not applicable, saying why,
+// which does not fail the run.
 func TestRunSkipsTheModelServerWithoutOne(t *testing.T) {
 	t.Parallel()
 	srv := httptest.NewServer(http.NotFoundHandler())
@@ -195,7 +196,12 @@ func TestRunSkipsTheModelServerWithoutOne(t *testing.T) {
 		StepTimeout: 5 * time.Second,
 	})
 	st := rep.Step(CheckModelServer)
-	if st == nil || st.Status != Skip || !strings.Contains(st.Detail, "runs no model server") {
-		t.Fatalf("model server check = %+v, want a skip", st)
+	if st == nil || st.Status != NotApplicable || !strings.Contains(st.Detail, "runs no model server") {
+		t.Fatalf("model server check = %+v, want it not applicable", st)
+	}
+	for _, f := range rep.Failed() {
+		if f.Name == CheckModelServer {
+			t.Errorf("the model server check of a stack without one counts as failed")
+		}
 	}
 }

@@ -180,14 +180,13 @@ func Run(ctx context.Context, opts Options) *Report {
 		}
 		return ""
 	}
-	needModelServer := func() string {
-		if r.opts.Outputs.SelfHostedModel == "" {
-			return "the stack runs no model server (its selfHostedModel output is empty)"
-		}
-		return needKey()
+	const modelServerTitle = "the self-hosted model answers from the model server on the GPU"
+	if r.opts.Outputs.SelfHostedModel == "" {
+		r.notApplicable(CheckModelServer, modelServerTitle, "the stack runs no model server (its selfHostedModel output is empty)")
+	} else {
+		r.stepTimeout(ctx, CheckModelServer, modelServerTitle, needKey,
+			r.opts.ModelServerWait+r.opts.UtilizationWindow+2*r.opts.StepTimeout, r.checkModelServer)
 	}
-	r.stepTimeout(ctx, CheckModelServer, "the self-hosted model answers from the model server on the GPU", needModelServer,
-		r.opts.ModelServerWait+r.opts.UtilizationWindow+2*r.opts.StepTimeout, r.checkModelServer)
 	r.step(ctx, CheckCompletion, "a chat completion through go-openai", needKey, r.checkCompletion)
 	r.step(ctx, CheckStream, "a streamed completion through go-openai", needKey, r.checkStream)
 	r.step(ctx, CheckCache, "a repeated deterministic request comes from the cache", needKey, r.checkCache)
@@ -253,6 +252,12 @@ func (r *runner) waitReady(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// notApplicable records a check of a part the stack does not have.
+func (r *runner) notApplicable(name, title, why string) {
+	s := Step{Name: name, Title: title, Status: NotApplicable, Detail: why}
+	r.finish(&s, time.Now())
 }
 
 func (r *runner) step(ctx context.Context, name, title string, skipIf func() string, check func(context.Context, *Step)) {
