@@ -1,9 +1,17 @@
 package ledgerdb
 
 import (
+	"context"
+	"fmt"
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/pulumi/pulumi/sdk/v3/go/common/resource"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+	"github.com/pulumi/pulumi/sdk/v3/go/pulumi/internals"
+
+	"github.com/relaygate/relaygate/infra/internal/stackconfig"
 )
 
 // TestIdentifier: the instance identifier must be one RDS accepts, or the
@@ -58,5 +66,63 @@ func TestPostgresURL(t *testing.T) {
 		if u.Host != "ledger-db:5432" || u.Path != "/relaygate" || u.Query().Get("sslmode") != "disable" || strings.ContainsAny(u.Host+u.Path, "@#?") {
 			t.Errorf("%q: host %q, path %q, query %q", raw, u.Host, u.Path, u.RawQuery)
 		}
+	}
+}
+
+type mocks struct{}
+
+func (mocks) NewResource(args pulumi.MockResourceArgs) (string, resource.PropertyMap, error) {
+	outs := args.Inputs.Copy()
+	switch args.TypeToken {
+	case "aws:rds/instance:Instance":
+		outs["address"] = resource.NewProperty(args.Name + ".c0abcdefghij.us-east-1.rds.amazonaws.com")
+	case "aws:rds/subnetGroup:SubnetGroup":
+		outs["name"] = resource.NewProperty(args.Name + "-0a1b2c3")
+	}
+	return args.Name + "-id", outs, nil
+}
+
+func (mocks) Call(args pulumi.MockCallArgs) (resource.PropertyMap, error) {
+	return nil, fmt.Errorf("unexpected call %s", args.Token)
+}
+
+// TestURLIsSecret: the gateway's URL carries the password, so it is a
+// secret output, and it reaches the instance's address over TLS.
+func TestURLIsSecret(t *testing.T) {
+	t.Parallel()
+	const pw = "5f0c1e7a9b3d42c8e6a1f0b7d3c9e2a4"
+	var got pulumi.StringOutput
+	err := pulumi.RunErr(func(ctx *pulumi.Context) error {
+		d, err := New(ctx, "relaygate-prod-ledger", Args{
+			SubnetIDs:       pulumi.ToStringArray([]string{"subnet-a", "subnet-b"}).ToStringArrayOutput(),
+			SecurityGroupID: pulumi.String("sg-1"),
+			Ledger: stackconfig.Ledger{Enabled: true, Managed: true, InstanceClass: "db.t4g.small", AllocatedStorageGB: 20,
+				BackupRetentionDays: 7, EngineVersion: "17", Password: stackconfig.NewSecret(pw)},
+		})
+		if err != nil {
+			return err
+		}
+		got = d.URL
+		return nil
+	}, pulumi.WithMocks("relaygate", "prod", mocks{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := internals.UnsafeAwaitOutput(context.Background(), got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "postgres://relaygate:" + pw + "@relaygate-prod-ledger.c0abcdefghij.us-east-1.rds.amazonaws.com:5432/relaygate?sslmode=require"
+	if !r.Secret || r.Value != want {
+		t.Errorf("URL: secret %t, as expected %t", r.Secret, r.Value == want)
+	}
+
+	// Without a password there is no instance to create.
+	err = pulumi.RunErr(func(ctx *pulumi.Context) error {
+		_, err := New(ctx, "relaygate-prod-ledger", Args{Ledger: stackconfig.Ledger{Enabled: true, Managed: true}})
+		return err
+	}, pulumi.WithMocks("relaygate", "prod", mocks{}))
+	if err == nil || !strings.Contains(err.Error(), "no password") {
+		t.Errorf("New without a password: %v", err)
 	}
 }
