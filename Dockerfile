@@ -31,12 +31,18 @@ RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=1 go build -trimpath -buildvcs=false -ldflags='-s -w' \
         -o /out/ ./service/cmd/...
+# The ledger's spill directory (config.DefaultLedgerSpillDir), empty. The
+# infra program mounts a named volume there; a new volume takes the
+# ownership of the image's directory, so the gateway (uid 65532) can write
+# to it. The runtime image has no shell to mkdir with: it is copied.
+RUN mkdir -p /out-ledger/var/lib/relaygate/ledger
 
 # distroless/base has glibc (for the cgo binaries and for the driver library
 # the toolkit injects), CA certificates and tzdata, and no shell; :nonroot runs
 # as uid 65532.
 FROM ${RUNTIME_IMAGE}
 COPY --from=build /out/ /usr/local/bin/
+COPY --from=build --chown=65532:65532 /out-ledger/var/lib/relaygate/ /var/lib/relaygate/
 # Tell the NVIDIA runtime to expose every GPU with only the management
 # library (NVML): the gateway reads GPU telemetry, it does not run kernels.
 ENV NVIDIA_VISIBLE_DEVICES=all \

@@ -27,10 +27,54 @@ func TestCLIAcceptsTheCommittedStacks(t *testing.T) {
 		{"dev", map[string]setting{"relaygate:alertWebhookUrl": {value: "https://hooks.example.com/T0/B0/x", secret: true}}},
 		// A gated model's token, undeclared like the webhook.
 		{"prod", map[string]setting{"relaygate:hfToken": {value: "hf_testtoken7d2c9a0b1e", secret: true}}},
+		// The ledger's password, undeclared too: optional on dev (the CLI
+		// accepts prod without it; the program refuses it, below).
+		{"dev", map[string]setting{"relaygate:ledgerDbPassword": {unset: true}}},
+		{"prod", map[string]setting{"relaygate:ledgerDbPassword": {unset: true}}},
+		{"local", map[string]setting{"relaygate:ledger": {value: `{"enabled":true}`}}},
 	} {
 		if _, _, err := cliConfig(t, tc.stack, withOperator(tc.stack, tc.changes)); err != nil {
 			t.Errorf("stack %s %v: the CLI refuses it: %v", tc.stack, tc.changes, err)
 		}
+	}
+}
+
+// TestPreviewOfTheLedgerPassword: `pulumi preview` of prod, whose ledger
+// is RDS, without ledgerDbPassword fails before anything is created and
+// says how to set it; dev without it previews, warning that its Postgres
+// container trusts the host's private network.
+func TestPreviewOfTheLedgerPassword(t *testing.T) {
+	t.Parallel()
+	unset := map[string]setting{"relaygate:ledgerDbPassword": {unset: true}}
+	prod := newStackRun(t, "prod", unset)
+	events, err := prod.op(pkgengine.Update, true)
+	if err == nil {
+		t.Fatal("the preview of prod without ledgerDbPassword succeeded")
+	}
+	all := strings.Join(diags(events), "\n")
+	for _, want := range []string{"relaygate:ledgerDbPassword: is not set but ledger.managed is true",
+		`pulumi config set --secret ledgerDbPassword "$(openssl rand -hex 32)"`} {
+		if !strings.Contains(all, want) {
+			t.Errorf("the preview's diagnostics lack %q:\n%s", want, all)
+		}
+	}
+	if steps := stepsOf(events); slices.ContainsFunc(steps, func(s string) bool { return strings.Contains(s, "aws:") }) {
+		t.Errorf("the refused preview planned AWS resources: %v", steps)
+	}
+
+	dev := newStackRun(t, "dev", unset)
+	events, err = dev.op(pkgengine.Update, true)
+	if err != nil {
+		t.Fatalf("preview of dev without ledgerDbPassword: %v\n%v", err, diags(events))
+	}
+	// The program's warnings go to the engine's log service.
+	dev.log.mu.Lock()
+	lines := slices.Clone(dev.log.lines)
+	dev.log.mu.Unlock()
+	if !slices.ContainsFunc(lines, func(l string) bool {
+		return strings.HasPrefix(l, "WARNING") && strings.Contains(l, "ledgerDbPassword is not set, so the ledger's Postgres container trusts")
+	}) {
+		t.Errorf("no warning about the trusting ledger database: %q", lines)
 	}
 }
 

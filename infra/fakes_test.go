@@ -446,7 +446,10 @@ func (w *world) outputs(typ, name string, in resource.PropertyMap, preview bool)
 		set("arn", "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/"+name)
 	case "aws:elasticache/replicationGroup:ReplicationGroup":
 		set("primaryEndpointAddress", "master."+name+".abcdef.use1.cache.amazonaws.com")
-	case "aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile", "aws:elasticache/subnetGroup:SubnetGroup":
+	case "aws:rds/instance:Instance":
+		set("address", name+".c0abcdefghij.us-east-1.rds.amazonaws.com")
+		set("arn", "arn:aws:rds:us-east-1:123456789012:db:"+name)
+	case "aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile", "aws:elasticache/subnetGroup:SubnetGroup", "aws:rds/subnetGroup:SubnetGroup":
 		if str("name") == "" {
 			// Auto-named, with a random suffix per physical resource.
 			set("name", fmt.Sprintf("%s-%07x", name, n))

@@ -37,6 +37,8 @@ const (
 	fakePublicKey    = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHarnessKeyNotARealKey0000000000000000 ops@example"
 	fakeAMI          = "ami-0123456789abcdef0"
 	fakeECRPassword  = "test-ecr-password-77aa"
+	// fakeLedgerPassword is what `openssl rand -hex 32` makes.
+	fakeLedgerPassword = "9c1f5e0a7b2d48e3a6f1c0b9d7e2a4f8"
 	// albZoneID is the hosted zone AWS gives load balancers in us-east-1.
 	albZoneID = "Z35SXDOTRQ7X7K"
 )
@@ -57,6 +59,8 @@ func operatorSettings(target string) map[string]setting {
 		s["relaygate:sshPublicKey"] = setting{value: fakePublicKey}
 		s["relaygate:holysheepApiKey"] = setting{value: fakeHolysheepKey, secret: true}
 		s["relaygate:openaiApiKey"] = setting{value: fakeOpenAIKey, secret: true}
+		// Required on prod (an RDS ledger), advised on dev.
+		s["relaygate:ledgerDbPassword"] = setting{value: fakeLedgerPassword, secret: true}
 	}
 	return s
 }
@@ -119,6 +123,10 @@ func stackConfig(t *testing.T, stackName string, settings map[string]setting) (m
 // http(s) URL.
 const committedSecret = "https://committed-secret.invalid/placeholder"
 
+// committedPassword stands in for a committed ledgerDbPassword, whose rule
+// (RDS's: no '/') committedSecret would break.
+const committedPassword = "committed-secret-placeholder-0123"
+
 // withCommittedSecrets is settings plus, for each encrypted value of the
 // stack file that settings neither set nor unset, that value set and secret
 // as committedSecret.
@@ -127,6 +135,9 @@ func withCommittedSecrets(stackFile config.Map, settings map[string]setting) map
 	for k, v := range stackFile {
 		if _, ok := out[k.String()]; !ok && v.Secure() {
 			out[k.String()] = setting{value: committedSecret, secret: true}
+			if k.String() == "relaygate:ledgerDbPassword" {
+				out[k.String()] = setting{value: committedPassword, secret: true}
+			}
 		}
 	}
 	return out
@@ -140,6 +151,10 @@ type recorded struct {
 	Deps       []string
 	// DeletedWith is the URN of the resource this one goes with.
 	DeletedWith string
+	// Protect is the resource's protect option; SecretOutputs its
+	// additional secret outputs.
+	Protect       bool
+	SecretOutputs []string
 }
 
 type invoke struct {
@@ -173,6 +188,8 @@ func (e *engine) NewResource(args pulumi.MockResourceArgs) (string, resource.Pro
 	if args.RegisterRPC != nil {
 		rec.Deps = args.RegisterRPC.GetDependencies()
 		rec.DeletedWith = args.RegisterRPC.GetDeletedWith()
+		rec.Protect = args.RegisterRPC.GetProtect()
+		rec.SecretOutputs = args.RegisterRPC.GetAdditionalSecretOutputs()
 	}
 	e.res = append(e.res, rec)
 	e.mu.Unlock()
@@ -215,7 +232,9 @@ func (e *engine) NewResource(args pulumi.MockResourceArgs) (string, resource.Pro
 		set("arn", "arn:aws:elasticloadbalancing:"+e.region+":123456789012:targetgroup/"+args.Name)
 	case "aws:elasticache/replicationGroup:ReplicationGroup":
 		set("primaryEndpointAddress", "master."+args.Name+".abcdef.use1.cache.amazonaws.com")
-	case "aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile", "aws:elasticache/subnetGroup:SubnetGroup":
+	case "aws:rds/instance:Instance":
+		set("address", args.Name+".c0abcdefghij."+e.region+".rds.amazonaws.com")
+	case "aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile", "aws:elasticache/subnetGroup:SubnetGroup", "aws:rds/subnetGroup:SubnetGroup":
 		set("name", args.Name+"-generated")
 	case "aws:ec2/keyPair:KeyPair":
 		set("keyName", args.Name+"-generated")

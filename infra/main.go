@@ -64,5 +64,6 @@ func build(ctx *pulumi.Context) (map[string]pulumi.Input, error) {
 		"instanceIds":        out.InstanceIDs,
 		"selfHostedModel":    pulumi.String(out.SelfHostedModel),
 		"selfHostedUpstream": pulumi.String(out.SelfHostedUpstream),
+		"ledgerEnabled":      pulumi.Bool(out.LedgerEnabled),
 	}, nil
 }

@@ -22,7 +22,7 @@ import (
 // The outputs the smoke test reads (SPEC.md), exactly.
 var specOutputs = []string{
 	"expectedGpuCount", "gatewayApiKey", "gatewayUrl", "hosts", "imageRef",
-	"instanceIds", "latencyBudgetP95Ms", "prometheusUrl", "selfHostedModel", "selfHostedUpstream",
+	"instanceIds", "latencyBudgetP95Ms", "ledgerEnabled", "prometheusUrl", "selfHostedModel", "selfHostedUpstream",
 }
 
 const (
@@ -43,6 +43,8 @@ const (
 	typeNetwork       = "docker:index/network:Network"
 	typeVolume        = "docker:index/volume:Volume"
 	typeDNSRecord     = "aws:route53/record:Record"
+	typeRDSInstance   = "aws:rds/instance:Instance"
+	typeRDSSubnets    = "aws:rds/subnetGroup:SubnetGroup"
 
 	// instanceLabel is the label (and pull trigger) that ties a Docker
 	// resource to the EC2 instance it runs on.
@@ -637,6 +639,9 @@ func checkOutputs(t *testing.T, d *deployment) {
 		if s := fmt.Sprint(o.Value); name != "gatewayApiKey" && strings.Contains(s, fakeGatewayKey) {
 			t.Errorf("output %s contains the gateway key", name)
 		}
+		if s := fmt.Sprint(o.Value); strings.Contains(s, fakeLedgerPassword) || strings.Contains(s, "postgres://") {
+			t.Errorf("output %s contains the ledger database's password or URL", name)
+		}
 	}
 	if want := intValue(t, d.values["relaygate:expectedGpuCount"]); d.outputs["expectedGpuCount"].Value != want {
 		t.Errorf("expectedGpuCount = %v, want %v", d.outputs["expectedGpuCount"].Value, want)
@@ -759,6 +764,16 @@ func checkInstanceBound(t *testing.T, d *deployment, hosts int, managedRedis boo
 	if d.outputs["selfHostedModel"].Value != "" {
 		for _, typ := range []string{typeVolume, typeContainer, typeRemoteImage} {
 			want[typ]++
+		}
+	}
+	// The ledger: the gateway's spill volume; a Postgres container, its
+	// data volume and image unless the stack's ledger is RDS.
+	if d.outputs["ledgerEnabled"].Value == true {
+		want[typeVolume]++
+		if len(d.ofType(typeRDSInstance)) == 0 {
+			for _, typ := range []string{typeVolume, typeContainer, typeRemoteImage} {
+				want[typ]++
+			}
 		}
 	}
 	for i, id := range ids {

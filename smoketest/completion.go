@@ -33,6 +33,8 @@ func (r *runner) checkCompletion(ctx context.Context, s *Step) {
 		return
 	}
 	r.okRequests++
+	r.ledgerProbe = &ledgerProbe{requestID: resp.Header().Get("X-Request-Id"), model: r.model,
+		upstream: resp.Header().Get("X-Relaygate-Upstream"), promptTokens: resp.Usage.PromptTokens, complTok: resp.Usage.CompletionTokens}
 	if len(resp.Choices) == 0 {
 		s.fail("the answer has no choices", "the upstream answered in an unexpected shape; check the model's route in the stack config")
 		return

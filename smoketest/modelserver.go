@@ -39,12 +39,6 @@ var (
 // moving while the model works.
 func (r *runner) checkModelServer(ctx context.Context, s *Step) {
 	model, upstream := r.opts.Outputs.SelfHostedModel, r.opts.Outputs.SelfHostedUpstream
-	if model == "" {
-		// Like a stack that expects no GPU: nothing to check, which is
-		// not a failure (a skip is: it means a needed check failed).
-		s.passf("the stack runs no model server (its selfHostedModel output is empty)")
-		return
-	}
 	t0 := time.Now()
 
 	// 1. The model answers, once it has loaded.

@@ -184,10 +184,10 @@ func TestModelServerHint(t *testing.T) {
 	}
 }
 
-// TestRunPassesTheModelServerWithoutOne: a stack whose outputs name no
-// model server (local) has nothing to check there: the check passes,
-// saying why, and does not fail the run as a skip would.
-func TestRunPassesTheModelServerWithoutOne(t *testing.T) {
+// TestRunSkipsTheModelServerWithoutOne: a stack whose outputs name no
+// model server (local) has the check marked not applicable, saying why,
+// which does not fail the run.
+func TestRunSkipsTheModelServerWithoutOne(t *testing.T) {
 	t.Parallel()
 	// A gateway that accepts the key and lists a model, and nothing else.
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -205,7 +205,12 @@ func TestRunPassesTheModelServerWithoutOne(t *testing.T) {
 		StepTimeout: 5 * time.Second,
 	})
 	st := rep.Step(CheckModelServer)
-	if st == nil || st.Status != Pass || !strings.Contains(st.Detail, "runs no model server") {
-		t.Fatalf("model server check = %+v, want a pass saying there is none", st)
+	if st == nil || st.Status != NotApplicable || !strings.Contains(st.Detail, "runs no model server") {
+		t.Fatalf("model server check = %+v, want it not applicable", st)
+	}
+	for _, f := range rep.Failed() {
+		if f.Name == CheckModelServer {
+			t.Errorf("the model server check of a stack without one counts as failed")
+		}
 	}
 }

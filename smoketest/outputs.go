@@ -29,6 +29,9 @@ type Outputs struct {
 	// absent, from an older stack) when the stack runs no model server.
 	SelfHostedModel    string
 	SelfHostedUpstream string
+	// LedgerEnabled says the stack gives its gateways a usage ledger
+	// (Postgres); false when absent, from a stack older than the ledger.
+	LedgerEnabled bool
 }
 
 // String leaves the key out, so an Outputs printed with %v or %+v by
@@ -38,8 +41,8 @@ func (o Outputs) String() string {
 	if o.GatewayAPIKey != "" {
 		key = "[secret]"
 	}
-	return fmt.Sprintf("{gatewayUrl:%s prometheusUrl:%s gatewayApiKey:%s expectedGpuCount:%d latencyBudgetP95Ms:%d imageRef:%s hosts:%v instanceIds:%v selfHostedModel:%s selfHostedUpstream:%s}",
-		o.GatewayURL, o.PrometheusURL, key, o.ExpectedGPUCount, o.LatencyBudgetP95Ms, o.ImageRef, o.Hosts, o.InstanceIDs, o.SelfHostedModel, o.SelfHostedUpstream)
+	return fmt.Sprintf("{gatewayUrl:%s prometheusUrl:%s gatewayApiKey:%s expectedGpuCount:%d latencyBudgetP95Ms:%d imageRef:%s hosts:%v instanceIds:%v selfHostedModel:%s selfHostedUpstream:%s ledgerEnabled:%t}",
+		o.GatewayURL, o.PrometheusURL, key, o.ExpectedGPUCount, o.LatencyBudgetP95Ms, o.ImageRef, o.Hosts, o.InstanceIDs, o.SelfHostedModel, o.SelfHostedUpstream, o.LedgerEnabled)
 }
 
 // GoString is String, for %#v.
@@ -124,6 +127,24 @@ func ParseOutputs(raw map[string]any) (Outputs, error) {
 		}
 		return int(f)
 	}
+	boolean := func(name string) bool {
+		switch v := raw[name].(type) {
+		case nil:
+			return false
+		case bool:
+			return v
+		case string:
+			// Some tools stringify booleans.
+			b, err := strconv.ParseBool(strings.TrimSpace(v))
+			if err != nil {
+				errs = append(errs, fmt.Errorf("output %s is %q, want true or false", name, v))
+			}
+			return b
+		default:
+			errs = append(errs, fmt.Errorf("output %s is a %T, want true or false", name, v))
+			return false
+		}
+	}
 	list := func(name string) []string {
 		v, ok := raw[name]
 		if !ok || v == nil {
@@ -156,6 +177,7 @@ func ParseOutputs(raw map[string]any) (Outputs, error) {
 	o.InstanceIDs = list("instanceIds")
 	o.SelfHostedModel = str("selfHostedModel", false)
 	o.SelfHostedUpstream = str("selfHostedUpstream", false)
+	o.LedgerEnabled = boolean("ledgerEnabled")
 	if (o.SelfHostedModel == "") != (o.SelfHostedUpstream == "") {
 		errs = append(errs, fmt.Errorf("outputs selfHostedModel %q and selfHostedUpstream %q must be set together", o.SelfHostedModel, o.SelfHostedUpstream))
 	}

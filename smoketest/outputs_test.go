@@ -74,6 +74,22 @@ func TestParseOutputs(t *testing.T) {
 			},
 		},
 		{
+			name: "a stack with the ledger, the flag as a string",
+			edit: func(m map[string]any) { m["ledgerEnabled"] = "true" },
+			want: &Outputs{
+				GatewayURL: "http://54.210.12.34:8000", PrometheusURL: "http://54.210.12.34:9090",
+				GatewayAPIKey: "0f3c9a1d5b7e2c4a6d8f0b1e3a5c7d9f", ExpectedGPUCount: 1, LatencyBudgetP95Ms: 1500,
+				ImageRef: "123456789012.dkr.ecr.us-east-1.amazonaws.com/relaygate-dev@sha256:5f0c",
+				Hosts:    []string{"54.210.12.34"}, InstanceIDs: []string{"i-0abc123def4567890"},
+				LedgerEnabled: true,
+			},
+		},
+		{
+			name:    "ledger flag not a boolean",
+			edit:    func(m map[string]any) { m["ledgerEnabled"] = 1.0 },
+			wantErr: []string{"output ledgerEnabled is a float64, want true or false"},
+		},
+		{
 			name:    "a model without its upstream",
 			edit:    func(m map[string]any) { m["selfHostedModel"], m["selfHostedUpstream"] = "qwen2.5-7b-instruct", "" },
 			wantErr: []string{`outputs selfHostedModel "qwen2.5-7b-instruct" and selfHostedUpstream "" must be set together`},

@@ -18,6 +18,10 @@ const (
 	// Skip marks a check that could not run because one it needs failed
 	// (no working key, no model); it counts as not passed.
 	Skip Status = "skip"
+	// NotApplicable marks a check of a part the stack does not have (no
+	// model server, no usage ledger): nothing to verify, so it does not
+	// fail the run, and a stack without the part can pass the deploy gate.
+	NotApplicable Status = "n/a"
 )
 
 // Names of the checks, stable for scripts reading the JSON report.
@@ -34,6 +38,7 @@ const (
 	CheckPrometheusTarget = "prometheus_target"
 	CheckPrometheusRules  = "prometheus_rules"
 	CheckModelServer      = "model_server"
+	CheckLedger           = "ledger"
 )
 
 // Step is one check's result. Hint says what to do when it did not pass.
@@ -103,11 +108,12 @@ func (r *Report) Step(name string) *Step {
 	return nil
 }
 
-// Failed lists the checks that did not pass (failed or skipped).
+// Failed lists the checks that did not pass (failed or skipped); one not
+// applicable to the stack is not among them.
 func (r *Report) Failed() []Step {
 	var out []Step
 	for _, s := range r.Steps {
-		if s.Status != Pass {
+		if s.Status != Pass && s.Status != NotApplicable {
 			out = append(out, s)
 		}
 	}
@@ -160,7 +166,17 @@ func (r *Report) WriteTable(w io.Writer) error {
 
 	failed := r.Failed()
 	if len(failed) == 0 {
-		fmt.Fprintf(&b, "\nPASSED: all %d checks in %s.\n", len(r.Steps), formatMS(r.DurationMS))
+		na := 0
+		for _, s := range r.Steps {
+			if s.Status == NotApplicable {
+				na++
+			}
+		}
+		if na > 0 {
+			fmt.Fprintf(&b, "\nPASSED: all %d checks in %s (%d not applicable to this stack).\n", len(r.Steps), formatMS(r.DurationMS), na)
+		} else {
+			fmt.Fprintf(&b, "\nPASSED: all %d checks in %s.\n", len(r.Steps), formatMS(r.DurationMS))
+		}
 	} else {
 		fmt.Fprintf(&b, "\nFAILED: %d of %d checks did not pass. What to do:\n", len(failed), len(r.Steps))
 		for _, s := range failed {

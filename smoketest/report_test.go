@@ -57,3 +57,29 @@ func TestReportTableAndJSON(t *testing.T) {
 		t.Errorf("JSON report = %s", js.String())
 	}
 }
+
+// TestNotApplicableDoesNotFail: a check of a part the stack does not have
+// (a model server, a ledger) is shown but neither fails the run nor is
+// listed under what to do; a skip still does.
+func TestNotApplicableDoesNotFail(t *testing.T) {
+	rep := &Report{GatewayURL: "http://127.0.0.1:8000", Steps: []Step{
+		{Name: CheckHealth, Status: Pass, Detail: "status ok"},
+		{Name: CheckModelServer, Status: NotApplicable, Detail: "the stack runs no model server"},
+		{Name: CheckLedger, Status: NotApplicable, Detail: "the gateway has no usage ledger"},
+	}}
+	if f := rep.Failed(); len(f) != 0 {
+		t.Errorf("Failed = %+v, want none", f)
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if out := table.String(); !strings.Contains(out, "PASSED: all 3 checks") || !strings.Contains(out, "(2 not applicable to this stack)") ||
+		!strings.Contains(oneLine(out), "ledger N/A - the gateway has no usage ledger") {
+		t.Errorf("table:\n%s", out)
+	}
+	rep.Steps = append(rep.Steps, Step{Name: CheckCompletion, Status: Skip, Detail: "needs a key"})
+	if f := rep.Failed(); len(f) != 1 || f[0].Name != CheckCompletion {
+		t.Errorf("Failed = %+v, want the skipped completion", f)
+	}
+}

@@ -74,6 +74,8 @@ type Options struct {
 	// UtilizationWindow is how long the model is kept busy while the
 	// GPU's utilization is watched.
 	ModelServerWait, UtilizationWindow time.Duration
+	// LedgerWait bounds the wait for the completion's row in the ledger.
+	LedgerWait time.Duration
 	// Progress receives a line as each check starts and ends; nil is quiet.
 	Progress io.Writer
 }
@@ -103,6 +105,9 @@ func (o *Options) defaults() {
 	if o.UtilizationWindow <= 0 {
 		o.UtilizationWindow = DefaultUtilizationWindow
 	}
+	if o.LedgerWait <= 0 {
+		o.LedgerWait = DefaultLedgerWait
+	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
@@ -127,6 +132,8 @@ type runner struct {
 	okStreams    int // of which streams
 	cacheHitSeen bool
 	streamSeen   bool
+	// ledgerProbe is the completion check's request, once answered.
+	ledgerProbe *ledgerProbe
 }
 
 // Run runs every check against the stack and returns the report. It fails
@@ -173,13 +180,28 @@ func Run(ctx context.Context, opts Options) *Report {
 		}
 		return ""
 	}
-	r.stepTimeout(ctx, CheckModelServer, "the self-hosted model answers from the model server on the GPU", needKey,
-		r.opts.ModelServerWait+r.opts.UtilizationWindow+2*r.opts.StepTimeout, r.checkModelServer)
+	const modelServerTitle = "the self-hosted model answers from the model server on the GPU"
+	if r.opts.Outputs.SelfHostedModel == "" {
+		r.notApplicable(CheckModelServer, modelServerTitle, "the stack runs no model server (its selfHostedModel output is empty)")
+	} else {
+		r.stepTimeout(ctx, CheckModelServer, modelServerTitle, needKey,
+			r.opts.ModelServerWait+r.opts.UtilizationWindow+2*r.opts.StepTimeout, r.checkModelServer)
+	}
 	r.step(ctx, CheckCompletion, "a chat completion through go-openai", needKey, r.checkCompletion)
 	r.step(ctx, CheckStream, "a streamed completion through go-openai", needKey, r.checkStream)
 	r.step(ctx, CheckCache, "a repeated deterministic request comes from the cache", needKey, r.checkCache)
 	r.stepTimeout(ctx, CheckLatency, "latency percentiles against latencyBudgetP95Ms", needKey, r.opts.LatencyTimeout, r.checkLatency)
 	r.step(ctx, CheckMetrics, "relaygate_ metrics exported and moving", needKey, r.checkMetrics)
+	needCompletion := func() string {
+		if why := needKey(); why != "" {
+			return why
+		}
+		if r.ledgerProbe == nil {
+			return "needs an answered completion to look up (see " + CheckCompletion + ")"
+		}
+		return ""
+	}
+	r.stepTimeout(ctx, CheckLedger, "the completion's row is in the usage ledger", needCompletion, r.opts.LedgerWait+r.opts.StepTimeout, r.checkLedger)
 	needProm := func() string {
 		if r.opts.Outputs.PrometheusURL == "" {
 			return "the stack has no prometheusUrl output"
@@ -230,6 +252,12 @@ func (r *runner) waitReady(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// notApplicable records a check of a part the stack does not have.
+func (r *runner) notApplicable(name, title, why string) {
+	s := Step{Name: name, Title: title, Status: NotApplicable, Detail: why}
+	r.finish(&s, time.Now())
 }
 
 func (r *runner) step(ctx context.Context, name, title string, skipIf func() string, check func(context.Context, *Step)) {

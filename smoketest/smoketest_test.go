@@ -25,8 +25,8 @@ func TestRunUnreachableGateway(t *testing.T) {
 		StepTimeout:    20 * time.Second,
 		PrometheusWait: 5 * time.Second,
 	})
-	if rep.Passed || len(rep.Steps) != 12 {
-		t.Fatalf("Passed %v with %d checks, want a failed report with all 12", rep.Passed, len(rep.Steps))
+	if rep.Passed || len(rep.Steps) != 13 {
+		t.Fatalf("Passed %v with %d checks, want a failed report with all 13", rep.Passed, len(rep.Steps))
 	}
 	h := rep.Step(CheckHealth)
 	if h.Status != Fail || !strings.Contains(h.Detail, "refused") || !strings.Contains(h.Hint, "docker ps") {

@@ -37,7 +37,19 @@ const (
 	// AlertmanagerHost is Alertmanager on the private network.
 	AlertmanagerHost = "alertmanager"
 	alertmanagerPort = 9093
+	// LedgerDBHost is the ledger's Postgres on the private network; it
+	// publishes no port.
+	LedgerDBHost = "ledger-db"
 )
+
+// LedgerDBDataDir is where the Postgres image keeps its data (PGDATA of the
+// official image up to 17), on a named volume.
+const LedgerDBDataDir = "/var/lib/postgresql/data"
+
+// LedgerDBStopGrace is how long Docker waits for Postgres to stop (the
+// image stops on SIGINT, a fast shutdown with a checkpoint) before it kills
+// it, which would leave a crash recovery for the next start.
+const LedgerDBStopGrace = 60 * time.Second
 
 // AlertmanagerTargets is Prometheus's file_sd list of Alertmanagers
 // (prometheus.yml reads alertmanagers/*.json) when one runs beside it.
@@ -148,6 +160,15 @@ type Args struct {
 	// before the gateway, which reaches it at ModelServerURL.
 	ModelServer *ModelServer
 
+	// LedgerDB, when set, runs the ledger's Postgres beside the gateway,
+	// before it, at LedgerDBHost.
+	LedgerDB *LedgerDB
+
+	// LedgerSpillDir, when set, is the gateway's ledger spill directory:
+	// a named volume is mounted there, so that rows spilled while Postgres
+	// was away survive a new gateway container.
+	LedgerSpillDir string
+
 	// Alertmanager, when set, runs beside Prometheus and takes its alerts;
 	// PrometheusFiles must then point Prometheus at it
 	// ("alertmanagers/alertmanager.json" holding AlertmanagerTargets).
@@ -160,6 +181,18 @@ type Alertmanager struct {
 	// Config is alertmanager.yml, a secret: its receiver's URL carries the
 	// webhook's token.
 	Config pulumi.StringInput
+}
+
+// LedgerDB is the ledger's Postgres container.
+type LedgerDB struct {
+	Image string
+	// DBName and User are the database and user the image creates when
+	// its volume is new.
+	DBName, User string
+	// Password is the user's password, a secret; nil, the database trusts
+	// every connection (only the containers on the private network reach
+	// it). The image takes it when it creates its data directory only.
+	Password pulumi.StringInput
 }
 
 // ModelServer is the OpenAI-compatible model server container (vLLM).
@@ -205,6 +238,7 @@ type Stack struct {
 	Simulator    *docker.Container
 	Alertmanager *docker.Container
 	ModelServer  *docker.Container
+	LedgerDB     *docker.Container
 }
 
 // New deploys the containers.
@@ -319,6 +353,63 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			return nil, fmt.Errorf("containers %s: redis: %w", name, err)
 		}
 		gatewayDeps = append(gatewayDeps, s.Redis)
+	}
+
+	if db := args.LedgerDB; db != nil {
+		image, err := pull("ledger-db", pulumi.String(db.Image))
+		if err != nil {
+			return nil, err
+		}
+		vol, err := volume("ledger-db")
+		if err != nil {
+			return nil, err
+		}
+		env := pulumi.StringArray{pulumi.Sprintf("POSTGRES_DB=%s", db.DBName), pulumi.Sprintf("POSTGRES_USER=%s", db.User)}
+		if db.Password != nil {
+			env = append(env, pulumi.Sprintf("POSTGRES_PASSWORD=%s", db.Password))
+		} else {
+			env = append(env, pulumi.String("POSTGRES_HOST_AUTH_METHOD=trust"))
+		}
+		// The environment may carry the password: secret in the state.
+		dbOpts := append(slices.Clone(replace), pulumi.AdditionalSecretOutputs([]string{"envs"}))
+		s.LedgerDB, err = docker.NewContainer(ctx, name+"-ledger-db", &docker.ContainerArgs{
+			Name:  pulumi.String(args.Prefix + "-ledger-db"),
+			Image: image,
+			Envs:  pulumi.ToSecret(env).(pulumi.StringArrayOutput),
+			Volumes: docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
+				VolumeName: vol.Name, ContainerPath: pulumi.String(LedgerDBDataDir),
+			}},
+			// Docker's 64 MiB /dev/shm is short for parallel queries.
+			ShmSize: pulumi.Int(256),
+			// No published port: only the containers on the private
+			// network reach it.
+			NetworksAdvanced: attach(LedgerDBHost),
+			// Over TCP: while the image initialises a new volume, its
+			// temporary server listens on the Unix socket only, so this
+			// passes once the real server takes connections.
+			Healthcheck: &docker.ContainerHealthcheckArgs{
+				Tests: pulumi.ToStringArray([]string{"CMD", "pg_isready", "-h", "127.0.0.1", "-p", "5432",
+					"-U", db.User, "-d", db.DBName}),
+				Interval:    pulumi.String("10s"),
+				Timeout:     pulumi.String("5s"),
+				Retries:     pulumi.Int(5),
+				StartPeriod: pulumi.String("30s"),
+			},
+			// The entrypoint drops from root to the postgres user, which
+			// needs no setuid binary.
+			SecurityOpts:        pulumi.StringArray{pulumi.String("no-new-privileges:true")},
+			DestroyGraceSeconds: pulumi.Int(int(LedgerDBStopGrace / time.Second)),
+			Restart:             pulumi.String("unless-stopped"),
+			MustRun:             pulumi.Bool(true),
+			Wait:                pulumi.Bool(true),
+			WaitTimeout:         pulumi.Int(180),
+			LogOpts:             logs,
+			Labels:              containerLabels(hostLabels),
+		}, dbOpts...)
+		if err != nil {
+			return nil, fmt.Errorf("containers %s: ledger database: %w", name, err)
+		}
+		gatewayDeps = append(gatewayDeps, s.LedgerDB)
 	}
 
 	gatewayImage := args.GatewayImage.ToStringOutput()
@@ -462,6 +553,17 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	}
 	if args.GPUs {
 		gw.Gpus = pulumi.String("all")
+	}
+	if args.LedgerSpillDir != "" {
+		// A new volume takes the ownership of the image's directory, which
+		// the Dockerfile gives the gateway's user.
+		spill, err := volume("ledger-spill")
+		if err != nil {
+			return nil, err
+		}
+		gw.Volumes = docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
+			VolumeName: spill.Name, ContainerPath: pulumi.String(args.LedgerSpillDir),
+		}}
 	}
 	// The environment carries the API keys: keep the whole field secret in
 	// the state even where an entry is not.

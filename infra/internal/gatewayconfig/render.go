@@ -81,6 +81,13 @@ func Render(c *stackconfig.Config, ep Endpoints) ([]byte, error) {
 		ShutdownDelay:   config.Duration(ep.Drain.Delay),
 		ShutdownTimeout: config.Duration(ep.Drain.Timeout),
 	}
+	if c.Ledger.Enabled {
+		// The URL carries the database password: the file names the
+		// variable only. The spill directory is where the container
+		// mounts its volume (LedgerSpillDir), so rows spilled while
+		// Postgres is away survive a new container.
+		doc.Ledger = config.Ledger{PostgresURL: envRef(stackconfig.LedgerURLEnv), SpillDir: LedgerSpillDir}
+	}
 	for _, u := range c.Upstreams {
 		out := config.Upstream{
 			Name:           u.Name,
@@ -132,6 +139,10 @@ func Render(c *stackconfig.Config, ep Endpoints) ([]byte, error) {
 	}
 	return out.Bytes(), nil
 }
+
+// LedgerSpillDir is the ledger's spill directory in the gateway container,
+// on a named volume; the gateway image creates it owned by its user.
+const LedgerSpillDir = config.DefaultLedgerSpillDir
 
 // ModelServerTimeout bounds one request to the self-hosted upstream.
 const ModelServerTimeout = 5 * time.Minute

@@ -58,6 +58,7 @@ func stackCfg(t *testing.T, target string, overrides map[string]string) *stackco
 		"relaygate:localGpu":           "false",
 		"relaygate:upstreamSimulator":  "false",
 		"relaygate:modelServer":        `{"enabled":false}`,
+		"relaygate:ledger":             `{"enabled":false}`,
 		"relaygate:latencyBudgetP95Ms": "1500",
 		"relaygate:upstreams": `[{"name":"holysheep","baseUrl":"https://api.holysheep.ai/v1","apiKeyEnv":"HOLYSHEEP_API_KEY","timeout":"180s","connectTimeout":"30s"},` +
 			`{"name":"openai","baseUrl":"https://api.openai.com/v1","apiKeyEnv":"OPENAI_API_KEY"},` +
@@ -262,5 +263,39 @@ func TestRenderRefusesInconsistentEndpoints(t *testing.T) {
 				t.Errorf("Render error = %v, want one containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestRenderLedger: with the ledger on, the config names the Postgres URL's
+// variable only (the URL holds the database password and the file is
+// uploaded in plain text) and the spill directory the container's volume
+// is mounted at; the gateway's loader accepts it and turns the ledger on.
+// Off, the config has no ledger section and the gateway runs without one.
+func TestRenderLedger(t *testing.T) {
+	t.Parallel()
+	const url = "postgres://relaygate:s3cr3t-ledger-pw@ledger-db:5432/relaygate?sslmode=disable"
+	c := stackCfg(t, "aws", map[string]string{"relaygate:ledger": `{"enabled":true}`})
+	b, err := Render(c, Endpoints{RedisURL: "redis://redis:6379/0", Drain: Drain{Timeout: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "postgres_url: ${"+stackconfig.LedgerURLEnv+"}") || strings.Contains(string(b), "s3cr3t") {
+		t.Errorf("the ledger's URL is not a ${VAR}:\n%s", b)
+	}
+	env := map[string]string{"GATEWAY_API_KEY": gatewayKey, "HOLYSHEEP_API_KEY": "hs-key", "OPENAI_API_KEY": openaiKey, stackconfig.LedgerURLEnv: url}
+	g, err := gwconfig.Parse(b, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatalf("the gateway refuses the rendered config: %v\n%s", err, b)
+	}
+	if !g.Ledger.Enabled() || g.Ledger.PostgresURL != url || g.Ledger.SpillDir != "/var/lib/relaygate/ledger" {
+		t.Errorf("ledger enabled %t, spill dir %q, URL expanded %t", g.Ledger.Enabled(), g.Ledger.SpillDir, g.Ledger.PostgresURL == url)
+	}
+
+	off, err := Render(stackCfg(t, "aws", nil), Endpoints{RedisURL: "redis://redis:6379/0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(off), "ledger") || load(t, off).Ledger.Enabled() {
+		t.Errorf("a stack without the ledger renders one:\n%s", off)
 	}
 }

@@ -5,7 +5,7 @@
 // The rules are the product's exposure policy, so they live in one place:
 // the gateway port is open to the configured client networks (directly, or
 // through the load balancer); SSH and Prometheus only to the operator's
-// network; Redis only to the hosts. Egress is limited to HTTP(S), which is
+// network; Redis and the ledger's Postgres only to the hosts. Egress is limited to HTTP(S), which is
 // what upstream APIs, image pulls and package mirrors need. Amazon's DNS,
 // NTP and instance metadata are not filtered by security groups, so they
 // need no rule.
@@ -26,6 +26,9 @@ const SSHPort = 22
 // RedisPort is ElastiCache's port.
 const RedisPort = 6379
 
+// PostgresPort is the ledger database's (RDS) port.
+const PostgresPort = 5432
+
 // Args configures a Network.
 type Args struct {
 	// Name prefixes the AWS Name tags, e.g. "relaygate-prod".
@@ -36,8 +39,14 @@ type Args struct {
 	// each, in order. At most 8.
 	Zones []string
 	// PrivateSubnets adds subnets without a route to the internet, for the
-	// managed Redis.
+	// managed Redis and the ledger database.
 	PrivateSubnets bool
+	// Cache adds the managed Redis's security group (in the private
+	// subnets, so it needs PrivateSubnets).
+	Cache bool
+	// LedgerDatabase adds the security group of the ledger's RDS instance
+	// (in the private subnets, so it needs PrivateSubnets).
+	LedgerDatabase bool
 	// ClientCIDRs may call the gateway (or the load balancer's listeners).
 	ClientCIDRs []netip.Prefix
 	// OperatorCIDRs may reach SSH and Prometheus on the hosts: the
@@ -65,8 +74,10 @@ type Network struct {
 	HostSecurityGroupID pulumi.IDOutput
 	// LoadBalancerSecurityGroupID is set when Args.ListenerPorts is.
 	LoadBalancerSecurityGroupID pulumi.IDOutput
-	// CacheSecurityGroupID is set when Args.PrivateSubnets is.
+	// CacheSecurityGroupID is set when Args.Cache is.
 	CacheSecurityGroupID pulumi.IDOutput
+	// DatabaseSecurityGroupID is set when Args.LedgerDatabase is.
+	DatabaseSecurityGroupID pulumi.IDOutput
 }
 
 // maxZones bounds the subnets: public subnets take slots 0-7 of the VPC's
@@ -80,6 +91,13 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	}
 	if len(args.ListenerPorts) > 0 && len(args.Zones) < 2 {
 		return nil, fmt.Errorf("network %s: a load balancer needs subnets in at least 2 availability zones, got %d", name, len(args.Zones))
+	}
+	if args.Cache && !args.PrivateSubnets {
+		return nil, fmt.Errorf("network %s: the managed Redis needs private subnets", name)
+	}
+	if args.LedgerDatabase && (!args.PrivateSubnets || len(args.Zones) < 2) {
+		// An RDS subnet group must span two zones, for the Multi-AZ standby.
+		return nil, fmt.Errorf("network %s: the ledger database needs private subnets in at least 2 availability zones", name)
 	}
 	n := &Network{}
 	if err := ctx.RegisterComponentResource("relaygate:infra:Network", name, n, opts...); err != nil {
@@ -213,8 +231,11 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		hostIngress = append(hostIngress, tcpIngress(args.GatewayPort, clients, "gateway clients"))
 	}
 	hostEgress := webEgress
-	if args.PrivateSubnets {
+	if args.Cache {
 		hostEgress = append(hostEgress, tcpEgress(RedisPort, pulumi.StringArray{pulumi.String(vpcCIDR)}, "the managed Redis"))
+	}
+	if args.LedgerDatabase {
+		hostEgress = append(hostEgress, tcpEgress(PostgresPort, pulumi.StringArray{pulumi.String(vpcCIDR)}, "the ledger database"))
 	}
 	host, err := ec2.NewSecurityGroup(ctx, name+"-hosts", &ec2.SecurityGroupArgs{
 		VpcId:       vpc.ID(),
@@ -228,7 +249,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	}
 	n.HostSecurityGroupID = host.ID()
 
-	if args.PrivateSubnets {
+	if args.Cache {
 		cache, err := ec2.NewSecurityGroup(ctx, name+"-cache", &ec2.SecurityGroupArgs{
 			VpcId:       vpc.ID(),
 			Description: pulumi.String("Relaygate managed Redis: the GPU hosts only"),
@@ -250,6 +271,28 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			return nil, fmt.Errorf("network %s: cache security group: %w", name, err)
 		}
 		n.CacheSecurityGroupID = cache.ID()
+	}
+	if args.LedgerDatabase {
+		db, err := ec2.NewSecurityGroup(ctx, name+"-ledger-db", &ec2.SecurityGroupArgs{
+			VpcId:       vpc.ID(),
+			Description: pulumi.String("Relaygate ledger database: the GPU hosts only"),
+			Ingress: ec2.SecurityGroupIngressArray{
+				ec2.SecurityGroupIngressArgs{
+					Protocol:       pulumi.String("tcp"),
+					FromPort:       pulumi.Int(PostgresPort),
+					ToPort:         pulumi.Int(PostgresPort),
+					SecurityGroups: pulumi.StringArray{host.ID().ToStringOutput()},
+					Description:    pulumi.String("Postgres from the GPU hosts"),
+				},
+			},
+			// Postgres never initiates connections.
+			Egress: ec2.SecurityGroupEgressArray{},
+			Tags:   tags("ledger-db"),
+		}, parent)
+		if err != nil {
+			return nil, fmt.Errorf("network %s: ledger database security group: %w", name, err)
+		}
+		n.DatabaseSecurityGroupID = db.ID()
 	}
 
 	n.VpcID = vpc.ID()

@@ -22,6 +22,7 @@ import (
 	"github.com/relaygate/relaygate/infra/internal/containers"
 	"github.com/relaygate/relaygate/infra/internal/gatewayconfig"
 	"github.com/relaygate/relaygate/infra/internal/gpuhost"
+	"github.com/relaygate/relaygate/infra/internal/ledgerdb"
 	"github.com/relaygate/relaygate/infra/internal/loadbalancer"
 	"github.com/relaygate/relaygate/infra/internal/network"
 	"github.com/relaygate/relaygate/infra/internal/registry"
@@ -47,6 +48,8 @@ type Outputs struct {
 	// empty when the stack runs no model server.
 	SelfHostedModel    string
 	SelfHostedUpstream string
+	// LedgerEnabled says the gateways write the usage ledger to Postgres.
+	LedgerEnabled bool
 }
 
 // Source is the repository checkout the gateway image is built from.
@@ -120,7 +123,9 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 		Tags:           tags,
 		CIDR:           cfg.VPCCIDR,
 		Zones:          zones,
-		PrivateSubnets: cfg.ManagedRedis,
+		PrivateSubnets: cfg.ManagedRedis || managedLedger(cfg),
+		Cache:          cfg.ManagedRedis,
+		LedgerDatabase: managedLedger(cfg),
 		ClientCIDRs:    cfg.AllowedCIDRs,
 		OperatorCIDRs:  cfg.OperatorCIDRs,
 		GatewayPort:    stackconfig.GatewayPort,
@@ -180,6 +185,20 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 			return nil, err
 		}
 		redisURL = cache.URL
+	}
+	ledgerURL, ledgerDB := containerLedger(cfg)
+	if managedLedger(cfg) {
+		db, err := ledgerdb.New(ctx, name+"-ledger", ledgerdb.Args{
+			Tags:               tags,
+			SubnetIDs:          net.PrivateSubnetIDs,
+			SecurityGroupID:    net.DatabaseSecurityGroupID.ToStringOutput(),
+			Ledger:             cfg.Ledger,
+			DeletionProtection: cfg.DeletionProtection,
+		})
+		if err != nil {
+			return nil, err
+		}
+		ledgerURL = db.URL
 	}
 	gatewayYAML := renderGatewayConfig(cfg, redisURL, "")
 	promFiles, alertmanager, err := alerting(cfg)
@@ -257,7 +276,9 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 			GatewayImage:    image.Ref,
 			PullGateway:     pullOnHost(ctx, hostName, host, cfg.SSHUser, cfg.Region),
 			GatewayConfig:   gatewayYAML,
-			GatewayEnv:      gatewayEnv(cfg),
+			GatewayEnv:      gatewayEnv(cfg, ledgerURL),
+			LedgerDB:        ledgerDB,
+			LedgerSpillDir:  ledgerSpillDir(cfg),
 			GPUs:            true,
 			PublishIP:       "0.0.0.0",
 			RunRedis:        !cfg.ManagedRedis,
@@ -307,6 +328,7 @@ func deployAWS(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Outpu
 		InstanceIDs:        fleet.InstanceIDs,
 		SelfHostedModel:    selfHostedModel(cfg),
 		SelfHostedUpstream: selfHostedUpstream(cfg),
+		LedgerEnabled:      cfg.Ledger.Enabled,
 	}, nil
 }
 
@@ -336,12 +358,15 @@ func deployLocal(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Out
 		return nil, err
 	}
 	modelServer := modelServerOf(cfg, promFiles)
+	ledgerURL, ledgerDB := containerLedger(cfg)
 	if _, err := containers.New(ctx, name, containers.Args{
 		Prefix:          name,
 		Provider:        provider,
 		GatewayImage:    image.Ref,
 		GatewayConfig:   renderGatewayConfig(cfg, pulumi.String(containers.LocalRedisURL).ToStringOutput(), simURL),
-		GatewayEnv:      gatewayEnv(cfg),
+		GatewayEnv:      gatewayEnv(cfg, ledgerURL),
+		LedgerDB:        ledgerDB,
+		LedgerSpillDir:  ledgerSpillDir(cfg),
 		GPUs:            cfg.LocalGPU,
 		PublishIP:       "127.0.0.1",
 		RunRedis:        true,
@@ -366,7 +391,41 @@ func deployLocal(ctx *pulumi.Context, cfg *stackconfig.Config, src Source) (*Out
 		InstanceIDs:        pulumi.ToStringArray([]string{}).ToStringArrayOutput(),
 		SelfHostedModel:    selfHostedModel(cfg),
 		SelfHostedUpstream: selfHostedUpstream(cfg),
+		LedgerEnabled:      cfg.Ledger.Enabled,
 	}, nil
+}
+
+// managedLedger says the stack's ledger is an RDS instance.
+func managedLedger(cfg *stackconfig.Config) bool { return cfg.Ledger.Enabled && cfg.Ledger.Managed }
+
+// containerLedger is, for a stack whose ledger runs as a container beside
+// each gateway, that container and the gateway's URL for it (a secret
+// output: it may hold the password); for any other stack, neither.
+func containerLedger(cfg *stackconfig.Config) (pulumi.StringOutput, *containers.LedgerDB) {
+	l := cfg.Ledger
+	if !l.Enabled || l.Managed {
+		return pulumi.StringOutput{}, nil
+	}
+	db := &containers.LedgerDB{Image: l.Image, DBName: ledgerdb.DBName, User: ledgerdb.User}
+	// Plain TCP on the host's private Docker network, which nothing
+	// outside the host reaches.
+	url := pulumi.ToSecret(pulumi.String(ledgerdb.PostgresURL(containers.LedgerDBHost, "", "disable"))).(pulumi.StringOutput)
+	if l.Password.IsSet() {
+		db.Password = l.Password.Output()
+		url = l.Password.Output().ApplyT(func(pw string) string {
+			return ledgerdb.PostgresURL(containers.LedgerDBHost, pw, "disable")
+		}).(pulumi.StringOutput)
+	}
+	return url, db
+}
+
+// ledgerSpillDir is where the gateway container mounts its spill volume;
+// empty without the ledger.
+func ledgerSpillDir(cfg *stackconfig.Config) string {
+	if !cfg.Ledger.Enabled {
+		return ""
+	}
+	return gatewayconfig.LedgerSpillDir
 }
 
 // pullOnHost pulls the gateway image on a host with the host's own instance
@@ -480,19 +539,23 @@ func drain(cfg *stackconfig.Config) gatewayconfig.Drain {
 }
 
 // gatewayEnv is the gateway container's environment: the values the
-// rendered config's ${VAR} references expand to. Every entry is a secret
-// output, in a stable order so that a deploy without changes shows none.
-func gatewayEnv(cfg *stackconfig.Config) pulumi.StringArrayOutput {
+// rendered config's ${VAR} references expand to, ledgerURL among them when
+// the stack has the ledger. Every entry is a secret output, in a stable
+// order so that a deploy without changes shows none.
+func gatewayEnv(cfg *stackconfig.Config, ledgerURL pulumi.StringOutput) pulumi.StringArrayOutput {
 	env := pulumi.StringArray{pulumi.Sprintf("%s=%s", stackconfig.GatewayAPIKeyEnv, cfg.GatewayAPIKey.Output())}
 	for _, name := range slices.Sorted(maps.Keys(cfg.UpstreamKeys)) {
 		env = append(env, pulumi.Sprintf("%s=%s", name, cfg.UpstreamKeys[name].Output()))
+	}
+	if cfg.Ledger.Enabled {
+		env = append(env, pulumi.Sprintf("%s=%s", stackconfig.LedgerURLEnv, pulumi.ToSecret(ledgerURL)))
 	}
 	return pulumi.ToSecret(env).(pulumi.StringArrayOutput)
 }
 
 // pickZones chooses the availability zones for the subnets: the configured
-// hostCount (at least two where a load balancer or a multi-AZ Redis needs
-// them) among the zones that offer the instance type, in name order so the
+// hostCount (at least two where a load balancer, a multi-AZ Redis or the
+// Multi-AZ ledger database needs them) among the zones that offer the instance type, in name order so the
 // choice is stable between runs.
 func pickZones(ctx *pulumi.Context, cfg *stackconfig.Config) ([]string, error) {
 	locationType := "availability-zone"
@@ -514,7 +577,7 @@ func ChooseZones(offered []string, cfg *stackconfig.Config) ([]string, error) {
 	slices.Sort(zones)
 	zones = slices.Compact(zones)
 	want, minimum := cfg.HostCount, 1
-	if cfg.LoadBalancer || cfg.ManagedRedis {
+	if cfg.LoadBalancer || cfg.ManagedRedis || managedLedger(cfg) {
 		minimum = 2
 	}
 	want = max(want, minimum)

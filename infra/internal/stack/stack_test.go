@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/relaygate/relaygate/infra/internal/gatewayconfig"
 	"github.com/relaygate/relaygate/infra/internal/stackconfig"
 )
 
@@ -25,6 +26,8 @@ func TestChooseZones(t *testing.T) {
 		{"one host, one zone", stackconfig.Config{HostCount: 1}, offered, []string{"us-east-1a"}, ""},
 		{"load balancer needs two", stackconfig.Config{HostCount: 1, LoadBalancer: true}, offered, []string{"us-east-1a", "us-east-1c"}, ""},
 		{"one zone per host", stackconfig.Config{HostCount: 3, LoadBalancer: true, ManagedRedis: true}, offered, []string{"us-east-1a", "us-east-1c", "us-east-1f"}, ""},
+		{"the Multi-AZ ledger database needs two", stackconfig.Config{HostCount: 1, Ledger: stackconfig.Ledger{Enabled: true, Managed: true}}, offered, []string{"us-east-1a", "us-east-1c"}, ""},
+		{"a ledger container does not", stackconfig.Config{HostCount: 1, Ledger: stackconfig.Ledger{Enabled: true}}, offered, []string{"us-east-1a"}, ""},
 		{"more hosts than zones share them", stackconfig.Config{HostCount: 5, LoadBalancer: true, ManagedRedis: true}, offered, []string{"us-east-1a", "us-east-1c", "us-east-1f"}, ""},
 		{"too few zones for a load balancer", stackconfig.Config{HostCount: 2, LoadBalancer: true, InstanceType: "p5.48xlarge", Region: "us-east-1"}, []string{"us-east-1a"}, nil, "p5.48xlarge is offered in 1 availability zone(s) of us-east-1"},
 		{"not offered at all", stackconfig.Config{HostCount: 1, InstanceType: "g6e.xlarge", Region: "eu-north-1"}, nil, nil, "offered in 0 availability zone(s)"},
@@ -119,5 +122,31 @@ func TestDockerfileNeedsNoFrontendImage(t *testing.T) {
 	}
 	if err := check(string(b)); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestDockerfileCreatesTheLedgerSpillDir: the gateway image holds the
+// ledger's spill directory, owned by the gateway's user (distroless
+// nonroot, uid 65532). A new named volume mounted there copies that
+// ownership (checked once against Docker 20.10: `stat` in the fresh
+// volume showed 65532:65532); were the directory missing from the image,
+// the volume would be root's and the gateway could not spill.
+func TestDockerfileCreatesTheLedgerSpillDir(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(filepath.Join("..", "..", "..", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	dir := gatewayconfig.LedgerSpillDir
+	if !strings.Contains(text, "RUN mkdir -p /out-ledger"+dir+"\n") {
+		t.Errorf("the build stage does not create %s under /out-ledger", dir)
+	}
+	parent := filepath.Dir(dir)
+	if !strings.Contains(text, "COPY --from=build --chown=65532:65532 /out-ledger"+parent+"/ "+parent+"/\n") {
+		t.Errorf("the runtime image does not copy %s owned by 65532", dir)
+	}
+	if !strings.Contains(text, "USER nonroot:nonroot") {
+		t.Error("the gateway no longer runs as nonroot (65532); update the spill directory's owner")
 	}
 }

@@ -100,6 +100,9 @@ type Config struct {
 	// (on the local target only with localGpu).
 	ModelServer ModelServer
 
+	// Ledger is the Postgres of the gateway's usage ledger.
+	Ledger Ledger
+
 	// Local target.
 	LocalGPU          bool
 	UpstreamSimulator bool

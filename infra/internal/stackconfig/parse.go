@@ -27,7 +27,7 @@ var Keys = []string{
 	"vpcCidr", "allowedCidrs", "operatorCidrs",
 	"loadBalancer", "managedRedis", "redisNodeType", "tlsCertificateArn", "domainName", "hostedZoneId", "deletionProtection",
 	"imageTag", "reuseImage", "imageRetainCount", "redisImage", "prometheusImage", "alertmanagerImage",
-	"localGpu", "upstreamSimulator", "modelServer",
+	"localGpu", "upstreamSimulator", "modelServer", "ledger",
 	"latencyBudgetP95Ms", "upstreams", "models", "retry", "cacheTtl", "rateLimit",
 	"gatewayApiKey",
 }
@@ -37,7 +37,7 @@ var Keys = []string{
 // and then refuses it for a `secret: true` key ("must be encrypted as it's
 // secret", pkg/workspace/config.go), and a declared key without a default is
 // required in every stack. The program insists that a set one is encrypted.
-var OptionalSecretKeys = []string{"alertWebhookUrl", "hfToken"}
+var OptionalSecretKeys = []string{"alertWebhookUrl", "hfToken", "ledgerDbPassword"}
 
 // RenamedKeys are keys an older stack file may still hold, with what
 // replaced them.
@@ -249,6 +249,7 @@ func Parse(src Source, stack string) (*Config, error) {
 		c.CacheTTL = d
 	}
 	p.parseModelServer(c)
+	p.parseLedger(c)
 	p.validateGateway(c)
 	p.validateSecrets(c)
 
@@ -357,8 +358,8 @@ func (p *parser) validateGateway(c *Config) {
 		if err := checkBaseURL(u.BaseURL); err != nil {
 			p.fail(k+".baseUrl", "%v", err)
 		}
-		if u.APIKeyEnv != "" && (!envRE.MatchString(u.APIKeyEnv) || u.APIKeyEnv == GatewayAPIKeyEnv) {
-			p.fail(k+".apiKeyEnv", "%q must be an upper-case variable name other than %s", u.APIKeyEnv, GatewayAPIKeyEnv)
+		if u.APIKeyEnv != "" && (!envRE.MatchString(u.APIKeyEnv) || u.APIKeyEnv == GatewayAPIKeyEnv || u.APIKeyEnv == LedgerURLEnv) {
+			p.fail(k+".apiKeyEnv", "%q must be an upper-case variable name other than %s and %s", u.APIKeyEnv, GatewayAPIKeyEnv, LedgerURLEnv)
 		}
 		if u.Timeout != 0 && u.ConnectTimeout > u.Timeout {
 			p.fail(k+".connectTimeout", "%s is longer than timeout %s", u.ConnectTimeout.D(), u.Timeout.D())

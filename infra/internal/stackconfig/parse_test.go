@@ -23,7 +23,9 @@ const (
 	testGatewayKey   = "gw-key-0123456789abcdef"
 	testHolysheepKey = "hs-secret-value-1"
 	testOpenAIKey    = "sk-openai-secret-value-2"
-	testPublicKey    = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB4t0d7w9Yx2M0pQ9s1u3Y0qkTRelaygateTestKey0 ops@example"
+	// testLedgerPassword is what `openssl rand -hex 32` makes.
+	testLedgerPassword = "5f0c1e7a9b3d42c8e6a1f0b7d3c9e2a4"
+	testPublicKey      = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB4t0d7w9Yx2M0pQ9s1u3Y0qkTRelaygateTestKey0 ops@example"
 )
 
 // awsValues is a complete, valid single-host AWS stack.
@@ -60,6 +62,7 @@ func awsValues() map[string]string {
 		"relaygate:localGpu":           "false",
 		"relaygate:upstreamSimulator":  "false",
 		"relaygate:modelServer":        `{"enabled":true}`,
+		"relaygate:ledger":             `{"enabled":true}`,
 		"relaygate:latencyBudgetP95Ms": "1500",
 		"relaygate:upstreams": `[{"name":"holysheep","baseUrl":"https://api.holysheep.ai/v1","apiKeyEnv":"HOLYSHEEP_API_KEY","timeout":"180s","connectTimeout":"30s"},` +
 			`{"name":"openai","baseUrl":"https://api.openai.com/v1","apiKeyEnv":"OPENAI_API_KEY"}]`,
@@ -72,6 +75,8 @@ func awsValues() map[string]string {
 		"relaygate:gatewayApiKey":   testGatewayKey,
 		"relaygate:holysheepApiKey": testHolysheepKey,
 		"relaygate:openaiApiKey":    testOpenAIKey,
+		// What docs/deploying.md has an operator set on an AWS stack.
+		"relaygate:ledgerDbPassword": testLedgerPassword,
 	}
 }
 
@@ -91,7 +96,10 @@ func localValues() map[string]string {
 	delete(v, "aws:region")
 	delete(v, "relaygate:holysheepApiKey")
 	delete(v, "relaygate:openaiApiKey")
+	delete(v, "relaygate:ledgerDbPassword")
 	v["relaygate:target"] = "local"
+	// As the committed local stack: its offline engine has no postgres image.
+	v["relaygate:ledger"] = `{"enabled":false}`
 	v["relaygate:sshPublicKey"] = ""
 	v["relaygate:operatorCidrs"] = "[]"
 	v["relaygate:allowedCidrs"] = "[]"
@@ -105,7 +113,7 @@ func localValues() map[string]string {
 
 func source(values map[string]string) mapSource {
 	secrets := map[string]bool{}
-	for _, k := range []string{"relaygate:gatewayApiKey", "relaygate:holysheepApiKey", "relaygate:openaiApiKey", "relaygate:alertWebhookUrl", "relaygate:hfToken"} {
+	for _, k := range []string{"relaygate:gatewayApiKey", "relaygate:holysheepApiKey", "relaygate:openaiApiKey", "relaygate:alertWebhookUrl", "relaygate:hfToken", "relaygate:ledgerDbPassword"} {
 		if _, ok := values[k]; ok {
 			secrets[k] = true
 		}

@@ -49,6 +49,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	promWait := fs.Duration("prometheus-wait", smoketest.DefaultPrometheusWait, "how long to wait for Prometheus to scrape the gateway")
 	waitReady := fs.Duration("wait-ready", 0, "before the checks, wait up to this long for GET /ready to answer 200, for a stack whose containers were just replaced (the deploy gate waits "+smoketest.DefaultDeployWaitReady.String()+"; 0: do not wait)")
 	modelServerWait := fs.Duration("model-server-wait", smoketest.DefaultModelServerWait, "how long to wait for the self-hosted model to load and answer")
+	ledgerWait := fs.Duration("ledger-wait", smoketest.DefaultLedgerWait, "how long to wait for the completion's row in the usage ledger")
 	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -76,7 +77,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Outputs: outputs, Stack: *stack, Model: *model,
 		Requests: *requests, Concurrency: *concurrency,
 		StepTimeout: *timeout, LatencyTimeout: *latencyTimeout, PrometheusWait: *promWait,
-		WaitReady: *waitReady, ModelServerWait: *modelServerWait, Progress: stderr,
+		WaitReady: *waitReady, ModelServerWait: *modelServerWait, LedgerWait: *ledgerWait, Progress: stderr,
 	}
 	if *quiet {
 		opts.Progress = nil

@@ -64,7 +64,7 @@ func TestUnreachableStack(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("stdout is not the JSON report: %v\n%s", err, out.String())
 	}
-	if rep.Passed || len(rep.Steps) != 12 || rep.Steps[0].Status != "fail" || rep.Steps[0].Hint == "" {
+	if rep.Passed || len(rep.Steps) != 13 || rep.Steps[0].Status != "fail" || rep.Steps[0].Hint == "" {
 		t.Errorf("report = %+v, want 12 checks, the first failed with a hint", rep)
 	}
 	if !strings.Contains(errOut.String(), "GET /ready did not answer 200 within 300ms") {
