@@ -54,6 +54,7 @@ func startLocalStack(t *testing.T) *localStack {
 	up := httptest.NewServer(s.sim)
 	t.Cleanup(up.Close)
 	s.redis = testenv.StartRedis(t)
+	pg := testenv.StartPostgres(t)
 
 	doc := `
 listen: "127.0.0.1:0"
@@ -73,8 +74,9 @@ cache: {redis_url: "${REDIS_URL}", ttl: 10m, timeout: 500ms}
 gpu: {expected_count: 0, interval: 1h}
 slo: {latency_p95: 5s}
 log: {level: warn, requests: false}
+ledger: {postgres_url: "${LEDGER_URL}", spill_dir: "${SPILL_DIR}", batch_interval: 50ms}
 `
-	env := map[string]string{"KEY": s.key, "SIM_URL": up.URL + "/v1", "REDIS_URL": s.redis.URL}
+	env := map[string]string{"KEY": s.key, "SIM_URL": up.URL + "/v1", "REDIS_URL": s.redis.URL, "LEDGER_URL": pg.URL, "SPILL_DIR": t.TempDir()}
 	cfg, err := config.Parse([]byte(doc), func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +108,7 @@ func (s *localStack) options() smoketest.Options {
 		Outputs: smoketest.Outputs{
 			GatewayURL: s.gateway.URL, PrometheusURL: s.prom.URL, GatewayAPIKey: s.key,
 			ExpectedGPUCount: 0, LatencyBudgetP95Ms: healthyBudgetMS, ImageRef: "relaygate-gateway:e2e",
-			Hosts: []string{"127.0.0.1"},
+			Hosts: []string{"127.0.0.1"}, LedgerEnabled: true,
 		},
 		Stack:       "e2e",
 		Requests:    12,
@@ -145,7 +147,7 @@ func TestSmokeTestAgainstLocalStack(t *testing.T) {
 				o.Outputs.GatewayAPIKey = wrongKey
 			},
 			wantFail: []string{smoketest.CheckAuth},
-			wantSkip: []string{smoketest.CheckModelServer, smoketest.CheckCompletion, smoketest.CheckStream, smoketest.CheckCache, smoketest.CheckLatency, smoketest.CheckMetrics},
+			wantSkip: []string{smoketest.CheckCompletion, smoketest.CheckStream, smoketest.CheckCache, smoketest.CheckLatency, smoketest.CheckMetrics, smoketest.CheckLedger},
 			hints:    map[string]string{smoketest.CheckAuth: "pulumi config set --secret gatewayApiKey"},
 		},
 		{
@@ -234,8 +236,16 @@ func TestSmokeTestAgainstLocalStack(t *testing.T) {
 			if want := len(tc.wantFail)+len(tc.wantSkip) == 0; rep.Passed != want {
 				t.Errorf("Passed = %v, want %v", rep.Passed, want)
 			}
-			if len(rep.Steps) != 12 {
-				t.Errorf("%d checks ran, want all 12", len(rep.Steps))
+			if len(rep.Steps) != 13 {
+				t.Errorf("%d checks ran, want all 13", len(rep.Steps))
+			}
+			// The one part this stack lacks is the model server; the
+			// ledger is real (Postgres), and its check reads the row of
+			// the smoke test's own completion.
+			for _, st := range rep.Steps {
+				if st.Status == smoketest.NotApplicable && st.Name != smoketest.CheckModelServer {
+					t.Errorf("check %s is not applicable: %s", st.Name, st.Detail)
+				}
 			}
 			for name, want := range tc.hints {
 				st := rep.Step(name)
