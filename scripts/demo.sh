@@ -151,7 +151,8 @@ bin/democlient -gateway "http://127.0.0.1:$GATEWAY_PORT" -prometheus "http://127
   "latencyBudgetP95Ms": $budget_ms,
   "imageRef": "local build: bin/gateway $(bin/gateway -version)",
   "hosts": ["127.0.0.1"],
-  "instanceIds": []
+  "instanceIds": [],
+  "ledgerEnabled": true
 }
 EOF
 )
