@@ -106,8 +106,11 @@ func Render(c *stackconfig.Config, ep Endpoints) ([]byte, error) {
 	if ep.ModelServerURL != "" {
 		// A model server answers only once its model is loaded, and a long
 		// completion on one GPU takes minutes.
+		// Its /health probe keeps the gateway off a server that has gone
+		// (or restarts, loading its model again) before a client finds out.
 		doc.Upstreams = append(doc.Upstreams, config.Upstream{Name: stackconfig.SelfHostedUpstream, BaseURL: ep.ModelServerURL,
-			Timeout: config.Duration(ModelServerTimeout), ConnectTimeout: config.Duration(10 * time.Second)})
+			Timeout: config.Duration(ModelServerTimeout), ConnectTimeout: config.Duration(10 * time.Second),
+			Health: &config.HealthCheck{Path: "/health", Interval: config.Duration(ModelServerProbeInterval)}})
 	}
 	for _, m := range c.Models {
 		out := config.Model{Name: m.Name, Price: toPrice(m.Price)}
@@ -146,6 +149,10 @@ const LedgerSpillDir = config.DefaultLedgerSpillDir
 
 // ModelServerTimeout bounds one request to the self-hosted upstream.
 const ModelServerTimeout = 5 * time.Minute
+
+// ModelServerProbeInterval is how often the gateway probes the model
+// server's /health.
+const ModelServerProbeInterval = 10 * time.Second
 
 func envRef(name string) string { return "${" + name + "}" }
 

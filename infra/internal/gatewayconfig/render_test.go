@@ -232,7 +232,8 @@ func TestRenderModelServer(t *testing.T) {
 	if !ok {
 		t.Fatalf("no %s upstream: %+v", stackconfig.SelfHostedUpstream, g.Upstreams)
 	}
-	if u.BaseURL != "http://model-server:8000/v1" || u.APIKey != "" || u.Timeout.D() != 5*time.Minute || u.ConnectTimeout.D() != 10*time.Second {
+	if u.BaseURL != "http://model-server:8000/v1" || u.APIKey != "" || u.Timeout.D() != 5*time.Minute || u.ConnectTimeout.D() != 10*time.Second ||
+		u.Health == nil || u.Health.Path != "/health" || u.Health.Interval.D() != 10*time.Second || u.Health.SendKey {
 		t.Errorf("self-hosted upstream = %+v", u)
 	}
 	if r := g.Models[0].Route; len(r) != 2 || r[0].Upstream != stackconfig.SelfHostedUpstream {
