@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,10 +44,13 @@ func TestMarshalReadsBack(t *testing.T) {
 		Upstreams: []Upstream{
 			{Name: "relay", BaseURL: "https://relay.example/v1", APIKey: "${RELAY_KEY}", Timeout: Duration(3 * time.Minute)},
 			{Name: "openai", BaseURL: "https://api.openai.com/v1", APIKey: "${OPENAI_API_KEY}"},
+			{Name: "gpu-a", BaseURL: "http://10.0.0.5:8000/v1", Health: &HealthCheck{Path: "/health", Interval: Duration(10 * time.Second)}},
+			{Name: "gpu-b", BaseURL: "http://10.0.0.6:8000/v1"},
 		},
 		Models: []Model{{
 			Name:  "gpt-4.1",
-			Route: []RouteEntry{{Upstream: "relay"}, {Upstream: "openai", Model: "gpt-4.1-2025-04-14", Price: &Price{InputPerMTok: 2, OutputPerMTok: 8}}},
+			Route: []RouteEntry{{Upstream: "relay"}, {Upstream: "openai", Model: "gpt-4.1-2025-04-14", Price: &Price{InputPerMTok: 2, OutputPerMTok: 8}},
+				{Pool: []string{"gpu-a", "gpu-b"}, Balance: BalanceWeighted, Weights: map[string]int{"gpu-a": 2}}},
 			Price: Price{InputPerMTok: 1.5, OutputPerMTok: 6},
 		}},
 		Retry: Retry{Attempts: 4, BackoffMin: Duration(250 * time.Millisecond)},
@@ -62,8 +66,12 @@ func TestMarshalReadsBack(t *testing.T) {
 	if got.Upstreams[0].Timeout != in.Upstreams[0].Timeout || got.Upstreams[0].APIKey != "rk" {
 		t.Errorf("upstream relay = %+v", got.Upstreams[0].Name)
 	}
-	if r := got.Models[0].Route; len(r) != 2 || r[0].Upstream != "relay" || r[1].Model != "gpt-4.1-2025-04-14" || r[1].Price.OutputPerMTok != 8 {
+	if r := got.Models[0].Route; len(r) != 3 || r[0].Upstream != "relay" || r[1].Model != "gpt-4.1-2025-04-14" || r[1].Price.OutputPerMTok != 8 ||
+		!slices.Equal(r[2].Pool, []string{"gpu-a", "gpu-b"}) || r[2].Balance != BalanceWeighted || r[2].Weights["gpu-a"] != 2 {
 		t.Errorf("route = %+v", r)
+	}
+	if u, _ := got.Upstream("gpu-a"); u.Health == nil || u.Health.Path != "/health" || u.Health.Interval.D() != 10*time.Second {
+		t.Errorf("gpu-a health = %+v", u.Health)
 	}
 	if got.Retry.Attempts != 4 || got.Retry.BackoffMin != in.Retry.BackoffMin {
 		t.Errorf("retry = %+v", got.Retry)
