@@ -65,6 +65,17 @@ func post(t *testing.T, ts *httptest.Server, method, path, key, body string) (*h
 	return resp, data
 }
 
+// requestOK is post for a request that must succeed: any status but 200
+// fails the test.
+func requestOK(t *testing.T, ts *httptest.Server, method, path, body string) (*http.Response, []byte) {
+	t.Helper()
+	resp, data := post(t, ts, method, path, "", body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s %s: status %d: %s", method, path, resp.StatusCode, data)
+	}
+	return resp, data
+}
+
 // errorBody is OpenAI's error shape, decoded strictly enough to catch a
 // missing field.
 type errorBody struct {
