@@ -19,6 +19,23 @@ func WaitFor(t testing.TB, guard time.Duration, what string, cond func() bool) {
 	}
 }
 
+// Receive waits for a value from ch and fails t if none comes within guard,
+// a failure guard rather than an expectation; a closed ch gives its zero
+// value. It is for where a component signals, where WaitFor would poll.
+func Receive[T any](t testing.TB, ch <-chan T, guard time.Duration, what string) T {
+	t.Helper()
+	timer := time.NewTimer(guard)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("%s: not within %s", what, guard)
+		var zero T
+		return zero
+	}
+}
+
 // CloseAtEnd closes ch when the test ends, unless the test has closed it
 // already, so handlers blocked on it return. Register it after the server
 // whose handlers wait on ch: cleanups run last first, and the server's Close
