@@ -101,18 +101,26 @@ func TestStartPrometheus(t *testing.T) {
 	}
 }
 
-// projectRuleNames reads every alert and record name from the project's rule
-// files, so the test follows the rules instead of repeating them.
-func projectRuleNames(t *testing.T) []string {
+// deployFiles lists the project's files matching pattern in
+// deploy/prometheus/dir; none at all fails the test.
+func deployFiles(t *testing.T, dir, pattern string) []string {
 	t.Helper()
 	root, err := moduleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := filepath.Glob(filepath.Join(root, "deploy", "prometheus", "rules", "*.rules.yml"))
+	files, err := filepath.Glob(filepath.Join(root, "deploy", "prometheus", dir, pattern))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("no rule files under deploy/prometheus/rules (%v)", err)
+		t.Fatalf("no deploy/prometheus/%s/%s (%v)", dir, pattern, err)
 	}
+	return files
+}
+
+// projectRuleNames reads every alert and record name from the project's rule
+// files, so the test follows the rules instead of repeating them.
+func projectRuleNames(t *testing.T) []string {
+	t.Helper()
+	files := deployFiles(t, "rules", "*.rules.yml")
 	var names []string
 	for _, f := range files {
 		raw, err := os.ReadFile(f)
@@ -227,15 +235,7 @@ func TestWritePrometheusConfigRejects(t *testing.T) {
 // TestPrometheusTargetFiles checks the committed file_sd examples parse as
 // Prometheus reads them: a list of groups of host:port targets.
 func TestPrometheusTargetFiles(t *testing.T) {
-	root, err := moduleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := filepath.Glob(filepath.Join(root, "deploy", "prometheus", "targets", "*.json"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no deploy/prometheus/targets/*.json (%v)", err)
-	}
-	for _, f := range files {
+	for _, f := range deployFiles(t, "targets", "*.json") {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			raw, err := os.ReadFile(f)
 			if err != nil {
