@@ -1,9 +1,19 @@
 package testenv
 
 import (
+	"context"
 	"testing"
 	"time"
 )
+
+// Context is a context for a test's calls with guard as its deadline, a
+// failure guard rather than an expectation; it is cancelled when the test
+// ends.
+func Context(t testing.TB, guard time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
+	t.Cleanup(cancel)
+	return ctx
+}
 
 // WaitFor polls cond until it holds and fails t if it does not within guard,
 // a failure guard rather than an expectation. It is for where no signal
