@@ -11,8 +11,6 @@ import (
 	"time"
 
 	openai "github.com/sashabaranov/go-openai"
-
-	"github.com/relaygate/relaygate/service/internal/testenv"
 )
 
 // testTimeout guards every wait in these tests. It is a failure guard only:
@@ -36,7 +34,12 @@ func newClient(ts *httptest.Server, key string) *openai.Client {
 	return openai.NewClientWithConfig(cfg)
 }
 
-func testContext(t *testing.T) context.Context { return testenv.Context(t, testTimeout) }
+func testContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
 
 // post sends a raw request, for what the client library hides (headers,
 // exact bodies, malformed input).
