@@ -16,7 +16,8 @@ import (
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"gopkg.in/yaml.v3"
+
+	"github.com/relaygate/relaygate/smoketest"
 )
 
 // TestStartPrometheus runs the project's config for real: Prometheus scrapes
@@ -101,51 +102,17 @@ func TestStartPrometheus(t *testing.T) {
 	}
 }
 
-// deployFiles lists the project's files matching pattern in
-// deploy/prometheus/dir; none at all fails the test.
-func deployFiles(t *testing.T, dir, pattern string) []string {
+// projectRuleNames is every alert and record name in the project's rule
+// files, read as the smoke test reads them, so the test follows the rules
+// instead of repeating them.
+func projectRuleNames(t *testing.T) []string {
 	t.Helper()
-	root, err := moduleRoot()
+	names, err := smoketest.ProjectRules()
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := filepath.Glob(filepath.Join(root, "deploy", "prometheus", dir, pattern))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no deploy/prometheus/%s/%s (%v)", dir, pattern, err)
-	}
-	return files
-}
-
-// projectRuleNames reads every alert and record name from the project's rule
-// files, so the test follows the rules instead of repeating them.
-func projectRuleNames(t *testing.T) []string {
-	t.Helper()
-	files := deployFiles(t, "rules", "*.rules.yml")
-	var names []string
-	for _, f := range files {
-		raw, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var doc struct {
-			Groups []struct {
-				Rules []struct {
-					Alert  string `yaml:"alert"`
-					Record string `yaml:"record"`
-				} `yaml:"rules"`
-			} `yaml:"groups"`
-		}
-		if err := yaml.Unmarshal(raw, &doc); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		for _, g := range doc.Groups {
-			for _, r := range g.Rules {
-				names = append(names, r.Alert+r.Record)
-			}
-		}
-	}
 	if len(names) < 10 {
-		t.Fatalf("only %d rules found in %v", len(names), files)
+		t.Fatalf("only %d rules found in deploy/prometheus/rules: %v", len(names), names)
 	}
 	return names
 }
@@ -235,7 +202,15 @@ func TestWritePrometheusConfigRejects(t *testing.T) {
 // TestPrometheusTargetFiles checks the committed file_sd examples parse as
 // Prometheus reads them: a list of groups of host:port targets.
 func TestPrometheusTargetFiles(t *testing.T) {
-	for _, f := range deployFiles(t, "targets", "*.json") {
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := filepath.Glob(filepath.Join(root, "deploy", "prometheus", "targets", "*.json"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no deploy/prometheus/targets/*.json (%v)", err)
+	}
+	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			raw, err := os.ReadFile(f)
 			if err != nil {
