@@ -34,9 +34,7 @@ func TestChatCompletion(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			sim, ts := startSim(t, tc.cfg)
 			client := newClient(ts, "any-key")
-			req := chatRequestFor("gpt-4.1", "Say something about gateways, please.")
-			//lint:ignore SA1019 clients still send max_tokens; the simulator must honour it
-			req.MaxTokens = tc.maxTokens
+			req := withMaxTokens(chatRequestFor("gpt-4.1", "Say something about gateways, please."), tc.maxTokens)
 			req.MaxCompletionTokens = tc.maxCompl
 
 			resp, err := client.CreateChatCompletion(testContext(t), req)
@@ -141,9 +139,7 @@ func TestChatStream(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			sim, ts := startSim(t, tc.cfg)
 			client := newClient(ts, "k")
-			req := chatRequestFor("gpt-4.1", "Stream me a few words.")
-			//lint:ignore SA1019 clients still send max_tokens; the simulator must honour it
-			req.MaxTokens = tc.maxTokens
+			req := withMaxTokens(chatRequestFor("gpt-4.1", "Stream me a few words."), tc.maxTokens)
 			ctx := testContext(t)
 
 			plain, err := client.CreateChatCompletion(ctx, req)

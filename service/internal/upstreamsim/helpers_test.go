@@ -138,6 +138,14 @@ func chatRequestFor(model, prompt string) openai.ChatCompletionRequest {
 	}
 }
 
+// withMaxTokens sets the deprecated max_tokens (0: none), which clients
+// still send and the simulator must honour.
+func withMaxTokens(req openai.ChatCompletionRequest, n int) openai.ChatCompletionRequest {
+	//lint:ignore SA1019 clients still send max_tokens; the simulator must honour it
+	req.MaxTokens = n
+	return req
+}
+
 // promptTokensOf is the documented estimate, computed independently of the
 // server's code: ceil(bytes of message text / 4).
 func promptTokensOf(req openai.ChatCompletionRequest) int {
