@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/relaygate/relaygate/service/internal/testenv"
 )
 
 const key = "sk-test-client-key-0123456789"
@@ -104,13 +106,8 @@ func TestSIGTERMFinishesStreamsInFlight(t *testing.T) {
 	if err != nil || !strings.Contains(string(rest), "data: [DONE]") {
 		t.Fatalf("stream in flight did not complete: %q %v", rest, err)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("shutdown: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("gateway did not exit after its last stream")
+	if err := testenv.Receive(t, done, 30*time.Second, "the gateway exiting after its last stream"); err != nil {
+		t.Fatalf("shutdown: %v", err)
 	}
 }
 

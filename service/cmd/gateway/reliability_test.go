@@ -275,18 +275,10 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		go func() { held <- relDo(c, addr, fmt.Sprintf("hold-%s-%d", kind, i), firstEvents[i]) }()
 	}
 	for range heldRequests {
-		select {
-		case <-up.held:
-		case <-time.After(relGuard):
-			t.Fatal("the held requests did not all reach the upstream")
-		}
+		testenv.Receive(t, up.held, relGuard, "every held request reaching the upstream")
 	}
 	for i := 0; i < heldRequests; i += 2 {
-		select {
-		case <-firstEvents[i]:
-		case <-time.After(relGuard):
-			t.Fatal("a held stream's first event did not reach its client")
-		}
+		testenv.Receive(t, firstEvents[i], relGuard, "each held stream's first event reaching its client")
 	}
 
 	stopping.Store(true)
@@ -306,13 +298,8 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 			t.Errorf("request %s, answered while draining, did not say Connection: close", o.id)
 		}
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-	case <-time.After(relGuard):
-		t.Fatal("the gateway did not exit after its last request")
+	if err := testenv.Receive(t, done, relGuard, "the gateway exiting after its last request"); err != nil {
+		t.Errorf("shutdown: %v", err)
 	}
 	wg.Wait()
 	close(outcomes)

@@ -53,12 +53,7 @@ func inspector(t *testing.T, srv *testenv.Redis) *redis.Client {
 	return rdb
 }
 
-func testContext(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	t.Cleanup(cancel)
-	return ctx
-}
+func testContext(t *testing.T) context.Context { return testenv.Context(t, testTimeout) }
 
 func TestCacheHitMissAndExactBodies(t *testing.T) {
 	srv := testenv.StartRedis(t)

@@ -9,15 +9,21 @@ import (
 	"unicode/utf8"
 )
 
-// completion is the part of a chat.completion that a stream carries.
-type completion struct {
+// envelope is what a chat.completion and each of its chunks carry alike.
+// The omitempty tags matter to chunks only: completions are only decoded.
+type envelope struct {
 	ID                string          `json:"id"`
 	Object            string          `json:"object"`
 	Created           json.RawMessage `json:"created"`
 	Model             string          `json:"model"`
-	SystemFingerprint json.RawMessage `json:"system_fingerprint"`
-	ServiceTier       json.RawMessage `json:"service_tier"`
-	Choices           []struct {
+	SystemFingerprint json.RawMessage `json:"system_fingerprint,omitempty"`
+	ServiceTier       json.RawMessage `json:"service_tier,omitempty"`
+}
+
+// completion is the part of a chat.completion that a stream carries.
+type completion struct {
+	envelope
+	Choices []struct {
 		Index   int `json:"index"`
 		Message struct {
 			Role             string  `json:"role"`
@@ -84,14 +90,9 @@ func tokenPieces(text string, entries []json.RawMessage) (pieces []string, ok bo
 
 // chunk is one chat.completion.chunk event.
 type chunk struct {
-	ID                string           `json:"id"`
-	Object            string           `json:"object"`
-	Created           json.RawMessage  `json:"created"`
-	Model             string           `json:"model"`
-	SystemFingerprint json.RawMessage  `json:"system_fingerprint,omitempty"`
-	ServiceTier       json.RawMessage  `json:"service_tier,omitempty"`
-	Choices           []chunkChoice    `json:"choices"`
-	Usage             *json.RawMessage `json:"usage,omitempty"`
+	envelope
+	Choices []chunkChoice    `json:"choices"`
+	Usage   *json.RawMessage `json:"usage,omitempty"`
 }
 
 type chunkChoice struct {
@@ -150,9 +151,10 @@ func StreamReplay(completionBody []byte, includeUsage bool) ([]byte, error) {
 		return nil, errors.New("stream replay: cached chat.completion has no choices")
 	}
 
-	created := c.Created
-	if len(created) == 0 {
-		created = json.RawMessage("0")
+	head := c.envelope
+	head.Object = "chat.completion.chunk"
+	if len(head.Created) == 0 {
+		head.Created = json.RawMessage("0")
 	}
 	var usageNull *json.RawMessage
 	if includeUsage {
@@ -160,16 +162,7 @@ func StreamReplay(completionBody []byte, includeUsage bool) ([]byte, error) {
 	}
 	w := &sseWriter{}
 	emit := func(choices []chunkChoice, usage *json.RawMessage) {
-		w.event(chunk{
-			ID:                c.ID,
-			Object:            "chat.completion.chunk",
-			Created:           created,
-			Model:             c.Model,
-			SystemFingerprint: c.SystemFingerprint,
-			ServiceTier:       c.ServiceTier,
-			Choices:           choices,
-			Usage:             usage,
-		})
+		w.event(chunk{envelope: head, Choices: choices, Usage: usage})
 	}
 	// pending is logprobs still to be carried whole, by the next delta.
 	var pending json.RawMessage

@@ -19,6 +19,7 @@ import (
 
 	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/metrics"
+	"github.com/relaygate/relaygate/service/internal/testenv"
 )
 
 func TestPassThroughIsByteExact(t *testing.T) {
@@ -465,14 +466,7 @@ func TestReadyRecoversOnceTheCooldownEnds(t *testing.T) {
 			if res := post(t, gw.URL, "/v1/chat/completions", chatBody); res.status != 502 {
 				t.Fatalf("first request: status %d, want 502", res.status)
 			}
-			ready := func() int {
-				resp, err := http.Get(gw.URL + "/ready")
-				if err != nil {
-					t.Fatal(err)
-				}
-				resp.Body.Close()
-				return resp.StatusCode
-			}
+			ready := func() int { return readyStatus(t, gw.URL) }
 			if !tt.wantReady {
 				if code := ready(); code != 503 {
 					t.Fatalf("/ready = %d with the only circuit open, want 503", code)
@@ -708,11 +702,20 @@ func TestModelsHealthReady(t *testing.T) {
 		}
 	}
 	srv.Drain()
-	resp, _ = http.Get(gw.URL + "/ready")
-	resp.Body.Close()
-	if resp.StatusCode != 503 {
-		t.Errorf("/ready while draining = %d, want 503", resp.StatusCode)
+	if code := readyStatus(t, gw.URL); code != 503 {
+		t.Errorf("/ready while draining = %d, want 503", code)
 	}
+}
+
+// readyStatus is the status code of the gateway's GET /ready.
+func readyStatus(t *testing.T, gwURL string) int {
+	t.Helper()
+	resp, err := http.Get(gwURL + "/ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // readSSE returns the data payloads of a stream, and the error that ended it.
@@ -851,11 +854,7 @@ func TestClientDisconnectCancelsUpstream(t *testing.T) {
 	}
 	cancel()
 	resp.Body.Close()
-	select {
-	case <-cancelled:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the upstream request was not cancelled after the client went away")
-	}
+	testenv.Receive(t, cancelled, 30*time.Second, "the upstream request being cancelled after the client went away")
 }
 
 func TestAdminExposure(t *testing.T) {
@@ -1129,11 +1128,9 @@ func TestClientThatStopsReading(t *testing.T) {
 	body := `{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}`
 	fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", testClientKey, len(body), body)
 	// … and never reads a byte.
-	select {
-	case <-cancelled:
-	case <-time.After(60 * time.Second): // a failure guard, far above the 300ms
-		t.Fatal("the upstream request was never cancelled: the handler waits on a client that reads nothing")
-	}
+	// A failure guard, far above the 300ms: without the cancel the handler
+	// waits on a client that reads nothing.
+	testenv.Receive(t, cancelled, 60*time.Second, "the upstream request being cancelled")
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		if metricValue(t, m, "relaygate_inflight_requests", nil) == 0 {
 			return

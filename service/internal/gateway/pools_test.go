@@ -94,6 +94,24 @@ func startPoolGateway(t *testing.T, cfg *config.Config) (*httptest.Server, *Serv
 
 // load sends n chat requests, conc at a time, and counts the answers by
 // the upstream that gave them, and the failures.
+// loadPool serves one model server per delay in a pool (poolExtra: the
+// pool's own settings) and sends it n chat requests, conc at a time. Any
+// request failing fails the test; it returns the servers and how many
+// requests each upstream answered, by name.
+func loadPool(t *testing.T, delays []time.Duration, poolExtra string, n, conc int) ([]*vllmSim, map[string]int) {
+	t.Helper()
+	var sims []*vllmSim
+	for _, d := range delays {
+		sims = append(sims, startVLLM(t, d))
+	}
+	srv, _, _ := startPoolGateway(t, poolConfig(t, sims, "", poolExtra, ""))
+	got, failed := load(t, srv.URL, n, conc)
+	if failed != 0 {
+		t.Fatalf("%d requests failed", failed)
+	}
+	return sims, got
+}
+
 func load(t *testing.T, gwURL string, n, conc int) (byUpstream map[string]int, failed int) {
 	t.Helper()
 	var mu sync.Mutex
@@ -167,12 +185,8 @@ func upMetric(t *testing.T, m *metrics.Metrics, name string) float64 {
 // TestPoolSpreadsEvenly: three equal model servers in a least_busy pool
 // each get a third of 600 concurrent requests, within 10%, and none fails.
 func TestPoolSpreadsEvenly(t *testing.T) {
-	sims := []*vllmSim{startVLLM(t, 20*time.Millisecond), startVLLM(t, 20*time.Millisecond), startVLLM(t, 20*time.Millisecond)}
-	srv, _, _ := startPoolGateway(t, poolConfig(t, sims, "", "", ""))
-	got, failed := load(t, srv.URL, 600, 12)
-	if failed != 0 {
-		t.Fatalf("%d requests failed", failed)
-	}
+	d := 20 * time.Millisecond
+	sims, got := loadPool(t, []time.Duration{d, d, d}, "", 600, 12)
 	for i := range sims {
 		name := fmt.Sprintf("gpu-%d", i)
 		share := float64(got[name]) / 600
@@ -189,12 +203,7 @@ func TestPoolSpreadsEvenly(t *testing.T) {
 // TestPoolFavoursTheFaster: least_busy sends more to the member that
 // finishes sooner.
 func TestPoolFavoursTheFaster(t *testing.T) {
-	sims := []*vllmSim{startVLLM(t, 10*time.Millisecond), startVLLM(t, 100*time.Millisecond)}
-	srv, _, _ := startPoolGateway(t, poolConfig(t, sims, "", "", ""))
-	got, failed := load(t, srv.URL, 300, 8)
-	if failed != 0 {
-		t.Fatalf("%d requests failed", failed)
-	}
+	_, got := loadPool(t, []time.Duration{10 * time.Millisecond, 100 * time.Millisecond}, "", 300, 8)
 	t.Logf("fast member %d, slow member %d of 300", got["gpu-0"], got["gpu-1"])
 	if got["gpu-0"] < 2*got["gpu-1"] {
 		t.Errorf("fast member answered %d, slow %d: want the fast one at least twice the slow", got["gpu-0"], got["gpu-1"])
@@ -203,12 +212,8 @@ func TestPoolFavoursTheFaster(t *testing.T) {
 
 // TestPoolWeighted: a weighted pool shares by its weights.
 func TestPoolWeighted(t *testing.T) {
-	sims := []*vllmSim{startVLLM(t, 5*time.Millisecond), startVLLM(t, 5*time.Millisecond)}
-	srv, _, _ := startPoolGateway(t, poolConfig(t, sims, "", ", balance: weighted, weights: {gpu-0: 3}", ""))
-	got, failed := load(t, srv.URL, 400, 8)
-	if failed != 0 {
-		t.Fatalf("%d requests failed", failed)
-	}
+	d := 5 * time.Millisecond
+	_, got := loadPool(t, []time.Duration{d, d}, ", balance: weighted, weights: {gpu-0: 3}", 400, 8)
 	t.Logf("weights 3:1 gave %d:%d", got["gpu-0"], got["gpu-1"])
 	if math.Abs(float64(got["gpu-0"])/400-0.75) > 0.05 {
 		t.Errorf("gpu-0 (weight 3 of 4) answered %d of 400, want 300 within 5%%", got["gpu-0"])
@@ -323,14 +328,7 @@ func TestProbesGateReadiness(t *testing.T) {
 	}
 	cfg := poolConfig(t, []*vllmSim{sim}, `, api_key: "sk-upstream-secret", health: {interval: 200ms}`, "", "")
 	srv, gw, m := startPoolGateway(t, cfg)
-	ready := func() int {
-		resp, err := http.Get(srv.URL + "/ready")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	ready := func() int { return readyStatus(t, srv.URL) }
 	waitUntil(t, "a probe", func() bool { return sim.probes.Load() > 0 })
 	if code := ready(); code != http.StatusServiceUnavailable {
 		t.Errorf("/ready with the only upstream loading: %d, want 503", code)

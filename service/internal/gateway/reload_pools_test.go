@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/relaygate/relaygate/service/internal/testenv"
 )
 
 // TestReloadClosesDroppedPools: a reload that changes an upstream's
@@ -65,11 +67,7 @@ func TestReloadClosesDroppedPools(t *testing.T) {
 		resp.Body.Close()
 		inFlight <- resp.StatusCode
 	}()
-	select {
-	case <-held:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the held request did not reach the upstream")
-	}
+	testenv.Receive(t, held, 30*time.Second, "the held request reaching the upstream")
 
 	const reloads = 20
 	for i := range reloads {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/relaygate/relaygate/service/internal/testenv"
 )
 
 // stallingWriter is a client that stops reading: its first body write
@@ -75,22 +77,13 @@ func TestSlowClientIsNotUpstreamIdle(t *testing.T) {
 		srv.ServeHTTP(w, req)
 	}()
 
-	select {
-	case <-w.stalled:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the first event never reached the client")
-	}
+	testenv.Receive(t, w.stalled, 30*time.Second, "the first event reaching the client")
 	// Several idle timeouts with the client not reading: a timer still
 	// running would fire whatever the machine's speed.
 	time.Sleep(3 * idle)
 	close(w.resume)
-	select {
-	case p := <-served:
-		if p != nil {
-			t.Errorf("the stream was cut (%v)", p)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the request did not finish")
+	if p := testenv.Receive(t, served, 30*time.Second, "the request finishing"); p != nil {
+		t.Errorf("the stream was cut (%v)", p)
 	}
 
 	w.mu.Lock()

@@ -19,11 +19,9 @@ import (
 func TestAuth(t *testing.T) {
 	sim := startSim(t, simAnswer(upstreamsim.Config{}))
 	const other = "sk-reliability-other-key-9876543210"
-	gw := startGateway(t, gatewaySpec{
-		upstreams: []upstreamSpec{{name: "sim", url: sim.base}},
-		route:     []string{"sim"},
-		keys:      []string{clientKey, other},
-	}.yaml(), nil)
+	spec := viaSim(sim)
+	spec.keys = []string{clientKey, other}
+	gw := startGateway(t, spec.yaml(), nil)
 	c := newClient(t, 1)
 	cases := []struct {
 		name string
@@ -99,11 +97,9 @@ func TestAuth(t *testing.T) {
 func TestAdminKey(t *testing.T) {
 	sim := startSim(t, simAnswer(upstreamsim.Config{}))
 	const adminKey = "sk-reliability-admin-key-5555555555"
-	gw := startGateway(t, gatewaySpec{
-		upstreams: []upstreamSpec{{name: "sim", url: sim.base}},
-		route:     []string{"sim"},
-		extra:     fmt.Sprintf("admin: {key: %q}\n", adminKey),
-	}.yaml(), nil)
+	spec := viaSim(sim)
+	spec.extra = fmt.Sprintf("admin: {key: %q}\n", adminKey)
+	gw := startGateway(t, spec.yaml(), nil)
 	c := newClient(t, 1)
 	get := func(path, key string) reply {
 		req := mustRequest(t, "GET", gw.URL+path, "")

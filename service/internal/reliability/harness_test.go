@@ -153,6 +153,12 @@ type gatewaySpec struct {
 	extra           string // YAML appended as is
 }
 
+// viaSim is the spec of a gateway whose one upstream, the route of its
+// model, is sim.
+func viaSim(sim *upstream) gatewaySpec {
+	return gatewaySpec{upstreams: []upstreamSpec{{name: "sim", url: sim.base}}, route: []string{"sim"}}
+}
+
 func (s gatewaySpec) yaml() string {
 	s.attempts = cmp.Or(s.attempts, 2)
 	s.backoffMax = cmp.Or(s.backoffMax, "20ms")

@@ -113,11 +113,8 @@ var freshRequestID = regexp.MustCompile(`^[0-9a-f]{32}$`)
 func TestHostileRequests(t *testing.T) {
 	sim := startSim(t, simAnswer(upstreamsim.Config{}))
 	logs := &testenv.SyncBuffer{}
-	gw := startGateway(t, gatewaySpec{
-		upstreams: []upstreamSpec{{name: "sim", url: sim.base}},
-		route:     []string{"sim"},
-		// max_body_bytes stays at its 10 MiB default.
-	}.yaml(), logs)
+	// max_body_bytes stays at its 10 MiB default.
+	gw := startGateway(t, viaSim(sim).yaml(), logs)
 	addr := strings.TrimPrefix(gw.URL, "http://")
 	c := newClient(t, 1)
 	normal := 0
@@ -260,7 +257,7 @@ func TestHostileRequests(t *testing.T) {
 func TestRequestIDIsSanitised(t *testing.T) {
 	sim := startSim(t, simAnswer(upstreamsim.Config{}))
 	logs := &testenv.SyncBuffer{}
-	gw := startGateway(t, gatewaySpec{upstreams: []upstreamSpec{{name: "sim", url: sim.base}}, route: []string{"sim"}}.yaml(), logs)
+	gw := startGateway(t, viaSim(sim).yaml(), logs)
 	addr := strings.TrimPrefix(gw.URL, "http://")
 	const valid = `{"model":"m","messages":[{"role":"user","content":"hi"}]}`
 	cases := []struct{ name, id string }{
@@ -299,7 +296,7 @@ func TestRequestIDIsSanitised(t *testing.T) {
 // gateway's limit, not read or allocated whole.
 func TestHugeBodyIsNotHeldInMemory(t *testing.T) {
 	sim := startSim(t, simAnswer(upstreamsim.Config{}))
-	gw := startGateway(t, gatewaySpec{upstreams: []upstreamSpec{{name: "sim", url: sim.base}}, route: []string{"sim"}}.yaml(), nil)
+	gw := startGateway(t, viaSim(sim).yaml(), nil)
 	addr := strings.TrimPrefix(gw.URL, "http://")
 	for _, chunked := range []bool{false, true} {
 		var before, after runtime.MemStats
@@ -331,11 +328,9 @@ func TestAnnouncedBodySizeDoesNotPinMemory(t *testing.T) {
 	const limit = 8 << 20
 	const conns = 16
 	sim := startSim(t, simAnswer(upstreamsim.Config{}))
-	gw := startGateway(t, gatewaySpec{
-		upstreams: []upstreamSpec{{name: "sim", url: sim.base}},
-		route:     []string{"sim"},
-		extra:     fmt.Sprintf("max_body_bytes: %d\n", limit),
-	}.yaml(), nil)
+	spec := viaSim(sim)
+	spec.extra = fmt.Sprintf("max_body_bytes: %d\n", limit)
+	gw := startGateway(t, spec.yaml(), nil)
 	addr := strings.TrimPrefix(gw.URL, "http://")
 
 	var before, during runtime.MemStats

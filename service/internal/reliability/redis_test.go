@@ -72,13 +72,11 @@ func TestRedisKilledUnderLoad(t *testing.T) {
 	for k := range keys {
 		clientKeys = append(clientKeys, redisLoadKey(k, keys))
 	}
-	gw := startGateway(t, gatewaySpec{
-		upstreams: []upstreamSpec{{name: "sim", url: sim.base}},
-		route:     []string{"sim"},
-		keys:      clientKeys,
-		extra: fmt.Sprintf("cache: {redis_url: %q, ttl: 1m, timeout: 100ms}\nrate_limit: {rpm: %d, tpm: 100000000}\n",
-			r.URL, rpm),
-	}.yaml(), nil)
+	spec := viaSim(sim)
+	spec.keys = clientKeys
+	spec.extra = fmt.Sprintf("cache: {redis_url: %q, ttl: 1m, timeout: 100ms}\nrate_limit: {rpm: %d, tpm: 100000000}\n",
+		r.URL, rpm)
+	gw := startGateway(t, spec.yaml(), nil)
 
 	l := startLoad(t, newClient(t, workers), loadSpec{requests: n, workers: workers,
 		request: func(ctx context.Context, i int) *http.Request {

@@ -24,16 +24,14 @@ func healthUp() *Health {
 	return h
 }
 
-// TestLeastBusyTakesEqualsInTurn: with nothing outstanding every member is
-// least busy, and the pool goes round them; with one busy, the others get
-// the requests.
-func TestLeastBusyTakesEqualsInTurn(t *testing.T) {
-	pool := NewPool(poolOf("a", "b", "c"), LeastBusy, nil)
-	chain := Chain{{Pool: pool}}
+// runCounting runs n requests through chain, each answered at once, and
+// counts them by the upstream that took them. A run that fails, or ends on
+// no target, fails the test.
+func runCounting(t *testing.T, chain Chain, n int) map[string]int {
+	t.Helper()
 	count := map[string]int{}
-	p := Policy{Attempts: 1}
-	for range 300 {
-		out, err := chain.Run(context.Background(), p, Hooks{}, func(_ context.Context, t *Target) Attempt {
+	for range n {
+		out, err := chain.Run(context.Background(), Policy{Attempts: 1}, Hooks{}, func(_ context.Context, t *Target) Attempt {
 			count[t.Upstream.Name]++
 			return Attempt{}
 		})
@@ -41,6 +39,16 @@ func TestLeastBusyTakesEqualsInTurn(t *testing.T) {
 			t.Fatalf("Run = %+v, %v", out, err)
 		}
 	}
+	return count
+}
+
+// TestLeastBusyTakesEqualsInTurn: with nothing outstanding every member is
+// least busy, and the pool goes round them; with one busy, the others get
+// the requests.
+func TestLeastBusyTakesEqualsInTurn(t *testing.T) {
+	pool := NewPool(poolOf("a", "b", "c"), LeastBusy, nil)
+	chain := Chain{{Pool: pool}}
+	count := runCounting(t, chain, 300)
 	if count["a"] != 100 || count["b"] != 100 || count["c"] != 100 {
 		t.Errorf("requests per member %v, want 100 each", count)
 	}
@@ -52,13 +60,7 @@ func TestLeastBusyTakesEqualsInTurn(t *testing.T) {
 
 	// b holds two requests: a and c share the next ones.
 	pool.Members[1].Upstream.Load.add(2)
-	clear(count)
-	for range 10 {
-		_, _ = chain.Run(context.Background(), p, Hooks{}, func(_ context.Context, t *Target) Attempt {
-			count[t.Upstream.Name]++
-			return Attempt{}
-		})
-	}
+	count = runCounting(t, chain, 10)
 	if count["b"] != 0 || count["a"] != 5 || count["c"] != 5 {
 		t.Errorf("with b busy: %v, want a and c 5 each", count)
 	}
@@ -69,16 +71,7 @@ func TestLeastBusyTakesEqualsInTurn(t *testing.T) {
 func TestWeightedFollowsWeights(t *testing.T) {
 	pool := NewPool(poolOf("a", "b", "c"), Weighted, []int{3, 1, 0})
 	chain := Chain{{Pool: pool}}
-	count := map[string]int{}
-	for range 500 {
-		_, err := chain.Run(context.Background(), Policy{Attempts: 1}, Hooks{}, func(_ context.Context, t *Target) Attempt {
-			count[t.Upstream.Name]++
-			return Attempt{}
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	count := runCounting(t, chain, 500)
 	// Weights 3, 1 and 1 (0 counts as 1): 300, 100, 100.
 	if count["a"] != 300 || count["b"] != 100 || count["c"] != 100 {
 		t.Errorf("requests per member %v, want 300/100/100", count)
@@ -98,16 +91,7 @@ func TestPoolSkipsDownMembers(t *testing.T) {
 	members[3].Upstream.Health = healthUp()
 	official := Target{Upstream: &Upstream{Name: "official", Breaker: NewBreaker(3, time.Hour)}}
 	chain := Chain{{Pool: NewPool(members, LeastBusy, nil)}, official}
-	count := map[string]int{}
-	for range 20 {
-		_, err := chain.Run(context.Background(), Policy{Attempts: 1}, Hooks{}, func(_ context.Context, t *Target) Attempt {
-			count[t.Upstream.Name]++
-			return Attempt{}
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	count := runCounting(t, chain, 20)
 	if count["d"] != 20 || len(count) != 1 {
 		t.Errorf("requests %v, want all 20 on d, the only member up", count)
 	}

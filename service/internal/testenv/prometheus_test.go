@@ -16,7 +16,8 @@ import (
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"gopkg.in/yaml.v3"
+
+	"github.com/relaygate/relaygate/smoketest"
 )
 
 // TestStartPrometheus runs the project's config for real: Prometheus scrapes
@@ -101,43 +102,17 @@ func TestStartPrometheus(t *testing.T) {
 	}
 }
 
-// projectRuleNames reads every alert and record name from the project's rule
-// files, so the test follows the rules instead of repeating them.
+// projectRuleNames is every alert and record name in the project's rule
+// files, read as the smoke test reads them, so the test follows the rules
+// instead of repeating them.
 func projectRuleNames(t *testing.T) []string {
 	t.Helper()
-	root, err := moduleRoot()
+	names, err := smoketest.ProjectRules()
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := filepath.Glob(filepath.Join(root, "deploy", "prometheus", "rules", "*.rules.yml"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no rule files under deploy/prometheus/rules (%v)", err)
-	}
-	var names []string
-	for _, f := range files {
-		raw, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var doc struct {
-			Groups []struct {
-				Rules []struct {
-					Alert  string `yaml:"alert"`
-					Record string `yaml:"record"`
-				} `yaml:"rules"`
-			} `yaml:"groups"`
-		}
-		if err := yaml.Unmarshal(raw, &doc); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		for _, g := range doc.Groups {
-			for _, r := range g.Rules {
-				names = append(names, r.Alert+r.Record)
-			}
-		}
-	}
 	if len(names) < 10 {
-		t.Fatalf("only %d rules found in %v", len(names), files)
+		t.Fatalf("only %d rules found in deploy/prometheus/rules: %v", len(names), names)
 	}
 	return names
 }

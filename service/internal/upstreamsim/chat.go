@@ -77,11 +77,7 @@ func (s *Server) serveChat(w http.ResponseWriter, r *http.Request) {
 	bp := getBuf()
 	defer putBuf(bp)
 	*bp = appendChatCompletion(*bp, &req)
-	if err := writeJSON(w, http.StatusOK, *bp); err != nil {
-		s.stats.cancelled.Add(1)
-		return
-	}
-	answered = true
+	answered = s.answer(w, *bp)
 }
 
 // parseChat reads and checks the chat-specific fields, answering 400 itself
@@ -141,6 +137,14 @@ func appendUsage(dst []byte, prompt, completion int) []byte {
 		`"completion_tokens_details":{"reasoning_tokens":0}}`...)
 }
 
+// appendFinish closes the one choice of a chat or legacy completion with
+// its finish reason and appends the usage of its n tokens.
+func appendFinish(dst []byte, req *chatRequest, n int) []byte {
+	dst = append(dst, req.finishReason()...)
+	dst = append(dst, `"}],"usage":`...)
+	return appendUsage(dst, estimateTokens(req.digest.textBytes), n)
+}
+
 // appendChatCompletion appends a whole chat.completion object.
 func appendChatCompletion(dst []byte, req *chatRequest) []byte {
 	n, _ := req.completionTokens()
@@ -150,14 +154,9 @@ func appendChatCompletion(dst []byte, req *chatRequest) []byte {
 	dst = append(dst, `,"model":`...)
 	dst = appendJSONString(dst, req.model)
 	dst = append(dst, `,"choices":[{"index":0,"message":{"role":"assistant","content":"`...)
-	words := newWordStream(req.digest.seed)
-	for range n {
-		dst = words.appendNext(dst)
-	}
+	dst = appendWords(dst, req.digest.seed, n)
 	dst = append(dst, `","refusal":null},"logprobs":null,"finish_reason":"`...)
-	dst = append(dst, req.finishReason()...)
-	dst = append(dst, `"}],"usage":`...)
-	dst = appendUsage(dst, estimateTokens(req.digest.textBytes), n)
+	dst = appendFinish(dst, req, n)
 	return append(dst, `,"system_fingerprint":"`+systemFingerprint+`"}`...)
 }
 
@@ -169,31 +168,11 @@ func appendChatCompletion(dst []byte, req *chatRequest) []byte {
 // stream reached [DONE].
 func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, req *chatRequest) (completed bool) {
 	cfg := req.cfg
-	rc := http.NewResponseController(w)
-	cut := hits(&req.rng, cfg.CutRate)
-
-	h := w.Header()
-	h["Content-Type"] = contentTypeEventStream
-	h["Cache-Control"] = cacheControlNoCache
-	w.WriteHeader(http.StatusOK)
-	s.stats.streamsStarted.Add(1)
-
-	cutAfter := 0
-	if cut {
-		cutAfter = cfg.CutAfterChunks
-	}
-	ew := s.eventWriter(w, r, cfg.ChunkDelay, cutAfter)
-	emit, pause := ew.emit, ew.pause
-
-	if cut && cfg.CutAfterChunks == 0 {
-		if err := rc.Flush(); err != nil {
-			s.stats.cancelled.Add(1)
-			return false
-		}
-		s.stats.faultCut.Add(1)
-		dropConnection(w, false)
+	ew, ok := s.startStream(w, r, cfg, hits(&req.rng, cfg.CutRate))
+	if !ok {
 		return false
 	}
+	emit, pause := ew.emit, ew.pause
 
 	bp := getBuf()
 	defer putBuf(bp)
@@ -254,22 +233,8 @@ func (s *Server) streamChat(w http.ResponseWriter, r *http.Request, req *chatReq
 		}
 	}
 
-	if cut {
-		// The cut was set beyond the last chunk: drop before [DONE].
-		s.stats.faultCut.Add(1)
-		dropConnection(w, false)
-		return false
-	}
-	if _, err := w.Write(doneEvent); err != nil {
-		s.stats.cancelled.Add(1)
-		return false
-	}
-	if err := rc.Flush(); err != nil {
-		s.stats.cancelled.Add(1)
-		return false
-	}
-	s.stats.streamsCompleted.Add(1)
-	return true
+	// A cut set beyond the last chunk drops the stream before [DONE].
+	return ew.end(doneEvent)
 }
 
 // isEmptyArray reports whether an array has no elements, without building the

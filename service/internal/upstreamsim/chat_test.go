@@ -34,9 +34,7 @@ func TestChatCompletion(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			sim, ts := startSim(t, tc.cfg)
 			client := newClient(ts, "any-key")
-			req := chatRequestFor("gpt-4.1", "Say something about gateways, please.")
-			//lint:ignore SA1019 clients still send max_tokens; the simulator must honour it
-			req.MaxTokens = tc.maxTokens
+			req := withMaxTokens(chatRequestFor("gpt-4.1", "Say something about gateways, please."), tc.maxTokens)
 			req.MaxCompletionTokens = tc.maxCompl
 
 			resp, err := client.CreateChatCompletion(testContext(t), req)
@@ -84,11 +82,8 @@ func TestChatCompletionRawShape(t *testing.T) {
 	_, ts := startSim(t, Config{})
 	for _, path := range []string{"/v1/chat/completions", "/chat/completions"} {
 		t.Run(path, func(t *testing.T) {
-			resp, body := post(t, ts, http.MethodPost, path, "",
+			resp, body := requestOK(t, ts, http.MethodPost, path,
 				`{"model":"m<&>\"x","messages":[{"role":"user","content":"hi"}]}`)
-			if resp.StatusCode != http.StatusOK {
-				t.Fatalf("status %d: %s", resp.StatusCode, body)
-			}
 			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 				t.Errorf("Content-Type = %q", ct)
 			}
@@ -144,9 +139,7 @@ func TestChatStream(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			sim, ts := startSim(t, tc.cfg)
 			client := newClient(ts, "k")
-			req := chatRequestFor("gpt-4.1", "Stream me a few words.")
-			//lint:ignore SA1019 clients still send max_tokens; the simulator must honour it
-			req.MaxTokens = tc.maxTokens
+			req := withMaxTokens(chatRequestFor("gpt-4.1", "Stream me a few words."), tc.maxTokens)
 			ctx := testContext(t)
 
 			plain, err := client.CreateChatCompletion(ctx, req)
@@ -254,11 +247,8 @@ func TestChatStream(t *testing.T) {
 // [DONE].
 func TestChatStreamWire(t *testing.T) {
 	_, ts := startSim(t, Config{CompletionTokens: 3})
-	resp, body := post(t, ts, http.MethodPost, "/v1/chat/completions", "",
+	resp, body := requestOK(t, ts, http.MethodPost, "/v1/chat/completions",
 		`{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("status %d: %s", resp.StatusCode, body)
-	}
 	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
 		t.Errorf("Content-Type = %q", ct)
 	}

@@ -111,15 +111,9 @@ func newSettings(cfg Config, created int64) *settings {
 	if len(s.FailureStatuses) == 0 {
 		s.FailureStatuses = []int{DefaultFailureStatus}
 	}
-	if s.CompletionTokens <= 0 {
-		s.CompletionTokens = DefaultCompletionTokens
-	}
-	if s.TokensPerChunk <= 0 {
-		s.TokensPerChunk = DefaultTokensPerChunk
-	}
-	if s.EmbeddingDims <= 0 {
-		s.EmbeddingDims = DefaultEmbeddingDims
-	}
+	s.CompletionTokens = positiveOr(s.CompletionTokens, DefaultCompletionTokens)
+	s.TokensPerChunk = positiveOr(s.TokensPerChunk, DefaultTokensPerChunk)
+	s.EmbeddingDims = positiveOr(s.EmbeddingDims, DefaultEmbeddingDims)
 	s.Latency = max(s.Latency, 0)
 	s.Jitter = max(s.Jitter, 0)
 	s.ChunkDelay = max(s.ChunkDelay, 0)
@@ -152,6 +146,14 @@ func newSettings(cfg Config, created int64) *settings {
 		s.slots = make(chan struct{}, s.MaxRunning)
 	}
 	return s
+}
+
+// positiveOr is v, or def where v is zero or negative (unset or nonsense).
+func positiveOr(v, def int) int {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 // clampRate maps a rate into [0,1]; NaN counts as 0 so that a bad flag cannot

@@ -37,9 +37,7 @@ func (s *Server) serveEmbeddings(w http.ResponseWriter, r *http.Request) {
 	bp := getBuf()
 	defer putBuf(bp)
 	*bp = appendEmbeddings(*bp, &req)
-	if err := writeJSON(w, http.StatusOK, *bp); err != nil {
-		s.stats.cancelled.Add(1)
-	}
+	s.answer(w, *bp)
 }
 
 // parseEmbeddings reads "input" as OpenAI does: a string, an array of token

@@ -125,10 +125,7 @@ func TestEmbeddingsDiffer(t *testing.T) {
 
 func TestEmbeddingsRawShape(t *testing.T) {
 	_, ts := startSim(t, Config{EmbeddingDims: 3})
-	resp, body := post(t, ts, http.MethodPost, "/embeddings", "", `{"model":"e","input":"hi"}`)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("status %d: %s", resp.StatusCode, body)
-	}
+	_, body := requestOK(t, ts, http.MethodPost, "/embeddings", `{"model":"e","input":"hi"}`)
 	var got struct {
 		Object string `json:"object"`
 		Data   []struct {

@@ -219,10 +219,7 @@ func TestCutFault(t *testing.T) {
 
 	t.Run("not for non-streamed answers", func(t *testing.T) {
 		sim, ts := startSim(t, Config{CutRate: 1})
-		resp, body := post(t, ts, http.MethodPost, "/v1/chat/completions", "", chatBody)
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("status %d: %s", resp.StatusCode, body)
-		}
+		requestOK(t, ts, http.MethodPost, "/v1/chat/completions", chatBody)
 		if got := sim.Stats().Faults[FaultCut]; got != 0 {
 			t.Errorf("cuts = %d, want 0", got)
 		}

@@ -65,6 +65,17 @@ func post(t *testing.T, ts *httptest.Server, method, path, key, body string) (*h
 	return resp, data
 }
 
+// requestOK is post for a request that must succeed: any status but 200
+// fails the test.
+func requestOK(t *testing.T, ts *httptest.Server, method, path, body string) (*http.Response, []byte) {
+	t.Helper()
+	resp, data := post(t, ts, method, path, "", body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s %s: status %d: %s", method, path, resp.StatusCode, data)
+	}
+	return resp, data
+}
+
 // errorBody is OpenAI's error shape, decoded strictly enough to catch a
 // missing field.
 type errorBody struct {
@@ -125,6 +136,14 @@ func chatRequestFor(model, prompt string) openai.ChatCompletionRequest {
 			{Role: openai.ChatMessageRoleUser, Content: prompt},
 		},
 	}
+}
+
+// withMaxTokens sets the deprecated max_tokens (0: none), which clients
+// still send and the simulator must honour.
+func withMaxTokens(req openai.ChatCompletionRequest, n int) openai.ChatCompletionRequest {
+	//lint:ignore SA1019 clients still send max_tokens; the simulator must honour it
+	req.MaxTokens = n
+	return req
 }
 
 // promptTokensOf is the documented estimate, computed independently of the

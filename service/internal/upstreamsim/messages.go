@@ -100,9 +100,7 @@ func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request, count boo
 		b := append(*bp, `{"input_tokens":`...)
 		b = strconv.AppendInt(b, int64(estimateTokens(req.textBytes)), 10)
 		*bp = append(b, '}')
-		if err := writeJSON(w, http.StatusOK, *bp); err != nil {
-			s.stats.cancelled.Add(1)
-		}
+		s.answer(w, *bp)
 		return
 	}
 	u := s.usageOf(&req)
@@ -111,9 +109,7 @@ func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request, count boo
 		return
 	}
 	*bp = appendMessage(*bp, &req, u)
-	if err := writeJSON(w, http.StatusOK, *bp); err != nil {
-		s.stats.cancelled.Add(1)
-	}
+	s.answer(w, *bp)
 }
 
 // parseMessages reads and checks the Messages fields, answering 400 itself
@@ -245,19 +241,14 @@ func appendToolBlockStart(dst []byte, req *messagesRequest) []byte {
 func appendMessage(dst []byte, req *messagesRequest, u messageUsage) []byte {
 	dst = appendMessageHead(dst, req)
 	dst = append(dst, `,"content":[`...)
-	words := newWordStream(req.seed)
 	if req.tool != "" {
 		dst = appendToolBlockStart(dst, req)
 		dst = append(dst, `,"input":{"query":"`...)
-		for range u.output {
-			dst = words.appendNext(dst)
-		}
+		dst = appendWords(dst, req.seed, u.output)
 		dst = append(dst, `"}}`...)
 	} else {
 		dst = append(dst, `{"type":"text","text":"`...)
-		for range u.output {
-			dst = words.appendNext(dst)
-		}
+		dst = appendWords(dst, req.seed, u.output)
 		dst = append(dst, `"}`...)
 	}
 	dst = append(dst, `],"stop_reason":"`...)
@@ -275,30 +266,11 @@ func appendMessage(dst []byte, req *messagesRequest, u messageUsage) []byte {
 // (CutRate, CutAfterChunks) counts every event, message_start first.
 func (s *Server) streamMessage(w http.ResponseWriter, r *http.Request, req *messagesRequest, u messageUsage) {
 	cfg := req.cfg
-	rc := http.NewResponseController(w)
-	cut := hits(&req.rng, cfg.CutRate)
-	failAfterStart := hits(&req.rng, cfg.ErrorAfterStartRate)
-
-	h := w.Header()
-	h["Content-Type"] = contentTypeEventStream
-	h["Cache-Control"] = cacheControlNoCache
-	w.WriteHeader(http.StatusOK)
-	s.stats.streamsStarted.Add(1)
-	if cut && cfg.CutAfterChunks == 0 {
-		if err := rc.Flush(); err != nil {
-			s.stats.cancelled.Add(1)
-			return
-		}
-		s.stats.faultCut.Add(1)
-		dropConnection(w, false)
+	ew, ok := s.startStream(w, r, cfg, hits(&req.rng, cfg.CutRate))
+	if !ok {
 		return
 	}
-
-	cutAfter := 0
-	if cut {
-		cutAfter = cfg.CutAfterChunks
-	}
-	ew := s.eventWriter(w, r, cfg.ChunkDelay, cutAfter)
+	failAfterStart := hits(&req.rng, cfg.ErrorAfterStartRate)
 	emit, pause := ew.emit, ew.pause
 
 	bp := getBuf()
@@ -377,19 +349,5 @@ func (s *Server) streamMessage(w http.ResponseWriter, r *http.Request, req *mess
 	if !emit(b) {
 		return
 	}
-	if cut {
-		s.stats.faultCut.Add(1)
-		dropConnection(w, false)
-		return
-	}
-	b = append(b[:0], "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"...)
-	if _, err := w.Write(b); err != nil {
-		s.stats.cancelled.Add(1)
-		return
-	}
-	if err := rc.Flush(); err != nil {
-		s.stats.cancelled.Add(1)
-		return
-	}
-	s.stats.streamsCompleted.Add(1)
+	ew.end(append(b[:0], "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"...))
 }

@@ -137,22 +137,53 @@ type eventWriter struct {
 	r        *http.Request
 	rc       *http.ResponseController
 	delay    time.Duration
+	cut      bool // the cut fault was drawn for this stream
 	cutAfter int
 	sent     int
 }
 
-func (s *Server) eventWriter(w http.ResponseWriter, r *http.Request, delay time.Duration, cutAfter int) *eventWriter {
-	return &eventWriter{s: s, w: w, r: r, rc: http.NewResponseController(w), delay: delay, cutAfter: cutAfter}
+// startStream sends an event stream's headers and counts it started. With
+// cut (the cut fault drawn for this request) the stream is dropped after
+// Config.CutAfterChunks events; at 0 it is dropped right after the headers
+// and startStream reports false: the stream is over.
+func (s *Server) startStream(w http.ResponseWriter, r *http.Request, cfg *settings, cut bool) (*eventWriter, bool) {
+	h := w.Header()
+	h["Content-Type"] = contentTypeEventStream
+	h["Cache-Control"] = cacheControlNoCache
+	w.WriteHeader(http.StatusOK)
+	s.stats.streamsStarted.Add(1)
+	e := &eventWriter{s: s, w: w, r: r, rc: http.NewResponseController(w), delay: cfg.ChunkDelay, cut: cut}
+	if cut && cfg.CutAfterChunks == 0 {
+		if err := e.rc.Flush(); err != nil {
+			s.stats.cancelled.Add(1)
+			return nil, false
+		}
+		s.stats.faultCut.Add(1)
+		dropConnection(w, false)
+		return nil, false
+	}
+	if cut {
+		e.cutAfter = cfg.CutAfterChunks
+	}
+	return e, true
 }
 
-// emit writes one event and reports whether the stream goes on.
-func (e *eventWriter) emit(event []byte) bool {
-	if _, err := e.w.Write(event); err != nil {
+// write sends b and flushes it, counting a client that went away.
+func (e *eventWriter) write(b []byte) bool {
+	if _, err := e.w.Write(b); err != nil {
 		e.s.stats.cancelled.Add(1)
 		return false
 	}
 	if err := e.rc.Flush(); err != nil {
 		e.s.stats.cancelled.Add(1)
+		return false
+	}
+	return true
+}
+
+// emit writes one event and reports whether the stream goes on.
+func (e *eventWriter) emit(event []byte) bool {
+	if !e.write(event) {
 		return false
 	}
 	e.sent++
@@ -161,6 +192,23 @@ func (e *eventWriter) emit(event []byte) bool {
 		dropConnection(e.w, false)
 		return false
 	}
+	return true
+}
+
+// end closes a stream that sent all its events. A cut drawn beyond the
+// last event drops it here, before last; otherwise last (the closing
+// event, where the protocol has one outside the count of events) is sent
+// and the stream counts as completed. It reports whether it was.
+func (e *eventWriter) end(last []byte) bool {
+	if e.cut {
+		e.s.stats.faultCut.Add(1)
+		dropConnection(e.w, false)
+		return false
+	}
+	if last != nil && !e.write(last) {
+		return false
+	}
+	e.s.stats.streamsCompleted.Add(1)
 	return true
 }
 

@@ -118,9 +118,7 @@ func (s *Server) serveResponses(w http.ResponseWriter, r *http.Request) {
 	bp := getBuf()
 	defer putBuf(bp)
 	*bp = appendResponse(*bp, &shown, true)
-	if err := writeJSON(w, http.StatusOK, *bp); err != nil {
-		s.stats.cancelled.Add(1)
-	}
+	s.answer(w, *bp)
 }
 
 // parseResponses reads a Responses request and makes its response.
@@ -152,9 +150,8 @@ func (s *Server) parseResponses(w http.ResponseWriter, mr *modelRequest) (*simRe
 	if prev := doc.Get("previous_response_id"); prev.Type == gjson.String && prev.Str != "" {
 		p, ok := s.responses.get(prev.Str)
 		if !ok {
-			s.stats.badRequest.Add(1)
-			_ = apiError{status: http.StatusNotFound, typ: "invalid_request_error", param: "previous_response_id",
-				code: "previous_response_not_found", message: fmt.Sprintf("Previous response with id '%s' not found.", prev.Str)}.write(w)
+			s.reject(w, &s.stats.badRequest, apiError{status: http.StatusNotFound, param: "previous_response_id",
+				code: "previous_response_not_found", message: fmt.Sprintf("Previous response with id '%s' not found.", prev.Str)})
 			return nil, false, false
 		}
 		resp.previousID = p.id
@@ -177,12 +174,7 @@ func (s *Server) parseResponses(w http.ResponseWriter, mr *modelRequest) (*simRe
 			resp.status = "incomplete"
 		}
 	}
-	words := newWordStream(uint64(h))
-	var text []byte
-	for range resp.output {
-		text = words.appendNext(text)
-	}
-	resp.text = string(text)
+	resp.text = string(appendWords(nil, uint64(h), resp.output))
 	resp.id = string(appendID(nil, "resp_", &mr.rng))
 	resp.msgID = string(appendID(nil, "msg_", &mr.rng))
 	resp.rsID = string(appendID(nil, "rs_", &mr.rng))
@@ -280,24 +272,16 @@ func appendMessageItem(dst []byte, r *simResponse, status string) []byte {
 // after CutAfterChunks events.
 func (s *Server) streamResponse(w http.ResponseWriter, r *http.Request, mr *modelRequest, resp *simResponse) {
 	cfg := mr.cfg
-	rc := http.NewResponseController(w)
-	cut := hits(&mr.rng, cfg.CutRate)
+	ew, ok := s.startStream(w, r, cfg, hits(&mr.rng, cfg.CutRate))
+	if !ok {
+		return
+	}
 	failAfterCreated := hits(&mr.rng, cfg.FailAfterCreatedRate)
-	h := w.Header()
-	h["Content-Type"] = contentTypeEventStream
-	h["Cache-Control"] = cacheControlNoCache
-	w.WriteHeader(http.StatusOK)
-	s.stats.streamsStarted.Add(1)
 
 	bp := getBuf()
 	defer putBuf(bp)
 	b := (*bp)[:0]
 	defer func() { *bp = b }()
-	cutAfter := 0
-	if cut {
-		cutAfter = cfg.CutAfterChunks
-	}
-	ew := s.eventWriter(w, r, cfg.ChunkDelay, cutAfter)
 	pause := ew.pause
 	// emit writes one event, the data built by body, and reports whether
 	// the stream goes on.
@@ -321,12 +305,6 @@ func (s *Server) streamResponse(w http.ResponseWriter, r *http.Request, mr *mode
 		b = append(b, `","output_index":`...)
 		b = strconv.AppendInt(b, int64(index), 10)
 		return append(b, `,"content_index":0`...)
-	}
-	if cut && cfg.CutAfterChunks == 0 {
-		_ = rc.Flush()
-		s.stats.faultCut.Add(1)
-		dropConnection(w, false)
-		return
 	}
 	if !emit("response.created", withResponse(false)) || !emit("response.in_progress", withResponse(false)) {
 		return
@@ -399,13 +377,8 @@ func (s *Server) streamResponse(w http.ResponseWriter, r *http.Request, mr *mode
 	if !emit(last, withResponse(true)) {
 		return
 	}
-	if cut {
-		// The cut was set beyond the last event: the stream was whole.
-		s.stats.faultCut.Add(1)
-		dropConnection(w, false)
-		return
-	}
-	s.stats.streamsCompleted.Add(1)
+	// A cut set beyond the last event drops a stream that was whole.
+	ew.end(nil)
 }
 
 // serveResponseByID serves GET and DELETE /v1/responses/{id}, POST
@@ -416,15 +389,10 @@ func (s *Server) serveResponseByID(w http.ResponseWriter, r *http.Request, rest 
 	allow := map[string]string{"": "GET, DELETE", "cancel": "POST", "input_items": "GET"}[sub]
 	switch {
 	case allow == "":
-		s.stats.other.Add(1)
-		_ = apiError{status: http.StatusNotFound, typ: "invalid_request_error",
-			message: fmt.Sprintf("Invalid URL (%s %s)", r.Method, r.URL.Path)}.write(w)
+		s.rejectURL(w, r)
 		return
 	case !strings.Contains(", "+allow+",", ", "+r.Method+","):
-		s.stats.notAllowed.Add(1)
-		w.Header().Set("Allow", allow)
-		_ = apiError{status: http.StatusMethodNotAllowed, typ: "invalid_request_error",
-			message: fmt.Sprintf("Method %s not allowed for %s", r.Method, r.URL.Path)}.write(w)
+		s.rejectMethod(w, r, allow, "")
 		return
 	case !cfg.authorized(r):
 		s.rejectUnauthorized(w)
@@ -432,13 +400,12 @@ func (s *Server) serveResponseByID(w http.ResponseWriter, r *http.Request, rest 
 	}
 	// Latency and faults as for a model request: a failing provider fails
 	// these too.
-	if !s.simulate(w, r, &modelRequest{cfg: cfg, rng: newSplitMix(uint64(cfg.Seed), s.seq.Add(1))}) {
+	if mr := s.newModelRequest(cfg, gjson.Result{}, ""); !s.simulate(w, r, &mr) {
 		return
 	}
 	notFound := func() {
-		s.stats.badRequest.Add(1)
-		_ = apiError{status: http.StatusNotFound, typ: "invalid_request_error",
-			message: fmt.Sprintf("Response with id '%s' not found.", id)}.write(w)
+		s.reject(w, &s.stats.badRequest, apiError{status: http.StatusNotFound,
+			message: fmt.Sprintf("Response with id '%s' not found.", id)})
 	}
 	bp := getBuf()
 	defer putBuf(bp)
@@ -496,7 +463,5 @@ func (s *Server) serveResponseByID(w http.ResponseWriter, r *http.Request, rest 
 		}
 		b = appendResponse(b, &resp, true)
 	}
-	if err := writeJSON(w, http.StatusOK, b); err != nil {
-		s.stats.cancelled.Add(1)
-	}
+	s.answer(w, b)
 }

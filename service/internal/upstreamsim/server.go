@@ -122,12 +122,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.serveResponseByID(w, r, rest)
 			return
 		}
-		s.stats.other.Add(1)
-		_ = apiError{
-			status:  http.StatusNotFound,
-			typ:     "invalid_request_error",
-			message: fmt.Sprintf("Invalid URL (%s %s)", r.Method, r.URL.Path),
-		}.write(w)
+		s.rejectURL(w, r)
 	}
 }
 
@@ -145,25 +140,7 @@ type modelRequest struct {
 // wrong key learns nothing about its request.
 func (s *Server) admit(w http.ResponseWriter, r *http.Request) (modelRequest, bool) {
 	cfg := s.cfg.Load()
-	if r.Method != http.MethodPost {
-		s.stats.notAllowed.Add(1)
-		w.Header().Set("Allow", http.MethodPost)
-		_ = apiError{
-			status:  http.StatusMethodNotAllowed,
-			typ:     "invalid_request_error",
-			message: fmt.Sprintf("Method %s not allowed for %s; use POST", r.Method, r.URL.Path),
-		}.write(w)
-		return modelRequest{}, false
-	}
-	if !cfg.authorized(r) {
-		s.rejectUnauthorized(w)
-		return modelRequest{}, false
-	}
-
-	if r.ContentLength > maxBodyBytes {
-		// Refused on the header alone: a client that sent
-		// "Expect: 100-continue" never has to upload the body.
-		s.rejectTooLarge(w)
+	if !s.precheck(w, r, cfg) {
 		return modelRequest{}, false
 	}
 	bp := getBuf()
@@ -201,22 +178,35 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request) (modelRequest, bo
 		return modelRequest{}, false
 	}
 	if !cfg.knownModel(model.Str) {
-		s.stats.modelNotFound.Add(1)
-		_ = apiError{
-			status:  http.StatusNotFound,
-			typ:     "invalid_request_error",
-			code:    "model_not_found",
-			param:   "model",
-			message: fmt.Sprintf("The model `%s` does not exist or you do not have access to it.", model.Str),
-		}.write(w)
+		s.rejectUnknownModel(w, model.Str)
 		return modelRequest{}, false
 	}
-	return modelRequest{
-		cfg:   cfg,
-		doc:   doc,
-		model: model.Str,
-		rng:   newSplitMix(uint64(cfg.Seed), s.seq.Add(1)),
-	}, true
+	return s.newModelRequest(cfg, doc, model.Str), true
+}
+
+// precheck makes the checks that come before a POST body is read: method,
+// key (auth comes first, as at OpenAI) and declared size. It answers the
+// error itself when one fails.
+func (s *Server) precheck(w http.ResponseWriter, r *http.Request, cfg *settings) bool {
+	switch {
+	case r.Method != http.MethodPost:
+		s.rejectMethod(w, r, http.MethodPost, http.MethodPost)
+	case !cfg.authorized(r):
+		s.rejectUnauthorized(w)
+	case r.ContentLength > maxBodyBytes:
+		// Refused on the header alone: a client that sent
+		// "Expect: 100-continue" never has to upload the body.
+		s.rejectTooLarge(w)
+	default:
+		return true
+	}
+	return false
+}
+
+// newModelRequest starts a request's own draws: each request gets the next
+// stream of the seeded generator.
+func (s *Server) newModelRequest(cfg *settings, doc gjson.Result, model string) modelRequest {
+	return modelRequest{cfg: cfg, doc: doc, model: model, rng: newSplitMix(uint64(cfg.Seed), s.seq.Add(1))}
 }
 
 // readBody reads the whole body into buf, growing it as needed.
@@ -241,34 +231,59 @@ func readBody(w http.ResponseWriter, r *http.Request, buf []byte) ([]byte, error
 	}
 }
 
+// reject counts a refused request under n and answers it e as an
+// invalid_request_error: every refusal goes through here.
+func (s *Server) reject(w http.ResponseWriter, n *atomic.Uint64, e apiError) {
+	n.Add(1)
+	e.typ = "invalid_request_error"
+	_ = e.write(w)
+}
+
 func (s *Server) rejectBadRequest(w http.ResponseWriter, param, message string) {
-	s.stats.badRequest.Add(1)
-	_ = apiError{
-		status:  http.StatusBadRequest,
-		typ:     "invalid_request_error",
-		param:   param,
-		message: message,
-	}.write(w)
+	s.reject(w, &s.stats.badRequest, apiError{status: http.StatusBadRequest, param: param, message: message})
 }
 
 func (s *Server) rejectTooLarge(w http.ResponseWriter) {
-	s.stats.tooBig.Add(1)
-	_ = apiError{
-		status:  http.StatusRequestEntityTooLarge,
-		typ:     "invalid_request_error",
-		message: fmt.Sprintf("Request body exceeds %d bytes.", maxBodyBytes),
-	}.write(w)
+	s.reject(w, &s.stats.tooBig, apiError{status: http.StatusRequestEntityTooLarge,
+		message: fmt.Sprintf("Request body exceeds %d bytes.", maxBodyBytes)})
 }
 
 func (s *Server) rejectUnauthorized(w http.ResponseWriter) {
-	s.stats.unauthorized.Add(1)
 	// The message never echoes the key that was sent.
-	_ = apiError{
-		status:  http.StatusUnauthorized,
-		typ:     "invalid_request_error",
-		code:    "invalid_api_key",
-		message: "Incorrect API key provided.",
-	}.write(w)
+	s.reject(w, &s.stats.unauthorized, apiError{status: http.StatusUnauthorized, code: "invalid_api_key",
+		message: "Incorrect API key provided."})
+}
+
+// rejectMethod answers 405 with the methods allowed; use, when set, is the
+// one the message suggests.
+func (s *Server) rejectMethod(w http.ResponseWriter, r *http.Request, allow, use string) {
+	message := fmt.Sprintf("Method %s not allowed for %s", r.Method, r.URL.Path)
+	if use != "" {
+		message += "; use " + use
+	}
+	w.Header().Set("Allow", allow)
+	s.reject(w, &s.stats.notAllowed, apiError{status: http.StatusMethodNotAllowed, message: message})
+}
+
+func (s *Server) rejectUnknownModel(w http.ResponseWriter, model string) {
+	s.reject(w, &s.stats.modelNotFound, apiError{status: http.StatusNotFound, code: "model_not_found", param: "model",
+		message: fmt.Sprintf("The model `%s` does not exist or you do not have access to it.", model)})
+}
+
+// rejectURL answers a path the simulator does not serve.
+func (s *Server) rejectURL(w http.ResponseWriter, r *http.Request) {
+	s.reject(w, &s.stats.other, apiError{status: http.StatusNotFound,
+		message: fmt.Sprintf("Invalid URL (%s %s)", r.Method, r.URL.Path)})
+}
+
+// answer sends a complete JSON body with status 200 and reports whether
+// it was written; a failed write means the client went away.
+func (s *Server) answer(w http.ResponseWriter, body []byte) bool {
+	if err := writeJSON(w, http.StatusOK, body); err != nil {
+		s.stats.cancelled.Add(1)
+		return false
+	}
+	return true
 }
 
 // simulate waits the configured latency, then injects a reset, hang or
@@ -347,13 +362,7 @@ func sleep(ctx context.Context, d time.Duration) bool {
 func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
 	cfg := s.cfg.Load()
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		s.stats.notAllowed.Add(1)
-		w.Header().Set("Allow", "GET, HEAD")
-		_ = apiError{
-			status:  http.StatusMethodNotAllowed,
-			typ:     "invalid_request_error",
-			message: fmt.Sprintf("Method %s not allowed for %s; use GET", r.Method, r.URL.Path),
-		}.write(w)
+		s.rejectMethod(w, r, "GET, HEAD", http.MethodGet)
 		return
 	}
 	if !cfg.authorized(r) {

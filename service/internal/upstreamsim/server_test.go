@@ -188,10 +188,7 @@ func TestModels(t *testing.T) {
 
 	t.Run("shape and unprefixed path", func(t *testing.T) {
 		_, ts := startSim(t, Config{Models: []string{`quote"d`}})
-		resp, body := post(t, ts, http.MethodGet, "/models", "", "")
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("status %d: %s", resp.StatusCode, body)
-		}
+		_, body := requestOK(t, ts, http.MethodGet, "/models", "")
 		var got struct {
 			Object string `json:"object"`
 			Data   []struct {

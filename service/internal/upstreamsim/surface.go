@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -88,19 +87,12 @@ func (s *Server) serveCompletions(w http.ResponseWriter, r *http.Request) {
 	n, _ := req.completionTokens()
 	b := appendCompletionHead(*bp, &req)
 	b = append(b, `{"text":"`...)
-	words := newWordStream(req.digest.seed)
-	for range n {
-		b = words.appendNext(b)
-	}
+	b = appendWords(b, req.digest.seed, n)
 	b = append(b, `","index":0,"logprobs":null,"finish_reason":"`...)
-	b = append(b, req.finishReason()...)
-	b = append(b, `"}],"usage":`...)
-	b = appendUsage(b, estimateTokens(req.digest.textBytes), n)
+	b = appendFinish(b, &req, n)
 	b = append(b, '}')
 	*bp = b
-	if err := writeJSON(w, http.StatusOK, b); err != nil {
-		s.stats.cancelled.Add(1)
-	}
+	s.answer(w, b)
 }
 
 // appendCompletionHead appends a text_completion up to its choices array.
@@ -118,12 +110,9 @@ func appendCompletionHead(dst []byte, req *chatRequest) []byte {
 // are empty, then [DONE].
 func (s *Server) streamCompletion(w http.ResponseWriter, r *http.Request, req *chatRequest) {
 	cfg := req.cfg
-	h := w.Header()
-	h["Content-Type"] = contentTypeEventStream
-	h["Cache-Control"] = cacheControlNoCache
-	w.WriteHeader(http.StatusOK)
-	s.stats.streamsStarted.Add(1)
-	emit := s.eventWriter(w, r, cfg.ChunkDelay, 0).emit
+	// Legacy completions draw no cut, so the stream always starts.
+	ew, _ := s.startStream(w, r, cfg, false)
+	emit := ew.emit
 	bp := getBuf()
 	defer putBuf(bp)
 	b := appendCompletionHead(append((*bp)[:0], "data: "...), req)
@@ -133,8 +122,7 @@ func (s *Server) streamCompletion(w http.ResponseWriter, r *http.Request, req *c
 	n, _ := req.completionTokens()
 	words := newWordStream(req.digest.seed)
 	for done := 0; done < n; {
-		if done > 0 && !sleep(r.Context(), cfg.ChunkDelay) {
-			s.abandon(w)
+		if done > 0 && !ew.pause() {
 			return
 		}
 		b = append(b[:prefix], `{"text":"`...)
@@ -160,10 +148,7 @@ func (s *Server) streamCompletion(w http.ResponseWriter, r *http.Request, req *c
 			return
 		}
 	}
-	if !emit(doneEvent) {
-		return
-	}
-	s.stats.streamsCompleted.Add(1)
+	ew.end(doneEvent)
 }
 
 // moderationCategories are the categories of OpenAI's moderation result.
@@ -235,9 +220,7 @@ func (s *Server) serveModerations(w http.ResponseWriter, r *http.Request) {
 	}
 	b = append(b, "]}"...)
 	*bp = b
-	if err := writeJSON(w, http.StatusOK, b); err != nil {
-		s.stats.cancelled.Add(1)
-	}
+	s.answer(w, b)
 }
 
 // serveImages answers POST /v1/images/generations with n tiny PNGs, as
@@ -295,9 +278,7 @@ func (s *Server) serveImages(w http.ResponseWriter, r *http.Request) {
 	b = strconv.AppendInt(b, int64(in), 10)
 	b = append(b, `,"image_tokens":0}}}`...)
 	*bp = b
-	if err := writeJSON(w, http.StatusOK, b); err != nil {
-		s.stats.cancelled.Add(1)
-	}
+	s.answer(w, b)
 }
 
 // speechTypes are the Content-Types of speech's response_format values.
@@ -360,12 +341,7 @@ func (s *Server) serveSpeech(w http.ResponseWriter, r *http.Request) {
 // drawn from the model and the file's SHA-256, so a test knows from the
 // text alone that the upstream got the very bytes and the model it sent.
 func TranscriptText(model string, sum [sha256.Size]byte) string {
-	words := newWordStream(uint64(fnvOffset.add(model).add(string(sum[:]))))
-	var b []byte
-	for range 8 {
-		b = words.appendNext(b)
-	}
-	return string(b)
+	return string(appendWords(nil, uint64(fnvOffset.add(model).add(string(sum[:]))), 8))
 }
 
 // serveTranscriptions answers POST /v1/audio/transcriptions, a
@@ -373,19 +349,7 @@ func TranscriptText(model string, sum [sha256.Size]byte) string {
 // arrives: the file is hashed, never held.
 func (s *Server) serveTranscriptions(w http.ResponseWriter, r *http.Request) {
 	cfg := s.cfg.Load()
-	if r.Method != http.MethodPost {
-		s.stats.notAllowed.Add(1)
-		w.Header().Set("Allow", http.MethodPost)
-		_ = apiError{status: http.StatusMethodNotAllowed, typ: "invalid_request_error",
-			message: fmt.Sprintf("Method %s not allowed for %s; use POST", r.Method, r.URL.Path)}.write(w)
-		return
-	}
-	if !cfg.authorized(r) {
-		s.rejectUnauthorized(w)
-		return
-	}
-	if r.ContentLength > maxBodyBytes {
-		s.rejectTooLarge(w)
+	if !s.precheck(w, r, cfg) {
 		return
 	}
 	mr, err := r.MultipartReader()
@@ -427,12 +391,10 @@ func (s *Server) serveTranscriptions(w http.ResponseWriter, r *http.Request) {
 		s.rejectBadRequest(w, "file", "You must provide a 'file' parameter.")
 		return
 	case !cfg.knownModel(model):
-		s.stats.modelNotFound.Add(1)
-		_ = apiError{status: http.StatusNotFound, typ: "invalid_request_error", code: "model_not_found", param: "model",
-			message: fmt.Sprintf("The model `%s` does not exist or you do not have access to it.", model)}.write(w)
+		s.rejectUnknownModel(w, model)
 		return
 	}
-	req := modelRequest{cfg: cfg, model: model, rng: newSplitMix(uint64(cfg.Seed), s.seq.Add(1))}
+	req := s.newModelRequest(cfg, gjson.Result{}, model)
 	if !s.simulate(w, r, &req) {
 		return
 	}
@@ -442,7 +404,5 @@ func (s *Server) serveTranscriptions(w http.ResponseWriter, r *http.Request) {
 	b = appendJSONString(b, TranscriptText(model, sum))
 	b = append(b, '}')
 	*bp = b
-	if err := writeJSON(w, http.StatusOK, b); err != nil {
-		s.stats.cancelled.Add(1)
-	}
+	s.answer(w, b)
 }

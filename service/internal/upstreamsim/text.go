@@ -38,6 +38,15 @@ func newWordStream(seed uint64) wordStream {
 	return wordStream{rng: newSplitMix(seed, 0)}
 }
 
+// appendWords appends the first n words of the answer drawn from seed.
+func appendWords(dst []byte, seed uint64, n int) []byte {
+	words := newWordStream(seed)
+	for range n {
+		dst = words.appendNext(dst)
+	}
+	return dst
+}
+
 func (ws *wordStream) appendNext(dst []byte) []byte {
 	i := ws.rng.next() & uint64(len(vocabulary)-1)
 	ws.count++
