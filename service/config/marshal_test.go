@@ -48,7 +48,7 @@ func TestMarshalReadsBack(t *testing.T) {
 			{Name: "gpu-b", BaseURL: "http://10.0.0.6:8000/v1"},
 		},
 		Models: []Model{{
-			Name:  "gpt-4.1",
+			Name: "gpt-4.1",
 			Route: []RouteEntry{{Upstream: "relay"}, {Upstream: "openai", Model: "gpt-4.1-2025-04-14", Price: &Price{InputPerMTok: 2, OutputPerMTok: 8}},
 				{Pool: []string{"gpu-a", "gpu-b"}, Balance: BalanceWeighted, Weights: map[string]int{"gpu-a": 2}}},
 			Price: Price{InputPerMTok: 1.5, OutputPerMTok: 6},
