@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -33,7 +35,7 @@ func ProjectRules() ([]string, error) {
 	}
 	seen := map[string]bool{}
 	var names []string
-	for _, path := range sortedKeys(files) {
+	for _, path := range slices.Sorted(maps.Keys(files)) {
 		if !strings.HasPrefix(path, "rules/") || !strings.HasSuffix(path, ".rules.yml") {
 			continue
 		}

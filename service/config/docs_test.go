@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -215,7 +216,7 @@ func TestKeyPaths(t *testing.T) {
 	wantLeaves := []string{"s", "plain", "list", "nested.a", "nested.d", "ptr.a", "ptr.d",
 		"entries[].a", "entries[].d", "by_name.*.a", "by_name.*.d"}
 	slices.Sort(wantLeaves)
-	if got := sortedKeys(leaves); !slices.Equal(got, wantLeaves) {
+	if got := slices.Sorted(maps.Keys(leaves)); !slices.Equal(got, wantLeaves) {
 		t.Errorf("leaves %q, want %q", got, wantLeaves)
 	}
 	for _, k := range []string{"nested", "ptr", "entries", "by_name"} {
@@ -224,15 +225,6 @@ func TestKeyPaths(t *testing.T) {
 		}
 	}
 	_ = root{}.hidden
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }
 
 // A default written as one value, optionally followed by a remark in

@@ -265,9 +265,9 @@ func (p *parser) validateHosts(c *Config) {
 	case !instanceTypeRE.MatchString(c.InstanceType):
 		p.fail("instanceType", "%q is not an EC2 instance type such as g5.xlarge", c.InstanceType)
 	case unsupportedGPUFamilies[family] != "":
-		p.fail("instanceType", "%q is not supported: %s; use a Turing or newer family (%s)", c.InstanceType, unsupportedGPUFamilies[family], strings.Join(sortedKeys(gpuFamilies), ", "))
+		p.fail("instanceType", "%q is not supported: %s; use a Turing or newer family (%s)", c.InstanceType, unsupportedGPUFamilies[family], strings.Join(slices.Sorted(maps.Keys(gpuFamilies)), ", "))
 	case !gpuFamilies[family]:
-		p.fail("instanceType", "%q is not an NVIDIA GPU instance type (families: %s)", c.InstanceType, strings.Join(sortedKeys(gpuFamilies), ", "))
+		p.fail("instanceType", "%q is not an NVIDIA GPU instance type (families: %s)", c.InstanceType, strings.Join(slices.Sorted(maps.Keys(gpuFamilies)), ", "))
 	}
 	switch {
 	case c.HostCount < 1:
@@ -624,13 +624,4 @@ func checkBaseURL(raw string) error {
 		return errors.New("must not have a query or fragment")
 	}
 	return nil
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }

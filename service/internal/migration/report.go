@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -402,7 +403,7 @@ func (r *ReportResult) readUpstreams(attempts, retries, answers, cost, fallbacks
 			names[name] = true
 		}
 	}
-	for _, name := range sortedKeys(names) {
+	for _, name := range slices.Sorted(maps.Keys(names)) {
 		u := UpstreamReport{
 			Name:      name,
 			Success:   Figure(byResult[name+"\x00success"]),
@@ -461,7 +462,7 @@ func (r *ReportResult) readModels(answers, cost, tokens, savings, cacheSavings, 
 	for name := range costs {
 		names[name] = true
 	}
-	for _, name := range sortedKeys(names) {
+	for _, name := range slices.Sorted(maps.Keys(names)) {
 		c := perModel[name]
 		if c == nil {
 			c = &counts{}
@@ -626,13 +627,4 @@ func percentilesFrom(q map[float64]float64) Percentiles {
 		return Missing
 	}
 	return Percentiles{P50: get(0.5), P95: get(0.95), P99: get(0.99)}
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }

@@ -3,6 +3,8 @@ package migration
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -67,7 +69,7 @@ func (r *ReportResult) readGroups(ctx context.Context, q *querier, by string, mo
 	if err != nil {
 		return err
 	}
-	for _, name := range sortedKeys(boolSet(requests, cost)) {
+	for _, name := range slices.Sorted(maps.Keys(boolSet(requests, cost))) {
 		team, key, _ := strings.Cut(name, "\x00")
 		g := GroupReport{Team: team, Key: key,
 			Requests: Figure(requests[name]), Refusals: Figure(refusals[name]),
