@@ -378,26 +378,34 @@ func TestParseRejects(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			src := source(tt.values)
-			for _, k := range tt.plain {
-				src.secrets[k] = false
-			}
-			c, err := Parse(src, "test")
-			if err == nil {
-				t.Fatalf("Parse accepted it: %+v", c)
-			}
-			msg := err.Error()
-			for _, w := range tt.want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("error does not contain %q:\n%s", w, msg)
-				}
-			}
-			for _, secret := range []string{testGatewayKey, testHolysheepKey, testOpenAIKey, "b3BlbnNzaC1rZXktdjEAAAA"} {
-				if strings.Contains(msg, secret) {
-					t.Errorf("error leaks a secret value:\n%s", msg)
-				}
-			}
+			parseFails(t, tt.values, tt.plain, tt.want, testGatewayKey, testHolysheepKey, testOpenAIKey, "b3BlbnNzaC1rZXktdjEAAAA")
 		})
+	}
+}
+
+// parseFails checks that Parse refuses values, with the keys in plain
+// stored without --secret, in an error that holds each of want and none of
+// secrets (an empty one is passed over).
+func parseFails(t *testing.T, values map[string]string, plain, want []string, secrets ...string) {
+	t.Helper()
+	src := source(values)
+	for _, k := range plain {
+		src.secrets[k] = false
+	}
+	c, err := Parse(src, "test")
+	if err == nil {
+		t.Fatalf("Parse accepted it: %+v", c)
+	}
+	msg := err.Error()
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("error does not contain %q:\n%s", w, msg)
+		}
+	}
+	for _, secret := range secrets {
+		if secret != "" && strings.Contains(msg, secret) {
+			t.Errorf("error leaks a secret value:\n%s", msg)
+		}
 	}
 }
 
