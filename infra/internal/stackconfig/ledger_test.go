@@ -27,10 +27,7 @@ func TestParseLedger(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c, err := Parse(source(tt.values), "test")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustParse(t, tt.values)
 			got := c.Ledger
 			if got.Password.IsSet() != tt.want.Password.IsSet() {
 				t.Errorf("password set %t, want %t", got.Password.IsSet(), tt.want.Password.IsSet())

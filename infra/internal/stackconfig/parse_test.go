@@ -209,10 +209,7 @@ func TestParseValidStacks(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c, err := Parse(source(tt.values), "test")
-			if err != nil {
-				t.Fatalf("Parse: %v", err)
-			}
+			c := mustParse(t, tt.values)
 			tt.check(t, c)
 		})
 	}
@@ -383,6 +380,16 @@ func TestParseRejects(t *testing.T) {
 	}
 }
 
+// mustParse is the config of values, which must parse.
+func mustParse(t *testing.T, values map[string]string) *Config {
+	t.Helper()
+	c, err := Parse(source(values), "test")
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return c
+}
+
 // parseFails checks that Parse refuses values, with the keys in plain
 // stored without --secret, in an error that holds each of want and none of
 // secrets (an empty one is passed over).
@@ -426,10 +433,7 @@ func TestSecretKeyForEnv(t *testing.T) {
 
 func TestSecretIsNeverFormatted(t *testing.T) {
 	t.Parallel()
-	c, err := Parse(source(awsValues()), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustParse(t, awsValues())
 	for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
 		out := fmt.Sprintf(verb, c)
 		for _, secret := range []string{testGatewayKey, testHolysheepKey, testOpenAIKey} {
