@@ -550,15 +550,28 @@ func (p *parser) bool(key string) bool {
 // json decodes a structured value strictly: a misspelt field is an error,
 // not a silently ignored setting.
 func (p *parser) json(key string, out any) {
+	p.object(key, out, "")
+}
+
+// object decodes key's JSON into out, refusing unknown fields; fields, when
+// set, lists the known ones in the error. It reports whether out was read:
+// false for an unset key or a refused value.
+func (p *parser) object(key string, out any, fields string) bool {
 	v, ok := p.lookup(key)
 	if !ok {
-		return
+		return false
 	}
 	dec := json.NewDecoder(bytes.NewReader([]byte(v)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(out); err != nil {
-		p.fail(key, "%v", err)
+		if fields != "" {
+			p.fail(key, "%v (fields: %s)", err, fields)
+		} else {
+			p.fail(key, "%v", err)
+		}
+		return false
 	}
+	return true
 }
 
 // secret reads a value that must have been set with --secret. The value is
