@@ -423,16 +423,8 @@ func (w *world) outputs(typ, name string, in resource.PropertyMap, preview bool)
 		set("repositoryUrl", "123456789012.dkr.ecr.us-east-1.amazonaws.com/"+str("name"))
 	case "docker:index/image:Image":
 		ref := str("imageName")
-		sum := "sha256:" + fakeDigest(fmt.Sprintf("%s %d", ref, n))
-		if v, ok := in["skipPush"]; ok && v.IsBool() && v.BoolValue() {
-			set("repoDigest", sum)
-		} else {
-			repo := ref
-			if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
-				repo = ref[:i]
-			}
-			set("repoDigest", repo+"@"+sum)
-		}
+		v, ok := in["skipPush"]
+		set("repoDigest", fakeRepoDigest(ref, "sha256:"+fakeDigest(fmt.Sprintf("%s %d", ref, n)), ok && v.IsBool() && v.BoolValue()))
 	case "docker:index/remoteImage:RemoteImage":
 		set("imageId", "sha256:"+fakeDigest(str("name")))
 		set("repoDigest", str("name"))

@@ -16,10 +16,7 @@ func TestEveryStackRendersAConfigTheGatewayLoads(t *testing.T) {
 	for _, tt := range []struct{ stack, target string }{{"dev", "aws"}, {"prod", "aws"}, {"local", "local"}} {
 		t.Run(tt.stack, func(t *testing.T) {
 			t.Parallel()
-			d, err := run(t, tt.stack, tt.target, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			d := mustRun(t, tt.stack, tt.target, nil)
 			n := 0
 			for _, c := range d.ofType(typeContainer) {
 				if !strings.HasSuffix(c.Name, "-gateway") {

@@ -212,16 +212,8 @@ func (e *engine) NewResource(args pulumi.MockResourceArgs) (string, resource.Pro
 		set("repositoryUrl", fmt.Sprintf("123456789012.dkr.ecr.%s.amazonaws.com/%s", e.region, str("name")))
 	case "docker:index/image:Image":
 		name := str("imageName")
-		sum := digest(name)
-		if v, ok := args.Inputs["skipPush"]; ok && v.IsBool() && v.BoolValue() {
-			set("repoDigest", "sha256:"+sum) // a local image's ID
-		} else {
-			repo := name
-			if i := strings.LastIndex(name, ":"); i > strings.LastIndex(name, "/") {
-				repo = name[:i]
-			}
-			set("repoDigest", repo+"@sha256:"+sum)
-		}
+		v, ok := args.Inputs["skipPush"]
+		set("repoDigest", fakeRepoDigest(name, "sha256:"+digest(name), ok && v.IsBool() && v.BoolValue()))
 	case "docker:index/remoteImage:RemoteImage":
 		set("imageId", "sha256:"+digest(str("name")))
 	case "aws:lb/loadBalancer:LoadBalancer":
@@ -326,6 +318,16 @@ type deployment struct {
 
 // run runs the program for stackName with the operator's settings changed
 // by changes, and returns what it registered. err is the program's error.
+// mustRun is run for a stack that must deploy: it fails t on an error.
+func mustRun(t *testing.T, stackName, target string, changes map[string]setting) *deployment {
+	t.Helper()
+	d, err := run(t, stackName, target, changes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func run(t *testing.T, stackName, target string, changes map[string]setting) (*deployment, error) {
 	t.Helper()
 	settings := operatorSettings(target)
@@ -369,14 +371,33 @@ func runWith(t *testing.T, stackName string, values map[string]string, secretKey
 	return d, nil
 }
 
-func (d *deployment) ofType(typ string) []recorded {
-	var out []recorded
-	for _, r := range d.res {
-		if r.Type == typ {
-			out = append(out, r)
+// fakeRepoDigest is the repoDigest the docker provider reports for the
+// image ref with digest sum: the local image's ID when it is not pushed
+// (skipPush), else the repository (ref without its tag) @ sum.
+func fakeRepoDigest(ref, sum string, skipPush bool) string {
+	if skipPush {
+		return sum
+	}
+	repo := ref
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		repo = ref[:i]
+	}
+	return repo + "@" + sum
+}
+
+// where returns the elements of xs that keep holds for, in order.
+func where[T any](xs []T, keep func(T) bool) []T {
+	var out []T
+	for _, x := range xs {
+		if keep(x) {
+			out = append(out, x)
 		}
 	}
 	return out
+}
+
+func (d *deployment) ofType(typ string) []recorded {
+	return where(d.res, func(r recorded) bool { return r.Type == typ })
 }
 
 func (d *deployment) named(t *testing.T, typ, name string) recorded {
@@ -395,13 +416,7 @@ func (d *deployment) named(t *testing.T, typ, name string) recorded {
 }
 
 func (d *deployment) invokes(token string) []invoke {
-	var out []invoke
-	for _, c := range d.calls {
-		if c.Token == token {
-			out = append(out, c)
-		}
-	}
-	return out
+	return where(d.calls, func(c invoke) bool { return c.Token == token })
 }
 
 // plain strips secret markers, for comparing values.

@@ -41,38 +41,13 @@ func checkLedgerGateway(t *testing.T, d *deployment, gwName, wantURL string) {
 	}
 }
 
-// checkDBEnv: the Postgres container's environment is secret as a whole
-// and holds want, and not absent.
-func checkDBEnv(t *testing.T, db recorded, want map[string]string, absent string) {
-	t.Helper()
-	if !db.Inputs["envs"].ContainsSecrets() {
-		t.Errorf("%s: the environment is not secret", db.Name)
-	}
-	got := map[string]string{}
-	for _, e := range getStrings(t, db, "envs") {
-		k, v, _ := strings.Cut(e, "=")
-		got[k] = v
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("%s: %s is %q, want %q", db.Name, k, got[k], v)
-		}
-	}
-	if _, ok := got[absent]; ok {
-		t.Errorf("%s: %s is set", db.Name, absent)
-	}
-}
-
 // TestDevLedgerContainer: dev runs the ledger's Postgres beside each
 // gateway on the host's private network: a named data volume, no published
 // port, a pg_isready health check, the database and user relaygate with the
 // operator's password, secret in the state; the gateway waits for it.
 func TestDevLedgerContainer(t *testing.T) {
 	t.Parallel()
-	d, err := run(t, "dev", "aws", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := mustRun(t, "dev", "aws", nil)
 	if n := len(d.ofType(typeRDSInstance)); n != 0 {
 		t.Errorf("dev created %d RDS instances", n)
 	}
@@ -100,8 +75,8 @@ func TestDevLedgerContainer(t *testing.T) {
 	if !get(t, db, "wait").BoolValue() || getString(t, db, "restart") != "unless-stopped" {
 		t.Errorf("ledger database: wait %v, restart %q", get(t, db, "wait"), getString(t, db, "restart"))
 	}
-	checkDBEnv(t, db, map[string]string{"POSTGRES_DB": "relaygate", "POSTGRES_USER": "relaygate", "POSTGRES_PASSWORD": fakeLedgerPassword},
-		"POSTGRES_HOST_AUTH_METHOD")
+	checkContainerEnv(t, db, map[string]string{"POSTGRES_DB": "relaygate", "POSTGRES_USER": "relaygate", "POSTGRES_PASSWORD": fakeLedgerPassword},
+		[]string{"POSTGRES_HOST_AUTH_METHOD"})
 	if !slices.Contains(db.SecretOutputs, "envs") {
 		t.Errorf("the ledger database's environment is not a secret output: %v", db.SecretOutputs)
 	}
@@ -116,12 +91,9 @@ func TestDevLedgerContainer(t *testing.T) {
 // trusts its private network and the gateway's URL has no password.
 func TestDevLedgerWithoutPassword(t *testing.T) {
 	t.Parallel()
-	d, err := run(t, "dev", "aws", map[string]setting{"relaygate:ledgerDbPassword": {unset: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := mustRun(t, "dev", "aws", map[string]setting{"relaygate:ledgerDbPassword": {unset: true}})
 	db := d.named(t, typeContainer, "relaygate-dev-host-0-ledger-db")
-	checkDBEnv(t, db, map[string]string{"POSTGRES_HOST_AUTH_METHOD": "trust", "POSTGRES_USER": "relaygate"}, "POSTGRES_PASSWORD")
+	checkContainerEnv(t, db, map[string]string{"POSTGRES_HOST_AUTH_METHOD": "trust", "POSTGRES_USER": "relaygate"}, []string{"POSTGRES_PASSWORD"})
 	checkLedgerGateway(t, d, "relaygate-dev-host-0-gateway", "postgres://relaygate@ledger-db:5432/relaygate?sslmode=disable")
 }
 
@@ -132,10 +104,7 @@ func TestDevLedgerWithoutPassword(t *testing.T) {
 // runs a Postgres container.
 func TestProdLedgerRDS(t *testing.T) {
 	t.Parallel()
-	d, err := run(t, "prod", "aws", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := mustRun(t, "prod", "aws", nil)
 	insts := d.ofType(typeRDSInstance)
 	if len(insts) != 1 {
 		t.Fatalf("%d RDS instances, want 1", len(insts))
@@ -226,10 +195,7 @@ func TestProdLedgerRDS(t *testing.T) {
 // no URL, no ledger section. Turned on, it runs the container as dev does.
 func TestLocalLedgerOff(t *testing.T) {
 	t.Parallel()
-	d, err := run(t, "local", "local", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := mustRun(t, "local", "local", nil)
 	if d.outputs["ledgerEnabled"].Value != false {
 		t.Errorf("ledgerEnabled = %v, want false", d.outputs["ledgerEnabled"].Value)
 	}
@@ -244,15 +210,12 @@ func TestLocalLedgerOff(t *testing.T) {
 		t.Error("the local gateway has a ledger although Pulumi.local.yaml turns it off")
 	}
 
-	on, err := run(t, "local", "local", map[string]setting{"relaygate:ledger": {value: `{"enabled":true}`}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	on := mustRun(t, "local", "local", map[string]setting{"relaygate:ledger": {value: `{"enabled":true}`}})
 	db := on.named(t, typeContainer, "relaygate-local-ledger-db")
 	if len(items(t, db, "ports")) != 0 {
 		t.Errorf("the local ledger database publishes a port")
 	}
-	checkDBEnv(t, db, map[string]string{"POSTGRES_HOST_AUTH_METHOD": "trust"}, "POSTGRES_PASSWORD")
+	checkContainerEnv(t, db, map[string]string{"POSTGRES_HOST_AUTH_METHOD": "trust"}, []string{"POSTGRES_PASSWORD"})
 	checkLedgerGateway(t, on, "relaygate-local-gateway", "postgres://relaygate@ledger-db:5432/relaygate?sslmode=disable")
 }
 
@@ -260,10 +223,7 @@ func TestLocalLedgerOff(t *testing.T) {
 // in two zones for it, and no managed Redis's security group.
 func TestManagedLedgerOnOneHost(t *testing.T) {
 	t.Parallel()
-	d, err := run(t, "dev", "aws", map[string]setting{"relaygate:ledger": {value: `{"managed":true}`}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := mustRun(t, "dev", "aws", map[string]setting{"relaygate:ledger": {value: `{"managed":true}`}})
 	if n := len(d.ofType(typeRDSInstance)); n != 1 {
 		t.Fatalf("%d RDS instances", n)
 	}

@@ -227,10 +227,7 @@ func TestCommittedSecretsReachTheProgram(t *testing.T) {
 
 func TestDevStack(t *testing.T) {
 	t.Parallel()
-	d, err := run(t, "dev", "aws", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := mustRun(t, "dev", "aws", nil)
 	checkOutputs(t, d)
 	checkGPUHosts(t, d, 1)
 	checkSecurityGroups(t, d)
@@ -249,10 +246,7 @@ func TestDevStack(t *testing.T) {
 
 func TestProdStack(t *testing.T) {
 	t.Parallel()
-	d, err := run(t, "prod", "aws", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := mustRun(t, "prod", "aws", nil)
 	hosts := intValue(t, d.values["relaygate:hostCount"])
 	if hosts < 2 {
 		t.Fatalf("Pulumi.prod.yaml has hostCount %d; prod scales out", hosts)
@@ -353,10 +347,7 @@ func TestProdStack(t *testing.T) {
 
 func TestLocalStack(t *testing.T) {
 	t.Parallel()
-	d, err := run(t, "local", "local", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := mustRun(t, "local", "local", nil)
 	checkOutputs(t, d)
 	for _, r := range d.res {
 		if strings.HasPrefix(r.Type, "aws:") || r.Type == "pulumi:providers:aws" || strings.HasPrefix(r.Type, "command:") {
@@ -421,13 +412,10 @@ func TestLocalStack(t *testing.T) {
 
 func TestLocalStackWithGPU(t *testing.T) {
 	t.Parallel()
-	d, err := run(t, "local", "local", map[string]setting{
+	d := mustRun(t, "local", "local", map[string]setting{
 		"relaygate:localGpu":         {value: "true"},
 		"relaygate:expectedGpuCount": {value: "2"},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if g := getString(t, d.named(t, typeContainer, "relaygate-local-gateway"), "gpus"); g != "all" {
 		t.Errorf("gpus = %q", g)
 	}
@@ -443,14 +431,11 @@ func TestProdWithTLS(t *testing.T) {
 		domain = "gateway.example.com"
 		zone   = "Z0123456789ABCDEFGHIJ"
 	)
-	d, err := run(t, "prod", "aws", map[string]setting{
+	d := mustRun(t, "prod", "aws", map[string]setting{
 		"relaygate:tlsCertificateArn": {value: cert},
 		"relaygate:domainName":        {value: domain},
 		"relaygate:hostedZoneId":      {value: zone},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	listeners := map[int]recorded{}
 	for _, l := range d.ofType(typeListener) {
 		listeners[int(get(t, l, "port").NumberValue())] = l
@@ -495,13 +480,10 @@ func TestProdWithTLS(t *testing.T) {
 
 	// Without a hosted zone the operator creates the record: the URL still
 	// uses the domain and no record is made.
-	d, err = run(t, "prod", "aws", map[string]setting{
+	d = mustRun(t, "prod", "aws", map[string]setting{
 		"relaygate:tlsCertificateArn": {value: cert},
 		"relaygate:domainName":        {value: domain},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if u, _ := d.outputs["gatewayUrl"].Value.(string); u != "https://"+domain {
 		t.Errorf("without hostedZoneId: gatewayUrl = %q, want https://%s", u, domain)
 	}
@@ -517,10 +499,7 @@ func TestPublicGateway(t *testing.T) {
 	for _, stack := range []string{"dev", "prod"} {
 		t.Run(stack, func(t *testing.T) {
 			t.Parallel()
-			d, err := run(t, stack, "aws", map[string]setting{"relaygate:allowedCidrs": {value: `["0.0.0.0/0"]`}})
-			if err != nil {
-				t.Fatal(err)
-			}
+			d := mustRun(t, stack, "aws", map[string]setting{"relaygate:allowedCidrs": {value: `["0.0.0.0/0"]`}})
 			open := 0
 			for _, sg := range d.ofType(typeSecurityGroup) {
 				for _, r := range ingressRules(t, sg) {
@@ -1045,33 +1024,40 @@ func checkRedis(t *testing.T, d *deployment, name string) {
 	}
 }
 
-// checkSecretEnv: the environment field is secret as a whole and carries
-// exactly the wanted values; the uploaded config carries none of them.
+// checkSecretEnv: the gateway's environment is secret as a whole and
+// carries exactly the wanted values, none of absent; the uploaded config
+// carries none of them.
 func checkSecretEnv(t *testing.T, gw recorded, want map[string]string, absent []string) {
 	t.Helper()
-	envs := gw.Inputs["envs"]
-	if !envs.ContainsSecrets() {
-		t.Errorf("%s: the container environment is not secret", gw.Name)
+	checkContainerEnv(t, gw, want, absent)
+	y := gatewayYAML(t, gw)
+	for _, v := range want {
+		if strings.Contains(y, v) {
+			t.Errorf("%s: the uploaded config contains a secret value", gw.Name)
+		}
+	}
+}
+
+// checkContainerEnv: a container's environment is secret as a whole,
+// holds want and none of absent. Values are not printed: they are secrets.
+func checkContainerEnv(t *testing.T, c recorded, want map[string]string, absent []string) {
+	t.Helper()
+	if !c.Inputs["envs"].ContainsSecrets() {
+		t.Errorf("%s: the container environment is not secret", c.Name)
 	}
 	got := map[string]string{}
-	for _, e := range getStrings(t, gw, "envs") {
+	for _, e := range getStrings(t, c, "envs") {
 		k, v, _ := strings.Cut(e, "=")
 		got[k] = v
 	}
 	for k, v := range want {
 		if got[k] != v {
-			t.Errorf("%s: %s is not the configured secret", gw.Name, k)
+			t.Errorf("%s: %s is not the configured value", c.Name, k)
 		}
 	}
 	for _, k := range absent {
 		if _, ok := got[k]; ok {
-			t.Errorf("%s: %s is set although the stack has no such key", gw.Name, k)
-		}
-	}
-	y := gatewayYAML(t, gw)
-	for _, v := range want {
-		if strings.Contains(y, v) {
-			t.Errorf("%s: the uploaded config contains a secret value", gw.Name)
+			t.Errorf("%s: %s is set although the stack has no such key", c.Name, k)
 		}
 	}
 }
@@ -1119,10 +1105,7 @@ func intValue(t *testing.T, s string) int {
 func TestAlertsGoToTheWebhook(t *testing.T) {
 	t.Parallel()
 	const hook = "https://hooks.example.com/services/T000/B000/s3cr3t-token"
-	d, err := run(t, "prod", "aws", map[string]setting{"relaygate:alertWebhookUrl": {value: hook, secret: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := mustRun(t, "prod", "aws", map[string]setting{"relaygate:alertWebhookUrl": {value: hook, secret: true}})
 	for i := range 3 {
 		h := fmt.Sprintf("relaygate-prod-host-%d", i)
 		am := d.named(t, typeContainer, h+"-alertmanager")
@@ -1155,10 +1138,7 @@ func TestAlertsGoToTheWebhook(t *testing.T) {
 		}
 	}
 
-	plain, err := run(t, "dev", "aws", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	plain := mustRun(t, "dev", "aws", nil)
 	for _, c := range plain.ofType(typeContainer) {
 		if strings.HasSuffix(c.Name, "-alertmanager") {
 			t.Errorf("%s runs without alertWebhookUrl", c.Name)

@@ -30,10 +30,7 @@ func TestModelServerOnGPUHosts(t *testing.T) {
 	} {
 		t.Run(tc.stack, func(t *testing.T) {
 			t.Parallel()
-			d, err := run(t, tc.stack, "aws", nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			d := mustRun(t, tc.stack, "aws", nil)
 			checkOutputs(t, d)
 			checkSecurityGroups(t, d) // the hosts open 22, 8000 and 9090 only
 			if d.outputs["selfHostedModel"].Value != "qwen2.5-7b-instruct" || d.outputs["selfHostedUpstream"].Value != stackconfig.SelfHostedUpstream {
@@ -85,7 +82,7 @@ func TestModelServerOnGPUHosts(t *testing.T) {
 				if get(t, ms, "shmSize").NumberValue() != 4096 {
 					t.Errorf("%s: shmSize %v", h, get(t, ms, "shmSize"))
 				}
-				checkModelServerEnv(t, ms, map[string]string{"VLLM_NO_USAGE_STATS": "1"}, []string{"HF_TOKEN"})
+				checkContainerEnv(t, ms, map[string]string{"VLLM_NO_USAGE_STATS": "1"}, []string{"HF_TOKEN"})
 
 				gw := d.named(t, typeContainer, h+"-gateway")
 				if !dependsOn(gw, typeContainer, h+"-model-server") {
@@ -115,44 +112,17 @@ func TestModelServerOnGPUHosts(t *testing.T) {
 	}
 }
 
-// checkModelServerEnv: the environment is secret as a whole and holds want,
-// none of absent.
-func checkModelServerEnv(t *testing.T, ms recorded, want map[string]string, absent []string) {
-	t.Helper()
-	if !ms.Inputs["envs"].ContainsSecrets() {
-		t.Errorf("%s: the container environment is not secret", ms.Name)
-	}
-	got := map[string]string{}
-	for _, e := range getStrings(t, ms, "envs") {
-		k, v, _ := strings.Cut(e, "=")
-		got[k] = v
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("%s: %s = %q, want the configured value", ms.Name, k, got[k])
-		}
-	}
-	for _, k := range absent {
-		if _, ok := got[k]; ok {
-			t.Errorf("%s: %s is set although the stack has no such key", ms.Name, k)
-		}
-	}
-}
-
 // TestModelServerToken: a gated model's token reaches the model server as
 // a secret and nowhere else in plain text.
 func TestModelServerToken(t *testing.T) {
 	t.Parallel()
-	d, err := run(t, "prod", "aws", map[string]setting{
+	d := mustRun(t, "prod", "aws", map[string]setting{
 		"relaygate:hfToken": {value: fakeHFToken, secret: true},
 		"relaygate:modelServer": {value: `{"model":"meta-llama/Llama-3.1-8B-Instruct","servedName":"qwen2.5-7b-instruct",` +
 			`"paramsBillions":8,"dtype":"bfloat16"}`},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ms := d.named(t, typeContainer, "relaygate-prod-host-0-model-server")
-	checkModelServerEnv(t, ms, map[string]string{"HF_TOKEN": fakeHFToken}, nil)
+	checkContainerEnv(t, ms, map[string]string{"HF_TOKEN": fakeHFToken}, nil)
 	for name, o := range d.outputs {
 		if strings.Contains(fmt.Sprint(o.Value), fakeHFToken) {
 			t.Errorf("output %s holds the token", name)
@@ -218,10 +188,7 @@ func TestPreviewRefusesAModelTooBig(t *testing.T) {
 // engine with neither a GPU nor the vLLM image.
 func TestLocalStackHasNoModelServer(t *testing.T) {
 	t.Parallel()
-	d, err := run(t, "local", "local", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := mustRun(t, "local", "local", nil)
 	for _, typ := range []string{typeContainer, typeRemoteImage, typeVolume} {
 		for _, r := range d.ofType(typ) {
 			if strings.Contains(r.Name, "model-server") || strings.Contains(r.Name, "huggingface") {

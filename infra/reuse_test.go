@@ -23,10 +23,7 @@ func TestReuseImageOnAWS(t *testing.T) {
 	for _, stack := range []string{"dev", "prod"} {
 		t.Run(stack, func(t *testing.T) {
 			t.Parallel()
-			d, err := run(t, stack, "aws", reuse(tag))
-			if err != nil {
-				t.Fatal(err)
-			}
+			d := mustRun(t, stack, "aws", reuse(tag))
 			if imgs := d.ofType(typeImage); len(imgs) != 0 {
 				t.Errorf("reuseImage registered %d docker.Image resources; it must build nothing", len(imgs))
 			}
@@ -68,10 +65,7 @@ func TestReuseImageOnAWS(t *testing.T) {
 
 func TestReuseImageLocal(t *testing.T) {
 	t.Parallel()
-	d, err := run(t, "local", "local", map[string]setting{"relaygate:reuseImage": {value: "true"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := mustRun(t, "local", "local", map[string]setting{"relaygate:reuseImage": {value: "true"}})
 	if d.values["relaygate:imageTag"] != "local" {
 		t.Fatalf("Pulumi.local.yaml's imageTag is %q; this test expects local", d.values["relaygate:imageTag"])
 	}

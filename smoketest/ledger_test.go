@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	openai "github.com/sashabaranov/go-openai"
 )
 
 func init() {
@@ -93,17 +91,11 @@ func (f *fakeLedgerGateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func ledgerRunner(t *testing.T, url string, ledgerEnabled bool) *runner {
 	t.Helper()
-	r := &runner{opts: Options{
+	r := testRunner(t, Options{
 		Outputs:    Outputs{GatewayURL: url, GatewayAPIKey: ledgerTestKey, LedgerEnabled: ledgerEnabled},
 		LedgerWait: 2 * time.Second, StepTimeout: 10 * time.Second,
-	}, report: &Report{}, runID: "test", model: "gpt-4.1", authOK: true}
-	r.opts.defaults()
-	r.http = newHTTPClient(4)
-	t.Cleanup(r.http.CloseIdleConnections)
-	cfg := openai.DefaultConfig(r.opts.Outputs.GatewayAPIKey)
-	cfg.BaseURL = url + "/v1"
-	cfg.HTTPClient = r.http
-	r.openai = openai.NewClientWithConfig(cfg)
+	})
+	r.model, r.authOK = "gpt-4.1", true
 	return r
 }
 

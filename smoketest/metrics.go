@@ -167,7 +167,7 @@ func (r *runner) checkMetrics(ctx context.Context, s *Step) {
 	detail, stuck := r.metricsMoved(after)
 	settle, cancel := context.WithTimeout(ctx, metricsSettle)
 	defer cancel()
-	for len(stuck) > 0 && sleepCtx(settle, 100*time.Millisecond) {
+	for len(stuck) > 0 && sleep(settle, 100*time.Millisecond) {
 		if after, err = r.scrapeMetrics(settle); err != nil {
 			break
 		}

@@ -94,18 +94,10 @@ func (f *fakeGPUGateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func modelServerRunner(t *testing.T, url string, wait time.Duration) *runner {
 	t.Helper()
-	r := &runner{opts: Options{
+	return testRunner(t, Options{
 		Outputs:         Outputs{GatewayURL: url, GatewayAPIKey: "sk-test-0123456789abcdef", SelfHostedModel: "qwen2.5-7b-instruct", SelfHostedUpstream: "self-hosted"},
 		ModelServerWait: wait, UtilizationWindow: 5 * time.Second, StepTimeout: 10 * time.Second,
-	}, report: &Report{}, runID: "test"}
-	r.opts.defaults()
-	r.http = newHTTPClient(4)
-	t.Cleanup(r.http.CloseIdleConnections)
-	cfg := openai.DefaultConfig(r.opts.Outputs.GatewayAPIKey)
-	cfg.BaseURL = url + "/v1"
-	cfg.HTTPClient = r.http
-	r.openai = openai.NewClientWithConfig(cfg)
-	return r
+	})
 }
 
 func TestCheckModelServer(t *testing.T) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -33,7 +35,7 @@ func ProjectRules() ([]string, error) {
 	}
 	seen := map[string]bool{}
 	var names []string
-	for _, path := range sortedKeys(files) {
+	for _, path := range slices.Sorted(maps.Keys(files)) {
 		if !strings.HasPrefix(path, "rules/") || !strings.HasSuffix(path, ".rules.yml") {
 			continue
 		}
@@ -106,7 +108,7 @@ func (r *runner) checkPrometheusTarget(ctx context.Context, s *Step) {
 		if len(targets) > 0 && !unknown {
 			break
 		}
-		if !sleepCtx(wait, prometheusPoll) {
+		if !sleep(wait, prometheusPoll) {
 			break
 		}
 	}
@@ -148,7 +150,7 @@ func (r *runner) checkPrometheusTarget(ctx context.Context, s *Step) {
 			s.fail(d, h+prometheusReachHint)
 			return
 		}
-		if !sleepCtx(wait, prometheusPoll) {
+		if !sleep(wait, prometheusPoll) {
 			s.fail(fmt.Sprintf("targets up (%s) but Prometheus stored no relaygate_requests_total within %s", strings.Join(up, ", "), r.opts.PrometheusWait),
 				"Prometheus scrapes the gateway but keeps none of its series: check metric_relabel_configs in prometheus.yml and that the target is Relaygate")
 			return
@@ -220,18 +222,5 @@ func (r *runner) checkPrometheusRules(ctx context.Context, s *Step) {
 			detail += "; firing now: " + strings.Join(firing, ", ")
 		}
 		s.passf("%s", detail)
-	}
-}
-
-// sleepCtx waits d, or less when ctx ends first; it reports whether the
-// full wait happened.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -152,12 +152,8 @@ func Run(ctx context.Context, opts Options) *Report {
 	}()
 	r.opts.defaults()
 	r.runID = newRunID()
-	r.http = newHTTPClient(r.opts.Concurrency)
+	r.connect(r.opts.Concurrency)
 	defer r.http.CloseIdleConnections()
-	cfg := openai.DefaultConfig(opts.Outputs.GatewayAPIKey)
-	cfg.BaseURL = opts.Outputs.GatewayURL + "/v1"
-	cfg.HTTPClient = r.http
-	r.openai = openai.NewClientWithConfig(cfg)
 
 	if r.opts.WaitReady > 0 {
 		r.waitReady(ctx)
@@ -304,6 +300,16 @@ func (r *runner) finish(s *Step, t0 time.Time) {
 	s.Detail, s.Hint = redactSecret(s.Detail, r.opts.Outputs.GatewayAPIKey), redactSecret(s.Hint, r.opts.Outputs.GatewayAPIKey)
 	fmt.Fprintf(r.opts.Progress, "smoke: %-18s %s (%s) %s\n", s.Name, strings.ToUpper(string(s.Status)), formatMS(s.DurationMS), oneLine(s.Detail))
 	r.report.Steps = append(r.report.Steps, *s)
+}
+
+// connect gives r its HTTP client, sized for concurrency requests at once,
+// and an OpenAI client on the stack's gateway through it.
+func (r *runner) connect(concurrency int) {
+	r.http = newHTTPClient(concurrency)
+	cfg := openai.DefaultConfig(r.opts.Outputs.GatewayAPIKey)
+	cfg.BaseURL = r.opts.Outputs.GatewayURL + "/v1"
+	cfg.HTTPClient = r.http
+	r.openai = openai.NewClientWithConfig(cfg)
 }
 
 func newHTTPClient(concurrency int) *http.Client {

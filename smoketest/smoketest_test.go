@@ -151,3 +151,14 @@ func TestWaitReady(t *testing.T) {
 		}
 	})
 }
+
+// testRunner is a runner of one check at a time against the gateway of
+// opts, as Run makes it, with opts' defaults applied.
+func testRunner(t *testing.T, opts Options) *runner {
+	t.Helper()
+	r := &runner{opts: opts, report: &Report{}, runID: "test"}
+	r.opts.defaults()
+	r.connect(4)
+	t.Cleanup(r.http.CloseIdleConnections)
+	return r
+}

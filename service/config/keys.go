@@ -178,15 +178,7 @@ func (l *loader) checkKeys(c *Config, unset map[string][]string) {
 	for i := range c.Teams {
 		t := &c.Teams[i]
 		p := fmt.Sprintf("teams[%d]", i)
-		switch {
-		case t.Name == "":
-			l.fail(p+".name", "is required")
-		case !upstreamName.MatchString(t.Name):
-			l.fail(p+".name", "%q: use letters, digits, '.', '_' or '-' (at most 63)", t.Name)
-		case teams[t.Name]:
-			l.fail(p+".name", "%q is defined twice", t.Name)
-		}
-		teams[t.Name] = true
+		l.checkName(p, t.Name, teams, "")
 		checkModels(p, t.Models)
 		checkLimits(p, t.RPM, t.TPM, t.Budget)
 	}
@@ -199,15 +191,7 @@ func (l *loader) checkKeys(c *Config, unset map[string][]string) {
 	for i := range c.Keys {
 		k := &c.Keys[i]
 		p := fmt.Sprintf("keys[%d]", i)
-		switch {
-		case k.Name == "":
-			l.fail(p+".name", "is required")
-		case !upstreamName.MatchString(k.Name):
-			l.fail(p+".name", "%q: use letters, digits, '.', '_' or '-' (at most 63)", k.Name)
-		case names[k.Name]:
-			l.fail(p+".name", "%q is defined twice; list a name's keys (for rotation) in one entry: key_sha256: [old, new]", k.Name)
-		}
-		names[k.Name] = true
+		l.checkName(p, k.Name, names, "; list a name's keys (for rotation) in one entry: key_sha256: [old, new]")
 		if k.Team != "" && !teams[k.Team] {
 			l.fail(p+".team", "team %q is not defined in teams", k.Team)
 		}

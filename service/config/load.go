@@ -404,6 +404,21 @@ func orTop(path string) string {
 
 var upstreamName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
+// checkName checks the name of the entry at p (an upstream, team or key):
+// set, of upstreamName's characters, and not already in seen, which it
+// joins. twice, when set, follows the message of a name defined twice.
+func (l *loader) checkName(p, name string, seen map[string]bool, twice string) {
+	switch {
+	case name == "":
+		l.fail(p+".name", "is required")
+	case !upstreamName.MatchString(name):
+		l.fail(p+".name", "%q: use letters, digits, '.', '_' or '-' (at most 63)", name)
+	case seen[name]:
+		l.fail(p+".name", "%q is defined twice%s", name, twice)
+	}
+	seen[name] = true
+}
+
 func (l *loader) validate(c *Config, unset map[string][]string) {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		l.fail("listen", "%q is not host:port (e.g. \":8000\" or \"127.0.0.1:8000\")", c.Listen)
@@ -438,15 +453,7 @@ func (l *loader) validate(c *Config, unset map[string][]string) {
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		p := fmt.Sprintf("upstreams[%d]", i)
-		switch {
-		case u.Name == "":
-			l.fail(p+".name", "is required")
-		case !upstreamName.MatchString(u.Name):
-			l.fail(p+".name", "%q: use letters, digits, '.', '_' or '-'", u.Name)
-		case seen[u.Name]:
-			l.fail(p+".name", "%q is defined twice", u.Name)
-		}
-		seen[u.Name] = true
+		l.checkName(p, u.Name, seen, "")
 		if vars, ok := unset[p+".base_url"]; ok {
 			// An optional tier (model servers on GPU hosts that a stack
 			// may not have): off, said loudly, like an unset key.

@@ -58,14 +58,7 @@ func TestSecretsAreTrimmed(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg, err := Parse([]byte(tt.doc), env(tt.env))
 			if len(tt.wantErr) > 0 {
-				if err == nil {
-					t.Fatal("want an error")
-				}
-				for _, w := range tt.wantErr {
-					if !strings.Contains(err.Error(), w) {
-						t.Errorf("error %q does not say %q", err, w)
-					}
-				}
+				errorSays(t, err, tt.wantErr...)
 				return
 			}
 			if err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 
 	"github.com/relaygate/relaygate/deploy"
+	"github.com/relaygate/relaygate/infra/internal/awstags"
 )
 
 // Args configures a Fleet.
@@ -105,13 +106,7 @@ func NewFleet(ctx *pulumi.Context, name string, args Args, opts ...pulumi.Resour
 		return nil, err
 	}
 	parent := pulumi.Parent(f)
-	tags := func(suffix string) pulumi.StringMap {
-		m := pulumi.StringMap{"Name": pulumi.String(args.Name + "-" + suffix)}
-		for k, v := range args.Tags {
-			m[k] = pulumi.String(v)
-		}
-		return m
-	}
+	tags := func(suffix string) pulumi.StringMap { return awstags.Named(args.Name+"-"+suffix, args.Tags) }
 
 	f.AMIID = args.AMIID
 	if f.AMIID == "" {

@@ -18,6 +18,7 @@ import (
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/rds"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
 
+	"github.com/relaygate/relaygate/infra/internal/awstags"
 	"github.com/relaygate/relaygate/infra/internal/stackconfig"
 )
 
@@ -66,10 +67,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		return nil, err
 	}
 	parent := pulumi.Parent(d)
-	tags := pulumi.StringMap{"Name": pulumi.String(id)}
-	for k, v := range args.Tags {
-		tags[k] = pulumi.String(v)
-	}
+	tags := awstags.Named(id, args.Tags)
 
 	// Auto-named from id (lower case, as RDS stores subnet group names).
 	subnets, err := rds.NewSubnetGroup(ctx, id, &rds.SubnetGroupArgs{

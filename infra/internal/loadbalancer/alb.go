@@ -13,6 +13,7 @@ import (
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/lb"
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/route53"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+	"github.com/relaygate/relaygate/infra/internal/awstags"
 )
 
 // HealthPath is the gateway endpoint the target group checks.
@@ -92,10 +93,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		return nil, err
 	}
 	parent := pulumi.Parent(b)
-	tags := pulumi.StringMap{"Name": pulumi.String(name)}
-	for k, v := range args.Tags {
-		tags[k] = pulumi.String(v)
-	}
+	tags := awstags.Named(name, args.Tags)
 
 	alb, err := lb.NewLoadBalancer(ctx, name, &lb.LoadBalancerArgs{
 		LoadBalancerType: pulumi.String("application"),

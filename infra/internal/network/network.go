@@ -18,6 +18,7 @@ import (
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ec2"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+	"github.com/relaygate/relaygate/infra/internal/awstags"
 )
 
 // SSHPort is the port the Docker provider and the readiness check use.
@@ -104,13 +105,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		return nil, err
 	}
 	parent := pulumi.Parent(n)
-	tags := func(suffix string) pulumi.StringMap {
-		m := pulumi.StringMap{"Name": pulumi.String(args.Name + "-" + suffix)}
-		for k, v := range args.Tags {
-			m[k] = pulumi.String(v)
-		}
-		return m
-	}
+	tags := func(suffix string) pulumi.StringMap { return awstags.Named(args.Name+"-"+suffix, args.Tags) }
 	vpcCIDR := args.CIDR.String()
 
 	vpc, err := ec2.NewVpc(ctx, name, &ec2.VpcArgs{

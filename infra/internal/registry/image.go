@@ -20,6 +20,7 @@ import (
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/ecr"
 	"github.com/pulumi/pulumi-docker/sdk/v4/go/docker"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+	"github.com/relaygate/relaygate/infra/internal/awstags"
 )
 
 // HostPlatform is what the GPU hosts run: the AMIs are x86_64.
@@ -143,10 +144,7 @@ func (g *GatewayImage) local(ctx *pulumi.Context, name string, args Args) error 
 // pushed keeps the image in a private ECR repository the hosts pull from.
 func (g *GatewayImage) pushed(ctx *pulumi.Context, name string, args Args) error {
 	parent := pulumi.Parent(g)
-	tags := pulumi.StringMap{"Name": pulumi.String(args.ECR)}
-	for k, v := range args.Tags {
-		tags[k] = pulumi.String(v)
-	}
+	tags := awstags.Named(args.ECR, args.Tags)
 	// The repository and its policy stay registered with Reuse too: they
 	// hold the images every rollback needs.
 	repo, err := ecr.NewRepository(ctx, name, &ecr.RepositoryArgs{

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pulumi/pulumi-aws/sdk/v6/go/aws/elasticache"
 	"github.com/pulumi/pulumi/sdk/v3/go/pulumi"
+	"github.com/relaygate/relaygate/infra/internal/awstags"
 )
 
 // EngineVersion is the Redis version ElastiCache runs.
@@ -48,10 +49,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		return nil, err
 	}
 	parent := pulumi.Parent(r)
-	tags := pulumi.StringMap{"Name": pulumi.String(name)}
-	for k, v := range args.Tags {
-		tags[k] = pulumi.String(v)
-	}
+	tags := awstags.Named(name, args.Tags)
 
 	subnets, err := elasticache.NewSubnetGroup(ctx, name, &elasticache.SubnetGroupArgs{
 		Description: pulumi.String("Relaygate shared Redis: private subnets"),

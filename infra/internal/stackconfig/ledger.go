@@ -1,8 +1,7 @@
 package stackconfig
 
 import (
-	"bytes"
-	"encoding/json"
+	"cmp"
 	"fmt"
 	"regexp"
 	"strings"
@@ -79,15 +78,8 @@ func rdsPasswordOK(pw string) bool {
 
 // parseLedger reads ledger and the ledgerDbPassword secret.
 func (p *parser) parseLedger(c *Config) {
-	v, ok := p.lookup("ledger")
-	if !ok {
-		return
-	}
 	var raw ledgerJSON
-	dec := json.NewDecoder(bytes.NewReader([]byte(v)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&raw); err != nil {
-		p.fail("ledger", "%v (fields: enabled, image, managed, instanceClass, allocatedStorageGb, backupRetentionDays, engineVersion)", err)
+	if !p.object("ledger", &raw, "enabled, image, managed, instanceClass, allocatedStorageGb, backupRetentionDays, engineVersion") {
 		return
 	}
 	l := Ledger{
@@ -111,21 +103,11 @@ func (p *parser) parseLedger(c *Config) {
 		return
 	}
 	l.Password = pw
-	if l.Image == "" {
-		l.Image = DefaultLedgerImage
-	}
-	if l.InstanceClass == "" {
-		l.InstanceClass = DefaultLedgerInstanceClass
-	}
-	if l.EngineVersion == "" {
-		l.EngineVersion = DefaultLedgerEngineVersion
-	}
-	if raw.AllocatedStorageGB != nil {
-		l.AllocatedStorageGB = *raw.AllocatedStorageGB
-	}
-	if raw.BackupRetentionDays != nil {
-		l.BackupRetentionDays = *raw.BackupRetentionDays
-	}
+	l.Image = cmp.Or(l.Image, DefaultLedgerImage)
+	l.InstanceClass = cmp.Or(l.InstanceClass, DefaultLedgerInstanceClass)
+	l.EngineVersion = cmp.Or(l.EngineVersion, DefaultLedgerEngineVersion)
+	l.AllocatedStorageGB = valueOr(raw.AllocatedStorageGB, l.AllocatedStorageGB)
+	l.BackupRetentionDays = valueOr(raw.BackupRetentionDays, l.BackupRetentionDays)
 
 	if l.Managed {
 		if c.Target != TargetAWS {

@@ -27,10 +27,7 @@ func TestParseLedger(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c, err := Parse(source(tt.values), "test")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustParse(t, tt.values)
 			got := c.Ledger
 			if got.Password.IsSet() != tt.want.Password.IsSet() {
 				t.Errorf("password set %t, want %t", got.Password.IsSet(), tt.want.Password.IsSet())
@@ -101,22 +98,7 @@ func TestParseLedgerRejects(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			src := source(tt.values)
-			for _, k := range tt.plain {
-				src.secrets[k] = false
-			}
-			c, err := Parse(src, "test")
-			if err == nil {
-				t.Fatalf("Parse accepted it: %+v", c.Ledger)
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error does not contain %q:\n%v", w, err)
-				}
-			}
-			if pw := tt.values["relaygate:ledgerDbPassword"]; pw != "" && strings.Contains(err.Error(), pw) {
-				t.Errorf("the error shows the password:\n%v", err)
-			}
+			parseFails(t, tt.values, tt.plain, tt.want, tt.values["relaygate:ledgerDbPassword"])
 		})
 	}
 }

@@ -1,9 +1,7 @@
 package stackconfig
 
 import (
-	"bytes"
 	"cmp"
-	"encoding/json"
 	"fmt"
 	"regexp"
 	"slices"
@@ -214,14 +212,7 @@ func ParamsFromName(model string) (float64, bool) {
 // against the hosts' GPUs.
 func (p *parser) parseModelServer(c *Config) {
 	var raw modelServerJSON
-	v, ok := p.lookup("modelServer")
-	if !ok {
-		return
-	}
-	dec := json.NewDecoder(bytes.NewReader([]byte(v)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&raw); err != nil {
-		p.fail("modelServer", "%v (fields: enabled, image, model, servedName, maxModelLen, gpuMemoryUtilization, dtype, quantization, paramsBillions, kvBytesPerToken, extraArgs, shmSizeMb)", err)
+	if !p.object("modelServer", &raw, "enabled, image, model, servedName, maxModelLen, gpuMemoryUtilization, dtype, quantization, paramsBillions, kvBytesPerToken, extraArgs, shmSizeMb") {
 		return
 	}
 	m := ModelServer{
@@ -245,24 +236,12 @@ func (p *parser) parseModelServer(c *Config) {
 		return
 	}
 	m.HFToken = token
-	if m.Image == "" {
-		m.Image = DefaultModelServerImage
-	}
-	if raw.MaxModelLen != nil {
-		m.MaxModelLen = *raw.MaxModelLen
-	}
-	if raw.GPUMemoryUtilization != nil {
-		m.GPUMemoryUtilization = *raw.GPUMemoryUtilization
-	}
-	if raw.ShmSizeMB != nil {
-		m.ShmSizeMB = *raw.ShmSizeMB
-	}
-	if raw.KVBytesPerToken != nil {
-		m.KVBytesPerToken = *raw.KVBytesPerToken
-	}
-	if m.Dtype == "" {
-		m.Dtype = "auto"
-	}
+	m.Image = cmp.Or(m.Image, DefaultModelServerImage)
+	m.MaxModelLen = valueOr(raw.MaxModelLen, m.MaxModelLen)
+	m.GPUMemoryUtilization = valueOr(raw.GPUMemoryUtilization, m.GPUMemoryUtilization)
+	m.ShmSizeMB = valueOr(raw.ShmSizeMB, m.ShmSizeMB)
+	m.KVBytesPerToken = valueOr(raw.KVBytesPerToken, m.KVBytesPerToken)
+	m.Dtype = cmp.Or(m.Dtype, "auto")
 
 	if m.Model == "" && c.Target == TargetAWS {
 		family, _, _ := strings.Cut(c.InstanceType, ".")
@@ -372,4 +351,12 @@ func (p *parser) checkModelFits(c *Config) {
 			e.KVCache/gib, m.MaxModelLen, e.KVBytesPerToken/1024, m.TensorParallel, e.Overhead/gib,
 			e.Budget/gib, m.GPUMemoryUtilization, gpuGiB)
 	}
+}
+
+// valueOr is *v, or otherwise for a field the stack leaves unset (nil).
+func valueOr[T any](v *T, otherwise T) T {
+	if v == nil {
+		return otherwise
+	}
+	return *v
 }

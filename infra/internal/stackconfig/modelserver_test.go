@@ -63,10 +63,7 @@ func TestParseModelServer(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c, err := Parse(source(tt.values), "test")
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := mustParse(t, tt.values)
 			got := c.ModelServer
 			if got.HFToken.IsSet() {
 				t.Error("an HF token without hfToken set")
@@ -92,19 +89,13 @@ func TestModelServerToken(t *testing.T) {
 	t.Parallel()
 	v := with(awsValues(), "relaygate:modelServer", `{"model":"meta-llama/Llama-3.1-8B-Instruct","servedName":"llama-3.1-8b"}`,
 		"relaygate:models", `[{"name":"llama-3.1-8b","route":["self-hosted","openai"],"price":{"inputPerMtok":0.1,"outputPerMtok":0.1}}]`)
-	c, err := Parse(source(v), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustParse(t, v)
 	if len(c.Warnings) != 1 || !strings.Contains(c.Warnings[0], "gated") || !strings.Contains(c.Warnings[0], "pulumi config set --secret hfToken") {
 		t.Errorf("a gated model without a token: warnings %q", c.Warnings)
 	}
 
 	v["relaygate:hfToken"] = "hf_testtoken0123456789"
-	c, err = Parse(source(v), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c = mustParse(t, v)
 	if !c.ModelServer.HFToken.IsSet() || len(c.Warnings) != 0 {
 		t.Errorf("token set %v, warnings %q", c.ModelServer.HFToken.IsSet(), c.Warnings)
 	}
@@ -114,7 +105,7 @@ func TestModelServerToken(t *testing.T) {
 
 	plain := source(v)
 	delete(plain.secrets, "relaygate:hfToken")
-	_, err = Parse(plain, "test")
+	_, err := Parse(plain, "test")
 	if err == nil || !strings.Contains(err.Error(), "relaygate:hfToken: is stored in plain text") || strings.Contains(err.Error(), "hf_testtoken") {
 		t.Errorf("a plain-text token: %v", err)
 	}
@@ -165,15 +156,7 @@ func TestModelTooBigIsRefused(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := Parse(source(tt.values), "test")
-			if err == nil {
-				t.Fatal("accepted")
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error lacks %q:\n%v", w, err)
-				}
-			}
+			parseFails(t, tt.values, nil, tt.want)
 		})
 	}
 }

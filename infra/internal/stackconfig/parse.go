@@ -265,9 +265,9 @@ func (p *parser) validateHosts(c *Config) {
 	case !instanceTypeRE.MatchString(c.InstanceType):
 		p.fail("instanceType", "%q is not an EC2 instance type such as g5.xlarge", c.InstanceType)
 	case unsupportedGPUFamilies[family] != "":
-		p.fail("instanceType", "%q is not supported: %s; use a Turing or newer family (%s)", c.InstanceType, unsupportedGPUFamilies[family], strings.Join(sortedKeys(gpuFamilies), ", "))
+		p.fail("instanceType", "%q is not supported: %s; use a Turing or newer family (%s)", c.InstanceType, unsupportedGPUFamilies[family], strings.Join(slices.Sorted(maps.Keys(gpuFamilies)), ", "))
 	case !gpuFamilies[family]:
-		p.fail("instanceType", "%q is not an NVIDIA GPU instance type (families: %s)", c.InstanceType, strings.Join(sortedKeys(gpuFamilies), ", "))
+		p.fail("instanceType", "%q is not an NVIDIA GPU instance type (families: %s)", c.InstanceType, strings.Join(slices.Sorted(maps.Keys(gpuFamilies)), ", "))
 	}
 	switch {
 	case c.HostCount < 1:
@@ -550,15 +550,28 @@ func (p *parser) bool(key string) bool {
 // json decodes a structured value strictly: a misspelt field is an error,
 // not a silently ignored setting.
 func (p *parser) json(key string, out any) {
+	p.object(key, out, "")
+}
+
+// object decodes key's JSON into out, refusing unknown fields; fields, when
+// set, lists the known ones in the error. It reports whether out was read:
+// false for an unset key or a refused value.
+func (p *parser) object(key string, out any, fields string) bool {
 	v, ok := p.lookup(key)
 	if !ok {
-		return
+		return false
 	}
 	dec := json.NewDecoder(bytes.NewReader([]byte(v)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(out); err != nil {
-		p.fail(key, "%v", err)
+		if fields != "" {
+			p.fail(key, "%v (fields: %s)", err, fields)
+		} else {
+			p.fail(key, "%v", err)
+		}
+		return false
 	}
+	return true
 }
 
 // secret reads a value that must have been set with --secret. The value is
@@ -624,13 +637,4 @@ func checkBaseURL(raw string) error {
 		return errors.New("must not have a query or fragment")
 	}
 	return nil
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }

@@ -209,10 +209,7 @@ func TestParseValidStacks(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c, err := Parse(source(tt.values), "test")
-			if err != nil {
-				t.Fatalf("Parse: %v", err)
-			}
+			c := mustParse(t, tt.values)
 			tt.check(t, c)
 		})
 	}
@@ -378,26 +375,44 @@ func TestParseRejects(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			src := source(tt.values)
-			for _, k := range tt.plain {
-				src.secrets[k] = false
-			}
-			c, err := Parse(src, "test")
-			if err == nil {
-				t.Fatalf("Parse accepted it: %+v", c)
-			}
-			msg := err.Error()
-			for _, w := range tt.want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("error does not contain %q:\n%s", w, msg)
-				}
-			}
-			for _, secret := range []string{testGatewayKey, testHolysheepKey, testOpenAIKey, "b3BlbnNzaC1rZXktdjEAAAA"} {
-				if strings.Contains(msg, secret) {
-					t.Errorf("error leaks a secret value:\n%s", msg)
-				}
-			}
+			parseFails(t, tt.values, tt.plain, tt.want, testGatewayKey, testHolysheepKey, testOpenAIKey, "b3BlbnNzaC1rZXktdjEAAAA")
 		})
+	}
+}
+
+// mustParse is the config of values, which must parse.
+func mustParse(t *testing.T, values map[string]string) *Config {
+	t.Helper()
+	c, err := Parse(source(values), "test")
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return c
+}
+
+// parseFails checks that Parse refuses values, with the keys in plain
+// stored without --secret, in an error that holds each of want and none of
+// secrets (an empty one is passed over).
+func parseFails(t *testing.T, values map[string]string, plain, want []string, secrets ...string) {
+	t.Helper()
+	src := source(values)
+	for _, k := range plain {
+		src.secrets[k] = false
+	}
+	c, err := Parse(src, "test")
+	if err == nil {
+		t.Fatalf("Parse accepted it: %+v", c)
+	}
+	msg := err.Error()
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("error does not contain %q:\n%s", w, msg)
+		}
+	}
+	for _, secret := range secrets {
+		if secret != "" && strings.Contains(msg, secret) {
+			t.Errorf("error leaks a secret value:\n%s", msg)
+		}
 	}
 }
 
@@ -418,10 +433,7 @@ func TestSecretKeyForEnv(t *testing.T) {
 
 func TestSecretIsNeverFormatted(t *testing.T) {
 	t.Parallel()
-	c, err := Parse(source(awsValues()), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustParse(t, awsValues())
 	for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
 		out := fmt.Sprintf(verb, c)
 		for _, secret := range []string{testGatewayKey, testHolysheepKey, testOpenAIKey} {

@@ -36,6 +36,7 @@ import (
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 
 	"github.com/relaygate/relaygate/service/config"
+	"github.com/relaygate/relaygate/service/internal/commalist"
 	"github.com/relaygate/relaygate/service/internal/migration"
 )
 
@@ -224,7 +225,7 @@ func runCompare(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 	}
 	opts := migration.CompareOptions{
 		Model:         name,
-		Upstreams:     splitList(*upstreams),
+		Upstreams:     commalist.Split(*upstreams),
 		Prompts:       prompts,
 		PromptSource:  *promptsPath,
 		Requests:      *requests,
@@ -354,16 +355,6 @@ func pickModel(cfg *config.Config, name string) (string, error) {
 		names = append(names, m.Name)
 	}
 	return "", fmt.Errorf("-model is required: the config has %s", strings.Join(names, ", "))
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // parseVolume reads a token volume: 250000000, 250M, 1.5B, 800k.

@@ -23,10 +23,10 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
+	"github.com/relaygate/relaygate/service/internal/commalist"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 
@@ -111,8 +111,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 		apiKey = getenv(envAPIKey)
 	}
 	c.APIKey = apiKey
-	c.Models = splitList(models)
-	for _, s := range splitList(statuses) {
+	c.Models = commalist.Split(models)
+	for _, s := range commalist.Split(statuses) {
 		code, err := strconv.Atoi(s)
 		if err != nil || code < 400 || code > 599 {
 			return options{}, fmt.Errorf("-failure-statuses: %q is not an HTTP error status (400-599)", s)
@@ -154,16 +154,6 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 		return options{}, errors.New("-load-time and -max-running simulate vLLM: add -vllm")
 	}
 	return o, nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, part := range strings.Split(s, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			out = append(out, part)
-		}
-	}
-	return out
 }
 
 // run serves until ctx is done, then shuts down.

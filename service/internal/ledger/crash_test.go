@@ -122,16 +122,7 @@ func TestCrashLoss(t *testing.T) {
 				pg.Start()
 			}
 			l := open(t, testOptions(pg.URL, dir))
-			deadline := time.Now().Add(guard)
-			for {
-				if _, b := l.Pending(); b == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("the spill files were not replayed")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			waitReplayed(t, l)
 			closeLedger(t, l)
 
 			p := pool(t, pg.URL)

@@ -202,6 +202,13 @@ ledger:
   fsync_interval: 50ms
   write_timeout: 1s
 `, clientKey, sim.URL+"/v1", pg.URL, t.TempDir())
+	return newApp(t, doc)
+}
+
+// newApp builds a gateway from a config document as the command does.
+// The caller closes it.
+func newApp(t *testing.T, doc string) *app.App {
+	t.Helper()
 	cfg, err := config.Parse([]byte(doc), func(string) (string, bool) { return "", false })
 	if err != nil {
 		t.Fatal(err)
@@ -213,6 +220,16 @@ ledger:
 	return a
 }
 
+// serveApp serves a over loopback; at the test's end the server, then a,
+// are closed.
+func serveApp(t *testing.T, a *app.App) *httptest.Server {
+	t.Helper()
+	t.Cleanup(func() { _ = a.Close() })
+	gw := httptest.NewServer(a.Handler())
+	t.Cleanup(gw.Close)
+	return gw
+}
+
 // TestGatewayStartsWithPostgresDown: a gateway whose Postgres is down at
 // start serves anyway, spills the rows (and counts it), and replays them
 // once Postgres is up, schema migrations included.
@@ -220,9 +237,7 @@ func TestGatewayStartsWithPostgresDown(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	pg.Stop()
 	a := startApp(t, pg)
-	t.Cleanup(func() { _ = a.Close() })
-	gw := httptest.NewServer(a.Handler())
-	t.Cleanup(gw.Close)
+	gw := serveApp(t, a)
 
 	req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions",
 		bytes.NewReader([]byte(`{"model":"m","messages":[{"role":"user","content":"hello"}]}`)))
@@ -238,13 +253,13 @@ func TestGatewayStartsWithPostgresDown(t *testing.T) {
 	}
 	id := resp.Header.Get("X-Request-Id")
 	deadline := time.Now().Add(time.Minute)
-	for metricValue(t, a, "relaygate_ledger_rows_total", "spilled") < 1 {
+	for testenv.MetricValue(t, a.Metrics.Registry, "relaygate_ledger_rows_total", map[string]string{"result": "spilled"}) < 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("the row was not spilled")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if metricValue(t, a, "relaygate_ledger_errors_total", "migrate") < 1 || metricValue(t, a, "relaygate_ledger_postgres_up", "") != 0 {
+	if testenv.MetricValue(t, a.Metrics.Registry, "relaygate_ledger_errors_total", map[string]string{"op": "migrate"}) < 1 || testenv.MetricValue(t, a.Metrics.Registry, "relaygate_ledger_postgres_up", nil) != 0 {
 		t.Error("Postgres down at start is not counted in relaygate_ledger_errors_total{op=migrate} and relaygate_ledger_postgres_up")
 	}
 	pg.Start()
@@ -261,31 +276,7 @@ func TestGatewayStartsWithPostgresDown(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if metricValue(t, a, "relaygate_ledger_postgres_up", "") != 1 {
+	if testenv.MetricValue(t, a.Metrics.Registry, "relaygate_ledger_postgres_up", nil) != 1 {
 		t.Error("relaygate_ledger_postgres_up is not 1 after the replay")
 	}
-}
-
-// metricValue reads a series of the app's registry by its one label's
-// value ("" for a series without labels).
-func metricValue(t *testing.T, a *app.App, name, label string) float64 {
-	t.Helper()
-	mfs, err := a.Metrics.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if label == "" && len(m.GetLabel()) == 0 {
-				return m.GetGauge().GetValue() + m.GetCounter().GetValue()
-			}
-			if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label {
-				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	return -1
 }

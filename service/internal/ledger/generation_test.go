@@ -2,19 +2,14 @@ package ledger_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"math"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
-	"github.com/relaygate/relaygate/service/config"
-	"github.com/relaygate/relaygate/service/internal/app"
 	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
@@ -42,18 +37,7 @@ models:
 gpu: {interval: 1h}
 log: {requests: false}
 %s`, clientKey, named, sim.URL+"/v1", ledger)
-		cfg, err := config.Parse([]byte(doc), func(string) (string, bool) { return "", false })
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, err := app.New(context.Background(), cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatalf("app.New: %v", err)
-		}
-		t.Cleanup(func() { _ = a.Close() })
-		gw := httptest.NewServer(a.Handler())
-		t.Cleanup(gw.Close)
-		return gw
+		return serveApp(t, newApp(t, doc))
 	}
 	gw := open(fmt.Sprintf("ledger: {postgres_url: %q, spill_dir: %q, batch_interval: 20ms}\n", pg.URL, t.TempDir()))
 

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/relaygate/relaygate/service/internal/testenv"
 )
 
 // guard bounds every wait: a failure guard, never an expectation.
@@ -122,31 +122,12 @@ func ids(t *testing.T, p *pgxpool.Pool) []string {
 	return out
 }
 
-// counter reads one series of relaygate_ledger_rows_total or _errors_total.
-func counter(t *testing.T, reg prometheus.Gatherer, name, label, value string) float64 {
+// waitReplayed waits until l holds no spilled bytes: every spill file
+// replayed to Postgres.
+func waitReplayed(t *testing.T, l *Ledger) {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if labelIs(m, label, value) {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
-}
-
-func labelIs(m *dto.Metric, name, value string) bool {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == name && l.GetValue() == value {
-			return true
-		}
-	}
-	return false
+	testenv.WaitFor(t, guard, "spill files replayed (spill bytes back to 0)", func() bool {
+		_, b := l.Pending()
+		return b == 0
+	})
 }

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -90,7 +91,7 @@ func TestBatchesAndCloseFlushes(t *testing.T) {
 		t.Errorf("95 rows were committed in %d transactions, want 10 (9 full batches of 10, and Close's 5)", txns)
 	}
 	reg := o.Registerer.(*prometheus.Registry)
-	if got := counter(t, reg, "relaygate_ledger_rows_total", "result", metrics.LedgerWritten); got != 95 {
+	if got := testenv.MetricValue(t, reg, "relaygate_ledger_rows_total", map[string]string{"result": metrics.LedgerWritten}); got != 95 {
 		t.Errorf("rows_total{result=written} = %v, want 95", got)
 	}
 
@@ -137,17 +138,14 @@ func TestSpillAndReplayInOrder(t *testing.T) {
 		}
 	}
 	reg := o.Registerer.(*prometheus.Registry)
-	deadline := time.Now().Add(guard)
-	for counter(t, reg, "relaygate_ledger_rows_total", "result", metrics.LedgerSpilled) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %v rows spilled", counter(t, reg, "relaygate_ledger_rows_total", "result", metrics.LedgerSpilled))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	spilled := map[string]string{"result": metrics.LedgerSpilled}
+	testenv.WaitFor(t, guard, fmt.Sprintf("%d rows spilled", n), func() bool {
+		return testenv.MetricValue(t, reg, "relaygate_ledger_rows_total", spilled) >= n
+	})
 	if _, b := l.Pending(); b == 0 {
 		t.Error("spill_bytes is 0 with rows spilled")
 	}
-	if counter(t, reg, "relaygate_ledger_errors_total", "op", metrics.LedgerOpMigrate) == 0 {
+	if testenv.MetricValue(t, reg, "relaygate_ledger_errors_total", map[string]string{"op": metrics.LedgerOpMigrate}) == 0 {
 		t.Error("no migrate error counted while Postgres was down")
 	}
 	pg.Start()
@@ -159,22 +157,13 @@ func TestSpillAndReplayInOrder(t *testing.T) {
 			t.Fatalf("row %d in commit order is %s, want %s: replay must keep the order written", i, id, testRow(i).ID)
 		}
 	}
-	if r := counter(t, reg, "relaygate_ledger_rows_total", "result", metrics.LedgerReplayed); r != n {
+	if r := testenv.MetricValue(t, reg, "relaygate_ledger_rows_total", map[string]string{"result": metrics.LedgerReplayed}); r != n {
 		t.Errorf("rows_total{result=replayed} = %v, want %d", r, n)
 	}
 	// Rows written now go straight to Postgres again.
 	l.Write(testRow(n))
 	waitRows(t, p, n+1)
-	deadline = time.Now().Add(guard)
-	for {
-		if _, b := l.Pending(); b == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("spill_bytes not back to 0 after the replay")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitReplayed(t, l)
 	closeLedger(t, l)
 	if files := segments(t, dir); len(files) != 0 {
 		t.Errorf("spill files left after everything was replayed: %v", files)
@@ -245,7 +234,7 @@ func TestReplayIsExactlyOnce(t *testing.T) {
 		t.Errorf("%d request ids stored more than once", dups)
 	}
 	reg := o.Registerer.(*prometheus.Registry)
-	if got := counter(t, reg, "relaygate_ledger_rows_total", "result", metrics.LedgerDropped); got != 1 {
+	if got := testenv.MetricValue(t, reg, "relaygate_ledger_rows_total", map[string]string{"result": metrics.LedgerDropped}); got != 1 {
 		t.Errorf("rows_total{result=dropped} = %v, want 1 (the cut line)", got)
 	}
 	if files := segments(t, dir); len(files) != 0 {
@@ -279,7 +268,7 @@ func TestQueueFullSpillsNothingLost(t *testing.T) {
 	wg.Wait()
 	closeLedger(t, l)
 	reg := o.Registerer.(*prometheus.Registry)
-	if counter(t, reg, "relaygate_ledger_rows_total", "result", metrics.LedgerSpilled) == 0 {
+	if testenv.MetricValue(t, reg, "relaygate_ledger_rows_total", map[string]string{"result": metrics.LedgerSpilled}) == 0 {
 		t.Error("nothing was spilled with a one-row queue and Postgres down")
 	}
 	pg.Start()

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -14,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/relaygate/relaygate/service/config"
-	"github.com/relaygate/relaygate/service/internal/app"
 	"github.com/relaygate/relaygate/service/internal/ledger"
 	"github.com/relaygate/relaygate/service/internal/testenv"
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
@@ -55,17 +52,8 @@ gpu: {interval: 1h}
 log: {requests: false}
 ledger: {postgres_url: %q, spill_dir: %q, batch_interval: 20ms}
 `, adminKey, keys["k1"], keys["k2"], sim.URL+"/v1", rds.URL, pg.URL, t.TempDir())
-	cfg, err := config.Parse([]byte(doc), func(string) (string, bool) { return "", false })
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := app.New(context.Background(), cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatalf("app.New: %v", err)
-	}
-	t.Cleanup(func() { _ = a.Close() })
-	gw := httptest.NewServer(a.Handler())
-	t.Cleanup(gw.Close)
+	a := newApp(t, doc)
+	gw := serveApp(t, a)
 
 	bodies := []struct{ path, body string }{
 		{"/v1/chat/completions", `{"model":"cheap","messages":[{"role":"user","content":"a short question %d"}]}`},

@@ -28,34 +28,27 @@ type keyMetrics struct {
 
 func newKeyMetrics(register func(prometheus.Collector)) *keyMetrics {
 	k := &keyMetrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relaygate_key_requests_total",
-			Help: "Requests of each named client key (config keys:), by team and key name, whatever their answer.",
-		}, []string{"team", "key"}),
-		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relaygate_key_tokens_total",
-			Help: "Tokens the upstreams reported for each named key's answers, by team, key and kind (prompt, completion).",
-		}, []string{"team", "key", "kind"}),
-		spend: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relaygate_spend_usd_total",
-			Help: "What each named key's answers cost at the configured prices, in US dollars, by team and key: what its budget is charged.",
-		}, []string{"team", "key"}),
-		reference: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relaygate_key_reference_cost_usd_total",
-			Help: "What each named key's answers would have cost at their models' reference prices, in US dollars, by team and key (answers of models without a reference price count at what they cost).",
-		}, []string{"team", "key"}),
-		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relaygate_refusals_total",
-			Help: "Requests of named keys the gateway refused, by reason (model_not_allowed, budget_exceeded, rate_limited, redis_unavailable), team and key.",
-		}, []string{"reason", "team", "key"}),
-		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relaygate_key_redis_errors_total",
-			Help: "Requests of named keys whose limits and budget Redis could not check, by team, key and what on_redis_error made of them (served, refused), or, for answers whose cost Redis could not record, uncharged.",
-		}, []string{"team", "key", "action"}),
-		remaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "relaygate_budget_remaining_usd",
-			Help: "What is left of a key's or team's budget this period, in US dollars, by scope (key, team) and name, as this replica last read it from Redis; negative when spent beyond it by requests in flight.",
-		}, []string{"scope", "name"}),
+		requests: counterVec("relaygate_key_requests_total",
+			"Requests of each named client key (config keys:), by team and key name, whatever their answer.",
+			"team", "key"),
+		tokens: counterVec("relaygate_key_tokens_total",
+			"Tokens the upstreams reported for each named key's answers, by team, key and kind (prompt, completion).",
+			"team", "key", "kind"),
+		spend: counterVec("relaygate_spend_usd_total",
+			"What each named key's answers cost at the configured prices, in US dollars, by team and key: what its budget is charged.",
+			"team", "key"),
+		reference: counterVec("relaygate_key_reference_cost_usd_total",
+			"What each named key's answers would have cost at their models' reference prices, in US dollars, by team and key (answers of models without a reference price count at what they cost).",
+			"team", "key"),
+		refusals: counterVec("relaygate_refusals_total",
+			"Requests of named keys the gateway refused, by reason (model_not_allowed, budget_exceeded, rate_limited, redis_unavailable), team and key.",
+			"reason", "team", "key"),
+		redisErrors: counterVec("relaygate_key_redis_errors_total",
+			"Requests of named keys whose limits and budget Redis could not check, by team, key and what on_redis_error made of them (served, refused), or, for answers whose cost Redis could not record, uncharged.",
+			"team", "key", "action"),
+		remaining: gaugeVec("relaygate_budget_remaining_usd",
+			"What is left of a key's or team's budget this period, in US dollars, by scope (key, team) and name, as this replica last read it from Redis; negative when spent beyond it by requests in flight.",
+			"scope", "name"),
 	}
 	for _, c := range []prometheus.Collector{k.requests, k.tokens, k.spend, k.reference, k.refusals, k.redisErrors, k.remaining} {
 		register(c)

@@ -35,14 +35,12 @@ type LedgerMetrics struct {
 // NewLedger registers the ledger's metrics on r. queueRows and spillBytes
 // are read at scrape time, so the hot path moves no gauge.
 func NewLedger(r prometheus.Registerer, queueRows, spillBytes func() float64) *LedgerMetrics {
-	rows := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_ledger_rows_total",
-		Help: "Usage ledger rows by what became of them: written (to Postgres), spilled (to the local spill file), replayed (from it to Postgres), dropped (lost).",
-	}, []string{"result"})
-	errs := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_ledger_errors_total",
-		Help: "Usage ledger failures by operation: write, replay, migrate (Postgres) and spill (the local file).",
-	}, []string{"op"})
+	rows := counterVec("relaygate_ledger_rows_total",
+		"Usage ledger rows by what became of them: written (to Postgres), spilled (to the local spill file), replayed (from it to Postgres), dropped (lost).",
+		"result")
+	errs := counterVec("relaygate_ledger_errors_total",
+		"Usage ledger failures by operation: write, replay, migrate (Postgres) and spill (the local file).",
+		"op")
 	up := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "relaygate_ledger_postgres_up",
 		Help: "1 while the ledger's last Postgres operation succeeded, 0 while it spills.",

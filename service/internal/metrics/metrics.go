@@ -100,82 +100,64 @@ func New() *Metrics {
 	m := &Metrics{Registry: r}
 	f := func(c prometheus.Collector) { r.MustRegister(c) }
 
-	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_requests_total",
-		Help: "Client requests answered, by model, API (chat, embeddings, …), the upstream that answered (none, cache) and HTTP status.",
-	}, []string{"model", "api", "upstream", "code"})
-	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "relaygate_request_duration_seconds",
-		Help:    "Time from a request's arrival to the last byte of its answer.",
-		Buckets: Buckets,
-	}, []string{"model", "api"})
-	m.upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "relaygate_upstream_duration_seconds",
-		Help:    "Time spent waiting on an upstream for one attempt, body included.",
-		Buckets: Buckets,
-	}, []string{"upstream"})
+	m.requests = counterVec("relaygate_requests_total",
+		"Client requests answered, by model, API (chat, embeddings, …), the upstream that answered (none, cache) and HTTP status.",
+		"model", "api", "upstream", "code")
+	m.duration = histogramVec("relaygate_request_duration_seconds",
+		"Time from a request's arrival to the last byte of its answer.",
+		"model", "api")
+	m.upstreamDuration = histogramVec("relaygate_upstream_duration_seconds",
+		"Time spent waiting on an upstream for one attempt, body included.",
+		"upstream")
 	m.overhead = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "relaygate_overhead_seconds",
 		Help:    "Time the gateway itself spent on a request: total minus time waiting on upstreams.",
 		Buckets: Buckets,
 	})
-	m.ttft = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "relaygate_ttft_seconds",
-		Help:    "Time from a streamed request's arrival to its first event reaching the client.",
-		Buckets: Buckets,
-	}, []string{"model", "api"})
-	m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_tokens_total",
-		Help: "Tokens reported by upstreams' usage, by API and kind (prompt, completion).",
-	}, []string{"model", "api", "kind"})
-	m.usageUnknown = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_usage_unknown_total",
-		Help: "Answers whose upstream reported no usage (whole, or cut short after they began); their tokens and cost are not counted.",
-	}, []string{"model"})
-	m.cost = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_cost_usd_total",
-		Help: "What the answered requests cost at the configured price of the upstream that answered.",
-	}, []string{"model", "api", "upstream"})
-	m.savings = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_savings_usd_total",
-		Help: "Reference (official) price of the answered requests minus what they cost; cache hits save it all.",
-	}, []string{"model"})
+	m.ttft = histogramVec("relaygate_ttft_seconds",
+		"Time from a streamed request's arrival to its first event reaching the client.",
+		"model", "api")
+	m.tokens = counterVec("relaygate_tokens_total",
+		"Tokens reported by upstreams' usage, by API and kind (prompt, completion).",
+		"model", "api", "kind")
+	m.usageUnknown = counterVec("relaygate_usage_unknown_total",
+		"Answers whose upstream reported no usage (whole, or cut short after they began); their tokens and cost are not counted.",
+		"model")
+	m.cost = counterVec("relaygate_cost_usd_total",
+		"What the answered requests cost at the configured price of the upstream that answered.",
+		"model", "api", "upstream")
+	m.savings = counterVec("relaygate_savings_usd_total",
+		"Reference (official) price of the answered requests minus what they cost; cache hits save it all.",
+		"model")
 	// The savings counter cannot go below zero, so an answer dearer than
 	// the reference adds nothing to it. Counting the cache's part apart
 	// lets a report take routing's part from tokens and prices instead,
 	// negative where it is, and still know what the cache saved.
-	m.cacheSavings = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_cache_savings_usd_total",
-		Help: "What cache hits saved: the price of the answers they replayed (also in relaygate_savings_usd_total).",
-	}, []string{"model"})
-	m.cacheRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_cache_requests_total",
-		Help: "Cache look-ups by result: hit, miss, error (Redis down or slow), bypass (not cacheable).",
-	}, []string{"result"})
-	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_retries_total",
-		Help: "Retries of an upstream after a retryable failure.",
-	}, []string{"upstream"})
-	m.fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_fallbacks_total",
-		Help: "Requests passed from one upstream of a route to the next.",
-	}, []string{"from", "to"})
-	m.upstreamUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "relaygate_upstream_up",
-		Help: "1 while an upstream takes traffic, 0 while its circuit is open or it is disabled.",
-	}, []string{"upstream"})
-	m.upstreamAttempts = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_upstream_requests_total",
-		Help: "Attempts sent to each upstream, by result: success (it answered, 4xx included), error, timeout. Retries and fallbacks count here, not in relaygate_requests_total.",
-	}, []string{"upstream", "result"})
+	m.cacheSavings = counterVec("relaygate_cache_savings_usd_total",
+		"What cache hits saved: the price of the answers they replayed (also in relaygate_savings_usd_total).",
+		"model")
+	m.cacheRequests = counterVec("relaygate_cache_requests_total",
+		"Cache look-ups by result: hit, miss, error (Redis down or slow), bypass (not cacheable).",
+		"result")
+	m.retries = counterVec("relaygate_retries_total",
+		"Retries of an upstream after a retryable failure.",
+		"upstream")
+	m.fallbacks = counterVec("relaygate_fallbacks_total",
+		"Requests passed from one upstream of a route to the next.",
+		"from", "to")
+	m.upstreamUp = gaugeVec("relaygate_upstream_up",
+		"1 while an upstream takes traffic, 0 while its circuit is open or it is disabled.",
+		"upstream")
+	m.upstreamAttempts = counterVec("relaygate_upstream_requests_total",
+		"Attempts sent to each upstream, by result: success (it answered, 4xx included), error, timeout. Retries and fallbacks count here, not in relaygate_requests_total.",
+		"upstream", "result")
 	m.inflight = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "relaygate_inflight_requests",
 		Help: "Requests being served now, streams included.",
 	})
-	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_rate_limited_total",
-		Help: "Requests refused by the per-key rate limits, by limit (rpm, tpm).",
-	}, []string{"limit"})
+	m.rateLimited = counterVec("relaygate_rate_limited_total",
+		"Requests refused by the per-key rate limits, by limit (rpm, tpm).",
+		"limit")
 	m.rateLimitErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "relaygate_rate_limit_errors_total",
 		Help: "Rate-limit checks that could not reach Redis (the request was let through).",
@@ -184,15 +166,13 @@ func New() *Metrics {
 		Name: "relaygate_latency_budget_seconds",
 		Help: "The p95 latency objective from the config (slo.latency_p95), for alerting.",
 	})
-	m.breakerChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_circuit_transitions_total",
-		Help: "Circuit breaker state changes per upstream, by the state entered.",
-	}, []string{"upstream", "state"})
+	m.breakerChanges = counterVec("relaygate_circuit_transitions_total",
+		"Circuit breaker state changes per upstream, by the state entered.",
+		"upstream", "state")
 
-	m.usageSuspicious = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_usage_suspicious_total",
-		Help: "Answers whose upstream reported more tokens than the request could produce (over its max_tokens, or a prompt larger than the request could hold); their usage is not believed, so their tokens and cost are not counted (nor in relaygate_usage_unknown_total).",
-	}, []string{"model"})
+	m.usageSuspicious = counterVec("relaygate_usage_suspicious_total",
+		"Answers whose upstream reported more tokens than the request could produce (over its max_tokens, or a prompt larger than the request could hold); their usage is not believed, so their tokens and cost are not counted (nor in relaygate_usage_unknown_total).",
+		"model")
 	m.responseBuffer = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "relaygate_response_buffer_bytes",
 		Help: "Memory reserved now for whole upstream answers being read and sent, out of buffer_budget_bytes.",
@@ -206,20 +186,17 @@ func New() *Metrics {
 	} {
 		f(c)
 	}
-	m.connections = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "relaygate_connections",
-		Help: "Client connections open now, by listener (api, admin).",
-	}, []string{"listener"})
-	m.connRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_connections_refused_total",
-		Help: "Client connections closed by a limit, by listener and reason: over max_connections with every connection serving a request, over max_connections_per_ip, or evicted_waiting (a connection with no request in flight closed to make room at max_connections).",
-	}, []string{"listener", "reason"})
+	m.connections = gaugeVec("relaygate_connections",
+		"Client connections open now, by listener (api, admin).",
+		"listener")
+	m.connRefused = counterVec("relaygate_connections_refused_total",
+		"Client connections closed by a limit, by listener and reason: over max_connections with every connection serving a request, over max_connections_per_ip, or evicted_waiting (a connection with no request in flight closed to make room at max_connections).",
+		"listener", "reason")
 	f(m.connections)
 	f(m.connRefused)
-	m.responseIDsLocal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relaygate_response_ids_local_total",
-		Help: "Responses API id look-ups and records (op: put, get, delete) that Redis could not serve and this process's own bounded map did; ids recorded so are unknown to other replicas.",
-	}, []string{"op"})
+	m.responseIDsLocal = counterVec("relaygate_response_ids_local_total",
+		"Responses API id look-ups and records (op: put, get, delete) that Redis could not serve and this process's own bounded map did; ids recorded so are unknown to other replicas.",
+		"op")
 	f(m.responseIDsLocal)
 	m.pools = newPoolSeries(f)
 	m.keys = newKeyMetrics(f)
@@ -452,4 +429,18 @@ func (m *Metrics) Connections(listener string) prometheus.Gauge {
 // ConnectionRefused counts a connection closed as it arrived, over a limit.
 func (m *Metrics) ConnectionRefused(listener, reason string) {
 	m.connRefused.WithLabelValues(listener, reason).Inc()
+}
+
+// counterVec, gaugeVec and histogramVec build a vector from its name, help
+// and label names; histograms take Buckets.
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+}
+
+func gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+}
+
+func histogramVec(name, help string, labels ...string) *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: Buckets}, labels)
 }

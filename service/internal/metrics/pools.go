@@ -11,18 +11,15 @@ type poolSeries struct {
 
 func newPoolSeries(register func(prometheus.Collector)) poolSeries {
 	p := poolSeries{
-		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "relaygate_upstream_inflight",
-			Help: "Attempts outstanding at each upstream now: what a least_busy pool balances on.",
-		}, []string{"upstream"}),
-		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relaygate_health_probes_total",
-			Help: "Active health probes of each upstream, by result (pass, fail).",
-		}, []string{"upstream", "result"}),
-		hourlyCost: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "relaygate_upstream_hourly_cost_usd",
-			Help: "The configured hourly cost of a self-hosted upstream's hosts (hourly_cost_usd), paid whether or not it serves: sum it over time to check what its tokens were priced at.",
-		}, []string{"upstream"}),
+		inflight: gaugeVec("relaygate_upstream_inflight",
+			"Attempts outstanding at each upstream now: what a least_busy pool balances on.",
+			"upstream"),
+		probes: counterVec("relaygate_health_probes_total",
+			"Active health probes of each upstream, by result (pass, fail).",
+			"upstream", "result"),
+		hourlyCost: gaugeVec("relaygate_upstream_hourly_cost_usd",
+			"The configured hourly cost of a self-hosted upstream's hosts (hourly_cost_usd), paid whether or not it serves: sum it over time to check what its tokens were priced at.",
+			"upstream"),
 	}
 	register(p.inflight)
 	register(p.probes)

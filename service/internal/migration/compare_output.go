@@ -1,7 +1,6 @@
 package migration
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -85,12 +84,7 @@ func (u *UpstreamResult) upstreamNote() string {
 
 // WriteJSON writes the result as indented JSON.
 func (r *CompareResult) WriteJSON(w io.Writer) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(r); err != nil {
-		return fmt.Errorf("encode comparison: %w", err)
-	}
-	return nil
+	return writeJSON(w, r, "comparison")
 }
 
 // WriteChart draws the latency and TTFT distributions of each upstream's

@@ -65,14 +65,8 @@ models:
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg, err := parseConfig([]byte(doc), func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok })
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
+			if wantErr(t, err, tt.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			relay, _ := cfg.Upstream("relay")
 			if relay.APIKey != tt.relayKey || (relay.Disabled == "") != tt.relayEnabled {

@@ -18,6 +18,23 @@ import (
 	"github.com/relaygate/relaygate/service/internal/upstreamsim"
 )
 
+// wantErr fails t unless err is what a case wants: an error that says
+// want, or none for want "". It reports whether an error was wanted, so
+// the case stops there.
+func wantErr(t *testing.T, err error, want string) bool {
+	t.Helper()
+	if want == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return false
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+	return true
+}
+
 // startSim serves a simulator over loopback and returns its base URL with /v1.
 func startSim(t *testing.T, cfg upstreamsim.Config) string {
 	t.Helper()

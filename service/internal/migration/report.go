@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -315,63 +316,35 @@ func (q *querier) histogram(ctx context.Context, metric, label string) (map[stri
 
 // read runs every query and fills the result.
 func (r *ReportResult) read(ctx context.Context, q *querier, cfg *config.Config) error {
-	attempts, err := q.vector(ctx, q.increase("relaygate_upstream_requests_total", "upstream", "result"))
-	if err != nil {
-		return err
+	// The first query to fail fails the report; none runs after it.
+	var err error
+	increase := func(metric string, by ...string) (v model.Vector) {
+		if err == nil {
+			v, err = q.vector(ctx, q.increase(metric, by...))
+		}
+		return v
 	}
-	retries, err := q.vector(ctx, q.increase("relaygate_retries_total", "upstream"))
-	if err != nil {
-		return err
+	histogram := func(metric, label string) (h map[string]map[float64]float64) {
+		if err == nil {
+			h, err = q.histogram(ctx, metric, label)
+		}
+		return h
 	}
-	answers, err := q.vector(ctx, q.increase("relaygate_requests_total", "model", "upstream", "code"))
-	if err != nil {
-		return err
-	}
-	cost, err := q.vector(ctx, q.increase("relaygate_cost_usd_total", "model", "upstream"))
-	if err != nil {
-		return err
-	}
-	tokens, err := q.vector(ctx, q.increase("relaygate_tokens_total", "model", "kind"))
-	if err != nil {
-		return err
-	}
-	savings, err := q.vector(ctx, q.increase("relaygate_savings_usd_total", "model"))
-	if err != nil {
-		return err
-	}
-	cacheSaved, err := q.vector(ctx, q.increase("relaygate_cache_savings_usd_total", "model"))
-	if err != nil {
-		return err
-	}
-	noUsage, err := q.vector(ctx, q.increase("relaygate_usage_unknown_total", "model"))
-	if err != nil {
-		return err
-	}
-	cache, err := q.vector(ctx, q.increase("relaygate_cache_requests_total", "result"))
-	if err != nil {
-		return err
-	}
-	fallbacks, err := q.vector(ctx, q.increase("relaygate_fallbacks_total", "from", "to"))
-	if err != nil {
-		return err
-	}
-	upLatency, err := q.histogram(ctx, "relaygate_upstream_duration_seconds", "upstream")
-	if err != nil {
-		return err
-	}
-	modelLatency, err := q.histogram(ctx, "relaygate_request_duration_seconds", "model")
-	if err != nil {
-		return err
-	}
-	allLatency, err := q.histogram(ctx, "relaygate_request_duration_seconds", "")
-	if err != nil {
-		return err
-	}
-	modelTTFT, err := q.histogram(ctx, "relaygate_ttft_seconds", "model")
-	if err != nil {
-		return err
-	}
-	allTTFT, err := q.histogram(ctx, "relaygate_ttft_seconds", "")
+	attempts := increase("relaygate_upstream_requests_total", "upstream", "result")
+	retries := increase("relaygate_retries_total", "upstream")
+	answers := increase("relaygate_requests_total", "model", "upstream", "code")
+	cost := increase("relaygate_cost_usd_total", "model", "upstream")
+	tokens := increase("relaygate_tokens_total", "model", "kind")
+	savings := increase("relaygate_savings_usd_total", "model")
+	cacheSaved := increase("relaygate_cache_savings_usd_total", "model")
+	noUsage := increase("relaygate_usage_unknown_total", "model")
+	cache := increase("relaygate_cache_requests_total", "result")
+	fallbacks := increase("relaygate_fallbacks_total", "from", "to")
+	upLatency := histogram("relaygate_upstream_duration_seconds", "upstream")
+	modelLatency := histogram("relaygate_request_duration_seconds", "model")
+	allLatency := histogram("relaygate_request_duration_seconds", "")
+	modelTTFT := histogram("relaygate_ttft_seconds", "model")
+	allTTFT := histogram("relaygate_ttft_seconds", "")
 	if err != nil {
 		return err
 	}
@@ -402,7 +375,7 @@ func (r *ReportResult) readUpstreams(attempts, retries, answers, cost, fallbacks
 			names[name] = true
 		}
 	}
-	for _, name := range sortedKeys(names) {
+	for _, name := range slices.Sorted(maps.Keys(names)) {
 		u := UpstreamReport{
 			Name:      name,
 			Success:   Figure(byResult[name+"\x00success"]),
@@ -461,7 +434,7 @@ func (r *ReportResult) readModels(answers, cost, tokens, savings, cacheSavings, 
 	for name := range costs {
 		names[name] = true
 	}
-	for _, name := range sortedKeys(names) {
+	for _, name := range slices.Sorted(maps.Keys(names)) {
 		c := perModel[name]
 		if c == nil {
 			c = &counts{}
@@ -626,13 +599,4 @@ func percentilesFrom(q map[float64]float64) Percentiles {
 		return Missing
 	}
 	return Percentiles{P50: get(0.5), P95: get(0.95), P99: get(0.99)}
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }

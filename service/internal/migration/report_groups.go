@@ -3,7 +3,11 @@ package migration
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
+
+	"github.com/prometheus/common/model"
 )
 
 // Groupings of ReportOptions.By: the migration table per team or per
@@ -40,34 +44,25 @@ func (r *ReportResult) readGroups(ctx context.Context, q *querier, by string, mo
 	if by == ByKey {
 		labels = append(labels, "key")
 	}
-	read := func(metric string, extra ...string) (map[string]float64, error) {
-		vec, err := q.vector(ctx, q.increase(metric, append(append([]string(nil), labels...), extra...)...))
+	// The first query to fail fails the report; none runs after it.
+	var err error
+	read := func(metric string, extra ...string) map[string]float64 {
 		if err != nil {
-			return nil, err
+			return nil
 		}
-		return byLabels(vec, append(append([]string(nil), labels...), extra...)...), nil
+		var vec model.Vector
+		vec, err = q.vector(ctx, q.increase(metric, append(append([]string(nil), labels...), extra...)...))
+		return byLabels(vec, append(append([]string(nil), labels...), extra...)...)
 	}
-	requests, err := read("relaygate_key_requests_total")
+	requests := read("relaygate_key_requests_total")
+	refusals := read("relaygate_refusals_total")
+	tokens := read("relaygate_key_tokens_total", "kind")
+	cost := read("relaygate_spend_usd_total")
+	ref := read("relaygate_key_reference_cost_usd_total")
 	if err != nil {
 		return err
 	}
-	refusals, err := read("relaygate_refusals_total")
-	if err != nil {
-		return err
-	}
-	tokens, err := read("relaygate_key_tokens_total", "kind")
-	if err != nil {
-		return err
-	}
-	cost, err := read("relaygate_spend_usd_total")
-	if err != nil {
-		return err
-	}
-	ref, err := read("relaygate_key_reference_cost_usd_total")
-	if err != nil {
-		return err
-	}
-	for _, name := range sortedKeys(boolSet(requests, cost)) {
+	for _, name := range slices.Sorted(maps.Keys(boolSet(requests, cost))) {
 		team, key, _ := strings.Cut(name, "\x00")
 		g := GroupReport{Team: team, Key: key,
 			Requests: Figure(requests[name]), Refusals: Figure(refusals[name]),

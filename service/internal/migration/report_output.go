@@ -259,10 +259,15 @@ func (r *ReportResult) WriteText(w io.Writer) error {
 
 // WriteJSON writes the result as indented JSON.
 func (r *ReportResult) WriteJSON(w io.Writer) error {
+	return writeJSON(w, r, "report")
+}
+
+// writeJSON writes v, a result, as indented JSON; what names it in errors.
+func writeJSON(w io.Writer, v any, what string) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(r); err != nil {
-		return fmt.Errorf("encode report: %w", err)
+	if err := enc.Encode(v); err != nil {
+		return fmt.Errorf("encode %s: %w", what, err)
 	}
 	return nil
 }

@@ -3,7 +3,8 @@ package rollback
 import (
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -187,7 +188,7 @@ func shortCommit(sha string) string {
 // secrets must have been decrypted when the history was read.
 func (p *Plan) restorable() error {
 	var missing []string
-	for _, k := range sortedKeys(p.Target.Config) {
+	for _, k := range slices.Sorted(maps.Keys(p.Target.Config)) {
 		v := p.Target.Config[k]
 		if v.Value == nil || *v.Value == undecryptable {
 			missing = append(missing, k)
@@ -220,7 +221,7 @@ func (p *Plan) Changes(current map[string]ConfigValue) []Change {
 	for k := range p.Config {
 		keys[k] = true
 	}
-	for _, k := range sortedKeys(keys) {
+	for _, k := range slices.Sorted(maps.Keys(keys)) {
 		a, inA := current[k]
 		b, inB := p.Config[k]
 		if inA && inB && a.Secret == b.Secret && a.text() == b.text() {
@@ -297,12 +298,3 @@ func orUnknown(s string) string {
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}

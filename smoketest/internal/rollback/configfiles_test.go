@@ -2,6 +2,7 @@ package rollback
 
 import (
 	"bytes"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -262,7 +263,7 @@ func TestSplit(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			write, remove := tc.files.Split(tc.cfg, tc.now)
-			if got := sortedKeys(write); !slices.Equal(got, tc.wantWrite) {
+			if got := slices.Sorted(maps.Keys(write)); !slices.Equal(got, tc.wantWrite) {
 				t.Errorf("writes %v, want %v", got, tc.wantWrite)
 			}
 			for k, v := range write {
@@ -347,7 +348,7 @@ func TestRunLeavesDefaultsToTheProject(t *testing.T) {
 			if plan.Target.Number != 1 {
 				t.Fatalf("rolled back to %s, want update #1", plan.Target.Label())
 			}
-			if got := sortedKeys(s.set); !slices.Equal(got, tc.wantWrite) {
+			if got := slices.Sorted(maps.Keys(s.set)); !slices.Equal(got, tc.wantWrite) {
 				t.Errorf("wrote %v, want %v (the defaults stay in Pulumi.yaml)", got, tc.wantWrite)
 			}
 			for k, want := range map[string]string{"histprobe:imageTag": "sha-1", "histprobe:cacheTtl": "2h", "histprobe:k": "v", ReuseImageKey: "true"} {
