@@ -12,7 +12,7 @@ import (
 // LedgerReader finds a request's ledger row. The ledger (package ledger)
 // is one; a gateway whose LedgerWriter is not answers ledger_disabled.
 type LedgerReader interface {
-	Lookup(ctx context.Context, requestID string) (ledger.Row, bool, error)
+	LookupFor(ctx context.Context, requestID, keyName string) (ledger.Row, bool, error)
 }
 
 // generationPath answers what a request cost, from the ledger:
@@ -75,25 +75,25 @@ func (s *Server) serveGeneration(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.URL.Query().Get("id")
-	if id == "" || !safeToken(id) {
-		writeError(w, errBadRequestParam("invalid_id", "Give the request's X-Request-Id as ?id=… (letters, digits, '-', '_', '.').", "id"))
+	if id == "" || len(id) > 128 || !safeToken(id) {
+		writeError(w, errBadRequestParam("invalid_id", "Give the request's X-Request-Id as ?id=… (at most 128 of letters, digits and - _ . : / + =).", "id"))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), generationLookupTimeout)
 	defer cancel()
-	row, found, err := lr.Lookup(ctx, id)
+	name := ""
+	if pol != nil {
+		name = pol.name
+	}
+	row, found, err := lr.LookupFor(ctx, id, name)
 	if err != nil {
-		s.log.Warn("ledger lookup failed", "request_id", id, "error", err.Error())
+		s.log.Warn("ledger lookup failed", "request_id", requestID(r), "looked_up_id", id, "error", err.Error())
 		w.Header().Set("Retry-After", "1")
 		writeError(w, &apiError{Status: http.StatusServiceUnavailable, Type: typeServer, Code: "ledger_unavailable",
 			Message: "The usage ledger cannot be read now; retry shortly."})
 		return
 	}
-	name := ""
-	if pol != nil {
-		name = pol.name
-	}
-	if !found || row.KeyName != name {
+	if !found {
 		writeError(w, &apiError{Status: http.StatusNotFound, Type: typeInvalidRequest, Code: "generation_not_found",
 			Message: "No request " + truncate(id, 100) + " of this key is in the ledger (yet: rows are written in batches, within a second or so)."})
 		return

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -121,6 +122,23 @@ log: {requests: false}
 		if a := lookup(gw, c.key, c.id); a.status != c.status || a.code != c.code {
 			t.Errorf("%s: %d %q, want %d %q", c.name, a.status, a.code, c.status, c.code)
 		}
+	}
+	// Another client (and a stranger without a valid key) reusing the
+	// named key's X-Request-Id hides nothing: the key still finds its own.
+	for _, key := range []string{clientKey, "sk-not-a-key-0123456789"} {
+		req, _ := http.NewRequest("POST", gw.URL+"/v1/chat/completions", bytes.NewReader([]byte(`{"model":"m","messages":[{"role":"user","content":"same id"}]}`)))
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set("X-Request-Id", namedID)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	time.Sleep(200 * time.Millisecond) // past a batch: the reused ids' rows are in
+	if a := lookup(gw, named, namedID); a.status != 200 || a.gen["key"] != "alice" || a.gen["prompt_tokens"] == float64(0) {
+		t.Errorf("named key's request after its id was reused: %d %v", a.status, a.gen)
 	}
 	if a := lookup(open(""), clientKey, plainID); a.status != 404 || a.code != "ledger_disabled" {
 		t.Errorf("gateway without a ledger: %d %q, want 404 ledger_disabled", a.status, a.code)

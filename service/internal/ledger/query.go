@@ -14,10 +14,22 @@ import (
 // may reuse an id; each of its requests has a row of its own). Rows still
 // queued or spilled are not found until they are committed.
 func (l *Ledger) Lookup(ctx context.Context, requestID string) (Row, bool, error) {
+	return l.lookup(ctx, `request_id = $1`, requestID)
+}
+
+// LookupFor is Lookup among the rows of one key name ("" for the plain
+// client_keys), leaving out requests refused for want of a valid key: a
+// client picks its own X-Request-Id, so another client's rows with the same
+// id, or a stranger's 401, must not hide or stand in for the key's own.
+func (l *Ledger) LookupFor(ctx context.Context, requestID, keyName string) (Row, bool, error) {
+	return l.lookup(ctx, `request_id = $1 AND key_name = $2 AND status <> 401`, requestID, keyName)
+}
+
+func (l *Ledger) lookup(ctx context.Context, where string, args ...any) (Row, bool, error) {
 	rows, err := l.pool.Query(ctx, `SELECT id, at, request_id, key_name, team, api, model, upstream, status, stream,
 		usage_known, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_usd, savings_usd,
 		cache_hit, latency_ms, ttft_ms, attempts, fallback_path
-		FROM ledger WHERE request_id = $1 ORDER BY at DESC, id LIMIT 1`, requestID)
+		FROM ledger WHERE `+where+` ORDER BY at DESC, id LIMIT 1`, args...)
 	if err != nil {
 		return Row{}, false, fmt.Errorf("ledger lookup: %w", err)
 	}
