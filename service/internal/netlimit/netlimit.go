@@ -105,14 +105,16 @@ func (l *Listener) Accept() (net.Conn, error) {
 			}
 		}
 		l.mu.Unlock()
+		// Count before closing, so that whoever sees the close (a client,
+		// a test) also sees it counted.
 		if evicted != nil {
-			_ = evicted.Conn.Close()
 			if l.OnOpen != nil {
 				l.OnOpen(-1)
 			}
 			if l.OnRefuse != nil {
 				l.OnRefuse(ReasonEvicted)
 			}
+			_ = evicted.Conn.Close()
 		}
 		if tc != nil {
 			if l.OnOpen != nil {
@@ -120,10 +122,10 @@ func (l *Listener) Accept() (net.Conn, error) {
 			}
 			return tc, nil
 		}
-		_ = c.Close()
 		if l.OnRefuse != nil {
 			l.OnRefuse(reason)
 		}
+		_ = c.Close()
 	}
 }
 
@@ -232,15 +234,15 @@ type conn struct {
 	wait   *list.Element // in l.waiting; guarded by l.mu
 }
 
+// Close stops counting c before it closes it, as Accept does.
 func (c *conn) Close() error {
-	err := c.Conn.Close()
 	c.l.mu.Lock()
 	counted := c.l.detachLocked(c)
 	c.l.mu.Unlock()
 	if counted && c.l.OnOpen != nil {
 		c.l.OnOpen(-1)
 	}
-	return err
+	return c.Conn.Close()
 }
 
 // CloseWrite keeps net/http's lingering close (half-close, then wait for
