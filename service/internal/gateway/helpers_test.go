@@ -113,12 +113,13 @@ type gwOpts struct {
 	price     string    // the model's price mapping, YAML; the default when empty
 	upstream  string    // YAML keys added to every upstream's mapping, e.g. ", auth: x-api-key"
 	redisURL  string    // a response cache on this Redis (extra sets its cache: keys)
+	model     string    // the routed model's name; "m" when empty
 }
 
 // allAPIs is gwOpts.upstream for upstreams that speak every API.
 const allAPIs = ", apis: [chat, embeddings, completions, messages, responses, moderations, images, audio]"
 
-// newGateway serves a gateway whose model "m" routes through the given
+// newGateway serves a gateway whose model "m" (o.model) routes through the given
 // upstreams, named a, b, … in order.
 func newGateway(t *testing.T, o gwOpts, ups ...*fakeUpstream) (*httptest.Server, *Server, *metrics.Metrics) {
 	t.Helper()
@@ -181,7 +182,7 @@ func gatewayConfig(t *testing.T, o gwOpts, ups ...*fakeUpstream) *config.Config 
 		route = o.routeA
 	}
 	o.price = cmp.Or(o.price, "{input_per_mtok: 1, output_per_mtok: 2}")
-	fmt.Fprintf(&y, "models:\n  - name: m\n    route: [%s]\n    price: %s\n    reference_price: {input_per_mtok: 3, output_per_mtok: 6}\n", route, o.price)
+	fmt.Fprintf(&y, "models:\n  - name: %q\n    route: [%s]\n    price: %s\n    reference_price: {input_per_mtok: 3, output_per_mtok: 6}\n", cmp.Or(o.model, "m"), route, o.price)
 	o.backoff = cmp.Or(o.backoff, "5ms")
 	fmt.Fprintf(&y, "retry: {attempts: %d, backoff_min: 1ms, backoff_max: %s}\n", o.attempts, o.backoff)
 	o.cooldown = cmp.Or(o.cooldown, "1h")

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -120,10 +121,14 @@ type request struct {
 	// modelStart/modelEnd locate the model's JSON string in the body, to
 	// rename it for an upstream that spells the model differently.
 	modelStart, modelEnd int
-	stream               bool
-	streamSet            bool // the body has a "stream" key
-	streamStart          int
-	streamEnd            int
+	// modelImplied: the body names no model and the endpoint has a
+	// documented default (implicitModel), which is routed and then
+	// written into the upstream's body.
+	modelImplied bool
+	stream       bool
+	streamSet    bool // the body has a "stream" key
+	streamStart  int
+	streamEnd    int
 	// streamOptions locates the "stream_options" value (-1: absent).
 	streamOptionsStart, streamOptionsEnd int
 	includeUsage                         bool
@@ -271,7 +276,10 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 		return req, typeErr
 	}
 	if req.model == "" {
-		return req, errBadRequest("missing_model", "You must provide a model parameter.")
+		if req.model = implicitModel(ep); req.model == "" {
+			return req, errBadRequest("missing_model", "You must provide a model parameter.")
+		}
+		req.modelImplied = true
 	}
 	switch ep {
 	case epChat, epMessages, epCountTokens:
@@ -296,6 +304,20 @@ func parseRequest(b []byte, ep endpoint) (request, *apiError) {
 		}
 	}
 	return req, nil
+}
+
+// implicitModel is the model OpenAI's API reference gives an endpoint whose
+// model parameter is optional: a client leaving it out (the SDKs let it)
+// means that model, so the gateway routes it by that name. Endpoints
+// where the model is required have none.
+func implicitModel(ep endpoint) string {
+	switch ep {
+	case epModerations:
+		return "omni-moderation-latest"
+	case epImages:
+		return "dall-e-2"
+	}
+	return ""
 }
 
 func typeName(v gjson.Result) string {
@@ -341,8 +363,13 @@ func upstreamBody(b []byte, req *request, model string, stream bool) (out []byte
 			n++
 		}
 	}
-	if model != "" && model != req.model {
-		edits[n] = edit{req.modelStart, req.modelEnd, jsonString(model)}
+	// An implied model is named to the upstream, which may be a relay with
+	// defaults of its own, or spell the model differently.
+	switch name := cmp.Or(model, req.model); {
+	case req.modelImplied && req.modelEnd == 0: // no "model" key at all
+		insert += `"model":` + jsonString(name) + ","
+	case req.modelImplied, model != "" && model != req.model: // "model":"" counts as absent
+		edits[n] = edit{req.modelStart, req.modelEnd, jsonString(name)}
 		n++
 	}
 	if insert == "" && n == 0 {

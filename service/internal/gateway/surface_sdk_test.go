@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -187,6 +188,64 @@ func TestSurfaceAPINotServed(t *testing.T) {
 	}
 	if up.calls.Load() != 0 {
 		t.Errorf("upstream asked %d times", up.calls.Load())
+	}
+}
+
+// TestImpliedModel: moderations and image generations take an optional
+// model; the SDKs send none by default, and OpenAI's API reference gives
+// the model it means. The gateway routes by that model and names it to the
+// upstream, renamed where the route says so.
+func TestImpliedModel(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name, model, route, wantUpstream string
+		call                             func(client openai.Client) error
+	}{
+		{"moderation", "omni-moderation-latest", "a", "omni-moderation-latest", func(client openai.Client) error {
+			_, err := client.Moderations.New(ctx, openai.ModerationNewParams{
+				Input: openai.ModerationNewParamsInputUnion{OfString: openai.String("hi")}})
+			return err
+		}},
+		{"moderation renamed", "omni-moderation-latest", `{upstream: a, model: "relay-moderation"}`, "relay-moderation", func(client openai.Client) error {
+			_, err := client.Moderations.New(ctx, openai.ModerationNewParams{
+				Input: openai.ModerationNewParamsInputUnion{OfString: openai.String("hi")}})
+			return err
+		}},
+		{"image", "dall-e-2", "a", "dall-e-2", func(client openai.Client) error {
+			_, err := client.Images.Generate(ctx, openai.ImageGenerateParams{Prompt: "a red fox"})
+			return err
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newFakeUpstream(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = io.WriteString(w, `{"id":"x","model":"any","results":[],"created":1,"data":[]}`)
+			})
+			gwSrv, _, _ := newGateway(t, gwOpts{model: tc.model, routeA: tc.route}, up)
+			if err := tc.call(sdkClient(gwSrv.URL)); err != nil {
+				t.Fatalf("call without a model: %v", err)
+			}
+			var sent struct{ Model *string }
+			if err := json.Unmarshal(up.lastBody(), &sent); err != nil || sent.Model == nil || *sent.Model != tc.wantUpstream {
+				t.Errorf("upstream got %s (%v), want model %q", up.lastBody(), err, tc.wantUpstream)
+			}
+		})
+	}
+	// A model key left empty is the same as none, and yields one model key.
+	up := newFakeUpstream(t, func(_ int, w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"x","model":"any","results":[]}`)
+	})
+	gwSrv, _, _ := newGateway(t, gwOpts{model: "omni-moderation-latest"}, up)
+	r := do(t, "POST", gwSrv.URL+"/v1/moderations", strings.NewReader(`{"model":"","input":"hi"}`), withKey()...)
+	if r.status != http.StatusOK || string(up.lastBody()) != `{"model":"omni-moderation-latest","input":"hi"}` {
+		t.Errorf("empty model: %d %s; upstream got %s", r.status, r.body, up.lastBody())
+	}
+	// Chat has no default model: still a 400 that says so.
+	r = do(t, "POST", gwSrv.URL+"/v1/chat/completions", strings.NewReader(`{"messages":[{"role":"user","content":"hi"}]}`), withKey()...)
+	if r.status != http.StatusBadRequest || !strings.Contains(string(r.body), "missing_model") {
+		t.Errorf("chat without a model: %d %s", r.status, r.body)
 	}
 }
 
