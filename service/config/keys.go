@@ -42,6 +42,11 @@ type Key struct {
 	// holds its limits and spend, cannot be asked: OnRedisErrorOpen (the
 	// default) serves it, OnRedisErrorClosed refuses it. Both are counted.
 	OnRedisError string `yaml:"on_redis_error,omitempty"`
+	// Admission is when the key's limits and budget are checked in Redis:
+	// AdmissionOverlap (the default) beside the upstream call, the answer
+	// held back until the verdict, so a refusal may cost an upstream call
+	// that is cancelled; AdmissionStrict before it, a round trip later.
+	Admission string `yaml:"admission,omitempty"`
 }
 
 // Budget is a spend limit in US dollars per calendar period (UTC).
@@ -57,6 +62,9 @@ const (
 
 	OnRedisErrorOpen   = "open"
 	OnRedisErrorClosed = "closed"
+
+	AdmissionOverlap = "overlap"
+	AdmissionStrict  = "strict"
 )
 
 // StringList is a YAML string or list of strings.
@@ -134,6 +142,9 @@ func (c *Config) applyKeyDefaults() {
 		k := &c.Keys[i]
 		if k.OnRedisError == "" {
 			k.OnRedisError = OnRedisErrorOpen
+		}
+		if k.Admission == "" {
+			k.Admission = AdmissionOverlap
 		}
 		for j := range k.KeySHA256 {
 			k.KeySHA256[j] = strings.ToLower(strings.TrimSpace(k.KeySHA256[j]))
@@ -229,6 +240,9 @@ func (l *loader) checkKeys(c *Config, unset map[string][]string) {
 		checkLimits(p, k.RPM, k.TPM, k.Budget)
 		if k.OnRedisError != OnRedisErrorOpen && k.OnRedisError != OnRedisErrorClosed {
 			l.fail(p+".on_redis_error", "%q: use open (serve while Redis is unreachable) or closed (refuse)", k.OnRedisError)
+		}
+		if k.Admission != AdmissionOverlap && k.Admission != AdmissionStrict {
+			l.fail(p+".admission", "%q: use overlap (check beside the upstream call) or strict (before it)", k.Admission)
 		}
 	}
 }

@@ -32,6 +32,7 @@ keys:
     rpm: 120
     budget: {usd: 50, period: day}
     on_redis_error: closed
+    admission: strict
   - name: batch
     key_sha256: ` + sum("batch-key-0123456789abc") + `
 `
@@ -50,6 +51,9 @@ keys:
 	}
 	if cfg.Keys[1].OnRedisError != OnRedisErrorOpen || k.OnRedisError != OnRedisErrorClosed {
 		t.Errorf("on_redis_error = %q, %q; want closed, and open by default", k.OnRedisError, cfg.Keys[1].OnRedisError)
+	}
+	if cfg.Keys[1].Admission != AdmissionOverlap || k.Admission != AdmissionStrict {
+		t.Errorf("admission = %q, %q; want strict, and overlap by default", k.Admission, cfg.Keys[1].Admission)
 	}
 	if !cfg.Limited(&cfg.Keys[0]) || cfg.Limited(&cfg.Keys[1]) {
 		t.Error("Limited: search-backend has limits, batch (no team, no limits) has none")
@@ -98,6 +102,8 @@ keys: [{name: a, key_sha256: ` + sum("a-key-0123456789abcdef") + `}]`,
 			`keys[0].models[0]: model "gpt-9" is not defined in models`},
 		{"bad on_redis_error", `keys: [{name: a, key_sha256: ` + sum("a-key-0123456789abcdef") + `, on_redis_error: maybe}]`,
 			`keys[0].on_redis_error: "maybe"`},
+		{"bad admission", `keys: [{name: a, key_sha256: ` + sum("a-key-0123456789abcdef") + `, admission: later}]`,
+			`keys[0].admission: "later"`},
 		{"unknown field", `keys: [{name: a, key_sha256: ` + sum("a-key-0123456789abcdef") + `, rmp: 3}]`, `unknown key "rmp"`},
 	}
 	cases[2].want = `line 12: teams[1].name: "t" is defined twice`

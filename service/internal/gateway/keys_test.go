@@ -64,6 +64,24 @@ log: {requests: false}
 	return cfg
 }
 
+// keysConfigIn is keysConfig with every key's admission set to mode.
+func keysConfigIn(t *testing.T, mode, redisURL, upURL, body string) *config.Config {
+	t.Helper()
+	cfg := keysConfig(t, redisURL, upURL, body)
+	for i := range cfg.Keys {
+		cfg.Keys[i].Admission = mode
+	}
+	return cfg
+}
+
+// bothModes runs test with keys admitted beside the upstream call and
+// before it.
+func bothModes(t *testing.T, test func(t *testing.T, mode string)) {
+	for _, mode := range []string{config.AdmissionOverlap, config.AdmissionStrict} {
+		t.Run(mode, func(t *testing.T) { test(t, mode) })
+	}
+}
+
 // keysReplica is one gateway replica with its own Redis clients.
 type keysReplica struct {
 	url string
@@ -231,11 +249,13 @@ keys:
 // TestKeyRateLimitsAcrossReplicas: per-key and per-team RPM and TPM hold
 // across two gateway replicas sharing one Redis; a request refused by one
 // bucket takes nothing from the other.
-func TestKeyRateLimitsAcrossReplicas(t *testing.T) {
+func TestKeyRateLimitsAcrossReplicas(t *testing.T) { bothModes(t, testKeyRateLimitsAcrossReplicas) }
+
+func testKeyRateLimitsAcrossReplicas(t *testing.T, mode string) {
 	rds := testenv.StartRedis(t)
 	rdb := redisClient(t, rds.URL)
 	sim := startSim(t, upstreamsim.Config{})
-	cfg := keysConfig(t, rds.URL, sim, `
+	cfg := keysConfigIn(t, mode, rds.URL, sim, `
 teams:
   - {name: search, rpm: 5}
   - {name: batch, tpm: 10}
@@ -279,10 +299,12 @@ keys:
 
 // TestKeyRotation: two secrets of one name both work, and share the
 // name's limits and series.
-func TestKeyRotation(t *testing.T) {
+func TestKeyRotation(t *testing.T) { bothModes(t, testKeyRotation) }
+
+func testKeyRotation(t *testing.T, mode string) {
 	rds := testenv.StartRedis(t)
 	sim := startSim(t, upstreamsim.Config{})
-	cfg := keysConfig(t, rds.URL, sim, `
+	cfg := keysConfigIn(t, mode, rds.URL, sim, `
 keys:
   - name: rotating
     key_sha256: [`+hexSum("sk-old-secret-0123456789")+`, `+hexSum("sk-new-secret-0123456789")+`]
@@ -300,11 +322,13 @@ keys:
 // budget, charged from real usage on two replicas, refuse the request that
 // would start over budget with 429 budget_exceeded, the reset time and a
 // Retry-After until it; /admin/spend, Redis and Prometheus agree.
-func TestKeyBudgetsAcrossReplicas(t *testing.T) {
+func TestKeyBudgetsAcrossReplicas(t *testing.T) { bothModes(t, testKeyBudgetsAcrossReplicas) }
+
+func testKeyBudgetsAcrossReplicas(t *testing.T, mode string) {
 	rds := testenv.StartRedis(t)
 	rdb := redisClient(t, rds.URL)
 	sim := startSim(t, upstreamsim.Config{})
-	cfg := keysConfig(t, rds.URL, sim, `
+	cfg := keysConfigIn(t, mode, rds.URL, sim, `
 teams:
   - {name: search, budget: {usd: 5, period: month}}
 keys:
@@ -430,13 +454,15 @@ func adminSpend(t *testing.T, url, query string) spendAnswer {
 // two replicas, send requests until the key's budget refuses them. Every
 // answer is charged; the spend overshoots the budget by what was in flight
 // when it was reached, at most one answer per client.
-func TestBudgetBoundaryConcurrent(t *testing.T) {
+func TestBudgetBoundaryConcurrent(t *testing.T) { bothModes(t, testBudgetBoundaryConcurrent) }
+
+func testBudgetBoundaryConcurrent(t *testing.T, mode string) {
 	rds := testenv.StartRedis(t)
 	rdb := redisClient(t, rds.URL)
 	// A little latency keeps the requests in flight together.
 	sim := startSim(t, upstreamsim.Config{Latency: 20 * time.Millisecond})
 	const budgetUSD, clients = 500, 200
-	cfg := keysConfig(t, rds.URL, sim, fmt.Sprintf(`
+	cfg := keysConfigIn(t, mode, rds.URL, sim, fmt.Sprintf(`
 keys: [{name: hot, key: sk-hot-key-0123456789abc, budget: {usd: %d, period: day}}]
 `, budgetUSD))
 	reps := []*keysReplica{startReplica(t, cfg), startReplica(t, cfg)}
@@ -503,10 +529,12 @@ keys: [{name: hot, key: sk-hot-key-0123456789abc, budget: {usd: %d, period: day}
 
 // TestKeyRedisDown: with Redis stopped, a fail-open key is served and a
 // fail-closed key refused, both counted; once Redis is back both serve.
-func TestKeyRedisDown(t *testing.T) {
+func TestKeyRedisDown(t *testing.T) { bothModes(t, testKeyRedisDown) }
+
+func testKeyRedisDown(t *testing.T, mode string) {
 	rds := testenv.StartRedis(t)
 	sim := startSim(t, upstreamsim.Config{})
-	cfg := keysConfig(t, rds.URL, sim, `
+	cfg := keysConfigIn(t, mode, rds.URL, sim, `
 keys:
   - {name: open-key, key: sk-open-key-0123456789abc, rpm: 1000, on_redis_error: open}
   - {name: closed-key, key: sk-closed-key-0123456789abc, rpm: 1000, on_redis_error: closed}
@@ -549,11 +577,13 @@ keys:
 // TestKeyChargedWhenClientLeaves: a stream whose client hangs up as soon
 // as it has [DONE] (as go-openai does), and a whole answer whose client
 // closes its connection unread, are charged all the same.
-func TestKeyChargedWhenClientLeaves(t *testing.T) {
+func TestKeyChargedWhenClientLeaves(t *testing.T) { bothModes(t, testKeyChargedWhenClientLeaves) }
+
+func testKeyChargedWhenClientLeaves(t *testing.T, mode string) {
 	rds := testenv.StartRedis(t)
 	rdb := redisClient(t, rds.URL)
 	sim := startSim(t, upstreamsim.Config{ChunkDelay: time.Millisecond})
-	cfg := keysConfig(t, rds.URL, sim, `
+	cfg := keysConfigIn(t, mode, rds.URL, sim, `
 keys: [{name: leaver, key: sk-leaver-key-0123456789abc, budget: {usd: 100, period: day}}]
 `)
 	r := startReplica(t, cfg)
@@ -587,7 +617,9 @@ keys: [{name: leaver, key: sk-leaver-key-0123456789abc, budget: {usd: 100, perio
 
 // TestKeyCacheScopes: a named key's rotated secrets share its cache;
 // under cache.scope team the keys of one team share, and no other key.
-func TestKeyCacheScopes(t *testing.T) {
+func TestKeyCacheScopes(t *testing.T) { bothModes(t, testKeyCacheScopes) }
+
+func testKeyCacheScopes(t *testing.T, mode string) {
 	rds := testenv.StartRedis(t)
 	sim := startSim(t, upstreamsim.Config{})
 	for _, scope := range []string{"key", "team"} {
@@ -599,7 +631,7 @@ keys:
   - {name: b, team: search, key: sk-b-key-0123456789abc}
   - {name: c, key: sk-c-key-0123456789abc}
 `
-			cfg := keysConfig(t, rds.URL, sim, doc)
+			cfg := keysConfigIn(t, mode, rds.URL, sim, doc)
 			cfg.Cache.Scope = scope
 			c, err := cache.New(cache.Options{URL: rds.URL, TTL: time.Hour, Timeout: 2 * time.Second})
 			if err != nil {

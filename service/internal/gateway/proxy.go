@@ -60,6 +60,9 @@ type exchange struct {
 	// are empty for keys of the plain client_keys list and without auth.
 	keyName, team string
 	pol           *keyPolicy // the named key's policy; nil as keyName is empty
+	// adm is the named key's admission while it runs beside the upstream
+	// call (keys.go); nil when checked before it, or not at all.
+	adm *pendingAdmission
 	// failures are the upstreams that failed before one answered (or
 	// all, when none did), for the ledger's fallback path.
 	failures []route.Failure
@@ -161,6 +164,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 	if x.pol != nil && !x.enforceKey(m.name) {
 		return
 	}
+	defer x.settleAdmission()
 	x.stream = ep.streams() && (forceStream || req.stream)
 	x.includeUsage = req.includeUsage
 	x.reqBytes, x.reqBody, x.maxTokens, x.n = len(b), b, req.maxTokens, req.choices
@@ -179,7 +183,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request, ep endpoint,
 		}
 	}
 	hooks := route.Hooks{Retry: s.metrics.Retry, Fallback: s.metrics.Fallback, Attempt: s.recordAttempt}
-	out, err := chain.Run(r.Context(), st.policy, hooks, func(ctx context.Context, t *route.Target) route.Attempt {
+	out, err := chain.Run(x.upstreamContext(), st.policy, hooks, func(ctx context.Context, t *route.Target) route.Attempt {
 		return x.attempt(ctx, t, b, &req)
 	})
 	x.attempts, x.failures = out.Attempts, out.Failures

@@ -21,7 +21,7 @@ const (
 type keyMetrics struct {
 	requests, spend, reference *prometheus.CounterVec
 	tokens                     *prometheus.CounterVec
-	refusals                   *prometheus.CounterVec
+	refusals, lateRefusals     *prometheus.CounterVec
 	redisErrors                *prometheus.CounterVec
 	remaining                  *prometheus.GaugeVec
 }
@@ -43,6 +43,9 @@ func newKeyMetrics(register func(prometheus.Collector)) *keyMetrics {
 		refusals: counterVec("relaygate_refusals_total",
 			"Requests of named keys the gateway refused, by reason (model_not_allowed, budget_exceeded, rate_limited, redis_unavailable), team and key.",
 			"reason", "team", "key"),
+		lateRefusals: counterVec("relaygate_refusals_late_total",
+			"Refusals of named keys (of relaygate_refusals_total) whose verdict came from Redis after the upstream call had started (admission: overlap): the call was cancelled and not charged, by reason, team and key.",
+			"reason", "team", "key"),
 		redisErrors: counterVec("relaygate_key_redis_errors_total",
 			"Requests of named keys whose limits and budget Redis could not check, by team, key and what on_redis_error made of them (served, refused), or, for answers whose cost Redis could not record, uncharged.",
 			"team", "key", "action"),
@@ -50,7 +53,7 @@ func newKeyMetrics(register func(prometheus.Collector)) *keyMetrics {
 			"What is left of a key's or team's budget this period, in US dollars, by scope (key, team) and name, as this replica last read it from Redis; negative when spent beyond it by requests in flight.",
 			"scope", "name"),
 	}
-	for _, c := range []prometheus.Collector{k.requests, k.tokens, k.spend, k.reference, k.refusals, k.redisErrors, k.remaining} {
+	for _, c := range []prometheus.Collector{k.requests, k.tokens, k.spend, k.reference, k.refusals, k.lateRefusals, k.redisErrors, k.remaining} {
 		register(c)
 	}
 	return k
@@ -60,7 +63,7 @@ func newKeyMetrics(register func(prometheus.Collector)) *keyMetrics {
 // applied, so a request records them without hashing labels.
 type KeySeries struct {
 	Requests, Prompt, Completion, Spend, Reference prometheus.Counter
-	refusals                                       map[string]prometheus.Counter
+	refusals, late                                 map[string]prometheus.Counter
 	// RedisServed and RedisRefused count requests Redis could not check
 	// (on_redis_error open and closed), RedisUncharged answers whose cost
 	// it could not record.
@@ -80,9 +83,13 @@ func (m *Metrics) Key(team, key string) *KeySeries {
 		RedisRefused:   k.redisErrors.WithLabelValues(team, key, "refused"),
 		RedisUncharged: k.redisErrors.WithLabelValues(team, key, "uncharged"),
 		refusals:       map[string]prometheus.Counter{},
+		late:           map[string]prometheus.Counter{},
 	}
 	for _, r := range []string{RefusedModel, RefusedBudget, RefusedRateLimit, RefusedRedisError} {
 		s.refusals[r] = k.refusals.WithLabelValues(r, team, key)
+	}
+	for _, r := range []string{RefusedBudget, RefusedRateLimit, RefusedRedisError} {
+		s.late[r] = k.lateRefusals.WithLabelValues(r, team, key)
 	}
 	return s
 }
@@ -90,6 +97,10 @@ func (m *Metrics) Key(team, key string) *KeySeries {
 // Refused counts a refusal of the key for reason (one of the Refused
 // constants).
 func (s *KeySeries) Refused(reason string) { s.refusals[reason].Inc() }
+
+// RefusedLate counts a refusal (already counted by Refused) whose verdict
+// came after the upstream call had started; reason is not RefusedModel.
+func (s *KeySeries) RefusedLate(reason string) { s.late[reason].Inc() }
 
 // BudgetRemaining is the remaining-budget gauge of a key or team.
 func (m *Metrics) BudgetRemaining(scope, name string) prometheus.Gauge {
@@ -101,7 +112,7 @@ func (m *Metrics) BudgetRemaining(scope, name string) prometheus.Gauge {
 func (m *Metrics) KeyRemoved(team, key string) {
 	k := m.keys
 	l := prometheus.Labels{"team": team, "key": key}
-	for _, v := range []*prometheus.CounterVec{k.requests, k.tokens, k.spend, k.reference, k.refusals, k.redisErrors} {
+	for _, v := range []*prometheus.CounterVec{k.requests, k.tokens, k.spend, k.reference, k.refusals, k.lateRefusals, k.redisErrors} {
 		v.DeletePartialMatch(l)
 	}
 	k.remaining.Delete(prometheus.Labels{"scope": ScopeKey, "name": key})
