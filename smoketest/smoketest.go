@@ -19,6 +19,8 @@ import (
 	"time"
 
 	openai "github.com/sashabaranov/go-openai"
+
+	"github.com/relaygate/relaygate/internal/ctxsleep"
 )
 
 // Defaults for zero Options fields.
@@ -238,14 +240,10 @@ func (r *runner) waitReady(ctx context.Context) {
 			fmt.Fprintf(r.opts.Progress, "smoke: GET /ready answers 200 (after %s)\n", time.Since(t0).Round(100*time.Millisecond))
 			return
 		}
-		t := time.NewTimer(readyPoll)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !ctxsleep.Sleep(ctx, readyPoll) {
 			fmt.Fprintf(r.opts.Progress, "smoke: GET /ready did not answer 200 within %s (last: %s); running the checks anyway\n",
 				r.opts.WaitReady, oneLine(last))
 			return
-		case <-t.C:
 		}
 	}
 }
