@@ -21,6 +21,7 @@ import (
 	openai "github.com/sashabaranov/go-openai"
 
 	"github.com/relaygate/relaygate/internal/ctxsleep"
+	"github.com/relaygate/relaygate/internal/defaults"
 )
 
 // Defaults for zero Options fields.
@@ -83,33 +84,17 @@ type Options struct {
 }
 
 func (o *Options) defaults() {
-	if o.Requests <= 0 {
-		o.Requests = DefaultRequests
-	}
-	if o.Concurrency <= 0 {
-		o.Concurrency = DefaultConcurrency
-	}
+	defaults.Positive(&o.Requests, DefaultRequests)
+	defaults.Positive(&o.Concurrency, DefaultConcurrency)
 	if o.Concurrency > o.Requests {
 		o.Concurrency = o.Requests
 	}
-	if o.StepTimeout <= 0 {
-		o.StepTimeout = DefaultStepTimeout
-	}
-	if o.LatencyTimeout <= 0 {
-		o.LatencyTimeout = DefaultLatencyTimeout
-	}
-	if o.PrometheusWait <= 0 {
-		o.PrometheusWait = DefaultPrometheusWait
-	}
-	if o.ModelServerWait <= 0 {
-		o.ModelServerWait = DefaultModelServerWait
-	}
-	if o.UtilizationWindow <= 0 {
-		o.UtilizationWindow = DefaultUtilizationWindow
-	}
-	if o.LedgerWait <= 0 {
-		o.LedgerWait = DefaultLedgerWait
-	}
+	defaults.Positive(&o.StepTimeout, DefaultStepTimeout)
+	defaults.Positive(&o.LatencyTimeout, DefaultLatencyTimeout)
+	defaults.Positive(&o.PrometheusWait, DefaultPrometheusWait)
+	defaults.Positive(&o.ModelServerWait, DefaultModelServerWait)
+	defaults.Positive(&o.UtilizationWindow, DefaultUtilizationWindow)
+	defaults.Positive(&o.LedgerWait, DefaultLedgerWait)
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
