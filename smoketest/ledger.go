@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/relaygate/relaygate/internal/ctxsleep"
 )
 
 // DefaultLedgerWait is how long the ledger check waits for its request's
@@ -111,7 +113,7 @@ func (r *runner) checkLedger(ctx context.Context, s *Step) {
 					"and the gateway's log for ledger errors")
 			return
 		}
-		if !sleep(ctx, ledgerPoll) {
+		if !ctxsleep.Sleep(ctx, ledgerPoll) {
 			s.fail(r.reachError(ctx, "the gateway", ctx.Err()))
 			return
 		}

@@ -11,6 +11,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/relaygate/relaygate/internal/ctxsleep"
 )
 
 type metricFamilies map[string]*dto.MetricFamily
@@ -167,7 +169,7 @@ func (r *runner) checkMetrics(ctx context.Context, s *Step) {
 	detail, stuck := r.metricsMoved(after)
 	settle, cancel := context.WithTimeout(ctx, metricsSettle)
 	defer cancel()
-	for len(stuck) > 0 && sleep(settle, 100*time.Millisecond) {
+	for len(stuck) > 0 && ctxsleep.Sleep(settle, 100*time.Millisecond) {
 		if after, err = r.scrapeMetrics(settle); err != nil {
 			break
 		}

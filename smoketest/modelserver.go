@@ -10,6 +10,8 @@ import (
 	"time"
 
 	openai "github.com/sashabaranov/go-openai"
+
+	"github.com/relaygate/relaygate/internal/ctxsleep"
 )
 
 // DefaultModelServerWait is how long the model-server check waits for the
@@ -69,7 +71,7 @@ func (r *runner) checkModelServer(ctx context.Context, s *Step) {
 		}
 		fmt.Fprintf(r.opts.Progress, "smoke: %-18s %s not answering yet after %s (%s%s); the model may still be loading, next try in %s\n",
 			CheckModelServer, model, time.Since(t0).Round(time.Second), oneLine(clip(lastDetail, 120)), withUpstreamError(clip(upErr, 120)), modelServerPoll)
-		if !sleep(ctx, modelServerPoll) {
+		if !ctxsleep.Sleep(ctx, modelServerPoll) {
 			continue // the next try sees the context's end and fails
 		}
 	}
@@ -149,7 +151,7 @@ func (r *runner) loadAndWatch(ctx context.Context, model string) (peak float64, 
 				}
 			}
 		}
-		if peak > 0 || !sleep(ctx, gpuPoll) {
+		if peak > 0 || !ctxsleep.Sleep(ctx, gpuPoll) {
 			return peak, samples
 		}
 	}
@@ -218,18 +220,6 @@ func httpStatus(err error) int {
 		return reqErr.HTTPStatusCode
 	}
 	return 0
-}
-
-// sleep waits d or until ctx ends, reporting whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // memory sums the GPUs' memory in use and installed.

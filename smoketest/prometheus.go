@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/relaygate/relaygate/deploy"
+	"github.com/relaygate/relaygate/internal/ctxsleep"
 )
 
 // gatewayJob is the scrape job of the gateway in deploy/prometheus/prometheus.yml.
@@ -108,7 +109,7 @@ func (r *runner) checkPrometheusTarget(ctx context.Context, s *Step) {
 		if len(targets) > 0 && !unknown {
 			break
 		}
-		if !sleep(wait, prometheusPoll) {
+		if !ctxsleep.Sleep(wait, prometheusPoll) {
 			break
 		}
 	}
@@ -150,7 +151,7 @@ func (r *runner) checkPrometheusTarget(ctx context.Context, s *Step) {
 			s.fail(d, h+prometheusReachHint)
 			return
 		}
-		if !sleep(wait, prometheusPoll) {
+		if !ctxsleep.Sleep(wait, prometheusPoll) {
 			s.fail(fmt.Sprintf("targets up (%s) but Prometheus stored no relaygate_requests_total within %s", strings.Join(up, ", "), r.opts.PrometheusWait),
 				"Prometheus scrapes the gateway but keeps none of its series: check metric_relabel_configs in prometheus.yml and that the target is Relaygate")
 			return

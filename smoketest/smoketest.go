@@ -19,6 +19,9 @@ import (
 	"time"
 
 	openai "github.com/sashabaranov/go-openai"
+
+	"github.com/relaygate/relaygate/internal/ctxsleep"
+	"github.com/relaygate/relaygate/internal/defaults"
 )
 
 // Defaults for zero Options fields.
@@ -81,33 +84,17 @@ type Options struct {
 }
 
 func (o *Options) defaults() {
-	if o.Requests <= 0 {
-		o.Requests = DefaultRequests
-	}
-	if o.Concurrency <= 0 {
-		o.Concurrency = DefaultConcurrency
-	}
+	defaults.Positive(&o.Requests, DefaultRequests)
+	defaults.Positive(&o.Concurrency, DefaultConcurrency)
 	if o.Concurrency > o.Requests {
 		o.Concurrency = o.Requests
 	}
-	if o.StepTimeout <= 0 {
-		o.StepTimeout = DefaultStepTimeout
-	}
-	if o.LatencyTimeout <= 0 {
-		o.LatencyTimeout = DefaultLatencyTimeout
-	}
-	if o.PrometheusWait <= 0 {
-		o.PrometheusWait = DefaultPrometheusWait
-	}
-	if o.ModelServerWait <= 0 {
-		o.ModelServerWait = DefaultModelServerWait
-	}
-	if o.UtilizationWindow <= 0 {
-		o.UtilizationWindow = DefaultUtilizationWindow
-	}
-	if o.LedgerWait <= 0 {
-		o.LedgerWait = DefaultLedgerWait
-	}
+	defaults.Positive(&o.StepTimeout, DefaultStepTimeout)
+	defaults.Positive(&o.LatencyTimeout, DefaultLatencyTimeout)
+	defaults.Positive(&o.PrometheusWait, DefaultPrometheusWait)
+	defaults.Positive(&o.ModelServerWait, DefaultModelServerWait)
+	defaults.Positive(&o.UtilizationWindow, DefaultUtilizationWindow)
+	defaults.Positive(&o.LedgerWait, DefaultLedgerWait)
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
@@ -238,14 +225,10 @@ func (r *runner) waitReady(ctx context.Context) {
 			fmt.Fprintf(r.opts.Progress, "smoke: GET /ready answers 200 (after %s)\n", time.Since(t0).Round(100*time.Millisecond))
 			return
 		}
-		t := time.NewTimer(readyPoll)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !ctxsleep.Sleep(ctx, readyPoll) {
 			fmt.Fprintf(r.opts.Progress, "smoke: GET /ready did not answer 200 within %s (last: %s); running the checks anyway\n",
 				r.opts.WaitReady, oneLine(last))
 			return
-		case <-t.C:
 		}
 	}
 }

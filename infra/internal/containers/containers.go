@@ -311,6 +311,33 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		}
 		return v, nil
 	}
+	// run starts the container what (its name after the prefix, its
+	// resource's after the component's) on the private network as alias.
+	// Every container of the stack restarts unless stopped, keeps five
+	// 50 MB log files and carries the host's labels, or c.Labels where set.
+	run := func(what, alias string, c *docker.ContainerArgs, opts []pulumi.ResourceOption) (*docker.Container, error) {
+		c.Name = pulumi.String(args.Prefix + "-" + what)
+		c.NetworksAdvanced = attach(alias)
+		c.Restart = pulumi.String("unless-stopped")
+		c.MustRun = pulumi.Bool(true)
+		c.LogOpts = logs
+		if c.Labels == nil {
+			c.Labels = containerLabels(hostLabels)
+		}
+		ctr, err := docker.NewContainer(ctx, name+"-"+what, c, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("containers %s: %s: %w", name, what, err)
+		}
+		return ctr, nil
+	}
+	// publish binds port on PublishIP to the same port in the container.
+	publish := func(port int) docker.ContainerPortArray {
+		return docker.ContainerPortArray{docker.ContainerPortArgs{
+			Internal: pulumi.Int(port),
+			External: pulumi.Int(port),
+			Ip:       pulumi.String(args.PublishIP),
+		}}
+	}
 	var gatewayDeps []pulumi.Resource
 
 	if args.RunRedis {
@@ -322,8 +349,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		if err != nil {
 			return nil, err
 		}
-		s.Redis, err = docker.NewContainer(ctx, name+"-redis", &docker.ContainerArgs{
-			Name:  pulumi.String(args.Prefix + "-redis"),
+		s.Redis, err = run("redis", RedisHost, &docker.ContainerArgs{
 			Image: image,
 			// Append-only persistence: cache entries and rate-limit windows
 			// survive a restart; LRU eviction keeps memory bounded.
@@ -331,10 +357,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 				"redis-server", "--appendonly", "yes", "--appendfsync", "everysec",
 				"--maxmemory", args.RedisMaxMemory, "--maxmemory-policy", "allkeys-lru",
 			}),
-			Volumes: docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
-				VolumeName: vol.Name, ContainerPath: pulumi.String("/data"),
-			}},
-			NetworksAdvanced: attach(RedisHost),
+			Volumes: mount(vol, "/data"),
 			Healthcheck: &docker.ContainerHealthcheckArgs{
 				Tests:       pulumi.ToStringArray([]string{"CMD", "redis-cli", "ping"}),
 				Interval:    pulumi.String("10s"),
@@ -342,15 +365,11 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 				Retries:     pulumi.Int(5),
 				StartPeriod: pulumi.String("10s"),
 			},
-			Restart:     pulumi.String("unless-stopped"),
-			MustRun:     pulumi.Bool(true),
 			Wait:        pulumi.Bool(true),
 			WaitTimeout: pulumi.Int(120),
-			LogOpts:     logs,
-			Labels:      containerLabels(hostLabels),
-		}, replace...)
+		}, replace)
 		if err != nil {
-			return nil, fmt.Errorf("containers %s: redis: %w", name, err)
+			return nil, err
 		}
 		gatewayDeps = append(gatewayDeps, s.Redis)
 	}
@@ -372,18 +391,14 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		}
 		// The environment may carry the password: secret in the state.
 		dbOpts := append(slices.Clone(replace), pulumi.AdditionalSecretOutputs([]string{"envs"}))
-		s.LedgerDB, err = docker.NewContainer(ctx, name+"-ledger-db", &docker.ContainerArgs{
-			Name:  pulumi.String(args.Prefix + "-ledger-db"),
-			Image: image,
-			Envs:  pulumi.ToSecret(env).(pulumi.StringArrayOutput),
-			Volumes: docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
-				VolumeName: vol.Name, ContainerPath: pulumi.String(LedgerDBDataDir),
-			}},
+		// No published port: only the containers on the private network
+		// reach it.
+		s.LedgerDB, err = run("ledger-db", LedgerDBHost, &docker.ContainerArgs{
+			Image:   image,
+			Envs:    pulumi.ToSecret(env).(pulumi.StringArrayOutput),
+			Volumes: mount(vol, LedgerDBDataDir),
 			// Docker's 64 MiB /dev/shm is short for parallel queries.
 			ShmSize: pulumi.Int(256),
-			// No published port: only the containers on the private
-			// network reach it.
-			NetworksAdvanced: attach(LedgerDBHost),
 			// Over TCP: while the image initialises a new volume, its
 			// temporary server listens on the Unix socket only, so this
 			// passes once the real server takes connections.
@@ -399,15 +414,11 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			// needs no setuid binary.
 			SecurityOpts:        pulumi.StringArray{pulumi.String("no-new-privileges:true")},
 			DestroyGraceSeconds: pulumi.Int(int(LedgerDBStopGrace / time.Second)),
-			Restart:             pulumi.String("unless-stopped"),
-			MustRun:             pulumi.Bool(true),
 			Wait:                pulumi.Bool(true),
 			WaitTimeout:         pulumi.Int(180),
-			LogOpts:             logs,
-			Labels:              containerLabels(hostLabels),
-		}, dbOpts...)
+		}, dbOpts)
 		if err != nil {
-			return nil, fmt.Errorf("containers %s: ledger database: %w", name, err)
+			return nil, err
 		}
 		gatewayDeps = append(gatewayDeps, s.LedgerDB)
 	}
@@ -424,12 +435,10 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 	noNewPrivileges := pulumi.StringArray{pulumi.String("no-new-privileges:true")}
 
 	if args.Simulator {
-		s.Simulator, err = docker.NewContainer(ctx, name+"-upstream-sim", &docker.ContainerArgs{
-			Name:             pulumi.String(args.Prefix + "-upstream-sim"),
-			Image:            gatewayImage,
-			Entrypoints:      pulumi.ToStringArray(SimulatorCommand[:1]),
-			Command:          pulumi.ToStringArray(SimulatorCommand[1:]),
-			NetworksAdvanced: attach(SimulatorHost),
+		s.Simulator, err = run("upstream-sim", SimulatorHost, &docker.ContainerArgs{
+			Image:       gatewayImage,
+			Entrypoints: pulumi.ToStringArray(SimulatorCommand[:1]),
+			Command:     pulumi.ToStringArray(SimulatorCommand[1:]),
 			// The image has no shell or curl; the gateway binary's health
 			// probe can GET any URL.
 			Healthcheck: &docker.ContainerHealthcheckArgs{
@@ -441,13 +450,10 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			},
 			Capabilities: dropAll,
 			SecurityOpts: noNewPrivileges,
-			Restart:      pulumi.String("unless-stopped"),
-			MustRun:      pulumi.Bool(true),
-			LogOpts:      logs,
 			Labels:       containerLabels(withLabel(hostLabels, "relaygate.test-tool", pulumi.String("true"))),
-		}, replace...)
+		}, replace)
 		if err != nil {
-			return nil, fmt.Errorf("containers %s: upstream simulator: %w", name, err)
+			return nil, err
 		}
 		gatewayDeps = append(gatewayDeps, s.Simulator)
 	}
@@ -463,8 +469,9 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		}
 		// The environment may carry HF_TOKEN: secret in the state as a whole.
 		msOpts := append(slices.Clone(replace), pulumi.AdditionalSecretOutputs([]string{"envs"}))
-		s.ModelServer, err = docker.NewContainer(ctx, name+"-model-server", &docker.ContainerArgs{
-			Name:        pulumi.String(args.Prefix + "-model-server"),
+		// No published port: the gateway and Prometheus reach it on the
+		// private network, nothing outside the host does.
+		s.ModelServer, err = run("model-server", ModelServerHost, &docker.ContainerArgs{
 			Image:       image,
 			Entrypoints: pulumi.ToStringArray(modelServerEntrypoint),
 			Command:     pulumi.ToStringArray(ms.Args),
@@ -473,12 +480,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			// PyTorch's data loaders and NCCL (tensor parallelism) share
 			// tensors through /dev/shm; Docker's 64 MiB is too small.
 			ShmSize: pulumi.Int(ms.ShmSizeMB),
-			Volumes: docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
-				VolumeName: cache.Name, ContainerPath: pulumi.String(ModelServerCacheDir),
-			}},
-			// No published port: the gateway and Prometheus reach it on
-			// the private network, nothing outside the host does.
-			NetworksAdvanced: attach(ModelServerHost),
+			Volumes: mount(cache, ModelServerCacheDir),
 			// /health answers 200 once the model is loaded. The image has
 			// python3 (curl is not promised).
 			Healthcheck: &docker.ContainerHealthcheckArgs{
@@ -491,18 +493,14 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 				StartInterval: pulumi.String("10s"),
 			},
 			SecurityOpts: noNewPrivileges,
-			Restart:      pulumi.String("unless-stopped"),
-			MustRun:      pulumi.Bool(true),
 			// `pulumi up` waits until the model is loaded (the gateway
 			// comes after it) and fails if it never is: an OOM or a
 			// refused download shows in `docker logs` of the container.
 			Wait:        pulumi.Bool(true),
 			WaitTimeout: pulumi.Int(int((ModelServerStartPeriod + 5*time.Minute) / time.Second)),
-			LogOpts:     logs,
-			Labels:      containerLabels(hostLabels),
-		}, msOpts...)
+		}, msOpts)
 		if err != nil {
-			return nil, fmt.Errorf("containers %s: model server: %w", name, err)
+			return nil, err
 		}
 		gatewayDeps = append(gatewayDeps, s.ModelServer)
 	}
@@ -513,7 +511,6 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		gwOpts = append(gwOpts, pulumi.DependsOn(gatewayDeps))
 	}
 	gw := &docker.ContainerArgs{
-		Name:    pulumi.String(args.Prefix + "-gateway"),
 		Image:   gatewayImage,
 		Command: pulumi.ToStringArray([]string{"-config", gatewayconfig.Path}),
 		Envs:    args.GatewayEnv,
@@ -521,12 +518,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			File:    pulumi.String(gatewayconfig.Path),
 			Content: args.GatewayConfig,
 		}},
-		Ports: docker.ContainerPortArray{docker.ContainerPortArgs{
-			Internal: pulumi.Int(stackconfig.GatewayPort),
-			External: pulumi.Int(stackconfig.GatewayPort),
-			Ip:       pulumi.String(args.PublishIP),
-		}},
-		NetworksAdvanced: attach(GatewayHost),
+		Ports: publish(stackconfig.GatewayPort),
 		Healthcheck: &docker.ContainerHealthcheckArgs{
 			Tests:       pulumi.ToStringArray([]string{"CMD", "/usr/local/bin/gateway", "-healthcheck"}),
 			Interval:    pulumi.String("15s"),
@@ -536,14 +528,10 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		},
 		Capabilities: dropAll,
 		SecurityOpts: noNewPrivileges,
-		Restart:      pulumi.String("unless-stopped"),
-		MustRun:      pulumi.Bool(true),
 		// `pulumi up` fails if the gateway never turns healthy, instead of
 		// reporting success for a crash-looping container.
 		Wait:        pulumi.Bool(true),
 		WaitTimeout: pulumi.Int(180),
-		LogOpts:     logs,
-		Labels:      containerLabels(hostLabels),
 	}
 	if args.StopGrace > 0 {
 		// Without it the provider removes the old container by force
@@ -561,15 +549,13 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		if err != nil {
 			return nil, err
 		}
-		gw.Volumes = docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
-			VolumeName: spill.Name, ContainerPath: pulumi.String(args.LedgerSpillDir),
-		}}
+		gw.Volumes = mount(spill, args.LedgerSpillDir)
 	}
 	// The environment carries the API keys: keep the whole field secret in
 	// the state even where an entry is not.
 	gwOpts = append(gwOpts, pulumi.AdditionalSecretOutputs([]string{"envs"}))
-	if s.Gateway, err = docker.NewContainer(ctx, name+"-gateway", gw, gwOpts...); err != nil {
-		return nil, fmt.Errorf("containers %s: gateway: %w", name, err)
+	if s.Gateway, err = run("gateway", GatewayHost, gw, gwOpts); err != nil {
+		return nil, err
 	}
 
 	promImage, err := pull("prometheus", pulumi.String(args.PrometheusImage))
@@ -587,8 +573,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			Content: pulumi.String(args.PrometheusFiles[rel]),
 		})
 	}
-	s.Prometheus, err = docker.NewContainer(ctx, name+"-prometheus", &docker.ContainerArgs{
-		Name:  pulumi.String(args.Prefix + "-prometheus"),
+	s.Prometheus, err = run("prometheus", prometheusHost, &docker.ContainerArgs{
 		Image: promImage,
 		Command: pulumi.ToStringArray([]string{
 			"--config.file=/etc/prometheus/prometheus.yml",
@@ -596,26 +581,15 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			"--storage.tsdb.retention.time=15d",
 			fmt.Sprintf("--web.listen-address=:%d", stackconfig.PrometheusPort),
 		}),
-		Uploads: uploads,
-		Volumes: docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
-			VolumeName: promVol.Name, ContainerPath: pulumi.String("/prometheus"),
-		}},
-		Ports: docker.ContainerPortArray{docker.ContainerPortArgs{
-			Internal: pulumi.Int(stackconfig.PrometheusPort),
-			External: pulumi.Int(stackconfig.PrometheusPort),
-			Ip:       pulumi.String(args.PublishIP),
-		}},
-		NetworksAdvanced: attach(prometheusHost),
-		Healthcheck:      readyCheck(stackconfig.PrometheusPort),
-		Restart:          pulumi.String("unless-stopped"),
-		MustRun:          pulumi.Bool(true),
-		Wait:             pulumi.Bool(true),
-		WaitTimeout:      pulumi.Int(120),
-		LogOpts:          logs,
-		Labels:           containerLabels(hostLabels),
-	}, replace...)
+		Uploads:     uploads,
+		Volumes:     mount(promVol, "/prometheus"),
+		Ports:       publish(stackconfig.PrometheusPort),
+		Healthcheck: readyCheck(stackconfig.PrometheusPort),
+		Wait:        pulumi.Bool(true),
+		WaitTimeout: pulumi.Int(120),
+	}, replace)
 	if err != nil {
-		return nil, fmt.Errorf("containers %s: prometheus: %w", name, err)
+		return nil, err
 	}
 
 	if am := args.Alertmanager; am != nil {
@@ -629,8 +603,7 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 			return nil, err
 		}
 		amOpts := append(slices.Clone(replace), pulumi.AdditionalSecretOutputs([]string{"uploads"}))
-		s.Alertmanager, err = docker.NewContainer(ctx, name+"-alertmanager", &docker.ContainerArgs{
-			Name:  pulumi.String(args.Prefix + "-alertmanager"),
+		s.Alertmanager, err = run("alertmanager", AlertmanagerHost, &docker.ContainerArgs{
 			Image: amImage,
 			Command: pulumi.ToStringArray([]string{
 				"--config.file=/etc/alertmanager/alertmanager.yml",
@@ -640,20 +613,13 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 				File:    pulumi.String("/etc/alertmanager/alertmanager.yml"),
 				Content: am.Config,
 			}},
-			Volumes: docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
-				VolumeName: amVol.Name, ContainerPath: pulumi.String("/alertmanager"),
-			}},
-			NetworksAdvanced: attach(AlertmanagerHost),
-			Healthcheck:      readyCheck(alertmanagerPort),
-			Restart:          pulumi.String("unless-stopped"),
-			MustRun:          pulumi.Bool(true),
-			Wait:             pulumi.Bool(true),
-			WaitTimeout:      pulumi.Int(120),
-			LogOpts:          logs,
-			Labels:           containerLabels(hostLabels),
-		}, amOpts...)
+			Volumes:     mount(amVol, "/alertmanager"),
+			Healthcheck: readyCheck(alertmanagerPort),
+			Wait:        pulumi.Bool(true),
+			WaitTimeout: pulumi.Int(120),
+		}, amOpts)
 		if err != nil {
-			return nil, fmt.Errorf("containers %s: alertmanager: %w", name, err)
+			return nil, err
 		}
 	}
 
@@ -661,6 +627,13 @@ func New(ctx *pulumi.Context, name string, args Args, opts ...pulumi.ResourceOpt
 		"gateway":    s.Gateway.Name,
 		"prometheus": s.Prometheus.Name,
 	})
+}
+
+// mount is v mounted at path in the container.
+func mount(v *docker.Volume, path string) docker.ContainerVolumeArray {
+	return docker.ContainerVolumeArray{docker.ContainerVolumeArgs{
+		VolumeName: v.Name, ContainerPath: pulumi.String(path),
+	}}
 }
 
 // readyCheck is the health check of Prometheus and Alertmanager: their

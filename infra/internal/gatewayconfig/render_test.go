@@ -3,6 +3,7 @@ package gatewayconfig
 import (
 	"bytes"
 	"flag"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -11,72 +12,32 @@ import (
 	"time"
 
 	"github.com/relaygate/relaygate/infra/internal/stackconfig"
+	"github.com/relaygate/relaygate/infra/internal/stackconfig/stackconfigtest"
 	gwconfig "github.com/relaygate/relaygate/service/config"
 )
 
-type source map[string]string
-
-func (s source) Lookup(k string) (string, bool) { v, ok := s[k]; return v, ok }
-func (s source) IsSecret(k string) bool         { return strings.HasSuffix(k, "ApiKey") }
-
-const (
-	gatewayKey = "gw-secret-0123456789abcdef"
-	openaiKey  = "sk-openai-secret-0123456789"
-)
-
+// stackCfg is the stack configuration the tests of stackconfig start from,
+// on target, with the gateway settings these tests check and then
+// overrides.
 func stackCfg(t *testing.T, target string, overrides map[string]string) *stackconfig.Config {
 	t.Helper()
-	s := source{
-		"aws:region":                   "eu-west-1",
-		"relaygate:target":             target,
-		"relaygate:instanceType":       "g6.xlarge",
-		"relaygate:hostCount":          "1",
-		"relaygate:expectedGpuCount":   "1",
-		"relaygate:rootVolumeGb":       "200",
-		"relaygate:amiNamePattern":     "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
-		"relaygate:amiOwner":           "amazon",
-		"relaygate:amiId":              "",
-		"relaygate:sshUser":            "ubuntu",
-		"relaygate:sshPublicKey":       "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyForRenderTests ops",
-		"relaygate:cudaTestImage":      "nvidia/cuda:12.4.1-base-ubuntu22.04",
-		"relaygate:vpcCidr":            "10.40.0.0/16",
-		"relaygate:allowedCidrs":       `[]`,
-		"relaygate:operatorCidrs":      `["203.0.113.7/32"]`,
-		"relaygate:loadBalancer":       "false",
-		"relaygate:managedRedis":       "false",
-		"relaygate:redisNodeType":      "cache.t4g.small",
-		"relaygate:tlsCertificateArn":  "",
-		"relaygate:domainName":         "",
-		"relaygate:hostedZoneId":       "",
-		"relaygate:deletionProtection": "false",
-		"relaygate:imageTag":           "dev",
-		"relaygate:reuseImage":         "false",
-		"relaygate:imageRetainCount":   "10",
-		"relaygate:redisImage":         "redis:7.4-alpine",
-		"relaygate:prometheusImage":    "prom/prometheus:v3.5.0",
-		"relaygate:alertmanagerImage":  "prom/alertmanager:v0.28.1",
-		"relaygate:localGpu":           "false",
-		"relaygate:upstreamSimulator":  "false",
-		"relaygate:modelServer":        `{"enabled":false}`,
-		"relaygate:ledger":             `{"enabled":false}`,
-		"relaygate:latencyBudgetP95Ms": "1500",
+	s := stackconfigtest.AWSValues()
+	maps.Copy(s, map[string]string{
+		"relaygate:target":      target,
+		"relaygate:modelServer": `{"enabled":false}`,
+		"relaygate:ledger":      `{"enabled":false}`,
 		"relaygate:upstreams": `[{"name":"holysheep","baseUrl":"https://api.holysheep.ai/v1","apiKeyEnv":"HOLYSHEEP_API_KEY","timeout":"180s","connectTimeout":"30s"},` +
 			`{"name":"openai","baseUrl":"https://api.openai.com/v1","apiKeyEnv":"OPENAI_API_KEY"},` +
 			`{"name":"gpu-local","baseUrl":"http://10.0.0.5:8001/v1"}]`,
 		"relaygate:models": `[{"name":"gpt-4.1","route":["holysheep",{"upstream":"openai","model":"gpt-4.1-2025-04-14","price":{"inputPerMtok":2,"outputPerMtok":8}}],` +
 			`"price":{"inputPerMtok":1.5,"outputPerMtok":6},"referencePrice":{"inputPerMtok":2,"outputPerMtok":8}},` +
 			`{"name":"llama","route":["gpu-local"],"price":{"inputPerMtok":0,"outputPerMtok":0}}]`,
-		"relaygate:retry":           `{"attempts":4,"backoffMin":"250ms","backoffMax":"1m"}`,
-		"relaygate:cacheTtl":        "90m",
-		"relaygate:rateLimit":       `{"rpm":600,"tpm":100000}`,
-		"relaygate:gatewayApiKey":   gatewayKey,
-		"relaygate:holysheepApiKey": "hs-secret-0123456789",
-		"relaygate:openaiApiKey":    openaiKey,
-	}
-	for k, v := range overrides {
-		s[k] = v
-	}
-	c, err := stackconfig.Parse(s, "dev")
+		"relaygate:retry":     `{"attempts":4,"backoffMin":"250ms","backoffMax":"1m"}`,
+		"relaygate:cacheTtl":  "90m",
+		"relaygate:rateLimit": `{"rpm":600,"tpm":100000}`,
+	})
+	maps.Copy(s, overrides)
+	c, err := stackconfig.Parse(stackconfigtest.NewSource(s), "dev")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +48,7 @@ func stackCfg(t *testing.T, target string, overrides map[string]string) *stackco
 // gateway reads it in its container (keys from its environment).
 func load(t *testing.T, b []byte) *gwconfig.Config {
 	t.Helper()
-	env := map[string]string{"GATEWAY_API_KEY": gatewayKey, "HOLYSHEEP_API_KEY": "hs-key", "OPENAI_API_KEY": openaiKey}
+	env := map[string]string{"GATEWAY_API_KEY": stackconfigtest.GatewayKey, "HOLYSHEEP_API_KEY": "hs-key", "OPENAI_API_KEY": stackconfigtest.OpenAIKey}
 	g, err := gwconfig.Parse(b, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err != nil {
 		t.Fatalf("the gateway refuses the rendered config: %v\n%s", err, b)
@@ -130,7 +91,7 @@ func TestRenderAWSHost(t *testing.T) {
 	if g.Listen != ":8000" {
 		t.Errorf("listen = %q", g.Listen)
 	}
-	if len(g.ClientKeys) != 1 || g.ClientKeys[0] != gatewayKey {
+	if len(g.ClientKeys) != 1 || g.ClientKeys[0] != stackconfigtest.GatewayKey {
 		t.Errorf("client_keys do not expand to the gateway key: %d keys", len(g.ClientKeys))
 	}
 	if len(g.Upstreams) != 3 {
@@ -140,7 +101,7 @@ func TestRenderAWSHost(t *testing.T) {
 	if hs.Name != "holysheep" || hs.BaseURL != "https://api.holysheep.ai/v1" || hs.APIKey != "hs-key" || hs.Timeout.D() != 3*time.Minute || hs.ConnectTimeout.D() != 30*time.Second {
 		t.Errorf("holysheep = %+v", hs.Name)
 	}
-	if oa.APIKey != openaiKey {
+	if oa.APIKey != stackconfigtest.OpenAIKey {
 		t.Errorf("openai's key is not ${OPENAI_API_KEY}")
 	}
 	if local.APIKey != "" {
@@ -179,7 +140,7 @@ func TestRenderAWSHost(t *testing.T) {
 	if g.ShutdownDelay.D() != 35*time.Second || g.ShutdownTimeout.D() != time.Minute {
 		t.Errorf("drain = %s, %s", g.ShutdownDelay, g.ShutdownTimeout)
 	}
-	for _, secret := range []string{gatewayKey, openaiKey} {
+	for _, secret := range []string{stackconfigtest.GatewayKey, stackconfigtest.OpenAIKey} {
 		if bytes.Contains(b, []byte(secret)) {
 			t.Errorf("rendered config contains a secret value:\n%s", b)
 		}
@@ -283,7 +244,7 @@ func TestRenderLedger(t *testing.T) {
 	if !strings.Contains(string(b), "postgres_url: ${"+stackconfig.LedgerURLEnv+"}") || strings.Contains(string(b), "s3cr3t") {
 		t.Errorf("the ledger's URL is not a ${VAR}:\n%s", b)
 	}
-	env := map[string]string{"GATEWAY_API_KEY": gatewayKey, "HOLYSHEEP_API_KEY": "hs-key", "OPENAI_API_KEY": openaiKey, stackconfig.LedgerURLEnv: url}
+	env := map[string]string{"GATEWAY_API_KEY": stackconfigtest.GatewayKey, "HOLYSHEEP_API_KEY": "hs-key", "OPENAI_API_KEY": stackconfigtest.OpenAIKey, stackconfig.LedgerURLEnv: url}
 	g, err := gwconfig.Parse(b, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err != nil {
 		t.Fatalf("the gateway refuses the rendered config: %v\n%s", err, b)

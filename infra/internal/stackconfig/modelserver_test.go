@@ -104,7 +104,7 @@ func TestModelServerToken(t *testing.T) {
 	}
 
 	plain := source(v)
-	delete(plain.secrets, "relaygate:hfToken")
+	delete(plain.Secrets, "relaygate:hfToken")
 	_, err := Parse(plain, "test")
 	if err == nil || !strings.Contains(err.Error(), "relaygate:hfToken: is stored in plain text") || strings.Contains(err.Error(), "hf_testtoken") {
 		t.Errorf("a plain-text token: %v", err)

@@ -7,78 +7,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/relaygate/relaygate/infra/internal/stackconfig/stackconfigtest"
 )
 
-// mapSource is a Source over fixed values, the shape the engine hands a
-// program: full keys, structured values as JSON.
-type mapSource struct {
-	values  map[string]string
-	secrets map[string]bool
-}
-
-func (m mapSource) Lookup(k string) (string, bool) { v, ok := m.values[k]; return v, ok }
-func (m mapSource) IsSecret(k string) bool         { return m.secrets[k] }
-
-const (
-	testGatewayKey   = "gw-key-0123456789abcdef"
-	testHolysheepKey = "hs-secret-value-1"
-	testOpenAIKey    = "sk-openai-secret-value-2"
-	// testLedgerPassword is what `openssl rand -hex 32` makes.
-	testLedgerPassword = "5f0c1e7a9b3d42c8e6a1f0b7d3c9e2a4"
-	testPublicKey      = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB4t0d7w9Yx2M0pQ9s1u3Y0qkTRelaygateTestKey0 ops@example"
-)
-
-// awsValues is a complete, valid single-host AWS stack.
-func awsValues() map[string]string {
-	return map[string]string{
-		"aws:region":                   "us-east-1",
-		"relaygate:target":             "aws",
-		"relaygate:instanceType":       "g5.xlarge",
-		"relaygate:hostCount":          "1",
-		"relaygate:expectedGpuCount":   "1",
-		"relaygate:rootVolumeGb":       "200",
-		"relaygate:amiNamePattern":     "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *",
-		"relaygate:amiOwner":           "amazon",
-		"relaygate:amiId":              "",
-		"relaygate:sshUser":            "ubuntu",
-		"relaygate:sshPublicKey":       testPublicKey,
-		"relaygate:cudaTestImage":      "nvidia/cuda:12.4.1-base-ubuntu22.04",
-		"relaygate:vpcCidr":            "10.40.0.0/16",
-		"relaygate:allowedCidrs":       `["198.51.100.0/24"]`,
-		"relaygate:operatorCidrs":      `["203.0.113.7/32","198.18.0.9/32"]`,
-		"relaygate:loadBalancer":       "false",
-		"relaygate:managedRedis":       "false",
-		"relaygate:redisNodeType":      "cache.t4g.small",
-		"relaygate:tlsCertificateArn":  "",
-		"relaygate:domainName":         "",
-		"relaygate:hostedZoneId":       "",
-		"relaygate:deletionProtection": "false",
-		"relaygate:imageTag":           "dev",
-		"relaygate:reuseImage":         "false",
-		"relaygate:imageRetainCount":   "10",
-		"relaygate:redisImage":         "redis:7.4-alpine",
-		"relaygate:prometheusImage":    "prom/prometheus:v3.5.0",
-		"relaygate:alertmanagerImage":  "prom/alertmanager:v0.28.1",
-		"relaygate:localGpu":           "false",
-		"relaygate:upstreamSimulator":  "false",
-		"relaygate:modelServer":        `{"enabled":true}`,
-		"relaygate:ledger":             `{"enabled":true}`,
-		"relaygate:latencyBudgetP95Ms": "1500",
-		"relaygate:upstreams": `[{"name":"holysheep","baseUrl":"https://api.holysheep.ai/v1","apiKeyEnv":"HOLYSHEEP_API_KEY","timeout":"180s","connectTimeout":"30s"},` +
-			`{"name":"openai","baseUrl":"https://api.openai.com/v1","apiKeyEnv":"OPENAI_API_KEY"}]`,
-		"relaygate:models": `[{"name":"gpt-4.1","route":["holysheep",{"upstream":"openai","model":"gpt-4.1-2025-04-14","price":{"inputPerMtok":2,"outputPerMtok":8}}],` +
-			`"price":{"inputPerMtok":1.5,"outputPerMtok":6},"referencePrice":{"inputPerMtok":2,"outputPerMtok":8}},` +
-			`{"name":"qwen2.5-7b-instruct","route":["self-hosted"],"price":{"inputPerMtok":0.35,"outputPerMtok":0.35}}]`,
-		"relaygate:retry":           `{"attempts":3,"backoffMin":"200ms","backoffMax":"10s"}`,
-		"relaygate:cacheTtl":        "1h",
-		"relaygate:rateLimit":       `{"rpm":0,"tpm":0}`,
-		"relaygate:gatewayApiKey":   testGatewayKey,
-		"relaygate:holysheepApiKey": testHolysheepKey,
-		"relaygate:openaiApiKey":    testOpenAIKey,
-		// What docs/deploying.md has an operator set on an AWS stack.
-		"relaygate:ledgerDbPassword": testLedgerPassword,
-	}
-}
+var awsValues = stackconfigtest.AWSValues
 
 func prodValues() map[string]string {
 	v := awsValues()
@@ -111,15 +44,7 @@ func localValues() map[string]string {
 	return v
 }
 
-func source(values map[string]string) mapSource {
-	secrets := map[string]bool{}
-	for _, k := range []string{"relaygate:gatewayApiKey", "relaygate:holysheepApiKey", "relaygate:openaiApiKey", "relaygate:alertWebhookUrl", "relaygate:hfToken", "relaygate:ledgerDbPassword"} {
-		if _, ok := values[k]; ok {
-			secrets[k] = true
-		}
-	}
-	return mapSource{values: values, secrets: secrets}
-}
+var source = stackconfigtest.NewSource
 
 func TestParseValidStacks(t *testing.T) {
 	t.Parallel()
@@ -375,7 +300,7 @@ func TestParseRejects(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			parseFails(t, tt.values, tt.plain, tt.want, testGatewayKey, testHolysheepKey, testOpenAIKey, "b3BlbnNzaC1rZXktdjEAAAA")
+			parseFails(t, tt.values, tt.plain, tt.want, stackconfigtest.GatewayKey, stackconfigtest.HolysheepKey, stackconfigtest.OpenAIKey, "b3BlbnNzaC1rZXktdjEAAAA")
 		})
 	}
 }
@@ -397,7 +322,7 @@ func parseFails(t *testing.T, values map[string]string, plain, want []string, se
 	t.Helper()
 	src := source(values)
 	for _, k := range plain {
-		src.secrets[k] = false
+		src.Secrets[k] = false
 	}
 	c, err := Parse(src, "test")
 	if err == nil {
@@ -436,7 +361,7 @@ func TestSecretIsNeverFormatted(t *testing.T) {
 	c := mustParse(t, awsValues())
 	for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
 		out := fmt.Sprintf(verb, c)
-		for _, secret := range []string{testGatewayKey, testHolysheepKey, testOpenAIKey} {
+		for _, secret := range []string{stackconfigtest.GatewayKey, stackconfigtest.HolysheepKey, stackconfigtest.OpenAIKey} {
 			if strings.Contains(out, secret) {
 				t.Errorf("%s of the config shows a secret value", verb)
 			}

@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/relaygate/relaygate/internal/ctxsleep"
 	"github.com/relaygate/relaygate/service/config"
 	"github.com/relaygate/relaygate/service/internal/app"
 	"github.com/relaygate/relaygate/service/internal/gateway"
@@ -206,16 +207,9 @@ func shutdown(log *slog.Logger, gw *gateway.Server, srv *http.Server, ln *netlim
 		}
 	}()
 	gw.Drain()
-	if d.delay > 0 {
-		// Still serving, with /ready failing and Connection: close on
-		// every answer, while load balancers notice.
-		t := time.NewTimer(d.delay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
-	}
+	// Still serving, with /ready failing and Connection: close on every
+	// answer, while load balancers notice.
+	ctxsleep.Sleep(ctx, d.delay)
 	sctx, scancel := context.WithTimeout(ctx, d.timeout)
 	defer scancel()
 	// New connections are refused from here; srv.Serve returns an error

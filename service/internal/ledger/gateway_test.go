@@ -184,7 +184,20 @@ func startApp(t *testing.T, pg *testenv.Postgres) *app.App {
 	t.Helper()
 	sim := httptest.NewServer(upstreamsim.New(upstreamsim.Config{Latency: 5 * time.Millisecond, CompletionTokens: 8}))
 	t.Cleanup(sim.Close)
-	doc := fmt.Sprintf(`listen: "127.0.0.1:0"
+	return newApp(t, appDoc(sim.URL, fmt.Sprintf(`ledger:
+  postgres_url: %q
+  spill_dir: %q
+  batch_interval: 50ms
+  fsync_interval: 50ms
+  write_timeout: 1s
+`, pg.URL, t.TempDir())))
+}
+
+// appDoc is the config of a gateway for clientKey whose one model, m,
+// routes to the simulator at simURL at $1 and $2 per million tokens ($4
+// and $8 the reference), and then extra: teams, keys, the ledger.
+func appDoc(simURL, extra string) string {
+	return fmt.Sprintf(`listen: "127.0.0.1:0"
 client_keys: [%q]
 upstreams:
   - {name: sim, base_url: %q}
@@ -195,14 +208,7 @@ models:
     reference_price: {input_per_mtok: 4, output_per_mtok: 8}
 gpu: {interval: 1h}
 log: {requests: false}
-ledger:
-  postgres_url: %q
-  spill_dir: %q
-  batch_interval: 50ms
-  fsync_interval: 50ms
-  write_timeout: 1s
-`, clientKey, sim.URL+"/v1", pg.URL, t.TempDir())
-	return newApp(t, doc)
+%s`, clientKey, simURL+"/v1", extra)
 }
 
 // newApp builds a gateway from a config document as the command does.

@@ -25,20 +25,8 @@ func TestGenerationLookup(t *testing.T) {
 	sim := httptest.NewServer(upstreamsim.New(upstreamsim.Config{CompletionTokens: 8}))
 	t.Cleanup(sim.Close)
 	open := func(ledger string) *httptest.Server {
-		doc := fmt.Sprintf(`listen: "127.0.0.1:0"
-client_keys: [%q]
-teams: [{name: search}]
-keys: [{name: alice, team: search, key: %q}]
-upstreams:
-  - {name: sim, base_url: %q}
-models:
-  - name: m
-    route: [sim]
-    price: {input_per_mtok: 1, output_per_mtok: 2}
-gpu: {interval: 1h}
-log: {requests: false}
-%s`, clientKey, named, sim.URL+"/v1", ledger)
-		return serveApp(t, newApp(t, doc))
+		keys := fmt.Sprintf("teams: [{name: search}]\nkeys: [{name: alice, team: search, key: %q}]\n", named)
+		return serveApp(t, newApp(t, appDoc(sim.URL, keys+ledger)))
 	}
 	gw := open(fmt.Sprintf("ledger: {postgres_url: %q, spill_dir: %q, batch_interval: 20ms}\n", pg.URL, t.TempDir()))
 

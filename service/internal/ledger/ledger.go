@@ -28,6 +28,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/relaygate/relaygate/internal/defaults"
 	"github.com/relaygate/relaygate/service/internal/metrics"
 )
 
@@ -110,21 +111,11 @@ type replayState struct {
 // on the first connection, and rows spill until then. It fails only for a
 // URL that cannot be parsed or a spill directory that cannot be used.
 func Open(ctx context.Context, o Options) (*Ledger, error) {
-	if o.BatchInterval <= 0 {
-		o.BatchInterval = defaultBatchInterval
-	}
-	if o.BatchRows <= 0 {
-		o.BatchRows = defaultBatchRows
-	}
-	if o.QueueRows <= 0 {
-		o.QueueRows = defaultQueueRows
-	}
-	if o.FsyncInterval <= 0 {
-		o.FsyncInterval = defaultFsyncInterval
-	}
-	if o.WriteTimeout <= 0 {
-		o.WriteTimeout = defaultWriteTimeout
-	}
+	defaults.Positive(&o.BatchInterval, defaultBatchInterval)
+	defaults.Positive(&o.BatchRows, defaultBatchRows)
+	defaults.Positive(&o.QueueRows, defaultQueueRows)
+	defaults.Positive(&o.FsyncInterval, defaultFsyncInterval)
+	defaults.Positive(&o.WriteTimeout, defaultWriteTimeout)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}

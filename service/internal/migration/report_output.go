@@ -217,41 +217,30 @@ func (r *ReportResult) Tables() []*Table {
 
 // WriteMarkdown writes the report for a pull request or wiki page.
 func (r *ReportResult) WriteMarkdown(w io.Writer) error {
-	var b strings.Builder
-	fmt.Fprintf(&b, "# %s\n\n%s\n\n", r.Title(), r.Summary())
-	for _, t := range r.Tables() {
-		if len(t.Columns) == 0 {
-			fmt.Fprintf(&b, "## %s\n\n", t.Title)
-			for _, n := range t.Notes {
-				fmt.Fprintf(&b, "- %s\n", n)
-			}
-			b.WriteString("\n")
-			continue
-		}
-		if err := t.WriteMarkdown(&b, 2); err != nil {
-			return err
-		}
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
+	return r.write(w, fmt.Sprintf("# %s\n\n%s\n\n", r.Title(), r.Summary()), func(b *strings.Builder, t *Table) error {
+		return t.WriteMarkdown(b, 2)
+	})
 }
 
-// WriteText writes the report with aligned columns for a terminal.
+// WriteText writes the report with aligned columns for a terminal, a blank
+// line after each table.
 func (r *ReportResult) WriteText(w io.Writer) error {
+	return r.write(w, fmt.Sprintf("%s\n%s\n\n", r.Title(), r.Summary()), func(b *strings.Builder, t *Table) error {
+		err := t.WriteText(b)
+		b.WriteString("\n")
+		return err
+	})
+}
+
+// write writes head and then each of the report's tables as table writes
+// it, all at once.
+func (r *ReportResult) write(w io.Writer, head string, table func(*strings.Builder, *Table) error) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n%s\n\n", r.Title(), r.Summary())
+	b.WriteString(head)
 	for _, t := range r.Tables() {
-		if len(t.Columns) == 0 {
-			fmt.Fprintf(&b, "%s\n", t.Title)
-			for _, n := range t.Notes {
-				fmt.Fprintf(&b, "  %s\n", n)
-			}
-			continue
-		}
-		if err := t.WriteText(&b); err != nil {
+		if err := table(&b, t); err != nil {
 			return err
 		}
-		b.WriteString("\n")
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

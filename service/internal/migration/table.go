@@ -9,7 +9,8 @@ import (
 )
 
 // Table is a titled grid of figures with notes under it, rendered as aligned
-// text for a terminal or as Markdown for a pull request or wiki page.
+// text for a terminal or as Markdown for a pull request or wiki page. One
+// without columns is a titled list of notes.
 type Table struct {
 	Title   string
 	Columns []string
@@ -20,6 +21,14 @@ type Table struct {
 // WriteText writes the table with aligned columns.
 func (t *Table) WriteText(w io.Writer) error {
 	var b strings.Builder
+	if len(t.Columns) == 0 {
+		fmt.Fprintf(&b, "%s\n", t.Title)
+		for _, n := range t.Notes {
+			fmt.Fprintf(&b, "  %s\n", n)
+		}
+		_, err := io.WriteString(w, b.String())
+		return err
+	}
 	if t.Title != "" {
 		fmt.Fprintf(&b, "%s\n\n", t.Title)
 	}
@@ -48,16 +57,18 @@ func (t *Table) WriteMarkdown(w io.Writer, level int) error {
 	if t.Title != "" {
 		fmt.Fprintf(&b, "%s %s\n\n", strings.Repeat("#", max(level, 1)), t.Title)
 	}
-	b.WriteString("| " + strings.Join(escapeCells(t.Columns), " | ") + " |\n")
-	b.WriteString("|" + strings.Repeat(" --- |", len(t.Columns)) + "\n")
-	for _, r := range t.Rows {
-		b.WriteString("| " + strings.Join(escapeCells(r), " | ") + " |\n")
-	}
-	if len(t.Notes) > 0 {
-		b.WriteString("\n")
-		for _, n := range t.Notes {
-			fmt.Fprintf(&b, "- %s\n", n)
+	if len(t.Columns) > 0 {
+		b.WriteString("| " + strings.Join(escapeCells(t.Columns), " | ") + " |\n")
+		b.WriteString("|" + strings.Repeat(" --- |", len(t.Columns)) + "\n")
+		for _, r := range t.Rows {
+			b.WriteString("| " + strings.Join(escapeCells(r), " | ") + " |\n")
 		}
+		if len(t.Notes) > 0 {
+			b.WriteString("\n")
+		}
+	}
+	for _, n := range t.Notes {
+		fmt.Fprintf(&b, "- %s\n", n)
 	}
 	b.WriteString("\n")
 	_, err := io.WriteString(w, b.String())

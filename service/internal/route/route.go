@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/relaygate/relaygate/internal/ctxsleep"
 )
 
 // Upstream is an OpenAI-compatible API and the state the gateway keeps on it.
@@ -314,7 +316,7 @@ func runLink(ctx context.Context, p Policy, h Hooks, try func(ctx context.Contex
 		if lt.f.Attempts > 0 {
 			// Another try at the same upstream: back off first.
 			wait, _ := p.Backoff(lt.f.Attempts, lt.f.RetryAfter)
-			if err := sleep(ctx, wait); err != nil {
+			if !ctxsleep.Sleep(ctx, wait) {
 				u.Load.add(-1)
 				return true, fmt.Errorf("%w: %w", ErrClientGone, context.Cause(ctx))
 			}
@@ -426,20 +428,6 @@ func errCircuitOpen(last error, retryIn time.Duration) error {
 		return fmt.Errorf("circuit open, %s", when)
 	}
 	return fmt.Errorf("circuit open (%w), %s", last, when)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // Cost is what prompt and completion tokens cost at p, in dollars.

@@ -5,6 +5,8 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"testing"
+	"time"
 )
 
 // SyncBuffer is a bytes.Buffer that many goroutines may write at once: the
@@ -57,4 +59,39 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// onFreePort calls start with a free port, and while it fails, again with
+// another, up to five tries: the port is found by binding and releasing it,
+// so another process can take it before the server binds it, and a few
+// tries make that race harmless. try counts from 0. It fails the test when
+// no try starts what.
+func onFreePort(t testing.TB, what string, start func(try, port int) error) {
+	t.Helper()
+	var lastErr error
+	for try := range 5 {
+		port, err := freePort()
+		if err != nil {
+			t.Fatalf("testenv: find a free port for %s: %v", what, err)
+		}
+		if lastErr = start(try, port); lastErr == nil {
+			return
+		}
+	}
+	t.Fatalf("testenv: %s did not start: %v", what, lastErr)
+}
+
+// retryFor calls start, and every pause again while it fails, until it
+// succeeds or timeout has passed; it returns start's last error. A server
+// restarted on its old port needs it: the kernel may hold the port a while
+// after the old process died.
+func retryFor(timeout, pause time.Duration, start func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := start()
+		if err == nil || !time.Now().Before(deadline) {
+			return err
+		}
+		time.Sleep(pause)
+	}
 }

@@ -94,26 +94,18 @@ func StartPostgres(t testing.TB) *Postgres {
 		t.Fatalf("testenv: initdb: %v\n%s", err, out)
 	}
 
-	var lastErr error
-	for range 5 {
-		port, err := freePort()
-		if err != nil {
-			t.Fatalf("testenv: find a free port for postgres: %v", err)
-		}
+	onFreePort(t, "postgres", func(_, port int) error {
 		p.port = port
 		p.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		p.URL = fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", p.Addr)
 		proc, err := p.startProcess()
-		if err != nil {
-			lastErr = err
-			continue
+		if err == nil {
+			p.proc = proc
 		}
-		p.proc = proc
-		t.Cleanup(p.Stop)
-		return p
-	}
-	t.Fatalf("testenv: postgres did not start: %v", lastErr)
-	return nil
+		return err
+	})
+	t.Cleanup(p.Stop)
+	return p
 }
 
 // Stop shuts postgres down in immediate mode (pg_ctl stop -m immediate:
@@ -138,18 +130,16 @@ func (p *Postgres) Start() {
 	p.Stop()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var lastErr error
-	deadline := time.Now().Add(postgresStartTimeout)
-	for time.Now().Before(deadline) {
+	err := retryFor(postgresStartTimeout, 100*time.Millisecond, func() error {
 		proc, err := p.startProcess()
 		if err == nil {
 			p.proc = proc
-			return
 		}
-		lastErr = err
-		time.Sleep(100 * time.Millisecond)
+		return err
+	})
+	if err != nil {
+		p.t.Fatalf("testenv: restart postgres on %s: %v", p.Addr, err)
 	}
-	p.t.Fatalf("testenv: restart postgres on %s: %v", p.Addr, lastErr)
 }
 
 func (p *Postgres) startProcess() (*child, error) {

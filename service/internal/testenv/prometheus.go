@@ -101,41 +101,33 @@ func StartPrometheus(t testing.TB, opts PrometheusOptions) *Prometheus {
 		t.Fatalf("testenv: %v", err)
 	}
 
-	// The free port is found by binding and releasing it, so another process
-	// can take it before prometheus binds; a few attempts make that harmless.
-	var lastErr error
-	for attempt := range 5 {
-		port, err := freePort()
-		if err != nil {
-			t.Fatalf("testenv: find a free port for prometheus: %v", err)
-		}
+	var p *Prometheus
+	onFreePort(t, "prometheus", func(try, port int) error {
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		configFile := filepath.Join(dir, "prometheus.yml")
 		if err := writePrometheusConfig(opts.ConfigFile, configFile, addr, opts.ScrapeInterval); err != nil {
 			t.Fatalf("testenv: %v", err)
 		}
-		storage := filepath.Join(dir, "data"+strconv.Itoa(attempt))
+		storage := filepath.Join(dir, "data"+strconv.Itoa(try))
 		proc, err := startPrometheusProcess(t.Context(), bin, configFile, storage, addr)
 		if err != nil {
-			lastErr = err
-			continue
+			return err
 		}
 		client, err := api.NewClient(api.Config{Address: "http://" + addr})
 		if err != nil {
 			proc.stop(prometheusStopTimeout)
 			t.Fatalf("testenv: prometheus client for %s: %v", addr, err)
 		}
-		p := &Prometheus{Addr: addr, URL: "http://" + addr, API: promv1.NewAPI(client), proc: proc}
-		t.Cleanup(func() {
-			p.proc.stop(prometheusStopTimeout)
-			if t.Failed() {
-				t.Logf("testenv: prometheus output:\n%s", p.proc.out.Tail(prometheusOutputTail))
-			}
-		})
-		return p
-	}
-	t.Fatalf("testenv: prometheus did not start: %v", lastErr)
-	return nil
+		p = &Prometheus{Addr: addr, URL: "http://" + addr, API: promv1.NewAPI(client), proc: proc}
+		return nil
+	})
+	t.Cleanup(func() {
+		p.proc.stop(prometheusStopTimeout)
+		if t.Failed() {
+			t.Logf("testenv: prometheus output:\n%s", p.proc.out.Tail(prometheusOutputTail))
+		}
+	})
+	return p
 }
 
 // Query evaluates an instant PromQL query now and returns its vector.

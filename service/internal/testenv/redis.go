@@ -54,33 +54,24 @@ func StartRedis(t testing.TB) *Redis {
 	bin := redisBinary(t)
 	dir := t.TempDir()
 
-	// The free port is found by binding and releasing it, so another process
-	// can take it before redis-server binds; a few attempts make that race
-	// harmless.
-	var lastErr error
-	for range 5 {
-		port, err := freePort()
+	var r *Redis
+	onFreePort(t, "redis-server", func(_, port int) error {
+		proc, err := startRedisProcess(bin, port, dir)
 		if err != nil {
-			t.Fatalf("testenv: find a free port for redis-server: %v", err)
+			return err
 		}
-		r := &Redis{
+		r = &Redis{
 			Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
 			t:    t,
 			port: port,
 			dir:  dir,
+			proc: proc,
 		}
 		r.URL = "redis://" + r.Addr + "/0"
-		proc, err := startRedisProcess(bin, port, dir)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		r.proc = proc
-		t.Cleanup(r.Stop)
-		return r
-	}
-	t.Fatalf("testenv: redis-server did not start: %v", lastErr)
-	return nil
+		return nil
+	})
+	t.Cleanup(r.Stop)
+	return r
 }
 
 // Stop kills redis-server with SIGKILL, as if it died under load, and waits
@@ -108,18 +99,16 @@ func (r *Redis) Restart() {
 	defer r.mu.Unlock()
 	// The old socket may linger briefly in the kernel after the kill; retry the
 	// bind rather than guess how long that takes.
-	var lastErr error
-	deadline := time.Now().Add(redisStartTimeout)
-	for time.Now().Before(deadline) {
+	err := retryFor(redisStartTimeout, 50*time.Millisecond, func() error {
 		proc, err := startRedisProcess(bin, r.port, r.dir)
 		if err == nil {
 			r.proc = proc
-			return
 		}
-		lastErr = err
-		time.Sleep(50 * time.Millisecond)
+		return err
+	})
+	if err != nil {
+		r.t.Fatalf("testenv: restart redis-server on %s: %v", r.Addr, err)
 	}
-	r.t.Fatalf("testenv: restart redis-server on %s: %v", r.Addr, lastErr)
 }
 
 func redisBinary(t testing.TB) string {

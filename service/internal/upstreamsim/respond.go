@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/relaygate/relaygate/internal/ctxsleep"
 )
 
 // Header values are shared, preallocated slices assigned straight into the
@@ -214,7 +216,7 @@ func (e *eventWriter) end(last []byte) bool {
 
 // pause waits the chunk delay between events, or notices a client gone.
 func (e *eventWriter) pause() bool {
-	if sleep(e.r.Context(), e.delay) {
+	if ctxsleep.Sleep(e.r.Context(), e.delay) {
 		return true
 	}
 	e.s.abandon(e.w)

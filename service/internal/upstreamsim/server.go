@@ -18,7 +18,6 @@
 package upstreamsim
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +30,8 @@ import (
 	"time"
 
 	"github.com/tidwall/gjson"
+
+	"github.com/relaygate/relaygate/internal/ctxsleep"
 )
 
 // maxBodyBytes bounds a request body; larger ones get 413, as from a provider.
@@ -296,7 +297,7 @@ func (s *Server) simulate(w http.ResponseWriter, r *http.Request, req *modelRequ
 	if wait < cfg.Latency { // overflowed: both were set near forever
 		wait = math.MaxInt64
 	}
-	if !sleep(ctx, wait) {
+	if !ctxsleep.Sleep(ctx, wait) {
 		s.abandon(w)
 		return false
 	}
@@ -341,22 +342,6 @@ func (s *Server) abandon(w http.ResponseWriter) {
 // of the others more than needed.
 func hits(rng *splitMix, rate float64) bool {
 	return rate > 0 && rng.float() < rate
-}
-
-// sleep waits d, or until ctx is done; it reports whether the full wait
-// elapsed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
